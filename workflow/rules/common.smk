@@ -1,0 +1,52 @@
+# Config validation, the catalog and the plan of remaining work, computed once per parse.
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from thumbfeat import layout  # noqa: E402
+from thumbfeat.catalog import CatalogError, load_catalog  # noqa: E402
+from thumbfeat.config import RESULTS, ConfigError, catalog_spec, fetch_settings  # noqa: E402
+from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+try:
+    CATALOG_SPEC = catalog_spec(config, workflow.basedir)
+    CATALOG = load_catalog(CATALOG_SPEC)
+    FETCH_SETTINGS = asdict(fetch_settings(config, workflow.basedir))
+except (CatalogError, ConfigError) as error:
+    raise WorkflowError(str(error)) from None
+
+CATALOG_DIGEST = CATALOG.digest()
+URL_OF = CATALOG.url_of()
+PLAN = plan_work(
+    CATALOG,
+    RESULTS,
+    batch_size=config["batch_size"],
+    retry_failed=config["retry_failed"],
+    only=requested_image_ids(sys.argv, CATALOG.ids),
+)
+logger.info(PLAN.summary())
+
+CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
+FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
+
+
+def download_manifest(batch):
+    return f"{RESULTS}/{layout.BATCHES}/download/{batch.key}.json"
+
+
+def feature_manifest(batch):
+    return f"{RESULTS}/{layout.BATCHES}/features/{batch.key}.json"
+
+
+BATCH_MANIFESTS = [download_manifest(b) for b in PLAN.batches if b.download_ids] + [
+    feature_manifest(b) for b in PLAN.batches if b.feature_ids
+]

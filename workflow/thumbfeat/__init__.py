@@ -1,0 +1,1 @@
+"""thumbfeat: turn an image catalog into a table of per-image visual features."""

@@ -1,0 +1,251 @@
+"""Reading and validating the image catalog: which images exist and where to fetch each.
+
+A catalog is a CSV, TSV or Parquet file with an id column and either a URL column or a URL template.
+Every mistake that would otherwise surface hours into a run (a missing column, an unsafe or
+duplicated id, an empty selection) is reported here, before any download, naming the file and row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from thumbfeat import atomic
+
+SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", ""})
+
+
+class CatalogError(ValueError):
+    """The catalog cannot be used; the message names the file, the row and the problem."""
+
+
+@dataclass(frozen=True)
+class CatalogSpec:
+    """How to read a catalog (the ``catalog`` part of the workflow config)."""
+
+    path: Path
+    id_column: str = "image_id"
+    url_column: str = "url"
+    url_template: str | None = None
+    row_filter: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The selected images in catalog order, with URLs resolved (relative ``file:`` made absolute)."""
+
+    source: Path
+    ids: tuple[str, ...]
+    urls: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def digest(self) -> str:
+        """A content hash of the (id, URL) list: changes exactly when the selection changes."""
+        hasher = hashlib.sha256()
+        for image_id, url in zip(self.ids, self.urls, strict=True):
+            hasher.update(image_id.encode("utf-8"))
+            hasher.update(b"\x00")
+            hasher.update(url.encode("utf-8"))
+            hasher.update(b"\x01")
+        return hasher.hexdigest()[:20]
+
+    def url_of(self) -> dict[str, str]:
+        return dict(zip(self.ids, self.urls, strict=True))
+
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in {".csv", ".txt"}:
+        return "csv"
+    if suffix in {".tsv", ".tab"}:
+        return "tsv"
+    if suffix in {".parquet", ".pq"}:
+        return "parquet"
+    raise CatalogError(
+        f"{path}: unknown catalog format {suffix!r}; use .csv, .tsv or .parquet"
+    )
+
+
+def _read_header(path: Path, delimiter: str) -> list[str]:
+    with open(path, encoding="utf-8-sig") as handle:
+        first = handle.readline().rstrip("\r\n")
+    if not first.strip():
+        raise CatalogError(f"{path}: the file is empty (no header line)")
+    return [name.strip().strip('"') for name in first.split(delimiter)]
+
+
+def read_table(path: Path) -> pa.Table:
+    """Read the catalog file with every column as text, so ids like ``007`` keep their zeros."""
+    if not path.is_file():
+        raise CatalogError(f"{path}: catalog file not found")
+    kind = _format_of(path)
+    try:
+        if kind == "parquet":
+            table = pq.read_table(path)
+            return table.cast(pa.schema([pa.field(f.name, pa.string()) for f in table.schema]))
+        delimiter = "," if kind == "csv" else "\t"
+        names = _read_header(path, delimiter)
+        return pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in names},
+                strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise CatalogError(f"{path}: cannot read the catalog: {exc}") from exc
+
+
+def _row_label(path: Path, index: int) -> str:
+    """Name a data row the way a user finds it: the line number for text files."""
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        return f"row {index + 1}"
+    return f"line {index + 2}"
+
+
+def _column(table: pa.Table, name: str, path: Path, role: str) -> list[str]:
+    if name not in table.column_names:
+        raise CatalogError(
+            f"{path}: no column {name!r} for the {role}; the columns are "
+            f"{', '.join(table.column_names)}"
+        )
+    return [value if value is not None else "" for value in table.column(name).to_pylist()]
+
+
+def _filter_mask(table: pa.Table, row_filter: Mapping[str, object], path: Path) -> pa.Array:
+    """Rows kept by the filter: every ``column: value`` must hold (a list means any of them)."""
+    mask = pa.array([True] * table.num_rows, type=pa.bool_())
+    for name, wanted in row_filter.items():
+        if name not in table.column_names:
+            raise CatalogError(
+                f"{path}: the row filter names column {name!r}, which is not in the catalog "
+                f"(columns: {', '.join(table.column_names)})"
+            )
+        options = wanted if isinstance(wanted, list) else [wanted]
+        values = pc.utf8_lower(pc.utf8_trim_whitespace(table.column(name).fill_null("")))
+        column_mask = pa.array([False] * table.num_rows, type=pa.bool_())
+        for option in options:
+            if isinstance(option, bool):
+                words = sorted(TRUE_WORDS if option else FALSE_WORDS)
+                hit = pc.is_in(values, value_set=pa.array(words))
+            else:
+                hit = pc.equal(values, str(option).strip().lower())
+            column_mask = pc.or_(column_mask, hit)
+        mask = pc.and_(mask, column_mask)
+    return mask
+
+
+def resolve_url(url: str, catalog_dir: Path) -> str:
+    """Make a relative ``file:`` reference absolute against the catalog's folder.
+
+    Catalogs of local files (the bundled demo among them) can then move as one folder. Other URLs
+    are returned unchanged; whether they are acceptable is decided when they are fetched.
+    """
+    if not url.startswith("file:") or url.startswith("file://"):
+        return url
+    relative = unquote(urlsplit(url).path)
+    return (catalog_dir / relative).resolve().as_uri()
+
+
+def validate_ids(ids: Sequence[str], urls: Sequence[str], path: Path,
+                 rows: Sequence[int]) -> tuple[list[str], list[str]]:
+    """Check ids are safe file names and unique per URL; drop exact repeats of a row.
+
+    A repeated id with the same URL is the same image listed twice and is kept once; with a
+    different URL it is ambiguous which image the id means, so it is an error.
+    """
+    first_row: dict[str, int] = {}
+    first_url: dict[str, str] = {}
+    kept_ids: list[str] = []
+    kept_urls: list[str] = []
+    for image_id, url, row in zip(ids, urls, rows, strict=True):
+        label = _row_label(path, row)
+        if not image_id.strip():
+            raise CatalogError(f"{path}, {label}: the image id is empty")
+        if not SAFE_ID.fullmatch(image_id):
+            raise CatalogError(
+                f"{path}, {label}: image id {image_id!r} is not a safe file name (allowed: "
+                "letters, digits, '.', '_', '-', starting with a letter, digit or '_', "
+                "at most 200 characters)"
+            )
+        if not url.strip():
+            raise CatalogError(f"{path}, {label}: image {image_id!r} has an empty URL")
+        seen = first_row.get(image_id)
+        if seen is not None:
+            if first_url[image_id] != url:
+                raise CatalogError(
+                    f"{path}, {label}: image id {image_id!r} is repeated with a different URL "
+                    f"(first at {_row_label(path, seen)})"
+                )
+            continue
+        first_row[image_id] = row
+        first_url[image_id] = url
+        kept_ids.append(image_id)
+        kept_urls.append(url)
+    return kept_ids, kept_urls
+
+
+def load_catalog(spec: CatalogSpec) -> Catalog:
+    """Read, filter and validate the catalog described by ``spec``."""
+    path = spec.path
+    table = read_table(path)
+    if spec.url_template is not None and "{image_id}" not in spec.url_template:
+        raise CatalogError(
+            f"url_template {spec.url_template!r} must contain the placeholder {{image_id}}"
+        )
+    ids_all = _column(table, spec.id_column, path, "image id")
+    if spec.url_template is None:
+        urls_all = _column(table, spec.url_column, path, "image URL")
+    else:
+        urls_all = [spec.url_template.replace("{image_id}", i) for i in ids_all]
+    rows = list(range(table.num_rows))
+    if spec.row_filter:
+        keep = _filter_mask(table, spec.row_filter, path).to_pylist()
+        rows = [row for row in rows if keep[row]]
+    if not rows:
+        detail = f" after the row filter {dict(spec.row_filter)}" if spec.row_filter else ""
+        raise CatalogError(f"{path}: the catalog selects no images{detail}")
+    ids = [ids_all[row].strip() for row in rows]
+    urls = [resolve_url(urls_all[row].strip(), path.parent.resolve()) for row in rows]
+    kept_ids, kept_urls = validate_ids(ids, urls, path, rows)
+    return Catalog(source=path, ids=tuple(kept_ids), urls=tuple(kept_urls))
+
+
+def write_snapshot(spec: CatalogSpec, out_path: str | Path, *, expected_digest: str,
+                   logger: logging.Logger) -> None:
+    """Store the selected catalog (ids and URLs) as Parquet, and drop older snapshots.
+
+    The snapshot's file name carries the digest of its content, so the table depends on what the
+    catalog selects rather than on when the catalog file was last touched.
+    """
+    catalog = load_catalog(spec)
+    digest = catalog.digest()
+    if digest != expected_digest:
+        raise CatalogError(f"{spec.path}: the catalog changed while the workflow ran "
+                           f"(digest {digest}, planned {expected_digest}); run again")
+    table = pa.table({"image_id": list(catalog.ids), "url": list(catalog.urls)})
+    atomic.write_with(out_path, lambda tmp: pq.write_table(table, tmp))
+    out = Path(out_path)
+    for old in out.parent.glob("*.parquet"):
+        if old.name != out.name:
+            old.unlink(missing_ok=True)
+    logger.info("catalog %s: %d images selected, digest %s", spec.path, len(catalog), digest)
+
+
+def read_snapshot_ids(path: str | Path) -> list[str]:
+    return pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist()

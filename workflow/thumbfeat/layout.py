@@ -1,0 +1,69 @@
+"""Where every per-image artifact lives under the results folder.
+
+Per-image files are spread over 256 shard folders named by the first two hex digits of the SHA-1 of
+the image id. Hashing (rather than using a prefix of the id) keeps the shards even when ids are
+sequential numbers, and the shard of an id never changes when the catalog grows, so appending rows
+never moves a finished file. At a million images a shard holds about 4,000 files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+THUMBS = "thumbs"
+FEATURES = "features"
+FAILED = "failed"
+BATCHES = "batches"
+LOGS = "logs"
+
+THUMB_SUFFIX = ".img"
+FEATURE_SUFFIX = ".parquet"
+FAILURE_SUFFIX = ".json"
+
+SHARD_DIGITS = 2
+SHARDS = tuple(f"{i:0{SHARD_DIGITS}x}" for i in range(16**SHARD_DIGITS))
+SHARD_SET = frozenset(SHARDS)
+
+# Kept in step with the id rule of the catalog: names that are safe as file names everywhere.
+PER_IMAGE_TARGET = re.compile(
+    r"(?:^|/)(?P<stage>thumbs|features)/(?P<shard>[0-9a-f]{2})/"
+    r"(?P<image_id>[A-Za-z0-9_][A-Za-z0-9._-]*?)(?P<suffix>\.img|\.parquet)$"
+)
+
+
+def shard_of(image_id: str) -> str:
+    """The shard folder of an image: stable, evenly spread, independent of catalog order."""
+    return hashlib.sha1(image_id.encode("utf-8")).hexdigest()[:SHARD_DIGITS]
+
+
+def thumb_path(results: str | Path, image_id: str) -> str:
+    """The downloaded bytes of an image, kept as served (an empty file marks a failed download)."""
+    return f"{results}/{THUMBS}/{shard_of(image_id)}/{image_id}{THUMB_SUFFIX}"
+
+
+def feature_path(results: str | Path, image_id: str) -> str:
+    """The one-row Parquet file holding an image's outcome and features."""
+    return f"{results}/{FEATURES}/{shard_of(image_id)}/{image_id}{FEATURE_SUFFIX}"
+
+
+def failure_path(results: str | Path, image_id: str) -> str:
+    """The JSON record of why an image's download failed, and whether a later run retries it."""
+    return f"{results}/{FAILED}/{shard_of(image_id)}/{image_id}{FAILURE_SUFFIX}"
+
+
+def is_temporary_name(name: str) -> bool:
+    """Temporary files of atomic writes start with a dot; they are never finished artifacts."""
+    return name.startswith(".")
+
+
+def existing_shard_dirs(results: str | Path, stage: str) -> list[str]:
+    """The shard folders of ``stage`` that exist now (one directory read)."""
+    root = Path(results) / stage
+    try:
+        names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    except FileNotFoundError:
+        return []
+    return [f"{results}/{stage}/{name}" for name in names if name in SHARD_SET]

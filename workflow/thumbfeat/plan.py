@@ -1,0 +1,173 @@
+"""What is left to do, rebuilt every time from what is on disk.
+
+The workflow never keeps a queue: each run lists the shard folders once (one directory read per
+shard, no per-file stat) and compares them with the catalog. An image needs downloading when its
+thumbnail file is missing, and features when its Parquet file is missing. A recorded failure is
+redone when it was transient, or when the user asks for every failure to be retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thumbfeat import layout
+from thumbfeat.catalog import Catalog
+
+
+def present_ids(results: str | Path, stage: str, suffix: str) -> set[str]:
+    """Ids with a finished file of ``stage``: one ``scandir`` per shard folder."""
+    found: set[str] = set()
+    root = Path(results) / stage
+    try:
+        shards = list(os.scandir(root))
+    except FileNotFoundError:
+        return found
+    cut = len(suffix)
+    for shard in shards:
+        if not shard.is_dir():
+            continue
+        with os.scandir(shard.path) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(suffix) and not layout.is_temporary_name(name):
+                    found.add(name[:-cut])
+    return found
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    image_id: str
+    kind: str
+    error: str
+    retryable: bool
+
+
+def read_failures(results: str | Path, wanted: Collection[str]) -> dict[str, FailureRecord]:
+    """Failure records of the catalog's images (records of other images are left alone)."""
+    records: dict[str, FailureRecord] = {}
+    for image_id in present_ids(results, layout.FAILED, layout.FAILURE_SUFFIX):
+        if image_id not in wanted:
+            continue
+        record = read_failure(layout.failure_path(results, image_id))
+        if record is not None:
+            records[image_id] = record
+    return records
+
+
+def read_failure(path: str | Path) -> FailureRecord | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return FailureRecord(str(data["image_id"]), str(data["kind"]), str(data["error"]),
+                             bool(data["retryable"]))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Images handled by one job per stage. Its key names its manifest and changes with its members."""
+
+    number: int
+    image_ids: tuple[str, ...]
+    download_ids: tuple[str, ...]
+    feature_ids: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        hasher = hashlib.sha1()
+        for group in (self.download_ids, self.feature_ids):
+            hasher.update("\n".join(group).encode("utf-8"))
+            hasher.update(b"\x00")
+        return f"{self.number:05d}-{hasher.hexdigest()[:12]}"
+
+
+@dataclass
+class WorkPlan:
+    """The remaining work of a run, in images, with the batches that will do it."""
+
+    catalog_size: int
+    download: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    failed_kept: dict[str, FailureRecord] = field(default_factory=dict)
+    failed_retried: dict[str, FailureRecord] = field(default_factory=dict)
+    batches: list[Batch] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line a person reads before a run (and in a dry run) to know what is left."""
+        kept = len(self.failed_kept)
+        retried = len(self.failed_retried)
+        parts = [
+            f"{self.catalog_size} images in the catalog",
+            f"download: {len(self.download)} to fetch",
+            f"features: {len(self.features)} to compute",
+            f"failed: {kept} kept as failed" + (f", {retried} to retry" if retried else ""),
+            f"{len(self.batches)} batches",
+        ]
+        return "thumbfeat plan: " + "; ".join(parts)
+
+
+def make_batches(ordered_ids: Iterable[str], download: Collection[str],
+                 features: Collection[str], batch_size: int) -> list[Batch]:
+    """Group images with work left into batches, in catalog order, so appended rows batch together."""
+    work = [i for i in ordered_ids if i in download or i in features]
+    batches = []
+    for number, start in enumerate(range(0, len(work), batch_size), start=1):
+        members = tuple(work[start : start + batch_size])
+        batches.append(Batch(
+            number=number,
+            image_ids=members,
+            download_ids=tuple(i for i in members if i in download),
+            feature_ids=tuple(i for i in members if i in features),
+        ))
+    return batches
+
+
+def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int,
+              retry_failed: bool = False, only: Collection[str] | None = None) -> WorkPlan:
+    """Compare the catalog with the disk and say what each stage still has to do.
+
+    ``only`` restricts the work to the given ids (when the user asks for particular files).
+    """
+    ids: Iterable[str] = catalog.ids
+    if only is not None:
+        ids = [i for i in catalog.ids if i in only]
+    wanted = set(ids) if only is not None else set(catalog.ids)
+    thumbs = present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
+    features = present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX)
+    failures = read_failures(results, wanted)
+    plan = WorkPlan(catalog_size=len(catalog))
+    redo: set[str] = set()
+    for image_id, record in failures.items():
+        if retry_failed or record.retryable:
+            plan.failed_retried[image_id] = record
+            redo.add(image_id)
+        else:
+            plan.failed_kept[image_id] = record
+    download = {i for i in wanted if i not in thumbs or i in redo}
+    compute = {i for i in wanted if i not in features or i in redo}
+    ordered = [i for i in catalog.ids if i in wanted]
+    plan.download = [i for i in ordered if i in download]
+    plan.features = [i for i in ordered if i in compute]
+    plan.batches = make_batches(ordered, download, compute, batch_size)
+    return plan
+
+
+def requested_image_ids(argv: Sequence[str], catalog_ids: Collection[str]) -> set[str] | None:
+    """Ids of per-image files named on the command line, or None when none are named.
+
+    Snakemake parses the workflow before it looks at its targets, so the command line is the only
+    place to learn them in time. When a user asks for particular thumbnails or feature files, only
+    those images are planned, so that asking for one file builds just that file rather than the
+    whole batch it would otherwise fall into.
+    """
+    wanted: set[str] = set()
+    for token in argv[1:]:
+        match = layout.PER_IMAGE_TARGET.search(token)
+        if match and match.group("image_id") in catalog_ids:
+            wanted.add(match.group("image_id"))
+    return wanted or None
