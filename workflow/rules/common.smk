@@ -3,6 +3,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from snakemake.common.configfile import load_configfile
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
@@ -11,11 +12,22 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from thumbfeat import layout  # noqa: E402
 from thumbfeat.catalog import CatalogError, load_catalog  # noqa: E402
-from thumbfeat.config import RESULTS, ConfigError, catalog_spec, fetch_settings  # noqa: E402
+from thumbfeat.config import (  # noqa: E402
+    RESULTS,
+    ConfigError,
+    catalog_spec,
+    coerce_to_schema,
+    fetch_settings,
+)
 from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+try:
+    config.update(coerce_to_schema(config, load_configfile(str(CONFIG_SCHEMA))))
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+validate(config, schema=str(CONFIG_SCHEMA))
 
 try:
     CATALOG_SPEC = catalog_spec(config, workflow.basedir)

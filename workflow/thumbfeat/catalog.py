@@ -212,7 +212,7 @@ def load_catalog(spec: CatalogSpec) -> Catalog:
     if spec.url_template is None:
         urls_all = _column(table, spec.url_column, path, "image URL")
     else:
-        urls_all = [spec.url_template.replace("{image_id}", i) for i in ids_all]
+        urls_all = [spec.url_template.replace("{image_id}", i.strip()) for i in ids_all]
     rows = list(range(table.num_rows))
     if spec.row_filter:
         keep = _filter_mask(table, spec.row_filter, path).to_pylist()

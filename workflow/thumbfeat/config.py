@@ -72,3 +72,52 @@ def job_logger(log_path: str, name: str) -> logging.Logger:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)
     return logger
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(value: Any, schema: Mapping[str, Any], key: str) -> Any:
+    """Convert one command-line string to the type the schema asks for."""
+    types = schema.get("type")
+    allowed = set(types) if isinstance(types, list) else {types}
+    if isinstance(value, dict) and "properties" in schema:
+        return coerce_to_schema(value, schema, prefix=f"{key}.")
+    if not isinstance(value, str) or "string" in allowed:
+        return value
+    text = value.strip()
+    if "null" in allowed and text.lower() in {"null", "none", "~", ""}:
+        return None
+    if "boolean" in allowed:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+    if "integer" in allowed:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    if "number" in allowed:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    raise ConfigError(f"config key {key!r}: {value!r} is not a valid {' or '.join(sorted(allowed))}")
+
+
+def coerce_to_schema(config: Mapping[str, Any], schema: Mapping[str, Any],
+                     prefix: str = "") -> dict[str, Any]:
+    """Give command-line values their schema types before validation.
+
+    ``snakemake --config retry_failed=true`` passes the string ``"true"`` (Snakemake only turns
+    ``True``/``False`` into booleans), and values inside dicts stay strings; people expect both to
+    work as written.
+    """
+    properties = schema.get("properties", {})
+    coerced = dict(config)
+    for key, value in config.items():
+        if key in properties:
+            coerced[key] = _coerce(value, properties[key], f"{prefix}{key}")
+    return coerced

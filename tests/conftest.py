@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import ImageServer
+
+
+@pytest.fixture
+def server() -> Iterator[ImageServer]:
+    srv = ImageServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -1,0 +1,183 @@
+"""Shared test helpers: a loopback image server that counts requests, catalogs, snakemake runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def make_jpeg(name: str, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A distinct, deterministic photo-like JPEG for ``name`` (gradients plus noise)."""
+    seed = zlib.crc32(name.encode())
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            (x / width) * rng.uniform(60, 255),
+            (y / height) * rng.uniform(60, 255),
+            ((x + y) / (width + height)) * rng.uniform(60, 255),
+        ],
+        axis=-1,
+    )
+    noise = rng.normal(0, 12, size=(height, width, 3))
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+class ImageServer:
+    """A loopback HTTP server with a behaviour per path prefix, counting every request.
+
+    ``/img/<name>.jpg`` serves a real JPEG; ``/missing/`` answers 404, ``/gone/`` 410, ``/html/``
+    an HTML page labelled image/jpeg, ``/error/`` 500 forever, ``/flaky/<n>/`` 503 for the first n
+    requests of that path and then the image, ``/ratelimit/`` 429 with Retry-After 1 once and then
+    the image.
+    """
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.cache: dict[str, bytes] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                server.handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self) -> ImageServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def image(self, name: str) -> bytes:
+        with self.lock:
+            if name not in self.cache:
+                self.cache[name] = make_jpeg(name)
+            return self.cache[name]
+
+    def total(self, prefix: str = "") -> int:
+        with self.lock:
+            return sum(n for path, n in self.counts.items() if path.startswith(prefix))
+
+    def snapshot(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.counts)
+
+    def send(self, handler: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str,
+             headers: dict[str, str] | None = None) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", ctype)
+        handler.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        path = handler.path
+        with self.lock:
+            self.counts[path] += 1
+            seen = self.counts[path]
+        if self.delay:
+            time.sleep(self.delay)
+        name = path.rsplit("/", 1)[-1].removesuffix(".jpg")
+        parts = path.strip("/").split("/")
+        kind = parts[0]
+        if kind == "img":
+            self.send(handler, 200, self.image(name), "image/jpeg")
+        elif kind == "missing":
+            self.send(handler, 404, b"not here", "text/plain")
+        elif kind == "gone":
+            self.send(handler, 410, b"gone", "text/plain")
+        elif kind == "html":
+            self.send(handler, 200, b"<!DOCTYPE html><html><body>login</body></html>",
+                      "image/jpeg")
+        elif kind == "error":
+            self.send(handler, 500, b"broken", "text/plain")
+        elif kind == "flaky":
+            failures = int(parts[1])
+            if seen <= failures:
+                self.send(handler, 503, b"busy", "text/plain")
+            else:
+                self.send(handler, 200, self.image(name), "image/jpeg")
+        elif kind == "ratelimit":
+            if seen == 1:
+                self.send(handler, 429, b"slow down", "text/plain", {"Retry-After": "1"})
+            else:
+                self.send(handler, 200, self.image(name), "image/jpeg")
+        else:
+            self.send(handler, 404, b"unknown", "text/plain")
+
+
+def write_catalog(path: Path, rows: Iterable[Sequence[str]],
+                  header: Sequence[str] = ("image_id", "url")) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def image_rows(server: ImageServer, names: Iterable[str]) -> list[tuple[str, str]]:
+    return [(name, f"{server.base}/img/{name}.jpg") for name in names]
+
+
+def snakemake_command(workdir: Path, *args: str, config: dict[str, str] | None = None,
+                      cores: int = 2) -> list[str]:
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--cores", str(cores), *args]
+    if config:
+        command += ["--config", *(f"{k}={v}" for k, v in config.items())]
+    return command
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = None,
+                  cores: int = 2, check: bool = True,
+                  timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real workflow in ``workdir``; on failure show its output."""
+    result = subprocess.run(snakemake_command(workdir, *args, config=config, cores=cores),
+                            capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n"
+                             f"{result.stderr[-6000:]}")
+    return result
+
+
+def file_times(root: Path, pattern: str) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.glob(pattern)}

@@ -1,0 +1,161 @@
+"""End-to-end scenarios: the real workflow run by real snakemake against a loopback server."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.support import ImageServer, file_times, image_rows, run_snakemake, write_catalog
+from thumbfeat import layout
+
+FAST = {"batch_size": "100", "local_file_roots": "[]"}
+
+
+def read_table(workdir: Path) -> list[dict[str, object]]:
+    return pq.read_table(workdir / "results" / "feature_table.parquet").to_pylist()
+
+
+def plan_counts(output: str) -> dict[str, int]:
+    match = re.search(r"download: (\d+) to fetch; features: (\d+) to compute; "
+                      r"failed: (\d+) kept as failed", output)
+    assert match, output
+    return {"download": int(match[1]), "features": int(match[2]), "failed": int(match[3])}
+
+
+def test_fresh_rerun_repair_and_append(tmp_path: Path, server: ImageServer) -> None:
+    names = [f"img{i:04d}" for i in range(350)]
+    catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names[:300]))
+    config = {**FAST, "catalog": str(catalog)}
+
+    run_snakemake(tmp_path, config=config)
+    assert server.total() <= 300
+    rows = read_table(tmp_path)
+    assert [r["image_id"] for r in rows] == names[:300]
+    assert {r["status"] for r in rows} == {"ok"}
+
+    # A second run fetches nothing and rewrites nothing.
+    before = server.total()
+    times = file_times(tmp_path / "results", "**/*")
+    result = run_snakemake(tmp_path, config=config)
+    assert server.total() == before
+    assert file_times(tmp_path / "results", "**/*") == times
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+    # Lost files are rebuilt by a plain run, even though the table exists: only thumbnails cost
+    # a request; feature files are recomputed from the thumbnails on disk.
+    results = tmp_path / "results"
+    for name in names[10:17]:
+        Path(layout.thumb_path(results, name)).unlink()
+    for name in names[100:105]:
+        Path(layout.feature_path(results, name)).unlink()
+    before = server.snapshot()
+    run_snakemake(tmp_path, config=config)
+    delta = server.snapshot() - before
+    assert sum(delta.values()) == 7
+    assert set(delta) == {f"/img/{n}.jpg" for n in names[10:17]}
+    for name in names[10:17] + names[100:105]:
+        assert Path(layout.thumb_path(results, name)).stat().st_size > 0
+        assert Path(layout.feature_path(results, name)).exists()
+
+    # Appending rows fetches exactly the new images.
+    write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
+    before = server.total()
+    run_snakemake(tmp_path, config=config)
+    assert server.total() - before == 50
+    rows = read_table(tmp_path)
+    assert len(rows) == 350
+    assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_failures_recorded_not_retried_unless_asked(tmp_path: Path, server: ImageServer) -> None:
+    rows = [*image_rows(server, ["a1", "a2"]),
+            ("lost", f"{server.base}/missing/lost.jpg"),
+            ("page", f"{server.base}/html/page.jpg"),
+            ("down", f"{server.base}/error/down.jpg")]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    settings = tmp_path / "fast-retries.yaml"
+    settings.write_text("download: {max_attempts: 2, backoff_base: 0.01}\n")
+    config = {**FAST, "catalog": str(catalog)}
+    run = functools.partial(run_snakemake, tmp_path, "--configfile", str(settings))
+
+    run(config=config)
+    table = {r["image_id"]: r for r in read_table(tmp_path)}
+    assert table["a1"]["status"] == table["a2"]["status"] == "ok"
+    assert table["lost"]["status"] == "failed"
+    assert table["lost"]["error_kind"] == "http_status" and "404" in table["lost"]["error"]
+    assert table["page"]["error_kind"] == "not_image"
+    assert table["down"]["error_kind"] == "http_status" and table["down"]["retryable"]
+    assert server.counts["/missing/lost.jpg"] == 1
+    assert server.counts["/error/down.jpg"] == 2
+
+    # Permanent failures stay failed; the transient one is tried again.
+    result = run(config=config)
+    assert plan_counts(result.stdout + result.stderr) == {"download": 1, "features": 1,
+                                                          "failed": 2}
+    assert server.counts["/missing/lost.jpg"] == 1
+    assert server.counts["/html/page.jpg"] == 1
+    assert server.counts["/error/down.jpg"] == 4
+
+    run(config={**config, "retry_failed": "true"})
+    assert server.counts["/missing/lost.jpg"] == 2
+    assert server.counts["/html/page.jpg"] == 2
+    assert len(read_table(tmp_path)) == 5
+
+
+def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServer) -> None:
+    names = [f"p{i:03d}" for i in range(120)]
+    catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
+    config = {**FAST, "catalog": str(catalog)}
+    run_snakemake(tmp_path, config=config)
+    results = tmp_path / "results"
+    for name in names[:30]:
+        Path(layout.thumb_path(results, name)).unlink()
+        Path(layout.feature_path(results, name)).unlink()
+    for name in names[30:45]:
+        Path(layout.feature_path(results, name)).unlink()
+
+    before = server.total()
+    preview = run_snakemake(tmp_path, "-n", config=config)
+    assert server.total() == before
+    assert plan_counts(preview.stdout + preview.stderr) == {"download": 30, "features": 45,
+                                                            "failed": 0}
+    run_snakemake(tmp_path, config=config)
+    assert server.total() - before == 30
+    after = run_snakemake(tmp_path, "-n", config=config)
+    assert plan_counts(after.stdout + after.stderr) == {"download": 0, "features": 0, "failed": 0}
+
+
+def test_one_requested_file_builds_just_it(tmp_path: Path, server: ImageServer) -> None:
+    names = [f"q{i:03d}" for i in range(50)]
+    catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
+    target = layout.feature_path("results", "q007")
+    run_snakemake(tmp_path, target, config={**FAST, "catalog": str(catalog)})
+    assert server.total() == 1
+    assert (tmp_path / target).exists()
+    built = list((tmp_path / "results" / "features").glob("*/*.parquet"))
+    assert [p.name for p in built] == ["q007.parquet"]
+    assert not (tmp_path / "results" / "feature_table.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("catalog_text", "message"),
+    [
+        ("image_id,url\n../etc,http://x/a.jpg\n", "line 2"),
+        ("image_id,url\na,http://x/a.jpg\na,http://x/b.jpg\n", "repeated with a different URL"),
+        ("name,url\na,http://x/a.jpg\n", "no column 'image_id'"),
+        ("image_id,url\n", "selects no images"),
+    ],
+)
+def test_bad_catalog_stops_before_any_work(tmp_path: Path, catalog_text: str,
+                                           message: str) -> None:
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(catalog_text)
+    result = run_snakemake(tmp_path, config={**FAST, "catalog": str(catalog)}, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert str(catalog) in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

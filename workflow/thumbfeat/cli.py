@@ -1,0 +1,80 @@
+"""The ``thumbfeat`` command: questions answered from what is on disk, without running anything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from thumbfeat import layout
+from thumbfeat.catalog import read_snapshot_ids
+from thumbfeat.plan import present_ids, read_failures
+
+
+def latest_snapshot(results: Path) -> Path | None:
+    snapshots = sorted((results / "catalog").glob("*.parquet"), key=lambda p: p.stat().st_mtime)
+    return snapshots[-1] if snapshots else None
+
+
+def status_report(results: Path) -> str:
+    """Done, failed by kind and pending images of the last planned catalog, and the batch rates."""
+    snapshot = latest_snapshot(results)
+    if snapshot is None:
+        return f"{results}: no run has recorded a catalog yet"
+    ids = read_snapshot_ids(snapshot)
+    wanted = set(ids)
+    rows = present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX) & wanted
+    thumbs = present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX) & wanted
+    failures = read_failures(results, wanted)
+    kinds = Counter(record.kind for record in failures.values())
+    retry = sum(record.retryable for record in failures.values())
+    lines = [
+        f"catalog: {len(ids)} images (snapshot {snapshot.name})",
+        f"downloaded: {len(thumbs) - len(failures)} ok, {len(failures)} failed, "
+        f"{len(wanted) - len(thumbs)} pending",
+        f"features: {len(rows)} done, {len(wanted) - len(rows)} pending",
+        "failed by kind: " + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none")
+        + (f" ({retry} will be retried by the next run)" if retry else ""),
+    ]
+    for stage in ("download", "features"):
+        rate = stage_rate(results / layout.BATCHES / stage)
+        if rate:
+            lines.append(f"{stage} batches: {rate}")
+    table = results / "feature_table.parquet"
+    lines.append(f"table: {table}" + ("" if table.exists() else " (not built yet)"))
+    return "\n".join(lines)
+
+
+def stage_rate(folder: Path) -> str | None:
+    """Images per second of a stage's recorded batches (per job; jobs may run side by side)."""
+    manifests = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    if not manifests:
+        return None
+    images = sum(m["images"] for m in manifests)
+    seconds = sum(m["seconds"] for m in manifests)
+    return f"{len(manifests)} recorded, {images} images, {images / max(seconds, 1e-9):.1f} images/s per job"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="thumbfeat", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser("status", help="summarise the results folder")
+    status.add_argument("--results", type=Path, default=Path("results"))
+    where = commands.add_parser("path", help="print where an image's files are")
+    where.add_argument("image_id")
+    where.add_argument("--results", default="results")
+    args = parser.parse_args(argv)
+    if args.command == "status":
+        print(status_report(args.results))
+    else:
+        for path in (layout.thumb_path(args.results, args.image_id),
+                     layout.feature_path(args.results, args.image_id),
+                     layout.failure_path(args.results, args.image_id)):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

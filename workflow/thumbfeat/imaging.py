@@ -1,0 +1,184 @@
+"""Safe decoding of untrusted image bytes into fully loaded, upright Pillow images.
+
+Catalog images come from arbitrary web servers, so the bytes may be an HTML error page,
+a cut-off download, a format we never meant to parse, or a file engineered to expand into
+gigabytes of pixels. Every one of those cases is turned into :class:`ImageRejected` with a
+machine-readable ``kind`` so the pipeline can record *why* an image has no features instead
+of crashing, hanging, or silently computing features from grey filler.
+
+Guarantees of :func:`decode_image`:
+
+* Only the Pillow plugins named in :data:`ACCEPTED_FORMATS` are tried, so bytes that look
+  like EPS/PostScript never reach Ghostscript and other rarely audited decoders never run.
+* The pixel count from the header is checked against ``max_pixels`` before any pixel data
+  is decoded; Pillow's own decompression-bomb error and warning are mapped to the same kind.
+  The process-wide ``Image.MAX_IMAGE_PIXELS`` is never modified, so Pillow's global limit
+  still applies on top of ``max_pixels``.
+* Truncated data is an error: ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left at its default of
+  ``False`` (Pillow would otherwise pad the missing rows with grey), and the image is fully
+  decoded with ``load()`` because ``verify()`` does not decode pixel data.
+* The EXIF orientation is applied, so width/height are what a viewer shows.
+* For animated GIF/WebP only the first frame is decoded.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+
+from PIL import Image, ImageOps
+
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+"""Pillow format names tried when opening; everything else is rejected as ``not_image``."""
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Pillow's own default ``Image.MAX_IMAGE_PIXELS`` (about 0.25 GiB of 24-bit RGB)."""
+
+_PREVIEW_BYTES = 16
+"""How many leading bytes an error message shows; enough to recognise HTML, JSON or a magic
+number without dumping a whole response body into logs."""
+
+# Exception types Pillow's decoders are known to raise on malformed input. Catching exactly
+# these (instead of ``Exception``) keeps genuine programming errors visible.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # includes UnidentifiedImageError and "image file is truncated"
+    ValueError,
+    SyntaxError,  # Pillow's historical "broken file" signal
+    EOFError,
+    struct.error,
+    IndexError,
+    TypeError,
+    NotImplementedError,
+    OverflowError,
+)
+
+_BOMB_ERRORS: tuple[type[BaseException], ...] = (
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+class ImageRejected(Exception):
+    """Raised when bytes cannot be turned into trustworthy pixels.
+
+    ``kind`` is a stable, machine-readable reason (``"not_image"``, ``"truncated"`` or
+    ``"decompression_bomb"``) meant for an output column; ``message`` is for humans.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A fully loaded, EXIF-upright image plus facts about the original bytes.
+
+    ``format`` is Pillow's name for the container that was parsed (e.g. ``"JPEG"``; a
+    multi-picture JPEG from a phone is reported as ``"MPO"``). ``source_mode`` is the pixel
+    mode before any conversion, kept because later colour conversion erases it.
+    """
+
+    image: Image.Image
+    format: str
+    source_mode: str
+
+
+def _preview(data: bytes) -> str:
+    """Return a short, log-safe repr of the first bytes, to make rejections diagnosable."""
+    return repr(data[:_PREVIEW_BYTES])
+
+
+def _not_image(data: bytes) -> ImageRejected:
+    """Build the rejection for bytes no accepted decoder recognises."""
+    return ImageRejected(
+        "not_image",
+        f"bytes are not an image in an accepted format (starts with {_preview(data)})",
+    )
+
+
+def _bomb(width: int, height: int, max_pixels: int) -> ImageRejected:
+    """Build the rejection for images whose header announces too many pixels."""
+    return ImageRejected(
+        "decompression_bomb",
+        f"image is {width}x{height} = {width * height} pixels, above the limit of "
+        f"{max_pixels} pixels",
+    )
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Parse only the header, trying the accepted plugins and nothing else."""
+    try:
+        return Image.open(BytesIO(data), formats=ACCEPTED_FORMATS)
+    except _BOMB_ERRORS as exc:
+        raise ImageRejected("decompression_bomb", f"image rejected by Pillow: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        # A header we cannot parse is indistinguishable from "not an image at all".
+        raise _not_image(data) from exc
+
+
+def _check_size(image: Image.Image, max_pixels: int) -> None:
+    """Reject from the header's dimensions alone, before any pixel buffer is allocated."""
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected("not_image", f"image header declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise _bomb(width, height, max_pixels)
+
+
+def _load_pixels(image: Image.Image) -> None:
+    """Decode all pixel data of the current (first) frame; a short file is an error here."""
+    try:
+        image.load()
+    except _BOMB_ERRORS as exc:
+        raise ImageRejected("decompression_bomb", f"image rejected by Pillow: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        # The header parsed, so the container is real; failing now means the pixel data is
+        # cut short or damaged, which callers treat the same way (a re-download may help).
+        raise ImageRejected(
+            "truncated", f"{image.format} image data is truncated or corrupt: {exc}"
+        ) from exc
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation so dimensions and pixels match what viewers display.
+
+    The result is always a new, single-frame image detached from the source file.
+    """
+    try:
+        return ImageOps.exif_transpose(image)
+    except _DECODE_ERRORS as exc:
+        raise ImageRejected(
+            "not_image", f"could not apply the image's EXIF orientation: {exc}"
+        ) from exc
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode untrusted ``data`` into an upright, fully loaded first frame.
+
+    Raises :class:`ImageRejected` for empty or unrecognised bytes (``not_image``), cut or
+    damaged pixel data (``truncated``), and images with more than ``max_pixels`` pixels or
+    that trip Pillow's own limit (``decompression_bomb``).
+
+    Pillow's ``DecompressionBombWarning`` is escalated to an error only inside this call via
+    ``warnings.catch_warnings``; note that this context manager swaps process-global warning
+    state, so concurrent decoding should use processes rather than threads.
+    """
+    if not data:
+        raise ImageRejected("not_image", "empty input: 0 bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = _open_header(data)
+        with image:
+            source_format = image.format or "UNKNOWN"
+            source_mode = image.mode
+            _check_size(image, max_pixels)
+            _load_pixels(image)
+            upright = _upright(image)
+    return DecodedImage(image=upright, format=source_format, source_mode=source_mode)
