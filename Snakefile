@@ -16,7 +16,7 @@ include: "workflow/rules/table.smk"
 
 
 rule all:
+    default_target: True
     input:
         FEATURE_TABLE,
         BATCH_MANIFESTS,
-    default_target: True

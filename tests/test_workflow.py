@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from thumbfeat import layout
 
 from tests.support import ImageServer, file_times, image_rows, run_snakemake, write_catalog
-from thumbfeat import layout
 
 FAST = {"batch_size": "100", "local_file_roots": "[]"}
 

@@ -21,7 +21,6 @@ from thumbfeat.config import (  # noqa: E402
 )
 from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
 
-
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 try:
     config.update(coerce_to_schema(config, load_configfile(str(CONFIG_SCHEMA))))

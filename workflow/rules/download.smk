@@ -13,13 +13,14 @@ for batch in PLAN.batches:
         output:
             manifest=download_manifest(batch),
             thumbs=[layout.thumb_path(RESULTS, i) for i in batch.download_ids],
+        log:
+            f"{RESULTS}/{layout.LOGS}/download/{batch.key}.log",
+        conda:
+            "../../envs/thumbfeat.yaml"
+        threads: 1
         params:
             sources=[(i, URL_OF[i]) for i in batch.download_ids],
             batch_key=batch.key,
             settings=FETCH_SETTINGS,
-            results=RESULTS,
-        log:
-            f"{RESULTS}/{layout.LOGS}/download/{batch.key}.log",
-        threads: 1
         script:
             "../scripts/download_batch.py"

@@ -13,12 +13,13 @@ for batch in PLAN.batches:
         output:
             manifest=feature_manifest(batch),
             rows=[layout.feature_path(RESULTS, i) for i in batch.feature_ids],
+        log:
+            f"{RESULTS}/{layout.LOGS}/features/{batch.key}.log",
+        conda:
+            "../../envs/thumbfeat.yaml"
+        threads: config["feature_threads"]
         params:
             image_ids=list(batch.feature_ids),
             batch_key=batch.key,
-            results=RESULTS,
-        log:
-            f"{RESULTS}/{layout.LOGS}/features/{batch.key}.log",
-        threads: config["feature_threads"]
         script:
             "../scripts/feature_batch.py"

@@ -9,6 +9,8 @@ rule catalog_snapshot:
         CATALOG_SNAPSHOT,
     log:
         f"{RESULTS}/{layout.LOGS}/catalog_snapshot.log",
+    conda:
+        "../../envs/thumbfeat.yaml"
     params:
         digest=CATALOG_DIGEST,
         spec=asdict(CATALOG_SPEC),
@@ -25,6 +27,8 @@ rule feature_table:
         FEATURE_TABLE,
     log:
         f"{RESULTS}/{layout.LOGS}/feature_table.log",
+    conda:
+        "../../envs/thumbfeat.yaml"
     threads: 2
     script:
         "../scripts/feature_table.py"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from thumbfeat.catalog import CatalogSpec, write_snapshot  # noqa: E402
-from thumbfeat.config import job_logger  # noqa: E402
+from thumbfeat.catalog import CatalogSpec, write_snapshot
+from thumbfeat.config import job_logger
 
 smk = snakemake  # noqa: F821
 write_snapshot(

@@ -5,14 +5,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from thumbfeat.batch import run_download_batch  # noqa: E402
-from thumbfeat.config import job_logger  # noqa: E402
-from thumbfeat.fetch import FetchSettings  # noqa: E402
+from thumbfeat.batch import run_download_batch
+from thumbfeat.config import RESULTS, job_logger
+from thumbfeat.fetch import FetchSettings
 
 smk = snakemake  # noqa: F821
 run_download_batch(
     smk.params.sources,
-    smk.params.results,
+    RESULTS,
     FetchSettings(**smk.params.settings),
     max_pixels=smk.config["max_pixels"],
     manifest_path=smk.output.manifest,

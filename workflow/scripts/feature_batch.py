@@ -5,13 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from thumbfeat.batch import run_feature_batch  # noqa: E402
-from thumbfeat.config import job_logger  # noqa: E402
+from thumbfeat.batch import run_feature_batch
+from thumbfeat.config import RESULTS, job_logger
 
 smk = snakemake  # noqa: F821
 run_feature_batch(
     smk.params.image_ids,
-    smk.params.results,
+    RESULTS,
     threads=smk.threads,
     max_pixels=smk.config["max_pixels"],
     manifest_path=smk.output.manifest,

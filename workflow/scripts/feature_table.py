@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from thumbfeat.config import RESULTS, job_logger  # noqa: E402
-from thumbfeat.table import assemble_from_snapshot  # noqa: E402
+from thumbfeat.config import RESULTS, job_logger
+from thumbfeat.table import assemble_from_snapshot
 
 smk = snakemake  # noqa: F821
 assemble_from_snapshot(

@@ -44,7 +44,7 @@ class CatalogSpec:
 
 @dataclass(frozen=True)
 class Catalog:
-    """The selected images in catalog order, with URLs resolved (relative ``file:`` made absolute)."""
+    """The selected images in catalog order; relative ``file:`` URLs made absolute."""
 
     source: Path
     ids: tuple[str, ...]

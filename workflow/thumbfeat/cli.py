@@ -27,7 +27,8 @@ def status_report(results: Path) -> str:
     wanted = set(ids)
     rows = present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX) & wanted
     thumbs = present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX) & wanted
-    failures = read_failures(results, wanted)
+    # A record counts only beside its (empty) thumbnail: without one the image is pending again.
+    failures = {i: r for i, r in read_failures(results, wanted).items() if i in thumbs}
     kinds = Counter(record.kind for record in failures.values())
     retry = sum(record.retryable for record in failures.values())
     lines = [
@@ -54,7 +55,8 @@ def stage_rate(folder: Path) -> str | None:
         return None
     images = sum(m["images"] for m in manifests)
     seconds = sum(m["seconds"] for m in manifests)
-    return f"{len(manifests)} recorded, {images} images, {images / max(seconds, 1e-9):.1f} images/s per job"
+    rate = images / max(seconds, 1e-9)
+    return f"{len(manifests)} recorded, {images} images, {rate:.1f} images/s per job"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,7 +104,8 @@ def _coerce(value: Any, schema: Mapping[str, Any], key: str) -> Any:
             return float(text)
         except ValueError:
             pass
-    raise ConfigError(f"config key {key!r}: {value!r} is not a valid {' or '.join(sorted(allowed))}")
+    expected = " or ".join(sorted(str(t) for t in allowed))
+    raise ConfigError(f"config key {key!r}: {value!r} is not a valid {expected}")
 
 
 def coerce_to_schema(config: Mapping[str, Any], schema: Mapping[str, Any],

@@ -1,15 +1,19 @@
 """Fetching image bytes over HTTP(S) or from allowed local folders, with deadlines and retries.
 
 Each attempt is bounded three ways: a connect timeout, a read timeout between bytes, and a total
-wall-clock deadline checked while streaming (a read timeout alone does not stop a server that drips
-one byte at a time). The body is capped in bytes while it streams. Failures are classified once, here,
-into a small vocabulary of kinds, each either permanent (never asked again unless the user says so)
-or transient (retried with backoff now, and again on the next run if it outlasts the retries).
+wall-clock deadline enforced by a watchdog that shuts the socket down (a read timeout alone does not
+stop a server that drips one byte at a time). The body is capped in bytes while it streams.
+Failures are classified once, here, into a small vocabulary of kinds, each either permanent (never
+asked again unless the user says so) or transient (retried with backoff now, and again on the next
+run if it outlasts the retries).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,6 +116,22 @@ def _read_body(response: requests.Response, settings: FetchSettings, deadline: f
     return b"".join(chunks)
 
 
+def _arm_watchdog(response: requests.Response, seconds: float) -> threading.Timer:
+    """Shut the response's socket down after ``seconds``, waking a read blocked on a slow server."""
+
+    def cut() -> None:
+        connection = getattr(response.raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, seconds), cut)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _fetch_http(session: requests.Session, url: str, settings: FetchSettings) -> bytes:
     deadline = time.monotonic() + settings.total_timeout
     try:
@@ -119,26 +139,35 @@ def _fetch_http(session: requests.Session, url: str, settings: FetchSettings) ->
                          timeout=(settings.connect_timeout, settings.read_timeout)) as response:
             if response.status_code != 200:
                 raise _status_failure(response)
-            return _read_body(response, settings, deadline)
+            watchdog = _arm_watchdog(response, deadline - time.monotonic())
+            try:
+                return _read_body(response, settings, deadline)
+            finally:
+                watchdog.cancel()
     except FetchFailure:
         raise
-    except requests.exceptions.TooManyRedirects as exc:
-        raise FetchFailure("redirect", f"more than {settings.max_redirects} redirects",
-                           retryable=False) from exc
-    except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema) as exc:
-        raise FetchFailure("bad_url", f"cannot fetch this URL: {exc}", retryable=False) from exc
-    except requests.exceptions.Timeout as exc:
-        raise FetchFailure("timeout", f"timed out: {type(exc).__name__}", retryable=True) from exc
-    except requests.exceptions.ChunkedEncodingError as exc:
-        raise FetchFailure("connection", "the body ended early (connection cut)",
-                           retryable=True) from exc
-    except requests.exceptions.ConnectionError as exc:
-        raise FetchFailure("connection", f"connection failed: {type(exc).__name__}",
-                           retryable=True) from exc
     except requests.exceptions.RequestException as exc:
-        raise FetchFailure("connection", f"request failed: {type(exc).__name__}",
-                           retryable=True) from exc
+        if time.monotonic() >= deadline:
+            raise FetchFailure("timeout", f"download took longer than the deadline of "
+                               f"{settings.total_timeout:g} s", retryable=True) from exc
+        raise _classify(exc, settings) from exc
+
+
+def _classify(exc: requests.exceptions.RequestException,
+              settings: FetchSettings) -> FetchFailure:
+    """Name the kind of a failed request; redirects and bad URLs are permanent, the rest not."""
+    errors = requests.exceptions
+    if isinstance(exc, errors.TooManyRedirects):
+        return FetchFailure("redirect", f"more than {settings.max_redirects} redirects",
+                            retryable=False)
+    if isinstance(exc, errors.InvalidSchema | errors.InvalidURL | errors.MissingSchema):
+        return FetchFailure("bad_url", f"cannot fetch this URL: {exc}", retryable=False)
+    if isinstance(exc, errors.Timeout):
+        return FetchFailure("timeout", f"timed out: {type(exc).__name__}", retryable=True)
+    if isinstance(exc, errors.ChunkedEncodingError):
+        return FetchFailure("connection", "the body ended early (connection cut)",
+                            retryable=True)
+    return FetchFailure("connection", f"connection failed: {type(exc).__name__}", retryable=True)
 
 
 def _fetch_file(url: str, settings: FetchSettings) -> bytes:

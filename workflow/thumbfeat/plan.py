@@ -70,7 +70,7 @@ def read_failure(path: str | Path) -> FailureRecord | None:
 
 @dataclass(frozen=True)
 class Batch:
-    """Images handled by one job per stage. Its key names its manifest and changes with its members."""
+    """Images handled by one job per stage; its key changes whenever its members do."""
 
     number: int
     image_ids: tuple[str, ...]
@@ -113,7 +113,7 @@ class WorkPlan:
 
 def make_batches(ordered_ids: Iterable[str], download: Collection[str],
                  features: Collection[str], batch_size: int) -> list[Batch]:
-    """Group images with work left into batches, in catalog order, so appended rows batch together."""
+    """Group images with work left into batches in catalog order: appended rows batch together."""
     work = [i for i in ordered_ids if i in download or i in features]
     batches = []
     for number, start in enumerate(range(0, len(work), batch_size), start=1):

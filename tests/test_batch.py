@@ -1,0 +1,188 @@
+"""Tests for thumbfeat.batch: download and feature batches against the loopback server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from thumbfeat import layout, table
+from thumbfeat.batch import measure_one, record_failure, run_download_batch, run_feature_batch
+from thumbfeat.features import FEATURE_VERSION
+from thumbfeat.fetch import FetchSettings
+from thumbfeat.plan import read_failure
+
+from tests.support import ImageServer
+
+SETTINGS = FetchSettings(concurrency=3, max_attempts=3, backoff_base=0.01, connect_timeout=2.0,
+                         read_timeout=5.0, total_timeout=10.0)
+MAX_PIXELS = 10_000_000
+OK_IDS = ["a", "b", "c", "d", "f"]
+FAILED_IDS = {"m": "http_status", "h": "not_image"}
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def make_logger(name: str) -> tuple[logging.Logger, Lines]:
+    logger = logging.getLogger(f"tests.batch.{name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    handler = Lines()
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def items_for(server: ImageServer) -> list[tuple[str, str]]:
+    return [
+        ("a", f"{server.base}/img/a.jpg"),
+        ("m", f"{server.base}/missing/m.jpg"),
+        ("b", f"{server.base}/img/b.jpg"),
+        ("h", f"{server.base}/html/h.jpg"),
+        ("c", f"{server.base}/img/c.jpg"),
+        ("d", f"{server.base}/img/d.jpg"),
+        ("f", f"{server.base}/flaky/1/f.jpg"),
+    ]
+
+
+def download(server: ImageServer, results: Path) -> tuple[list[object], dict, list[str]]:
+    logger, lines = make_logger("download")
+    manifest_path = results / layout.BATCHES / "download" / "00001-key.json"
+    outcomes = run_download_batch(items_for(server), str(results), SETTINGS,
+                                  max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
+                                  batch_key="00001-key", logger=logger, progress_interval=0.0)
+    return outcomes, json.loads(manifest_path.read_text()), lines.lines
+
+
+def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    outcomes, manifest, lines = download(server, results)
+
+    by_id = {o.image_id: o for o in outcomes}  # type: ignore[attr-defined]
+    assert sorted(by_id) == sorted([*OK_IDS, *FAILED_IDS])
+    for image_id in OK_IDS:
+        thumb = Path(layout.thumb_path(results, image_id))
+        assert thumb.read_bytes() == server.image(image_id), image_id
+        assert not Path(layout.failure_path(results, image_id)).exists()
+        assert by_id[image_id].ok
+    assert by_id["f"].attempts == 2
+    for image_id, kind in FAILED_IDS.items():
+        assert Path(layout.thumb_path(results, image_id)).read_bytes() == b""
+        record = read_failure(layout.failure_path(results, image_id))
+        assert record is not None
+        assert (record.image_id, record.kind, record.retryable) == (image_id, kind, False)
+        assert by_id[image_id].kind == kind
+        assert not by_id[image_id].ok
+    assert server.counts["/missing/m.jpg"] == 1
+
+    assert manifest["stage"] == "download"
+    assert manifest["batch"] == "00001-key"
+    assert manifest["images"] == 7
+    assert manifest["ok"] == 5
+    assert manifest["failed_by_kind"] == {"http_status": 1, "not_image": 1}
+    assert sorted(f["image_id"] for f in manifest["failed"]) == ["h", "m"]
+    assert manifest["bytes"] >= sum(len(server.image(i)) for i in OK_IDS)
+    assert lines and any("download:" in line and "/7 images" in line for line in lines)
+
+    # Nothing but finished files and records: no temporary files anywhere.
+    assert not [p for p in results.rglob(".*") if p.is_file()]
+
+
+def rows_of(results: Path, ids: list[str]) -> dict[str, dict[str, object]]:
+    return {i: table.read_row(layout.feature_path(results, i)).to_pylist()[0] for i in ids}
+
+
+def test_feature_batch_after_download(server: ImageServer, tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    download(server, one)
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    ids = [i for i, _ in items_for(server)]
+
+    results_by_threads = {}
+    for threads, results in ((1, one), (2, two)):
+        logger, lines = make_logger(f"features{threads}")
+        manifest_path = results / layout.BATCHES / "features" / "00001-key.json"
+        outcomes = run_feature_batch(ids, str(results), threads=threads, max_pixels=MAX_PIXELS,
+                                     manifest_path=str(manifest_path), batch_key="00001-key",
+                                     logger=logger, progress_interval=0.0)
+        assert sorted(o.image_id for o in outcomes) == sorted(ids)
+        manifest = json.loads(manifest_path.read_text())
+        assert (manifest["stage"], manifest["images"], manifest["ok"]) == ("features", 7, 5)
+        assert manifest["failed_by_kind"] == {"http_status": 1, "not_image": 1}
+        assert lines
+        results_by_threads[threads] = rows_of(results, ids)
+
+    rows = results_by_threads[1]
+    assert rows == results_by_threads[2]
+    for image_id in OK_IDS:
+        row = rows[image_id]
+        assert row["status"] == "ok"
+        assert (row["width"], row["height"]) == (320, 240)
+        assert row["format"] == "JPEG"
+        assert row["file_bytes"] == len(server.image(image_id))
+        assert row["feature_version"] == FEATURE_VERSION
+        assert row["error_kind"] is None
+    for image_id, kind in FAILED_IDS.items():
+        record = read_failure(layout.failure_path(one, image_id))
+        assert record is not None
+        row = rows[image_id]
+        assert row["status"] == "failed"
+        assert row["error_kind"] == kind
+        assert row["error"] == record.error
+        assert row["retryable"] is False
+        assert row["width"] is None
+    assert "404" in str(rows["m"]["error"])
+
+
+def test_successful_retry_removes_the_failure_record(server: ImageServer,
+                                                     tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    record_failure(str(results), "a", "timeout", "slow", True)
+    logger, _ = make_logger("retry")
+    run_download_batch([("a", f"{server.base}/img/a.jpg")], str(results), SETTINGS,
+                       max_pixels=MAX_PIXELS, manifest_path=str(tmp_path / "m.json"),
+                       batch_key="k", logger=logger)
+    assert Path(layout.thumb_path(results, "a")).read_bytes() == server.image("a")
+    assert not Path(layout.failure_path(results, "a")).exists()
+
+
+def test_measure_one_without_a_record(tmp_path: Path) -> None:
+    results = str(tmp_path / "results")
+    Path(layout.thumb_path(results, "x")).parent.mkdir(parents=True)
+    Path(layout.thumb_path(results, "x")).write_bytes(b"")
+    outcome = measure_one("x", results, MAX_PIXELS)
+    assert not outcome.ok
+    assert outcome.kind == "unknown"
+    assert outcome.retryable
+    record = read_failure(layout.failure_path(results, "x"))
+    assert record is not None and record.retryable
+    row = table.read_row(layout.feature_path(results, "x")).to_pylist()[0]
+    assert (row["status"], row["error_kind"], row["retryable"]) == ("failed", "unknown", True)
+
+
+def test_measure_one_with_a_corrupt_thumbnail(tmp_path: Path) -> None:
+    results = str(tmp_path / "results")
+    Path(layout.thumb_path(results, "x")).parent.mkdir(parents=True)
+    Path(layout.thumb_path(results, "x")).write_bytes(b"\x89PNG not really")
+    outcome = measure_one("x", results, MAX_PIXELS)
+    assert not outcome.ok
+    row = table.read_row(layout.feature_path(results, "x")).to_pylist()[0]
+    assert row["status"] == "failed"
+    assert row["error_kind"] == outcome.kind
+    assert row["retryable"] is False
+
+
+def test_measure_one_needs_the_thumbnail(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        measure_one("x", str(tmp_path), MAX_PIXELS)

@@ -1,0 +1,310 @@
+"""Tests for thumbfeat.catalog: reading, filtering and validating catalogs, and snapshots."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from thumbfeat.catalog import (
+    CatalogError,
+    CatalogSpec,
+    load_catalog,
+    read_snapshot_ids,
+    resolve_url,
+    write_snapshot,
+)
+from thumbfeat.fetch import FetchSettings, fetch_once, make_session
+
+from tests.support import write_catalog
+
+LOGGER = logging.getLogger("tests.catalog")
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(path: Path, **options: object) -> tuple[list[str], list[str]]:
+    catalog = load_catalog(CatalogSpec(path=path, **options))  # type: ignore[arg-type]
+    return list(catalog.ids), list(catalog.urls)
+
+
+def error_of(path: Path, **options: object) -> str:
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(CatalogSpec(path=path, **options))  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert str(path) in message
+    return message
+
+
+# --- formats -----------------------------------------------------------------------------
+
+
+def test_csv_catalog_keeps_order_and_leading_zeros(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [
+        ("007", "http://h/7.jpg"),
+        ("0010", "http://h/10.jpg"),
+        ("b", "http://h/b.jpg"),
+        ("1e5", "http://h/e.jpg"),
+    ])
+    catalog = load_catalog(CatalogSpec(path=path))
+    assert catalog.ids == ("007", "0010", "b", "1e5")
+    assert catalog.urls == ("http://h/7.jpg", "http://h/10.jpg", "http://h/b.jpg",
+                            "http://h/e.jpg")
+    assert len(catalog) == 4
+    assert catalog.source == path
+    assert catalog.url_of() == dict(zip(catalog.ids, catalog.urls, strict=True))
+
+
+def test_tsv_catalog(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.tsv",
+                      "image_id\turl\textra\n001\thttp://h/1.jpg\tx, y\n002\thttp://h/2.jpg\t\n")
+    assert load(path) == (["001", "002"], ["http://h/1.jpg", "http://h/2.jpg"])
+
+
+def test_parquet_catalog(tmp_path: Path) -> None:
+    path = tmp_path / "cat.parquet"
+    pq.write_table(pa.table({
+        "image_id": ["001", "002", "003"],
+        "url": ["http://h/1.jpg", "http://h/2.jpg", "http://h/3.jpg"],
+        "score": [1, 2, 3],
+    }), path)
+    assert load(path) == (["001", "002", "003"],
+                          ["http://h/1.jpg", "http://h/2.jpg", "http://h/3.jpg"])
+
+
+def test_parquet_integer_ids_become_text(tmp_path: Path) -> None:
+    path = tmp_path / "cat.parquet"
+    pq.write_table(pa.table({"image_id": [10, 2], "url": ["http://h/a", "http://h/b"]}), path)
+    assert load(path)[0] == ["10", "2"]
+
+
+def test_csv_with_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "cat.csv"
+    path.write_bytes("\ufeffimage_id,url\n007,http://h/7.jpg\n".encode())
+    assert load(path) == (["007"], ["http://h/7.jpg"])
+
+
+def test_custom_columns_and_whitespace(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [(" 01 ", " http://h/1.jpg "), ("02", "http://h/2")],
+                         header=("name", "link"))
+    assert load(path, id_column="name", url_column="link") == (
+        ["01", "02"], ["http://h/1.jpg", "http://h/2"])
+
+
+def test_url_template(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.csv", "image_id\n007\nb\n")
+    ids, urls = load(path, url_template="https://cdn.example/{image_id}/full.jpg")
+    assert ids == ["007", "b"]
+    assert urls == ["https://cdn.example/007/full.jpg", "https://cdn.example/b/full.jpg"]
+
+
+def test_url_template_uses_the_trimmed_id(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.csv", "image_id\n 007 \n")
+    assert load(path, url_template="https://cdn.example/{image_id}.jpg") == (
+        ["007"], ["https://cdn.example/007.jpg"])
+
+
+def test_url_template_without_placeholder(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.csv", "image_id\n007\n")
+    with pytest.raises(CatalogError, match="placeholder"):
+        load_catalog(CatalogSpec(path=path, url_template="https://cdn.example/x.jpg"))
+
+
+# --- row filter ----------------------------------------------------------------------------
+
+
+def test_boolean_row_filter(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [
+        ("a", "http://h/a", "true"),
+        ("b", "http://h/b", "false"),
+        ("c", "http://h/c", "True"),
+        ("d", "http://h/d", "1"),
+        ("e", "http://h/e", "0"),
+        ("f", "http://h/f", "FALSE"),
+        ("g", "http://h/g", "yes"),
+    ], header=("image_id", "url", "keep"))
+    assert load(path, row_filter={"keep": True})[0] == ["a", "c", "d", "g"]
+    assert load(path, row_filter={"keep": False})[0] == ["b", "e", "f"]
+
+
+def test_list_row_filter(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [
+        ("a", "http://h/a", "train", "x"),
+        ("b", "http://h/b", "test", "x"),
+        ("c", "http://h/c", "Val", "x"),
+        ("d", "http://h/d", "train", "y"),
+    ], header=("image_id", "url", "split", "group"))
+    assert load(path, row_filter={"split": ["train", "val"]})[0] == ["a", "c", "d"]
+    assert load(path, row_filter={"split": "train", "group": "x"})[0] == ["a"]
+
+
+def test_row_filter_on_unknown_column(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [("a", "http://h/a")])
+    message = error_of(path, row_filter={"keep": True})
+    assert "'keep'" in message
+
+
+def test_filter_selecting_nothing(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [("a", "http://h/a", "no"), ("b", "http://h/b", "")],
+                         header=("image_id", "url", "keep"))
+    message = error_of(path, row_filter={"keep": True})
+    assert "no images" in message
+    assert "filter" in message
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_missing_id_column(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [("a", "http://h/a")], header=("id", "url"))
+    message = error_of(path)
+    assert "'image_id'" in message
+    assert "id, url" in message  # lists the columns there are
+
+
+def test_missing_url_column(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [("a", "http://h/a")], header=("image_id", "link"))
+    assert "'url'" in error_of(path)
+
+
+def test_empty_id_names_the_line(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [("a", "http://h/a"), ("", "http://h/b")])
+    message = error_of(path)
+    assert "line 3" in message
+    assert "empty" in message
+
+
+def test_empty_url_names_the_line(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [("a", "http://h/a"), ("b", "  ")])
+    assert "line 3" in error_of(path)
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "a/b", ".hidden", "..", "a b", "x\\y", "é", "a" * 201])
+def test_unsafe_ids(tmp_path: Path, bad_id: str) -> None:
+    path = write_catalog(tmp_path / "cat.csv",
+                         [("ok1", "http://h/1"), ("ok2", "http://h/2"), (bad_id, "http://h/x")])
+    message = error_of(path)
+    assert "line 4" in message
+    assert "safe" in message
+
+
+def test_unsafe_id_in_parquet_names_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "cat.parquet"
+    pq.write_table(pa.table({"image_id": ["ok", "../x"], "url": ["http://h/1", "http://h/2"]}),
+                   path)
+    assert "row 2" in error_of(path)
+
+
+def test_duplicate_id_with_different_url(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [
+        ("a", "http://h/a"), ("b", "http://h/b"), ("c", "http://h/c"), ("b", "http://h/other"),
+    ])
+    message = error_of(path)
+    assert "'b'" in message
+    assert "line 5" in message  # the repeat
+    assert "line 3" in message  # the first occurrence
+
+
+def test_duplicate_id_with_same_url_is_kept_once(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [
+        ("a", "http://h/a"), ("b", "http://h/b"), ("a", "http://h/a"), ("c", "http://h/c"),
+    ])
+    assert load(path) == (["a", "b", "c"], ["http://h/a", "http://h/b", "http://h/c"])
+
+
+def test_header_only_catalog(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.csv", "image_id,url\n")
+    assert "no images" in error_of(path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.csv", "")
+    assert "empty" in error_of(path)
+
+
+def test_unknown_extension(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.xlsx", "image_id,url\na,http://h/a\n")
+    assert "'.xlsx'" in error_of(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "not found" in error_of(tmp_path / "nope.csv")
+
+
+def test_unreadable_parquet(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.parquet", "image_id,url\na,http://h/a\n")
+    assert "cannot read" in error_of(path)
+
+
+# --- URLs ----------------------------------------------------------------------------------
+
+
+def test_relative_file_urls_resolve_against_the_catalog_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "a.jpg").write_bytes(b"jpeg bytes")
+    path = write_catalog(folder / "cat.csv", [
+        ("a", "file:images/a.jpg"),
+        ("b", "file:///abs/b.jpg"),
+        ("c", "http://h/c.jpg"),
+    ])
+    ids, urls = load(path)
+    assert ids == ["a", "b", "c"]
+    assert urls[0] == (folder / "images" / "a.jpg").resolve().as_uri()
+    assert urls[1:] == ["file:///abs/b.jpg", "http://h/c.jpg"]
+    # The resolved URL is readable when the catalog folder is an allowed root.
+    settings = FetchSettings(local_file_roots=(str(folder),))
+    with make_session(settings) as session:
+        assert fetch_once(session, urls[0], settings) == b"jpeg bytes"
+
+
+def test_resolve_url_leaves_other_urls_alone(tmp_path: Path) -> None:
+    assert resolve_url("http://h/x.jpg", tmp_path) == "http://h/x.jpg"
+    assert resolve_url("file:///x/y.jpg", tmp_path) == "file:///x/y.jpg"
+    assert resolve_url("file:sub/my%20pic.jpg", tmp_path) == (
+        (tmp_path / "sub" / "my pic.jpg").resolve().as_uri())
+
+
+# --- digest and snapshot -------------------------------------------------------------------
+
+
+def test_digest_follows_the_selection_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "cat.csv"
+    rows = [("a", "http://h/a"), ("b", "http://h/b")]
+    write_catalog(path, rows)
+    first = load_catalog(CatalogSpec(path=path)).digest()
+    write_catalog(path, rows)  # rewritten, same content
+    assert load_catalog(CatalogSpec(path=path)).digest() == first
+    write_catalog(path, [(*row, "note") for row in rows], header=("image_id", "url", "extra"))
+    assert load_catalog(CatalogSpec(path=path)).digest() == first
+    write_catalog(path, [("a", "http://h/a"), ("b", "http://h/b2")])
+    assert load_catalog(CatalogSpec(path=path)).digest() != first
+    write_catalog(path, [("b", "http://h/b"), ("a", "http://h/a")])
+    assert load_catalog(CatalogSpec(path=path)).digest() != first
+
+
+def test_snapshot_round_trip(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [("007", "http://h/7"), ("b", "http://h/b")])
+    spec = CatalogSpec(path=path)
+    digest = load_catalog(spec).digest()
+    folder = tmp_path / "results" / "catalog"
+    folder.mkdir(parents=True)
+    (folder / "olddigest.parquet").write_bytes(b"an older snapshot")
+    out = folder / f"{digest}.parquet"
+    write_snapshot(spec, out, expected_digest=digest, logger=LOGGER)
+    assert read_snapshot_ids(out) == ["007", "b"]
+    assert pq.read_table(out).column("url").to_pylist() == ["http://h/7", "http://h/b"]
+    assert sorted(p.name for p in folder.iterdir()) == [out.name]
+
+
+def test_snapshot_refuses_a_changed_catalog(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [("a", "http://h/a")])
+    out = tmp_path / "snap.parquet"
+    with pytest.raises(CatalogError, match="changed"):
+        write_snapshot(CatalogSpec(path=path), out, expected_digest="0" * 20, logger=LOGGER)
+    assert not out.exists()

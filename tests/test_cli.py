@@ -1,0 +1,130 @@
+"""Tests for the thumbfeat command: status and path, answered from the results folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from thumbfeat import layout
+from thumbfeat.cli import main
+
+IDS = ["a", "b", "c", "d", "e", "f"]
+
+
+def touch(path: str, data: bytes = b"") -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data)
+
+
+def fail(results: Path, image_id: str, kind: str, retryable: bool) -> None:
+    record = {"image_id": image_id, "kind": kind, "error": "x", "retryable": retryable,
+              "recorded_at": "2024-01-01T00:00:00+0000"}
+    touch(layout.failure_path(results, image_id), json.dumps(record).encode())
+    touch(layout.thumb_path(results, image_id))
+
+
+def status(results: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["status", "--results", str(results)]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """a, b, c downloaded; d failed for good; e failed for now; f pending. a, b, d measured."""
+    out = tmp_path / "results"
+    snapshot = out / "catalog" / "0123abcd.parquet"
+    snapshot.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"image_id": IDS, "url": [f"http://h/{i}" for i in IDS]}), snapshot)
+    for image_id in ("a", "b", "c"):
+        touch(layout.thumb_path(out, image_id), b"jpeg")
+    fail(out, "d", "http_status", retryable=False)
+    fail(out, "e", "timeout", retryable=True)
+    for image_id in ("a", "b", "d"):
+        touch(layout.feature_path(out, image_id), b"row")
+    # Files of images outside the catalog, and temporary files, are not counted.
+    touch(layout.thumb_path(out, "old"), b"jpeg")
+    touch(layout.feature_path(out, "old"), b"row")
+    fail(out, "old2", "http_status", retryable=True)
+    touch(str(Path(layout.thumb_path(out, "f")).with_name(".f.img")), b"jp")
+    touch(str(Path(layout.feature_path(out, "c")).with_name(".c.parquet.1.ab.tmp")), b"r")
+    return out
+
+
+def test_status_of_an_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = status(tmp_path, capsys)
+    assert "no run has recorded a catalog yet" in out
+    assert str(tmp_path) in out
+
+
+def test_status_counts(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = status(results, capsys)
+    assert "catalog: 6 images (snapshot 0123abcd.parquet)" in out
+    assert "downloaded: 3 ok, 2 failed, 1 pending" in out
+    assert "features: 3 done, 3 pending" in out
+    assert "failed by kind: http_status 1, timeout 1 (1 will be retried by the next run)" in out
+    assert "batches" not in out
+    assert f"table: {results / 'feature_table.parquet'} (not built yet)" in out
+
+
+def test_status_with_manifests_and_table(results: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    manifests = results / layout.BATCHES / "download"
+    manifests.mkdir(parents=True)
+    for n, (images, seconds) in enumerate(((40, 2.0), (20, 1.0))):
+        (manifests / f"0000{n}-k.json").write_text(json.dumps({"images": images,
+                                                                "seconds": seconds}))
+    (results / "feature_table.parquet").write_bytes(b"table")
+    out = status(results, capsys)
+    assert "download batches: 2 recorded, 60 images, 20.0 images/s per job" in out
+    assert "features batches" not in out
+    assert "not built yet" not in out
+
+
+def test_status_after_thumbnails_were_deleted(results: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # Thumbnails are intermediates a user may delete to save space; failure records remain.
+    for path in (results / layout.THUMBS).rglob("*.img"):
+        path.unlink()
+    out = status(results, capsys)
+    assert "downloaded: 0 ok, 0 failed, 6 pending" in out
+    assert "features: 3 done, 3 pending" in out
+    assert "failed by kind: none" in out
+
+
+def test_status_without_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    snapshot = results / "catalog" / "d.parquet"
+    snapshot.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"image_id": ["a", "b"], "url": ["u", "v"]}), snapshot)
+    touch(layout.thumb_path(results, "a"), b"jpeg")
+    out = status(results, capsys)
+    assert "downloaded: 1 ok, 0 failed, 1 pending" in out
+    assert "features: 0 done, 2 pending" in out
+    assert "failed by kind: none" in out
+    assert "retried" not in out
+
+
+def test_path_prints_three_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["path", "img7", "--results", "out"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        layout.thumb_path("out", "img7"),
+        layout.feature_path("out", "img7"),
+        layout.failure_path("out", "img7"),
+    ]
+    shard = layout.shard_of("img7")
+    assert lines[0] == f"out/thumbs/{shard}/img7.img"
+
+
+def test_path_defaults_to_results(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["path", "x"]) == 0
+    assert all(line.startswith("results/") for line in capsys.readouterr().out.splitlines())
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([])
+    assert caught.value.code == 2

@@ -1,0 +1,109 @@
+"""Tests for thumbfeat.layout: shard names, per-image paths and the target pattern."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from thumbfeat import layout
+
+
+def test_shard_of_is_stable_and_two_hex_digits() -> None:
+    for image_id in ("a", "000001", "IMG_0001.tif", "x" * 200):
+        shard = layout.shard_of(image_id)
+        assert re.fullmatch(r"[0-9a-f]{2}", shard)
+        assert shard in layout.SHARD_SET
+        assert layout.shard_of(image_id) == shard
+        # Fixed by definition, so appending catalog rows never moves a finished file.
+        assert shard == hashlib.sha1(image_id.encode("utf-8")).hexdigest()[:2]
+
+
+def test_shard_of_spreads_sequential_ids() -> None:
+    counts = Counter(layout.shard_of(str(n)) for n in range(10_000))
+    # 10,000 sequential ids over 256 shards: about 39 each; a prefix scheme would use a handful.
+    assert len(counts) == 256
+    assert max(counts.values()) < 80
+    zero_padded = Counter(layout.shard_of(f"{n:08d}") for n in range(2_000))
+    assert len(zero_padded) > 200
+
+
+def test_shard_constants() -> None:
+    assert len(layout.SHARDS) == 256
+    assert layout.SHARDS[0] == "00" and layout.SHARDS[-1] == "ff"
+    assert set(layout.SHARDS) == layout.SHARD_SET
+
+
+def test_per_image_paths() -> None:
+    shard = layout.shard_of("img7")
+    assert layout.thumb_path("results", "img7") == f"results/thumbs/{shard}/img7.img"
+    assert layout.feature_path("results", "img7") == f"results/features/{shard}/img7.parquet"
+    assert layout.failure_path("results", "img7") == f"results/failed/{shard}/img7.json"
+    # A Path for the results folder gives the same strings.
+    assert layout.thumb_path(Path("/data/out"), "img7") == f"/data/out/thumbs/{shard}/img7.img"
+
+
+def test_per_image_target_matches_layout_paths() -> None:
+    for image_id in ("img7", "007", "a.b-c_d", "_x", "photo.img", "v1.parquet"):
+        for path in (layout.thumb_path("results", image_id),
+                     layout.feature_path("results", image_id)):
+            for candidate in (path, path.removeprefix("results/"), f"/abs/dir/{path}"):
+                match = layout.PER_IMAGE_TARGET.search(candidate)
+                assert match is not None, candidate
+                assert match.group("image_id") == image_id
+                assert match.group("shard") == layout.shard_of(image_id)
+        thumb = layout.PER_IMAGE_TARGET.search(layout.thumb_path("r", image_id))
+        feature = layout.PER_IMAGE_TARGET.search(layout.feature_path("r", image_id))
+        assert thumb is not None and thumb.group("stage") == "thumbs"
+        assert thumb.group("suffix") == ".img"
+        assert feature is not None and feature.group("stage") == "features"
+        assert feature.group("suffix") == ".parquet"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "results/failed/ab/x1.json",
+        "results/batches/download/00001-abc.json",
+        "results/feature_table.parquet",
+        "results/catalog/0123456789abcdef.parquet",
+        "results/features/ab/x1.json",
+        "results/features/zz/x1.parquet",
+        "results/features/abc/x1.parquet",
+        "results/features/x1.parquet",
+        "results/features/ab/.x1.parquet",
+        "results/features/ab/x1.parquet.1234.ab12cd34.tmp",
+        "results/features/ab/sub/x1.parquet",
+        "results/myfeatures/ab/x1.parquet",
+        "results/thumbs/ab/.img",
+        "all",
+        "--cores",
+    ],
+)
+def test_per_image_target_rejects_other_paths(path: str) -> None:
+    assert layout.PER_IMAGE_TARGET.search(path) is None
+
+
+def test_is_temporary_name() -> None:
+    assert layout.is_temporary_name(".x1.img.123.abcd.tmp")
+    assert layout.is_temporary_name(".x1.img")
+    assert not layout.is_temporary_name("x1.img")
+
+
+def test_existing_shard_dirs(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert layout.existing_shard_dirs(results, layout.THUMBS) == []
+    stage = results / layout.THUMBS
+    for name in ("ff", "00", "3c"):
+        (stage / name).mkdir(parents=True)
+    (stage / "zz").mkdir()  # not a shard name
+    (stage / "abc").mkdir()  # too long
+    (stage / "ab").write_text("a file, not a folder")
+    assert layout.existing_shard_dirs(results, layout.THUMBS) == [
+        f"{results}/thumbs/00",
+        f"{results}/thumbs/3c",
+        f"{results}/thumbs/ff",
+    ]
+    assert layout.existing_shard_dirs(str(results), layout.FEATURES) == []

@@ -1,0 +1,194 @@
+"""Tests for thumbfeat.plan: the remaining work, rebuilt from what is on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from thumbfeat import layout
+from thumbfeat.batch import record_failure
+from thumbfeat.catalog import Catalog
+from thumbfeat.plan import (
+    Batch,
+    FailureRecord,
+    make_batches,
+    plan_work,
+    present_ids,
+    read_failure,
+    requested_image_ids,
+)
+
+IDS = ("a", "b", "c", "d", "e", "f")
+
+
+def catalog(ids: tuple[str, ...] = IDS) -> Catalog:
+    return Catalog(source=Path("cat.csv"), ids=ids, urls=tuple(f"http://h/{i}.jpg" for i in ids))
+
+
+def touch(path: str, data: bytes = b"") -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data)
+
+
+def write_failure(results: Path, image_id: str, kind: str, retryable: bool) -> None:
+    """A failure record as thumbfeat.batch.record_failure writes it, with its empty thumbnail."""
+    record = {"image_id": image_id, "kind": kind, "error": f"{kind} happened",
+              "retryable": retryable, "recorded_at": "2024-01-01T00:00:00+0000"}
+    touch(layout.failure_path(results, image_id), json.dumps(record).encode())
+    touch(layout.thumb_path(results, image_id))
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """a: done; b: downloaded only; c: failed for good; d: failed for now; e: temp files; f: new."""
+    out = tmp_path / "results"
+    touch(layout.thumb_path(out, "a"), b"jpeg")
+    touch(layout.feature_path(out, "a"), b"row")
+    touch(layout.thumb_path(out, "b"), b"jpeg")
+    write_failure(out, "c", "http_status", retryable=False)
+    touch(layout.feature_path(out, "c"), b"row")
+    write_failure(out, "d", "timeout", retryable=True)
+    touch(layout.feature_path(out, "d"), b"row")
+    touch(str(Path(layout.thumb_path(out, "e")).with_name(".e.img")), b"jpeg")
+    touch(str(Path(layout.thumb_path(out, "e")).with_name(".e.img.123.abcd1234.tmp")), b"jp")
+    touch(str(Path(layout.feature_path(out, "e")).with_name(".e.parquet")), b"row")
+    write_failure(out, "zzz", "http_status", retryable=True)  # not in the catalog
+    return out
+
+
+def test_empty_results_means_everything_to_do(tmp_path: Path) -> None:
+    plan = plan_work(catalog(), tmp_path / "results", batch_size=4)
+    assert plan.catalog_size == 6
+    assert plan.download == list(IDS)
+    assert plan.features == list(IDS)
+    assert plan.failed_kept == {} and plan.failed_retried == {}
+    assert [b.image_ids for b in plan.batches] == [("a", "b", "c", "d"), ("e", "f")]
+    assert [b.number for b in plan.batches] == [1, 2]
+
+
+def test_files_on_disk_are_skipped(results: Path) -> None:
+    plan = plan_work(catalog(), results, batch_size=2)
+    assert plan.download == ["d", "e", "f"]
+    assert plan.features == ["b", "d", "e", "f"]
+    assert set(plan.failed_kept) == {"c"}
+    assert plan.failed_kept["c"] == FailureRecord("c", "http_status", "http_status happened",
+                                                  False)
+    assert set(plan.failed_retried) == {"d"}
+    assert [b.image_ids for b in plan.batches] == [("b", "d"), ("e", "f")]
+    first = plan.batches[0]
+    assert first.download_ids == ("d",)
+    assert first.feature_ids == ("b", "d")
+
+
+def test_empty_files_count_as_present(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    touch(layout.thumb_path(results, "a"))
+    touch(layout.feature_path(results, "a"))
+    plan = plan_work(catalog(("a",)), results, batch_size=10)
+    assert plan.download == [] and plan.features == [] and plan.batches == []
+
+
+def test_temporary_files_are_ignored(results: Path) -> None:
+    assert "e" not in present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
+    assert "e" not in present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX)
+    assert present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX) == {"a", "b", "c", "d", "zzz"}
+
+
+def test_retry_failed_redoes_permanent_failures(results: Path) -> None:
+    plan = plan_work(catalog(), results, batch_size=10, retry_failed=True)
+    assert plan.download == ["c", "d", "e", "f"]
+    assert plan.features == ["b", "c", "d", "e", "f"]
+    assert plan.failed_kept == {}
+    assert set(plan.failed_retried) == {"c", "d"}
+
+
+def test_failure_record_written_by_the_batch_is_understood(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    record_failure(str(results), "a", "not_image", "bytes are HTML", False)
+    record_failure(str(results), "b", "connection", "refused", True)
+    assert read_failure(layout.failure_path(results, "a")) == FailureRecord(
+        "a", "not_image", "bytes are HTML", False)
+    plan = plan_work(catalog(("a", "b")), results, batch_size=10)
+    assert plan.download == ["b"]
+    assert plan.features == ["a", "b"]
+    assert set(plan.failed_kept) == {"a"}
+
+
+def test_unreadable_failure_record_is_ignored(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    touch(layout.failure_path(results, "a"), b"{not json")
+    touch(layout.failure_path(results, "b"), json.dumps({"image_id": "b"}).encode())
+    assert read_failure(layout.failure_path(results, "a")) is None
+    assert read_failure(layout.failure_path(results, "b")) is None
+    assert read_failure(layout.failure_path(results, "missing")) is None
+    plan = plan_work(catalog(("a", "b")), results, batch_size=10)
+    assert plan.failed_kept == {} and plan.failed_retried == {}
+    assert plan.download == ["a", "b"]
+
+
+def test_only_restricts_the_work(results: Path) -> None:
+    plan = plan_work(catalog(), results, batch_size=10, only={"f", "b", "not-in-catalog"})
+    assert plan.catalog_size == 6
+    assert plan.download == ["f"]
+    assert plan.features == ["b", "f"]
+    assert [b.image_ids for b in plan.batches] == [("b", "f")]
+    assert plan.failed_retried == {}
+
+    kept = plan_work(catalog(), results, batch_size=10, only={"c"})
+    assert kept.download == [] and kept.features == [] and kept.batches == []
+    assert set(kept.failed_kept) == {"c"}
+
+    retried = plan_work(catalog(), results, batch_size=10, only={"d"})
+    assert retried.download == ["d"] and retried.features == ["d"]
+
+
+def test_make_batches_keeps_catalog_order_and_sizes() -> None:
+    order = [f"i{n:02d}" for n in range(10)]
+    download = {"i07", "i01", "i03", "i09"}
+    features = {"i05", "i03", "i00"}
+    batches = make_batches(order, download, features, batch_size=2)
+    assert [b.image_ids for b in batches] == [("i00", "i01"), ("i03", "i05"), ("i07", "i09")]
+    assert [b.number for b in batches] == [1, 2, 3]
+    assert batches[1].download_ids == ("i03",)
+    assert batches[1].feature_ids == ("i03", "i05")
+    assert make_batches(order, set(), set(), batch_size=2) == []
+    one = make_batches(order, set(order), set(order), batch_size=100)
+    assert len(one) == 1 and one[0].image_ids == tuple(order)
+
+
+def test_batch_keys_follow_members() -> None:
+    order = ["a", "b", "c", "d"]
+    first = make_batches(order, {"a", "b"}, {"a", "b"}, batch_size=2)[0]
+    again = make_batches(order, {"b", "a"}, {"a", "b"}, batch_size=2)[0]
+    other_members = make_batches(order, {"a", "c"}, {"a", "c"}, batch_size=2)[0]
+    other_stage = make_batches(order, {"a", "b"}, {"a"}, batch_size=2)[0]
+    assert first.key == again.key
+    assert first.key.startswith("00001-")
+    assert len({first.key, other_members.key, other_stage.key}) == 3
+    moved = Batch(number=2, image_ids=("a",), download_ids=("a",), feature_ids=())
+    swapped = Batch(number=2, image_ids=("a",), download_ids=(), feature_ids=("a",))
+    assert moved.key != swapped.key
+    assert moved.key.startswith("00002-")
+
+
+def test_requested_image_ids_from_argv() -> None:
+    ids = {"x1", "x2", "x3"}
+    argv = ["snakemake", "--cores", "2", "results/features/ab/x1.parquet",
+            "thumbs/0f/x2.img", "results/features/ab/unknown.parquet",
+            "results/feature_table.parquet", "all", "--config", "catalog=x3.csv"]
+    assert requested_image_ids(argv, ids) == {"x1", "x2"}
+    assert requested_image_ids(["snakemake", "--cores", "2"], ids) is None
+    assert requested_image_ids(["snakemake", "results/features/ab/nope.parquet"], ids) is None
+    # The first token is the program itself.
+    assert requested_image_ids(["results/features/ab/x1.parquet"], ids) is None
+
+
+def test_summary_mentions_the_counts(results: Path) -> None:
+    summary = plan_work(catalog(), results, batch_size=2).summary()
+    for part in ("6 images", "download: 3", "features: 4", "1 kept as failed", "1 to retry",
+                 "2 batches"):
+        assert part in summary, summary
+    empty = plan_work(catalog(), results, batch_size=2, only={"a"}).summary()
+    assert "to retry" not in empty
+    assert "0 batches" in empty

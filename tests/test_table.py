@@ -1,0 +1,138 @@
+"""Tests for thumbfeat.table: per-image rows and the feature table assembled from them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from thumbfeat import layout, table
+
+FEATURES = {
+    "width": 320,
+    "height": 240,
+    "file_bytes": 12345,
+    "format": "JPEG",
+    "brightness_mean": 101.5,
+    "contrast_rms": 40.25,
+    "entropy": 7.125,
+    "sharpness": 512.0,
+}
+
+
+def test_ok_row_round_trip(tmp_path: Path) -> None:
+    row = table.ok_row("img1", FEATURES, "1")
+    assert set(row) == set(table.ROW_SCHEMA.names)
+    path = tmp_path / "f" / "ab" / "img1.parquet"
+    table.write_row(path, row)
+    read = table.read_row(path)
+    assert read.schema.equals(table.ROW_SCHEMA)
+    assert read.num_rows == 1
+    assert read.to_pylist()[0] == {
+        **FEATURES,
+        "image_id": "img1",
+        "status": "ok",
+        "error_kind": None,
+        "error": None,
+        "retryable": None,
+        "feature_version": "1",
+    }
+    assert sorted(p.name for p in path.parent.iterdir()) == ["img1.parquet"]
+
+
+def test_failed_row_round_trip(tmp_path: Path) -> None:
+    row = table.failed_row("img2", "http_status", "HTTP 404 Not Found", retryable=False,
+                           feature_version="1")
+    path = tmp_path / "img2.parquet"
+    table.write_row(path, row)
+    got = table.read_row(path).to_pylist()[0]
+    assert got["image_id"] == "img2"
+    assert got["status"] == "failed"
+    assert got["error_kind"] == "http_status"
+    assert got["error"] == "HTTP 404 Not Found"
+    assert got["retryable"] is False
+    assert got["feature_version"] == "1"
+    assert all(got[name] is None for name in FEATURES)
+
+
+def test_ok_row_cannot_override_its_identity() -> None:
+    row = table.ok_row("img1", {**FEATURES, "image_id": "other", "status": "failed"}, "1")
+    assert row["image_id"] == "img1"
+    assert row["status"] == "ok"
+
+
+def write_rows(results: Path, ids: list[str]) -> list[str]:
+    paths = []
+    for n, image_id in enumerate(ids):
+        path = layout.feature_path(results, image_id)
+        if n % 3 == 2:
+            row = table.failed_row(image_id, "timeout", "slow", retryable=True,
+                                   feature_version="1")
+        else:
+            row = table.ok_row(image_id, {**FEATURES, "width": n + 1}, "1")
+        table.write_row(path, row)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_assemble_table_keeps_catalog_order(tmp_path: Path, threads: int) -> None:
+    ids = [f"id{n:03d}" for n in range(40)][::-1]  # not sorted, not shard order
+    paths = write_rows(tmp_path / "results", ids)
+    out = tmp_path / "results" / "feature_table.parquet"
+    built = table.assemble_table(ids, paths, out, threads=threads)
+    assert built.column("image_id").to_pylist() == ids
+    on_disk = pq.read_table(out)
+    assert on_disk.column("image_id").to_pylist() == ids
+    assert on_disk.column("width").to_pylist()[:3] == [1, 2, None]
+    assert on_disk.column("status").to_pylist().count("failed") == 13
+    assert on_disk.schema.equals(table.ROW_SCHEMA)
+
+
+def test_assemble_table_of_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "feature_table.parquet"
+    built = table.assemble_table([], [], out)
+    assert built.num_rows == 0
+    assert pq.read_table(out).schema.equals(table.ROW_SCHEMA)
+
+
+def test_assemble_table_names_a_missing_file(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    ids = ["a", "b", "c"]
+    paths = write_rows(results, ids)
+    Path(paths[1]).unlink()
+    out = tmp_path / "feature_table.parquet"
+    with pytest.raises(FileNotFoundError) as caught:
+        table.assemble_table(ids, paths, out)
+    assert paths[1] in str(caught.value)
+    assert not out.exists()
+
+
+def test_assemble_table_refuses_mismatched_ids(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    paths = write_rows(results, ["a", "b", "c"])
+    out = tmp_path / "feature_table.parquet"
+    with pytest.raises(ValueError, match="do not match"):
+        table.assemble_table(["a", "c", "b"], paths, out)
+    with pytest.raises(ValueError, match="do not match"):
+        table.assemble_table(["a", "b"], paths, out)
+    assert not out.exists()
+
+
+def test_assemble_from_snapshot(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    results = tmp_path / "results"
+    ids = ["b", "a", "c"]
+    write_rows(results, ids)
+    snapshot = results / "catalog" / "d1.parquet"
+    snapshot.parent.mkdir()
+    pq.write_table(pa.table({"image_id": ids, "url": ["u"] * 3}), snapshot)
+    out = results / "feature_table.parquet"
+    logger = logging.getLogger("tests.table")
+    with caplog.at_level(logging.INFO, logger="tests.table"):
+        built = table.assemble_from_snapshot(snapshot, str(results), out, threads=2,
+                                             logger=logger)
+    assert built.column("image_id").to_pylist() == ids
+    assert "3 rows" in caplog.text
+    assert "failed 1" in caplog.text and "ok 2" in caplog.text
