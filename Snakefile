@@ -10,13 +10,15 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/download.smk"
-include: "workflow/rules/features.smk"
+include: "workflow/rules/batches.smk"
 include: "workflow/rules/table.smk"
 
 
 rule all:
     default_target: True
     input:
+        # The snapshot and the batch manifests are asked for directly: Snakemake does not rebuild
+        # a missing intermediate file while the file depending on it (the table) exists.
         FEATURE_TABLE,
-        BATCH_MANIFESTS,
+        CATALOG_SNAPSHOT,
+        [batch_manifest(b) for b in PLAN.batches],

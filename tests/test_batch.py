@@ -7,9 +7,10 @@ import logging
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from thumbfeat import layout, table
-from thumbfeat.batch import measure_one, record_failure, run_download_batch, run_feature_batch
+from thumbfeat.batch import measure_one, process_batch, record_failure
 from thumbfeat.features import FEATURE_VERSION
 from thumbfeat.fetch import FetchSettings
 from thumbfeat.plan import read_failure
@@ -57,11 +58,12 @@ def items_for(server: ImageServer) -> list[tuple[str, str]]:
 
 def download(server: ImageServer, results: Path) -> tuple[list[object], dict, list[str]]:
     logger, lines = make_logger("download")
-    manifest_path = results / layout.BATCHES / "download" / "00001-key.json"
-    outcomes = run_download_batch(items_for(server), str(results), SETTINGS,
-                                  max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
-                                  batch_key="00001-key", logger=logger, progress_interval=0.0)
-    return outcomes, json.loads(manifest_path.read_text()), lines.lines
+    manifest_path = results / layout.BATCHES / "00001-key.json"
+    progress = process_batch(items_for(server), [], str(results), SETTINGS, threads=1,
+                             max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
+                             partial_path=str(results / layout.BATCHES / "00001-key.parquet"),
+                             batch_key="00001-key", logger=logger, progress_interval=0.0)
+    return progress.download.outcomes, json.loads(manifest_path.read_text()), lines.lines
 
 
 def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
@@ -85,14 +87,15 @@ def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
         assert not by_id[image_id].ok
     assert server.counts["/missing/m.jpg"] == 1
 
-    assert manifest["stage"] == "download"
     assert manifest["batch"] == "00001-key"
-    assert manifest["images"] == 7
-    assert manifest["ok"] == 5
-    assert manifest["failed_by_kind"] == {"http_status": 1, "not_image": 1}
-    assert sorted(f["image_id"] for f in manifest["failed"]) == ["h", "m"]
-    assert manifest["bytes"] >= sum(len(server.image(i)) for i in OK_IDS)
-    assert lines and any("download:" in line and "/7 images" in line for line in lines)
+    fetched = manifest["download"]
+    assert fetched["images"] == 7
+    assert fetched["ok"] == 5
+    assert fetched["failed_by_kind"] == {"http_status": 1, "not_image": 1}
+    assert sorted(f["image_id"] for f in fetched["failed"]) == ["h", "m"]
+    assert fetched["bytes"] >= sum(len(server.image(i)) for i in OK_IDS)
+    assert manifest["features"]["images"] == 0
+    assert lines and any("download 7/7" in line for line in lines)
 
     # Nothing but finished files and records: no temporary files anywhere.
     assert not [p for p in results.rglob(".*") if p.is_file()]
@@ -112,15 +115,20 @@ def test_feature_batch_after_download(server: ImageServer, tmp_path: Path) -> No
     results_by_threads = {}
     for threads, results in ((1, one), (2, two)):
         logger, lines = make_logger(f"features{threads}")
-        manifest_path = results / layout.BATCHES / "features" / "00001-key.json"
-        outcomes = run_feature_batch(ids, str(results), threads=threads, max_pixels=MAX_PIXELS,
-                                     manifest_path=str(manifest_path), batch_key="00001-key",
-                                     logger=logger, progress_interval=0.0)
+        manifest_path = results / layout.BATCHES / "00002-key.json"
+        partial_path = results / layout.BATCHES / "00002-key.parquet"
+        progress = process_batch([], ids, str(results), SETTINGS, threads=threads,
+                                 max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
+                                 partial_path=str(partial_path), batch_key="00002-key",
+                                 logger=logger, progress_interval=0.0)
+        outcomes = progress.features.outcomes
         assert sorted(o.image_id for o in outcomes) == sorted(ids)
-        manifest = json.loads(manifest_path.read_text())
-        assert (manifest["stage"], manifest["images"], manifest["ok"]) == ("features", 7, 5)
-        assert manifest["failed_by_kind"] == {"http_status": 1, "not_image": 1}
+        measured = json.loads(manifest_path.read_text())["features"]
+        assert (measured["images"], measured["ok"]) == (7, 5)
+        assert measured["failed_by_kind"] == {"http_status": 1, "not_image": 1}
         assert lines
+        partial = {r["image_id"]: r for r in pq.read_table(partial_path).to_pylist()}
+        assert partial == rows_of(results, ids)
         results_by_threads[threads] = rows_of(results, ids)
 
     rows = results_by_threads[1]
@@ -150,18 +158,32 @@ def test_successful_retry_removes_the_failure_record(server: ImageServer,
     results = tmp_path / "results"
     record_failure(str(results), "a", "timeout", "slow", True)
     logger, _ = make_logger("retry")
-    run_download_batch([("a", f"{server.base}/img/a.jpg")], str(results), SETTINGS,
-                       max_pixels=MAX_PIXELS, manifest_path=str(tmp_path / "m.json"),
-                       batch_key="k", logger=logger)
+    process_batch([("a", f"{server.base}/img/a.jpg")], [], str(results), SETTINGS, threads=1,
+                  max_pixels=MAX_PIXELS, manifest_path=str(tmp_path / "m.json"),
+                  partial_path=str(tmp_path / "m.parquet"), batch_key="k", logger=logger)
     assert Path(layout.thumb_path(results, "a")).read_bytes() == server.image("a")
     assert not Path(layout.failure_path(results, "a")).exists()
+
+
+def test_fetch_and_measure_in_one_batch(server: ImageServer, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    ids = [i for i, _ in items_for(server)]
+    logger, _ = make_logger("both")
+    progress = process_batch(items_for(server), ids, str(results), SETTINGS, threads=2,
+                             max_pixels=MAX_PIXELS, manifest_path=str(tmp_path / "m.json"),
+                             partial_path=str(tmp_path / "m.parquet"), batch_key="k",
+                             logger=logger)
+    assert progress.download.done == progress.features.done == 7
+    rows = rows_of(results, ids)
+    assert {i for i, r in rows.items() if r["status"] == "ok"} == set(OK_IDS)
+    assert pq.read_table(tmp_path / "m.parquet").num_rows == 7
 
 
 def test_measure_one_without_a_record(tmp_path: Path) -> None:
     results = str(tmp_path / "results")
     Path(layout.thumb_path(results, "x")).parent.mkdir(parents=True)
     Path(layout.thumb_path(results, "x")).write_bytes(b"")
-    outcome = measure_one("x", results, MAX_PIXELS)
+    outcome, _ = measure_one("x", results, MAX_PIXELS)
     assert not outcome.ok
     assert outcome.kind == "unknown"
     assert outcome.retryable
@@ -175,7 +197,7 @@ def test_measure_one_with_a_corrupt_thumbnail(tmp_path: Path) -> None:
     results = str(tmp_path / "results")
     Path(layout.thumb_path(results, "x")).parent.mkdir(parents=True)
     Path(layout.thumb_path(results, "x")).write_bytes(b"\x89PNG not really")
-    outcome = measure_one("x", results, MAX_PIXELS)
+    outcome, _ = measure_one("x", results, MAX_PIXELS)
     assert not outcome.ok
     row = table.read_row(layout.feature_path(results, "x")).to_pylist()[0]
     assert row["status"] == "failed"

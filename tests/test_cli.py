@@ -71,15 +71,15 @@ def test_status_counts(results: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_status_with_manifests_and_table(results: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    manifests = results / layout.BATCHES / "download"
+    manifests = results / layout.BATCHES
     manifests.mkdir(parents=True)
     for n, (images, seconds) in enumerate(((40, 2.0), (20, 1.0))):
-        (manifests / f"0000{n}-k.json").write_text(json.dumps({"images": images,
-                                                                "seconds": seconds}))
+        (manifests / f"0000{n}-k.json").write_text(json.dumps(
+            {"download": {"images": images}, "features": {"images": images - 10},
+             "seconds": seconds}))
     (results / "feature_table.parquet").write_bytes(b"table")
     out = status(results, capsys)
-    assert "download batches: 2 recorded, 60 images, 20.0 images/s per job" in out
-    assert "features batches" not in out
+    assert "batches: 2 recorded, 60 images fetched, 40 measured, 20.0 images/s per job" in out
     assert "not built yet" not in out
 
 

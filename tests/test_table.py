@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -80,10 +81,12 @@ def write_rows(results: Path, ids: list[str]) -> list[str]:
 @pytest.mark.parametrize("threads", [1, 3])
 def test_assemble_table_keeps_catalog_order(tmp_path: Path, threads: int) -> None:
     ids = [f"id{n:03d}" for n in range(40)][::-1]  # not sorted, not shard order
-    paths = write_rows(tmp_path / "results", ids)
-    out = tmp_path / "results" / "feature_table.parquet"
-    built = table.assemble_table(ids, paths, out, threads=threads)
-    assert built.column("image_id").to_pylist() == ids
+    results = tmp_path / "results"
+    write_rows(results, ids)
+    out = results / "feature_table.parquet"
+    assembled = table.assemble_table(ids, str(results), out, threads=threads)
+    assert assembled.table.column("image_id").to_pylist() == ids
+    assert assembled.rows_from_files == 40
     on_disk = pq.read_table(out)
     assert on_disk.column("image_id").to_pylist() == ids
     assert on_disk.column("width").to_pylist()[:3] == [1, 2, None]
@@ -93,8 +96,8 @@ def test_assemble_table_keeps_catalog_order(tmp_path: Path, threads: int) -> Non
 
 def test_assemble_table_of_nothing(tmp_path: Path) -> None:
     out = tmp_path / "feature_table.parquet"
-    built = table.assemble_table([], [], out)
-    assert built.num_rows == 0
+    assembled = table.assemble_table([], str(tmp_path), out)
+    assert assembled.table.num_rows == 0
     assert pq.read_table(out).schema.equals(table.ROW_SCHEMA)
 
 
@@ -102,23 +105,49 @@ def test_assemble_table_names_a_missing_file(tmp_path: Path) -> None:
     results = tmp_path / "results"
     ids = ["a", "b", "c"]
     paths = write_rows(results, ids)
+    table.write_partial(results / layout.BATCHES / "p.parquet",
+                        [table.read_row(p).to_pylist()[0] for p in paths])
     Path(paths[1]).unlink()
     out = tmp_path / "feature_table.parquet"
     with pytest.raises(FileNotFoundError) as caught:
-        table.assemble_table(ids, paths, out)
+        table.assemble_table(ids, str(results), out)
     assert paths[1] in str(caught.value)
     assert not out.exists()
 
 
-def test_assemble_table_refuses_mismatched_ids(tmp_path: Path) -> None:
+def set_mtime(path: Path, ns: int) -> None:
+    os.utime(path, ns=(ns, ns))
+
+
+def test_rows_come_from_the_newest_source(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    paths = write_rows(results, ["a", "b", "c"])
-    out = tmp_path / "feature_table.parquet"
-    with pytest.raises(ValueError, match="do not match"):
-        table.assemble_table(["a", "c", "b"], paths, out)
-    with pytest.raises(ValueError, match="do not match"):
-        table.assemble_table(["a", "b"], paths, out)
-    assert not out.exists()
+    ids = ["a", "b", "c"]
+    paths = [Path(p) for p in write_rows(results, ids)]
+    base = 1_700_000_000 * 10**9
+    for path in paths:
+        set_mtime(path, base)
+    older = results / layout.BATCHES / "older.parquet"
+    newer = results / layout.BATCHES / "newer.parquet"
+    table.write_partial(older, [table.ok_row("a", {"width": 100}, "1"),
+                                table.ok_row("b", {"width": 100}, "1")])
+    table.write_partial(newer, [table.ok_row("a", {"width": 200}, "1")])
+    set_mtime(older, base + 10)
+    set_mtime(newer, base + 20)
+    # "b" was rewritten after every partial (a job stopped before writing its partial).
+    set_mtime(paths[1], base + 30)
+    out = results / "feature_table.parquet"
+    assembled = table.assemble_table(ids, str(results), out)
+    widths = dict(zip(ids, assembled.table.column("width").to_pylist(), strict=True))
+    assert widths["a"] == 200
+    assert widths["b"] == table.read_row(paths[1]).column("width")[0].as_py()
+    assert widths["c"] == table.read_row(paths[2]).column("width")[0].as_py()
+    assert (assembled.rows_from_partials, assembled.rows_from_files) == (1, 2)
+    # The new table is kept as the cache; the partials it covers are gone.
+    remaining = sorted(p.name for p in (results / layout.BATCHES).glob("*.parquet"))
+    assert remaining == [table.TABLE_CACHE]
+    again = table.assemble_table(ids, str(results), out)
+    assert again.table.equals(assembled.table)
+    assert (again.rows_from_partials, again.rows_from_files) == (3, 0)
 
 
 def test_assemble_from_snapshot(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

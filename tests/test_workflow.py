@@ -70,6 +70,13 @@ def test_fresh_rerun_repair_and_append(tmp_path: Path, server: ImageServer) -> N
     assert len(rows) == 350
     assert {r["status"] for r in rows} == {"ok"}
 
+    # Dropping rows fetches nothing and the table follows the catalog.
+    write_catalog(tmp_path / "catalog.csv", image_rows(server, names[::2]))
+    before = server.total()
+    run_snakemake(tmp_path, config=config)
+    assert server.total() == before
+    assert [r["image_id"] for r in read_table(tmp_path)] == names[::2]
+
 
 def test_failures_recorded_not_retried_unless_asked(tmp_path: Path, server: ImageServer) -> None:
     rows = [*image_rows(server, ["a1", "a2"]),

@@ -50,14 +50,9 @@ CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
 FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
 
 
-def download_manifest(batch):
-    return f"{RESULTS}/{layout.BATCHES}/download/{batch.key}.json"
+def batch_manifest(batch):
+    return f"{RESULTS}/{layout.BATCHES}/{batch.key}.json"
 
 
-def feature_manifest(batch):
-    return f"{RESULTS}/{layout.BATCHES}/features/{batch.key}.json"
-
-
-BATCH_MANIFESTS = [download_manifest(b) for b in PLAN.batches if b.download_ids] + [
-    feature_manifest(b) for b in PLAN.batches if b.feature_ids
-]
+def batch_partial(batch):
+    return f"{RESULTS}/{layout.BATCHES}/{batch.key}.parquet"

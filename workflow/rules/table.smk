@@ -1,6 +1,6 @@
 # The feature table: every per-image row, in catalog order.
 # It is rebuilt when the catalog's content changes (the snapshot is named by its digest), when a
-# feature batch ran, or when a shard folder changed since the table was written (a row file was
+# batch ran, or when a shard folder changed since the table was written (a row file was
 # added or removed by any means: folder times change on every rename into them).
 
 
@@ -21,7 +21,7 @@ rule catalog_snapshot:
 rule feature_table:
     input:
         catalog=CATALOG_SNAPSHOT,
-        manifests=[feature_manifest(b) for b in PLAN.batches if b.feature_ids],
+        manifests=[batch_manifest(b) for b in PLAN.batches],
         shards=layout.existing_shard_dirs(RESULTS, layout.FEATURES),
     output:
         FEATURE_TABLE,

@@ -1,9 +1,11 @@
-"""The bodies of the per-batch jobs: fetch a batch's images, then measure them.
+"""The body of a batch job: fetch the batch's missing thumbnails and measure its images.
 
-Each image is finished on its own: its file is written atomically as soon as it is done, so a job
-killed at any moment keeps every image it finished and loses only those in flight. A batch ends by
-writing a small JSON manifest (counts, timing, failures by kind), which is the batch's signal to the
-workflow that it is done and the record later reports read.
+Downloads run on a pool of threads (``download.concurrency`` in flight, over one pooled session);
+each finished thumbnail goes straight to a pool of processes that measure it, so fetching and
+measuring overlap inside the job. Each image is finished on its own: its files are written
+atomically as soon as they are done, so a job killed at any moment keeps every image it finished and
+loses only those in flight. The batch ends by writing its rows again as one partial table (which
+makes assembling the feature table cheap) and a JSON manifest: counts, timing, failures by kind.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
+    Executor,
     Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
@@ -27,11 +30,15 @@ from concurrent.futures import (
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from thumbfeat import atomic, layout, table
 from thumbfeat.features import FEATURE_VERSION, compute_features
 from thumbfeat.fetch import FetchSettings, fetch_with_retries, make_session
 from thumbfeat.imaging import ImageRejected, decode_image
 from thumbfeat.plan import read_failure
+
+Row = dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -47,43 +54,65 @@ class Outcome:
     size: int = 0
 
 
-class Progress:
-    """Counts finished images and logs a line at a steady interval, never one line per image."""
+class StageCount:
+    """Finished images of one stage, with failures by kind."""
 
-    def __init__(self, logger: logging.Logger, stage: str, total: int, interval: float) -> None:
-        self.logger, self.stage, self.total, self.interval = logger, stage, total, interval
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total = name, total
         self.done = 0
         self.failed: Counter[str] = Counter()
-        self.started = time.monotonic()
-        self.last_report = self.started
+        self.outcomes: list[Outcome] = []
 
     def add(self, outcome: Outcome) -> None:
         self.done += 1
+        self.outcomes.append(outcome)
         if not outcome.ok:
             self.failed[outcome.kind or "unknown"] += 1
+
+    def line(self, elapsed: float) -> str:
+        failures = ", ".join(f"{k} {n}" for k, n in sorted(self.failed.items())) or "none"
+        return (f"{self.name} {self.done}/{self.total} ({self.done / max(elapsed, 1e-9):.1f}/s, "
+                f"failed: {failures})")
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "images": self.done,
+            "ok": self.done - sum(self.failed.values()),
+            "failed_by_kind": dict(sorted(self.failed.items())),
+            "failed": [{"image_id": o.image_id, "kind": o.kind, "error": o.error,
+                        "retryable": o.retryable} for o in self.outcomes if not o.ok],
+            "bytes": sum(o.size for o in self.outcomes),
+        }
+
+
+class Progress:
+    """Logs both stages on one line at a steady interval, never one line per image."""
+
+    def __init__(self, logger: logging.Logger, interval: float, download_total: int,
+                 measure_total: int) -> None:
+        self.logger, self.interval = logger, interval
+        self.download = StageCount("download", download_total)
+        self.features = StageCount("features", measure_total)
+        self.started = time.monotonic()
+        self.last_report = self.started
+
+    def tick(self) -> None:
         now = time.monotonic()
         if now - self.last_report >= self.interval:
             self.last_report = now
             self.report()
 
     def report(self) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        failures = ", ".join(f"{k} {n}" for k, n in sorted(self.failed.items())) or "none"
-        self.logger.info("%s: %d/%d images, %.1f images/s, failed: %s", self.stage, self.done,
-                         self.total, self.done / elapsed, failures)
+        elapsed = time.monotonic() - self.started
+        self.logger.info("%s; %s", self.download.line(elapsed), self.features.line(elapsed))
 
-    def manifest(self, batch_key: str, outcomes: Sequence[Outcome]) -> dict[str, object]:
+    def manifest(self, batch_key: str) -> dict[str, object]:
         return {
-            "stage": self.stage,
             "batch": batch_key,
-            "images": len(outcomes),
-            "ok": sum(o.ok for o in outcomes),
-            "failed_by_kind": dict(sorted(self.failed.items())),
-            "failed": [{"image_id": o.image_id, "kind": o.kind, "error": o.error,
-                        "retryable": o.retryable} for o in outcomes if not o.ok],
-            "bytes": sum(o.size for o in outcomes),
             "seconds": round(time.monotonic() - self.started, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "download": self.download.summary(),
+            "features": self.features.summary(),
         }
 
 
@@ -115,10 +144,10 @@ def record_failure(results: str, image_id: str, kind: str, error: str, retryable
     atomic.write_bytes(layout.thumb_path(results, image_id), b"")
 
 
-def download_one(session: object, image_id: str, url: str, results: str,
+def download_one(session: requests.Session, image_id: str, url: str, results: str,
                  settings: FetchSettings, max_pixels: int) -> Outcome:
     """Fetch, validate by decoding, and store one image (or its failure)."""
-    fetched = fetch_with_retries(session, url, settings)  # type: ignore[arg-type]
+    fetched = fetch_with_retries(session, url, settings)
     if fetched.failure is not None:
         failure = fetched.failure
         record_failure(results, image_id, failure.kind, failure.message, failure.retryable)
@@ -137,44 +166,7 @@ def download_one(session: object, image_id: str, url: str, results: str,
     return Outcome(image_id, True, attempts=fetched.attempts, size=len(data))
 
 
-def run_download_batch(items: Sequence[tuple[str, str]], results: str, settings: FetchSettings,
-                       *, max_pixels: int, manifest_path: str, batch_key: str,
-                       logger: logging.Logger, progress_interval: float = 10.0) -> list[Outcome]:
-    """Download a batch with up to ``settings.concurrency`` images in flight."""
-    progress = Progress(logger, "download", len(items), progress_interval)
-    outcomes: list[Outcome] = []
-    session = make_session(settings)
-    pool = ThreadPoolExecutor(max_workers=max(1, settings.concurrency))
-    pending: set[Future[Outcome]] = set()
-    queue = iter(items)
-    try:
-        with sigterm_as_interrupt():
-            for image_id, url in queue:
-                pending.add(pool.submit(download_one, session, image_id, url, results, settings,
-                                        max_pixels))
-                if len(pending) >= settings.concurrency * 2:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        outcomes.append(future.result())
-                        progress.add(outcomes[-1])
-            for future in _as_finished(pending):
-                outcomes.append(future.result())
-                progress.add(outcomes[-1])
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        session.close()
-    progress.report()
-    atomic.write_bytes(manifest_path, json.dumps(progress.manifest(batch_key, outcomes)).encode())
-    return outcomes
-
-
-def _as_finished(pending: set[Future[Outcome]]) -> Iterator[Future[Outcome]]:
-    while pending:
-        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-        yield from finished
-
-
-def measure_one(image_id: str, results: str, max_pixels: int) -> Outcome:
+def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, Row]:
     """Compute and store the row of one image from its thumbnail (or its failure record)."""
     thumb = Path(layout.thumb_path(results, image_id))
     data = thumb.read_bytes()
@@ -185,52 +177,96 @@ def measure_one(image_id: str, results: str, max_pixels: int) -> Outcome:
             record_failure(results, image_id, kind, error, retryable)
         else:
             kind, error, retryable = record.kind, record.error, record.retryable
-        table.write_row(layout.feature_path(results, image_id),
-                        table.failed_row(image_id, kind, error, retryable=retryable,
-                                         feature_version=FEATURE_VERSION))
-        return Outcome(image_id, False, kind, error, retryable)
-    try:
-        decoded = decode_image(data, max_pixels=max_pixels)
-        features = compute_features(decoded, len(data))
-    except ImageRejected as rejected:
-        table.write_row(layout.feature_path(results, image_id),
-                        table.failed_row(image_id, rejected.kind, rejected.message,
-                                         retryable=False, feature_version=FEATURE_VERSION))
-        return Outcome(image_id, False, rejected.kind, rejected.message)
-    table.write_row(layout.feature_path(results, image_id),
-                    table.ok_row(image_id, features, FEATURE_VERSION))
-    return Outcome(image_id, True, size=len(data))
-
-
-def _measure_many(image_ids: Sequence[str], results: str, max_pixels: int) -> list[Outcome]:
-    return [measure_one(i, results, max_pixels) for i in image_ids]
-
-
-def run_feature_batch(image_ids: Sequence[str], results: str, *, threads: int, max_pixels: int,
-                      manifest_path: str, batch_key: str, logger: logging.Logger,
-                      progress_interval: float = 10.0) -> list[Outcome]:
-    """Measure a batch on ``threads`` processes (the cores the job was given)."""
-    progress = Progress(logger, "features", len(image_ids), progress_interval)
-    outcomes: list[Outcome] = []
-    with sigterm_as_interrupt():
-        if threads <= 1 or len(image_ids) < 2 * threads:
-            for image_id in image_ids:
-                outcomes.append(measure_one(image_id, results, max_pixels))
-                progress.add(outcomes[-1])
+        row = table.failed_row(image_id, kind, error, retryable=retryable,
+                               feature_version=FEATURE_VERSION)
+        outcome = Outcome(image_id, False, kind, error, retryable)
+    else:
+        try:
+            features = compute_features(decode_image(data, max_pixels=max_pixels), len(data))
+        except ImageRejected as rejected:
+            row = table.failed_row(image_id, rejected.kind, rejected.message, retryable=False,
+                                   feature_version=FEATURE_VERSION)
+            outcome = Outcome(image_id, False, rejected.kind, rejected.message)
         else:
-            step = max(1, min(64, len(image_ids) // (threads * 4)))
-            chunks = [image_ids[i : i + step] for i in range(0, len(image_ids), step)]
-            with ProcessPoolExecutor(max_workers=threads) as pool:
-                futures = {pool.submit(_measure_many, chunk, results, max_pixels)
-                           for chunk in chunks}
-                try:
-                    for future in _as_finished(futures):
-                        for outcome in future.result():
-                            outcomes.append(outcome)
-                            progress.add(outcome)
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+            row = table.ok_row(image_id, features, FEATURE_VERSION)
+            outcome = Outcome(image_id, True, size=len(data))
+    table.write_row(layout.feature_path(results, image_id), row)
+    return outcome, row
+
+
+class InlineExecutor(Executor):
+    """Runs work in the calling thread: one core needs no second process."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        future: Future[object] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], results: str,
+                  settings: FetchSettings, *, threads: int, max_pixels: int,
+                  manifest_path: str, partial_path: str, batch_key: str,
+                  logger: logging.Logger, progress_interval: float = 10.0) -> Progress:
+    """Download ``download`` (id, URL pairs) and measure ``measure`` (ids), overlapping the two.
+
+    An image in both lists is measured as soon as its download finishes; an image only in
+    ``measure`` already has its thumbnail and is measured at once.
+    """
+    progress = Progress(logger, progress_interval, len(download), len(measure))
+    to_measure = set(measure)
+    downloading = {image_id for image_id, _ in download}
+    rows: list[Row] = []
+    measuring: set[Future[tuple[Outcome, Row]]] = set()
+    measurer: Executor = (ProcessPoolExecutor(max_workers=threads) if threads > 1 or download
+                          else InlineExecutor())
+    # Fork the measuring processes now, before any download thread exists.
+    measurer.submit(os.getpid).result()
+    fetcher = ThreadPoolExecutor(max_workers=max(1, settings.concurrency))
+    session = make_session(settings)
+    fetching: set[Future[Outcome]] = set()
+    sources = iter(download)
+
+    def collect(done: set[Future[tuple[Outcome, Row]]]) -> None:
+        for future in done:
+            outcome, row = future.result()
+            progress.features.add(outcome)
+            rows.append(row)
+
+    try:
+        with sigterm_as_interrupt():
+            for image_id in measure:
+                if image_id not in downloading:
+                    measuring.add(measurer.submit(measure_one, image_id, results, max_pixels))
+            while True:
+                while len(fetching) < settings.concurrency * 2:
+                    source = next(sources, None)
+                    if source is None:
+                        break
+                    fetching.add(fetcher.submit(download_one, session, *source, results,
+                                                settings, max_pixels))
+                if not fetching and not measuring:
+                    break
+                done, _ = wait(fetching | measuring, timeout=progress_interval,
+                               return_when=FIRST_COMPLETED)
+                for future in done & fetching:
+                    fetching.discard(future)
+                    outcome = future.result()
+                    progress.download.add(outcome)
+                    if outcome.image_id in to_measure:
+                        measuring.add(measurer.submit(measure_one, outcome.image_id, results,
+                                                      max_pixels))
+                finished = done & measuring
+                measuring -= finished
+                collect(finished)
+                progress.tick()
+    finally:
+        fetcher.shutdown(wait=True, cancel_futures=True)
+        measurer.shutdown(wait=True, cancel_futures=True)
+        session.close()
     progress.report()
-    atomic.write_bytes(manifest_path, json.dumps(progress.manifest(batch_key, outcomes)).encode())
-    return outcomes
+    table.write_partial(partial_path, rows)
+    atomic.write_bytes(manifest_path, json.dumps(progress.manifest(batch_key)).encode())
+    return progress

@@ -39,24 +39,25 @@ def status_report(results: Path) -> str:
         "failed by kind: " + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none")
         + (f" ({retry} will be retried by the next run)" if retry else ""),
     ]
-    for stage in ("download", "features"):
-        rate = stage_rate(results / layout.BATCHES / stage)
-        if rate:
-            lines.append(f"{stage} batches: {rate}")
+    rate = batch_rate(results / layout.BATCHES)
+    if rate:
+        lines.append(f"batches: {rate}")
     table = results / "feature_table.parquet"
     lines.append(f"table: {table}" + ("" if table.exists() else " (not built yet)"))
     return "\n".join(lines)
 
 
-def stage_rate(folder: Path) -> str | None:
-    """Images per second of a stage's recorded batches (per job; jobs may run side by side)."""
+def batch_rate(folder: Path) -> str | None:
+    """What the recorded batch jobs did, and their rate (per job; jobs may run side by side)."""
     manifests = [json.loads(p.read_text()) for p in folder.glob("*.json")]
     if not manifests:
         return None
-    images = sum(m["images"] for m in manifests)
+    fetched = sum(m["download"]["images"] for m in manifests)
+    measured = sum(m["features"]["images"] for m in manifests)
     seconds = sum(m["seconds"] for m in manifests)
-    rate = images / max(seconds, 1e-9)
-    return f"{len(manifests)} recorded, {images} images, {rate:.1f} images/s per job"
+    rate = max(fetched, measured) / max(seconds, 1e-9)
+    return (f"{len(manifests)} recorded, {fetched} images fetched, {measured} measured, "
+            f"{rate:.1f} images/s per job")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

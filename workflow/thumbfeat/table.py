@@ -8,10 +8,13 @@ so it always has one row per catalog image and is rebuilt from files on disk alo
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,6 +43,8 @@ ROW_SCHEMA = pa.schema(
 )
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+# The last table, kept beside the partials as the starting point of the next assembly.
+TABLE_CACHE = "table-cache.parquet"
 
 
 def ok_row(image_id: str, features: dict[str, object], feature_version: str) -> dict[str, object]:
@@ -84,26 +89,98 @@ def read_rows(paths: Sequence[str], *, threads: int = 8) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def assemble_table(image_ids: Sequence[str], row_paths: Sequence[str], out_path: str | Path,
-                   *, threads: int = 8) -> pa.Table:
+def write_partial(path: str | Path, rows: Sequence[dict[str, object]]) -> None:
+    """Write a batch's rows as one file, so the table reads one file per batch, not per image."""
+    partial = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA)
+    atomic.write_with(path, lambda tmp: pq.write_table(partial, tmp, compression="zstd"))
+
+
+@dataclass(frozen=True)
+class Assembled:
+    table: pa.Table
+    rows_from_partials: int
+    rows_from_files: int
+    partials_read: int
+
+
+def _read_partials(results: str) -> list[tuple[int, pa.Table]]:
+    """Partial tables (and the cache of the last table), oldest first, with their mtimes."""
+    folder = Path(results) / layout.BATCHES
+    found = []
+    for path in folder.glob("*.parquet"):
+        try:
+            found.append((path.stat().st_mtime_ns, path))
+        except FileNotFoundError:
+            continue
+    found.sort()
+    return [(mtime, pq.read_table(path, schema=ROW_SCHEMA)) for mtime, path in found]
+
+
+def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path, *,
+                   threads: int = 8) -> Assembled:
     """Build the feature table: one row per catalog image, in catalog order, written atomically.
 
-    A missing per-image file means the work list and the disk disagree, so it is an error rather
-    than a silently shorter table.
+    Each image's row comes from the newest partial table holding it, unless its own file is newer
+    than that partial (written by a job that was stopped before its partial), in which case the
+    file is read. The per-image files stay the truth; partials only save opening them one by one.
+    A missing per-image file means the work list and the disk disagree: an error, not a shorter
+    table.
     """
-    missing = [p for p in row_paths if not Path(p).is_file()]
+    partials = _read_partials(results)
+    newest: dict[str, tuple[int, int, int]] = {}
+    for number, (mtime, partial) in enumerate(partials):
+        for row, image_id in enumerate(partial.column("image_id").to_pylist()):
+            newest[image_id] = (mtime, number, row)
+    offsets = [0]
+    for _, partial in partials:
+        offsets.append(offsets[-1] + partial.num_rows)
+    take: list[int] = []
+    to_read: list[str] = []
+    missing: list[str] = []
+    for image_id in image_ids:
+        path = layout.feature_path(results, image_id)
+        try:
+            file_mtime = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            missing.append(path)
+            continue
+        hit = newest.get(image_id)
+        if hit is None or file_mtime > hit[0]:
+            take.append(offsets[-1] + len(to_read))
+            to_read.append(path)
+        else:
+            take.append(offsets[hit[1]] + hit[2])
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} per-image feature files are missing, e.g. {missing[0]}; "
             "run the workflow again to rebuild them"
         )
-    table = read_rows(row_paths, threads=threads)
-    got = table.column("image_id").to_pylist()
-    if got != list(image_ids):
-        raise ValueError("per-image files do not match the catalog ids they were read for")
-    atomic.write_with(out_path, lambda tmp: pq.write_table(table, tmp, compression="zstd"),
+    pieces = [partial for _, partial in partials] + [read_rows(to_read, threads=threads)]
+    built = pa.concat_tables(pieces).take(pa.array(take, type=pa.int64()))
+    if built.column("image_id").to_pylist() != list(image_ids):
+        raise ValueError("per-image rows do not match the catalog ids they were read for")
+    atomic.write_with(out_path, lambda tmp: pq.write_table(built, tmp, compression="zstd"),
                       durable=True)
-    return table
+    _keep_as_cache(out_path, results)
+    return Assembled(built, len(take) - len(to_read), len(to_read), len(partials))
+
+
+def _keep_as_cache(table_path: str | Path, results: str) -> None:
+    """Keep the new table as the partial all later assemblies start from; drop older partials.
+
+    A hard link costs nothing and survives Snakemake deleting the table before rebuilding it.
+    """
+    folder = Path(results) / layout.BATCHES
+    cache = folder / TABLE_CACHE
+    with atomic.atomic_path(cache) as tmp:
+        try:
+            os.link(table_path, tmp)
+        except OSError:
+            shutil.copy2(table_path, tmp)
+    cache_mtime = cache.stat().st_mtime_ns
+    for path in folder.glob("*.parquet"):
+        if path.name != TABLE_CACHE and path.stat().st_mtime_ns <= cache_mtime:
+            path.unlink(missing_ok=True)
 
 
 def assemble_from_snapshot(snapshot_path: str | Path, results: str, out_path: str | Path, *,
@@ -111,10 +188,11 @@ def assemble_from_snapshot(snapshot_path: str | Path, results: str, out_path: st
     """Build the table for the catalog recorded in ``snapshot_path`` and log its outcome counts."""
     started = time.monotonic()
     image_ids = read_snapshot_ids(snapshot_path)
-    paths = [layout.feature_path(results, i) for i in image_ids]
-    built = assemble_table(image_ids, paths, out_path, threads=threads)
-    statuses = Counter(built.column("status").to_pylist())
-    logger.info("feature table: %d rows (%s) in %.2f s", built.num_rows,
+    assembled = assemble_table(image_ids, results, out_path, threads=threads)
+    statuses = Counter(assembled.table.column("status").to_pylist())
+    logger.info("feature table: %d rows (%s) in %.2f s; %d rows from %d partial tables, "
+                "%d read from their own files", assembled.table.num_rows,
                 ", ".join(f"{k} {n}" for k, n in sorted(statuses.items())),
-                time.monotonic() - started)
-    return built
+                time.monotonic() - started, assembled.rows_from_partials,
+                assembled.partials_read, assembled.rows_from_files)
+    return assembled.table

@@ -1,22 +1,25 @@
-"""Snakemake job: download one batch of thumbnails (see thumbfeat.batch)."""
+"""Snakemake job: fetch and measure one batch of images (see thumbfeat.batch)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from thumbfeat.batch import run_download_batch
+from thumbfeat.batch import process_batch
 from thumbfeat.config import RESULTS, job_logger
 from thumbfeat.fetch import FetchSettings
 
 smk = snakemake  # noqa: F821
-run_download_batch(
+process_batch(
     smk.params.sources,
+    smk.params.measure,
     RESULTS,
     FetchSettings(**smk.params.settings),
+    threads=smk.threads,
     max_pixels=smk.config["max_pixels"],
     manifest_path=smk.output.manifest,
+    partial_path=smk.output.partial,
     batch_key=smk.params.batch_key,
-    logger=job_logger(smk.log[0], "download"),
+    logger=job_logger(smk.log[0], "batch"),
     progress_interval=smk.config["progress_interval"],
 )

@@ -1,0 +1,231 @@
+"""Benchmark: the workflow against a plain script doing the same work, side by side in one run.
+
+Generates N thumbnails of 320x240 (JPEG), serves them from nginx on loopback, then for each repeat
+measures with a fresh results folder: the workflow's fresh dry run, full run and no-op run, and the
+plain script (bench/plain_pipeline.py) on the same catalog. Reports medians with min-max spread, the
+ratio of rates, and peak memory (largest process in each measured command's tree), and writes the
+section into BENCHMARKS.md.
+
+Needs nginx on PATH (Debian: apt-get install nginx-light).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import make_jpeg  # noqa: E402
+
+PYTHON = sys.executable
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_rss_mb: float
+
+
+def measure(command: list[str], cwd: Path) -> Measured:
+    """Run ``command``; wall time and the peak RSS of the largest process in its tree."""
+    log = cwd / "bench-command.log"
+    with open(log, "w") as output:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
+    return Measured(seconds, usage.ru_maxrss / 1024)
+
+
+def write_image(args: tuple[Path, str]) -> None:
+    folder, name = args
+    path = folder / f"{name}.jpg"
+    if not path.exists():
+        path.write_bytes(make_jpeg(name))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_nginx(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    (work / "nginx").mkdir(parents=True, exist_ok=True)
+    conf = work / "nginx" / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+error_log {work}/nginx/error.log warn;
+pid {work}/nginx/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_requests 100000;
+    types {{ image/jpeg jpg; }}
+    client_body_temp_path {work}/nginx/body;
+    proxy_temp_path {work}/nginx/proxy;
+    fastcgi_temp_path {work}/nginx/fastcgi;
+    uwsgi_temp_path {work}/nginx/uwsgi;
+    scgi_temp_path {work}/nginx/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+""")
+    process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work / "nginx")])
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process, f"http://127.0.0.1:{port}"
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("nginx did not start")
+
+
+def count_ok(table: Path) -> int:
+    import pyarrow.parquet as pq
+
+    statuses = pq.read_table(table, columns=["status"]).column("status").to_pylist()
+    return sum(s == "ok" for s in statuses)
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GiB, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args()
+    if shutil.which("nginx") is None:
+        sys.exit("nginx is not on PATH (Debian: apt-get install nginx-light)")
+
+    work = args.work.resolve()
+    images = work / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    names = [f"b{i:07d}" for i in range(args.images)]
+    with ProcessPoolExecutor(max_workers=args.cores) as pool:
+        list(pool.map(write_image, [(images, n) for n in names], chunksize=256))
+    server, base = start_nginx(images, work)
+    catalog = work / "catalog.csv"
+    with open(catalog, "w") as handle:
+        handle.write("image_id,url\n")
+        handle.writelines(f"{n},{base}/{n}.jpg\n" for n in names)
+
+    results: dict[str, list[Measured]] = {k: [] for k in ("dry", "run", "noop", "plain")}
+    try:
+        for repeat in range(args.repeats):
+            order = ["workflow", "plain"] if repeat % 2 == 0 else ["plain", "workflow"]
+            for which in order:
+                folder = work / f"{which}-{repeat}"
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                if which == "plain":
+                    results["plain"].append(measure(
+                        [PYTHON, str(ROOT / "bench" / "plain_pipeline.py"), str(catalog),
+                         "--cores", str(args.cores)], folder))
+                    table = folder / "results" / "feature_table.parquet"
+                else:
+                    smk = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--cores", str(args.cores),
+                           "--config", f"catalog={catalog}"]
+                    results["dry"].append(measure([*smk, "-n"], folder))
+                    results["run"].append(measure(smk, folder))
+                    results["noop"].append(measure(smk, folder))
+                    table = folder / "results" / "feature_table.parquet"
+                ok = count_ok(table)
+                if ok != args.images:
+                    raise RuntimeError(f"{which}: {ok} ok rows of {args.images}")
+                print(f"repeat {repeat} {which}: done", flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+
+    rate = {k: [args.images / m.seconds for m in results[k]] for k in ("run", "plain")}
+    ratios = [w / p for w, p in zip(rate["run"], rate["plain"], strict=True)]
+    lines = [
+        f"## Core pipeline: {args.images:,} thumbnails, workflow vs plain script",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; nginx {nginx_version()} on "
+        f"loopback serving 320x240 JPEGs (about "
+        f"{sum(p.stat().st_size for p in images.iterdir()) / len(names) / 1024:.0f} KB each); "
+        f"`--cores {args.cores}`, default config (batch_size 500, download.concurrency 16, "
+        f"batch_threads 2); {args.repeats} repeats, the two sides alternating first. "
+        "Median (min-max). Peak memory is the largest single process of the command's tree.",
+        "",
+        "| measure | median (min-max) | peak memory MB (median) |",
+        "| --- | --- | --- |",
+        f"| workflow end to end, images/s | {summary(rate['run'])} | "
+        f"{statistics.median(m.peak_rss_mb for m in results['run']):.0f} |",
+        f"| plain script end to end, images/s | {summary(rate['plain'])} | "
+        f"{statistics.median(m.peak_rss_mb for m in results['plain']):.0f} |",
+        f"| ratio workflow / plain (per repeat) | {summary(ratios)} | |",
+        f"| fresh dry run, s | {summary([m.seconds for m in results['dry']])} | "
+        f"{statistics.median(m.peak_rss_mb for m in results['dry']):.0f} |",
+        f"| no-op run, s | {summary([m.seconds for m in results['noop']])} | "
+        f"{statistics.median(m.peak_rss_mb for m in results['noop']):.0f} |",
+        "",
+        f"Reproduce: `.venv/bin/python bench/run_bench.py --images {args.images} "
+        f"--repeats {args.repeats}` (needs nginx).",
+        "",
+    ]
+    section = "\n".join(lines)
+    print(section)
+    update_report(args.report, section)
+
+
+def nginx_version() -> str:
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+    return out.strip().rsplit("/", 1)[-1]
+
+
+def update_report(report: Path, section: str) -> None:
+    """Replace this benchmark's section in BENCHMARKS.md, keeping any others."""
+    title = section.splitlines()[0].split(":")[0]
+    text = report.read_text() if report.exists() else "# Benchmarks\n\n"
+    kept: list[str] = []
+    skipping = False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            skipping = line.startswith(title)
+        if not skipping:
+            kept.append(line)
+    report.write_text("\n".join(kept).rstrip() + "\n\n" + section)
+
+
+if __name__ == "__main__":
+    main()
