@@ -183,7 +183,7 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; nginx {nginx_version()} on "
         f"loopback serving 320x240 JPEGs (about "
         f"{sum(p.stat().st_size for p in images.iterdir()) / len(names) / 1024:.0f} KB each); "
-        f"`--cores {args.cores}`, default config (batch_size 500, download.concurrency 16, "
+        f"`--cores {args.cores}`, default config (batch_size 2000, download.concurrency 16, "
         f"batch_threads 2); {args.repeats} repeats, the two sides alternating first. "
         "Median (min-max). Peak memory is the largest single process of the command's tree.",
         "",

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from thumbfeat import layout, table
+from thumbfeat.catalog import read_snapshot_ids
 
 FEATURES = {
     "width": 320,
@@ -160,8 +161,8 @@ def test_assemble_from_snapshot(tmp_path: Path, caplog: pytest.LogCaptureFixture
     out = results / "feature_table.parquet"
     logger = logging.getLogger("tests.table")
     with caplog.at_level(logging.INFO, logger="tests.table"):
-        built = table.assemble_from_snapshot(snapshot, str(results), out, threads=2,
-                                             logger=logger)
+        built = table.assemble_and_log(read_snapshot_ids(snapshot), str(results), out,
+                                       threads=2, logger=logger)
     assert built.column("image_id").to_pylist() == ids
     assert "3 rows" in caplog.text
     assert "failed 1" in caplog.text and "ok 2" in caplog.text

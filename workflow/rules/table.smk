@@ -1,34 +1,24 @@
-# The feature table: every per-image row, in catalog order.
-# It is rebuilt when the catalog's content changes (the snapshot is named by its digest), when a
-# batch ran, or when a shard folder changed since the table was written (a row file was
-# added or removed by any means: folder times change on every rename into them).
-
-
-rule catalog_snapshot:
-    output:
-        CATALOG_SNAPSHOT,
-    log:
-        f"{RESULTS}/{layout.LOGS}/catalog_snapshot.log",
-    conda:
-        "../../envs/thumbfeat.yaml"
-    params:
-        digest=CATALOG_DIGEST,
-        spec=asdict(CATALOG_SPEC),
-    script:
-        "../scripts/catalog_snapshot.py"
+# The feature table: every per-image row, in catalog order, written with a snapshot of the catalog
+# it was built for. It is rebuilt when the catalog's content changes (the snapshot is named by a
+# digest of the selected ids and URLs, so a new selection is a missing file), when a batch ran, or
+# when a feature shard folder changed since the table was written (a row file was added or
+# removed by any means: a folder's time changes on every rename into it).
 
 
 rule feature_table:
     input:
-        catalog=CATALOG_SNAPSHOT,
         manifests=[batch_manifest(b) for b in PLAN.batches],
         shards=layout.existing_shard_dirs(RESULTS, layout.FEATURES),
     output:
-        FEATURE_TABLE,
+        snapshot=CATALOG_SNAPSHOT,
+        table=FEATURE_TABLE,
     log:
         f"{RESULTS}/{layout.LOGS}/feature_table.log",
     conda:
         "../../envs/thumbfeat.yaml"
     threads: 2
+    params:
+        digest=CATALOG_DIGEST,
+        spec=asdict(CATALOG_SPEC),
     script:
         "../scripts/feature_table.py"

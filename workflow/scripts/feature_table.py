@@ -1,18 +1,22 @@
-"""Snakemake job: assemble the feature table from the per-image row files."""
+"""Snakemake job: snapshot the catalog and assemble the feature table from the per-image rows."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
+from thumbfeat.catalog import CatalogSpec, write_snapshot
 from thumbfeat.config import RESULTS, job_logger
-from thumbfeat.table import assemble_from_snapshot
+from thumbfeat.table import assemble_and_log
 
 smk = snakemake  # noqa: F821
-assemble_from_snapshot(
-    smk.input.catalog,
-    RESULTS,
-    smk.output[0],
-    threads=max(2, smk.threads * 4),
-    logger=job_logger(smk.log[0], "table"),
+logger = job_logger(smk.log[0], "table")
+catalog = write_snapshot(
+    CatalogSpec(**smk.params.spec),
+    smk.output.snapshot,
+    expected_digest=smk.params.digest,
+    logger=logger,
+)
+assemble_and_log(
+    catalog.ids, RESULTS, smk.output.table, threads=max(2, smk.threads * 4), logger=logger
 )

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -29,6 +29,7 @@ from concurrent.futures import (
 )
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -206,61 +207,70 @@ class InlineExecutor(Executor):
         return future
 
 
+def measure_many(image_ids: Sequence[str], results: str,
+                 max_pixels: int) -> list[tuple[Outcome, Row]]:
+    """Measure several images in one task, so handing work to a process costs little per image."""
+    return [measure_one(image_id, results, max_pixels) for image_id in image_ids]
+
+
 def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], results: str,
                   settings: FetchSettings, *, threads: int, max_pixels: int,
                   manifest_path: str, partial_path: str, batch_key: str,
                   logger: logging.Logger, progress_interval: float = 10.0) -> Progress:
     """Download ``download`` (id, URL pairs) and measure ``measure`` (ids), overlapping the two.
 
-    An image in both lists is measured as soon as its download finishes; an image only in
-    ``measure`` already has its thumbnail and is measured at once.
+    An image in both lists is measured once its download has finished; an image only in
+    ``measure`` already has its thumbnail and is ready at once. Both kinds of work in flight are
+    bounded (a few tasks per process, twice the download concurrency), so waiting on them stays
+    cheap however large the batch.
     """
     progress = Progress(logger, progress_interval, len(download), len(measure))
     to_measure = set(measure)
     downloading = {image_id for image_id, _ in download}
+    ready: deque[str] = deque(i for i in measure if i not in downloading)
     rows: list[Row] = []
-    measuring: set[Future[tuple[Outcome, Row]]] = set()
-    measurer: Executor = (ProcessPoolExecutor(max_workers=threads) if threads > 1 or download
+    workers = max(1, threads)
+    measurer: Executor = (ProcessPoolExecutor(max_workers=workers) if threads > 1 or download
                           else InlineExecutor())
     # Fork the measuring processes now, before any download thread exists.
     measurer.submit(os.getpid).result()
     fetcher = ThreadPoolExecutor(max_workers=max(1, settings.concurrency))
     session = make_session(settings)
-    fetching: set[Future[Outcome]] = set()
+    in_flight: set[Future[Any]] = set()
+    measuring: set[Future[Any]] = set()
     sources = iter(download)
-
-    def collect(done: set[Future[tuple[Outcome, Row]]]) -> None:
-        for future in done:
-            outcome, row = future.result()
-            progress.features.add(outcome)
-            rows.append(row)
+    fetch_slots = max(1, settings.concurrency) * 2
+    fetching = 0
 
     try:
         with sigterm_as_interrupt():
-            for image_id in measure:
-                if image_id not in downloading:
-                    measuring.add(measurer.submit(measure_one, image_id, results, max_pixels))
             while True:
-                while len(fetching) < settings.concurrency * 2:
-                    source = next(sources, None)
-                    if source is None:
-                        break
-                    fetching.add(fetcher.submit(download_one, session, *source, results,
-                                                settings, max_pixels))
-                if not fetching and not measuring:
+                while fetching < fetch_slots and (source := next(sources, None)) is not None:
+                    in_flight.add(fetcher.submit(download_one, session, *source, results,
+                                                 settings, max_pixels))
+                    fetching += 1
+                while ready and len(measuring) < 2 * workers:
+                    size = max(1, min(16, len(ready) // (2 * workers)))
+                    chunk = [ready.popleft() for _ in range(min(size, len(ready)))]
+                    future = measurer.submit(measure_many, chunk, results, max_pixels)
+                    measuring.add(future)
+                    in_flight.add(future)
+                if not in_flight:
                     break
-                done, _ = wait(fetching | measuring, timeout=progress_interval,
-                               return_when=FIRST_COMPLETED)
-                for future in done & fetching:
-                    fetching.discard(future)
-                    outcome = future.result()
-                    progress.download.add(outcome)
-                    if outcome.image_id in to_measure:
-                        measuring.add(measurer.submit(measure_one, outcome.image_id, results,
-                                                      max_pixels))
-                finished = done & measuring
-                measuring -= finished
-                collect(finished)
+                done, in_flight = wait(in_flight, timeout=progress_interval,
+                                       return_when=FIRST_COMPLETED)
+                for future in done:
+                    if future in measuring:
+                        measuring.discard(future)
+                        for outcome, row in future.result():
+                            progress.features.add(outcome)
+                            rows.append(row)
+                    else:
+                        fetching -= 1
+                        outcome = future.result()
+                        progress.download.add(outcome)
+                        if outcome.image_id in to_measure:
+                            ready.append(outcome.image_id)
                 progress.tick()
     finally:
         fetcher.shutdown(wait=True, cancel_futures=True)

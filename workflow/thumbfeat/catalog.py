@@ -227,7 +227,7 @@ def load_catalog(spec: CatalogSpec) -> Catalog:
 
 
 def write_snapshot(spec: CatalogSpec, out_path: str | Path, *, expected_digest: str,
-                   logger: logging.Logger) -> None:
+                   logger: logging.Logger) -> Catalog:
     """Store the selected catalog (ids and URLs) as Parquet, and drop older snapshots.
 
     The snapshot's file name carries the digest of its content, so the table depends on what the
@@ -245,6 +245,7 @@ def write_snapshot(spec: CatalogSpec, out_path: str | Path, *, expected_digest: 
         if old.name != out.name:
             old.unlink(missing_ok=True)
     logger.info("catalog %s: %d images selected, digest %s", spec.path, len(catalog), digest)
+    return catalog
 
 
 def read_snapshot_ids(path: str | Path) -> list[str]:

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thumbfeat import atomic, layout
-from thumbfeat.catalog import read_snapshot_ids
 
 ROW_SCHEMA = pa.schema(
     [
@@ -183,11 +182,10 @@ def _keep_as_cache(table_path: str | Path, results: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def assemble_from_snapshot(snapshot_path: str | Path, results: str, out_path: str | Path, *,
-                           threads: int, logger: logging.Logger) -> pa.Table:
-    """Build the table for the catalog recorded in ``snapshot_path`` and log its outcome counts."""
+def assemble_and_log(image_ids: Sequence[str], results: str, out_path: str | Path, *,
+                     threads: int, logger: logging.Logger) -> pa.Table:
+    """Build the table for ``image_ids`` and log its outcome counts and where rows came from."""
     started = time.monotonic()
-    image_ids = read_snapshot_ids(snapshot_path)
     assembled = assemble_table(image_ids, results, out_path, threads=threads)
     statuses = Counter(assembled.table.column("status").to_pylist())
     logger.info("feature table: %d rows (%s) in %.2f s; %d rows from %d partial tables, "
