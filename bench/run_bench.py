@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--config", nargs="*", default=[],
+                        help="extra workflow config, e.g. batch_size=1000 batch_threads=1")
     args = parser.parse_args()
     if shutil.which("nginx") is None:
         sys.exit("nginx is not on PATH (Debian: apt-get install nginx-light)")
@@ -162,7 +164,7 @@ def main() -> None:
                     table = folder / "results" / "feature_table.parquet"
                 else:
                     smk = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--cores", str(args.cores),
-                           "--config", f"catalog={catalog}"]
+                           "--config", f"catalog={catalog}", *args.config]
                     results["dry"].append(measure([*smk, "-n"], folder))
                     results["run"].append(measure(smk, folder))
                     results["noop"].append(measure(smk, folder))
@@ -175,6 +177,7 @@ def main() -> None:
         server.terminate()
         server.wait()
 
+    overrides = f" with {' '.join(args.config)}" if args.config else ""
     rate = {k: [args.images / m.seconds for m in results[k]] for k in ("run", "plain")}
     ratios = [w / p for w, p in zip(rate["run"], rate["plain"], strict=True)]
     lines = [
@@ -183,8 +186,8 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; nginx {nginx_version()} on "
         f"loopback serving 320x240 JPEGs (about "
         f"{sum(p.stat().st_size for p in images.iterdir()) / len(names) / 1024:.0f} KB each); "
-        f"`--cores {args.cores}`, default config (batch_size 2000, download.concurrency 16, "
-        f"batch_threads 2); {args.repeats} repeats, the two sides alternating first. "
+        f"`--cores {args.cores}`, default config{overrides}"
+        f" (defaults: {defaults()}); {args.repeats} repeats, the two sides alternating first. "
         "Median (min-max). Peak memory is the largest single process of the command's tree.",
         "",
         "| measure | median (min-max) | peak memory MB (median) |",
@@ -206,6 +209,14 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     update_report(args.report, section)
+
+
+def defaults() -> str:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return (f"batch_size {config['batch_size']}, batch_threads {config['batch_threads']}, "
+            f"download.concurrency {config['download']['concurrency']}")
 
 
 def nginx_version() -> str:

@@ -192,3 +192,23 @@ def test_summary_mentions_the_counts(results: Path) -> None:
     empty = plan_work(catalog(), results, batch_size=2, only={"a"}).summary()
     assert "to retry" not in empty
     assert "0 batches" in empty
+
+
+def test_auto_batch_size_gives_each_slot_whole_rounds() -> None:
+    from thumbfeat.plan import AUTO_BATCH_MAX, AUTO_BATCH_MIN, auto_batch_size
+
+    assert auto_batch_size(10_000, 2) == 2500  # two rounds of two jobs
+    assert auto_batch_size(10_000, 1) == 5000
+    assert auto_batch_size(15, 2) == AUTO_BATCH_MIN  # tiny catalogs make one batch
+    size = auto_batch_size(1_000_000, 8)
+    assert size <= AUTO_BATCH_MAX
+    batches = -(-1_000_000 // size)
+    assert batches % 8 == 0 or batches == -(-1_000_000 // AUTO_BATCH_MAX)
+    assert auto_batch_size(0, 4) == AUTO_BATCH_MIN
+
+
+def test_plan_without_a_batch_size_sizes_batches_for_the_slots(tmp_path: Path) -> None:
+    catalog = Catalog(source=tmp_path / "c.csv", ids=tuple(f"i{n:04d}" for n in range(1000)),
+                      urls=tuple(f"http://h/{n}.jpg" for n in range(1000)))
+    plan = plan_work(catalog, tmp_path / "results", batch_size=None, slots=2)
+    assert [len(b.image_ids) for b in plan.batches] == [250, 250, 250, 250]

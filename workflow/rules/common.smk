@@ -21,6 +21,16 @@ from thumbfeat.config import (  # noqa: E402
 )
 from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
 
+
+def job_slots(workflow, threads_per_job):
+    """How many batch jobs can run at once locally (1 when no core count was given)."""
+    try:
+        cores = int(workflow.cores)
+    except (WorkflowError, TypeError, ValueError):
+        cores = 1
+    return max(1, cores // max(1, threads_per_job))
+
+
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 try:
     config.update(coerce_to_schema(config, load_configfile(str(CONFIG_SCHEMA))))
@@ -40,7 +50,8 @@ URL_OF = CATALOG.url_of()
 PLAN = plan_work(
     CATALOG,
     RESULTS,
-    batch_size=config["batch_size"],
+    batch_size=None if config["batch_size"] == "auto" else config["batch_size"],
+    slots=job_slots(workflow, config["batch_threads"]),
     retry_failed=config["retry_failed"],
     only=requested_image_ids(sys.argv, CATALOG.ids),
 )

@@ -84,7 +84,7 @@ def _coerce(value: Any, schema: Mapping[str, Any], key: str) -> Any:
     allowed = set(types) if isinstance(types, list) else {types}
     if isinstance(value, dict) and "properties" in schema:
         return coerce_to_schema(value, schema, prefix=f"{key}.")
-    if not isinstance(value, str) or "string" in allowed:
+    if not isinstance(value, str):
         return value
     text = value.strip()
     if "null" in allowed and text.lower() in {"null", "none", "~", ""}:
@@ -104,6 +104,8 @@ def _coerce(value: Any, schema: Mapping[str, Any], key: str) -> Any:
             return float(text)
         except ValueError:
             pass
+    if "string" in allowed:
+        return value
     expected = " or ".join(sorted(str(t) for t in allowed))
     raise ConfigError(f"config key {key!r}: {value!r} is not a valid {expected}")
 

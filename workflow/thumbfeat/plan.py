@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -127,10 +128,31 @@ def make_batches(ordered_ids: Iterable[str], download: Collection[str],
     return batches
 
 
-def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int,
-              retry_failed: bool = False, only: Collection[str] | None = None) -> WorkPlan:
+# Bounds of automatic batch sizes: below the lower one a job's start-up costs more than its work;
+# above the upper one a job holds many declared files for little gain.
+AUTO_BATCH_MIN = 100
+AUTO_BATCH_MAX = 5000
+
+
+def auto_batch_size(work: int, slots: int) -> int:
+    """A batch size that gives every job slot at least two jobs, in whole rounds.
+
+    Two jobs per slot let one job's start-up and Snakemake's bookkeeping overlap the work of
+    others; whole rounds (a multiple of the slots) avoid a last job running alone on an otherwise
+    idle machine; the bounds keep jobs neither trivially small nor huge.
+    """
+    slots = max(1, slots)
+    batches = max(2 * slots, math.ceil(work / AUTO_BATCH_MAX))
+    batches = math.ceil(batches / slots) * slots
+    return max(AUTO_BATCH_MIN, math.ceil(work / batches))
+
+
+def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
+              slots: int = 1, retry_failed: bool = False,
+              only: Collection[str] | None = None) -> WorkPlan:
     """Compare the catalog with the disk and say what each stage still has to do.
 
+    ``batch_size`` None sizes batches for ``slots`` jobs running at once (see auto_batch_size).
     ``only`` restricts the work to the given ids (when the user asks for particular files).
     """
     ids: Iterable[str] = catalog.ids
@@ -153,7 +175,9 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int,
     ordered = [i for i in catalog.ids if i in wanted]
     plan.download = [i for i in ordered if i in download]
     plan.features = [i for i in ordered if i in compute]
-    plan.batches = make_batches(ordered, download, compute, batch_size)
+    work = len(download | compute)
+    size = batch_size if batch_size is not None else auto_batch_size(work, slots)
+    plan.batches = make_batches(ordered, download, compute, size)
     return plan
 
 
