@@ -45,28 +45,22 @@ def test_per_image_paths() -> None:
     assert layout.thumb_path(Path("/data/out"), "img7") == f"/data/out/thumbs/{shard}/img7.img"
 
 
-def test_per_image_target_matches_layout_paths() -> None:
+def test_image_id_of_target_reads_layout_paths() -> None:
     for image_id in ("img7", "007", "a.b-c_d", "_x", "photo.img", "v1.parquet"):
         for path in (layout.thumb_path("results", image_id),
                      layout.feature_path("results", image_id)):
             for candidate in (path, path.removeprefix("results/"), f"/abs/dir/{path}"):
-                match = layout.PER_IMAGE_TARGET.search(candidate)
-                assert match is not None, candidate
-                assert match.group("image_id") == image_id
-                assert match.group("shard") == layout.shard_of(image_id)
-        thumb = layout.PER_IMAGE_TARGET.search(layout.thumb_path("r", image_id))
-        feature = layout.PER_IMAGE_TARGET.search(layout.feature_path("r", image_id))
-        assert thumb is not None and thumb.group("stage") == "thumbs"
-        assert thumb.group("suffix") == ".img"
-        assert feature is not None and feature.group("stage") == "features"
-        assert feature.group("suffix") == ".parquet"
+                assert layout.image_id_of_target(candidate) == image_id, candidate
+
+
+WRONG_SHARD = next(s for s in layout.SHARDS if s != layout.shard_of("x1"))
 
 
 @pytest.mark.parametrize(
     "path",
     [
         "results/failed/ab/x1.json",
-        "results/batches/download/00001-abc.json",
+        "results/batches/00001-abc.json",
         "results/feature_table.parquet",
         "results/catalog/0123456789abcdef.parquet",
         "results/features/ab/x1.json",
@@ -78,12 +72,15 @@ def test_per_image_target_matches_layout_paths() -> None:
         "results/features/ab/sub/x1.parquet",
         "results/myfeatures/ab/x1.parquet",
         "results/thumbs/ab/.img",
+        f"results/thumbs/{layout.shard_of('x1')}/x1.parquet",
+        f"results/features/{layout.shard_of('x1')}/x1.img",
+        f"results/features/{WRONG_SHARD}/x1.parquet",
         "all",
         "--cores",
     ],
 )
-def test_per_image_target_rejects_other_paths(path: str) -> None:
-    assert layout.PER_IMAGE_TARGET.search(path) is None
+def test_image_id_of_target_rejects_other_paths(path: str) -> None:
+    assert layout.image_id_of_target(path) is None
 
 
 def test_is_temporary_name() -> None:

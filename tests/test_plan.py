@@ -174,14 +174,17 @@ def test_batch_keys_follow_members() -> None:
 
 def test_requested_image_ids_from_argv() -> None:
     ids = {"x1", "x2", "x3"}
-    argv = ["snakemake", "--cores", "2", "results/features/ab/x1.parquet",
-            "thumbs/0f/x2.img", "results/features/ab/unknown.parquet",
+    x1 = layout.feature_path("results", "x1")
+    argv = ["snakemake", "--cores", "2", x1,
+            layout.thumb_path("elsewhere", "x2").removeprefix("elsewhere/"),
+            layout.feature_path("results", "unknown"),
             "results/feature_table.parquet", "all", "--config", "catalog=x3.csv"]
     assert requested_image_ids(argv, ids) == {"x1", "x2"}
     assert requested_image_ids(["snakemake", "--cores", "2"], ids) is None
-    assert requested_image_ids(["snakemake", "results/features/ab/nope.parquet"], ids) is None
+    assert requested_image_ids(["snakemake", layout.feature_path("results", "nope")],
+                               ids) is None
     # The first token is the program itself.
-    assert requested_image_ids(["results/features/ab/x1.parquet"], ids) is None
+    assert requested_image_ids([x1], ids) is None
 
 
 def test_summary_mentions_the_counts(results: Path) -> None:

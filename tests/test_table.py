@@ -166,3 +166,9 @@ def test_assemble_from_snapshot(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert built.column("image_id").to_pylist() == ids
     assert "3 rows" in caplog.text
     assert "failed 1" in caplog.text and "ok 2" in caplog.text
+
+
+def test_row_schema_has_every_feature_column() -> None:
+    from thumbfeat.features import FEATURE_COLUMNS
+
+    assert set(FEATURE_COLUMNS) <= set(table.ROW_SCHEMA.names)

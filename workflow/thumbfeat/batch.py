@@ -182,6 +182,10 @@ def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, 
                                feature_version=FEATURE_VERSION)
         outcome = Outcome(image_id, False, kind, error, retryable)
     else:
+        # A download that succeeded after a failure removes the record; a kill in between can
+        # leave it behind, and a thumbnail with content outranks it.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(layout.failure_path(results, image_id))
         try:
             features = compute_features(decode_image(data, max_pixels=max_pixels), len(data))
         except ImageRejected as rejected:

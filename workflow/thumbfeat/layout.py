@@ -28,10 +28,11 @@ SHARDS = tuple(f"{i:0{SHARD_DIGITS}x}" for i in range(16**SHARD_DIGITS))
 SHARD_SET = frozenset(SHARDS)
 
 # Kept in step with the id rule of the catalog: names that are safe as file names everywhere.
-PER_IMAGE_TARGET = re.compile(
+_PER_IMAGE_TARGET = re.compile(
     r"(?:^|/)(?P<stage>thumbs|features)/(?P<shard>[0-9a-f]{2})/"
     r"(?P<image_id>[A-Za-z0-9_][A-Za-z0-9._-]*?)(?P<suffix>\.img|\.parquet)$"
 )
+_SUFFIX_OF_STAGE = {THUMBS: THUMB_SUFFIX, FEATURES: FEATURE_SUFFIX}
 
 
 def shard_of(image_id: str) -> str:
@@ -67,3 +68,19 @@ def existing_shard_dirs(results: str | Path, stage: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [f"{results}/{stage}/{name}" for name in names if name in SHARD_SET]
+
+
+def image_id_of_target(path: str) -> str | None:
+    """The image a per-image file path names (thumbnail or feature row), else None.
+
+    The folder, the suffix and the shard must all agree with where that image's file lives.
+    """
+    match = _PER_IMAGE_TARGET.search(path)
+    if match is None:
+        return None
+    image_id = match.group("image_id")
+    if _SUFFIX_OF_STAGE[match.group("stage")] != match.group("suffix"):
+        return None
+    if match.group("shard") != shard_of(image_id):
+        return None
+    return image_id

@@ -191,7 +191,7 @@ def requested_image_ids(argv: Sequence[str], catalog_ids: Collection[str]) -> se
     """
     wanted: set[str] = set()
     for token in argv[1:]:
-        match = layout.PER_IMAGE_TARGET.search(token)
-        if match and match.group("image_id") in catalog_ids:
-            wanted.add(match.group("image_id"))
+        image_id = layout.image_id_of_target(token)
+        if image_id is not None and image_id in catalog_ids:
+            wanted.add(image_id)
     return wanted or None
