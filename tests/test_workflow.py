@@ -126,8 +126,12 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
         Path(layout.feature_path(results, name)).unlink()
 
     before = server.total()
+    files_before = file_times(tmp_path, "**/*")
     preview = run_snakemake(tmp_path, "-n", config=config)
     assert server.total() == before
+    changed = {p for p, t in file_times(tmp_path, "**/*").items()
+               if files_before.get(p) != t and not p.startswith(".snakemake")}
+    assert changed == set(), "a dry run wrote files"
     assert plan_counts(preview.stdout + preview.stderr) == {"download": 30, "features": 45,
                                                             "failed": 0}
     run_snakemake(tmp_path, config=config)
