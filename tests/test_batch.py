@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from thumbfeat import layout, table
-from thumbfeat.batch import measure_one, process_batch, record_failure
+from thumbfeat.batch import measure_one, process_batch
+from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION
 from thumbfeat.fetch import FetchSettings
-from thumbfeat.plan import read_failure
 
 from tests.support import ImageServer
 
@@ -179,10 +179,16 @@ def test_fetch_and_measure_in_one_batch(server: ImageServer, tmp_path: Path) -> 
     assert pq.read_table(tmp_path / "m.parquet").num_rows == 7
 
 
-def test_measure_one_without_a_record(tmp_path: Path) -> None:
+def thumbnail_on_disk(tmp_path: Path, image_id: str, data: bytes) -> str:
+    """A results folder holding just one thumbnail with ``data``."""
     results = str(tmp_path / "results")
-    Path(layout.thumb_path(results, "x")).parent.mkdir(parents=True)
-    Path(layout.thumb_path(results, "x")).write_bytes(b"")
+    Path(layout.thumb_path(results, image_id)).parent.mkdir(parents=True)
+    Path(layout.thumb_path(results, image_id)).write_bytes(data)
+    return results
+
+
+def test_measure_one_without_a_record(tmp_path: Path) -> None:
+    results = thumbnail_on_disk(tmp_path, "x", b"")
     outcome, _ = measure_one("x", results, MAX_PIXELS)
     assert not outcome.ok
     assert outcome.kind == "unknown"
@@ -194,9 +200,7 @@ def test_measure_one_without_a_record(tmp_path: Path) -> None:
 
 
 def test_measure_one_with_a_corrupt_thumbnail(tmp_path: Path) -> None:
-    results = str(tmp_path / "results")
-    Path(layout.thumb_path(results, "x")).parent.mkdir(parents=True)
-    Path(layout.thumb_path(results, "x")).write_bytes(b"\x89PNG not really")
+    results = thumbnail_on_disk(tmp_path, "x", b"\x89PNG not really")
     outcome, _ = measure_one("x", results, MAX_PIXELS)
     assert not outcome.ok
     row = table.read_row(layout.feature_path(results, "x")).to_pylist()[0]

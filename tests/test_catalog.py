@@ -57,7 +57,6 @@ def test_csv_catalog_keeps_order_and_leading_zeros(tmp_path: Path) -> None:
                             "http://h/e.jpg")
     assert len(catalog) == 4
     assert catalog.source == path
-    assert catalog.url_of() == dict(zip(catalog.ids, catalog.urls, strict=True))
 
 
 def test_tsv_catalog(tmp_path: Path) -> None:

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 from thumbfeat import layout
-from thumbfeat.batch import record_failure
 from thumbfeat.catalog import Catalog
+from thumbfeat.failures import FailureRecord, read_failure, record_failure
+from thumbfeat.layout import present_ids
 from thumbfeat.plan import (
     Batch,
-    FailureRecord,
     make_batches,
     plan_work,
-    present_ids,
-    read_failure,
     requested_image_ids,
 )
 
@@ -32,7 +30,7 @@ def touch(path: str, data: bytes = b"") -> None:
 
 
 def write_failure(results: Path, image_id: str, kind: str, retryable: bool) -> None:
-    """A failure record as thumbfeat.batch.record_failure writes it, with its empty thumbnail."""
+    """A failure record as thumbfeat.failures.record_failure writes it, with its empty thumbnail."""
     record = {"image_id": image_id, "kind": kind, "error": f"{kind} happened",
               "retryable": retryable, "recorded_at": "2024-01-01T00:00:00+0000"}
     touch(layout.failure_path(results, image_id), json.dumps(record).encode())
@@ -215,3 +213,9 @@ def test_plan_without_a_batch_size_sizes_batches_for_the_slots(tmp_path: Path) -
                       urls=tuple(f"http://h/{n}.jpg" for n in range(1000)))
     plan = plan_work(catalog, tmp_path / "results", batch_size=None, slots=2)
     assert [len(b.image_ids) for b in plan.batches] == [250, 250, 250, 250]
+
+
+def test_plan_keeps_urls_of_downloads_only(results: Path) -> None:
+    plan = plan_work(catalog(), results, batch_size=2)
+    assert set(plan.urls) == set(plan.download)
+    assert all(url.endswith(f"{i}.jpg") for i, url in plan.urls.items())

@@ -22,7 +22,7 @@ for batch in PLAN.batches:
             "../../envs/thumbfeat.yaml"
         threads: config["batch_threads"]
         params:
-            sources=[(i, URL_OF[i]) for i in batch.download_ids],
+            sources=[(i, PLAN.urls[i]) for i in batch.download_ids],
             measure=list(batch.feature_ids),
             batch_key=batch.key,
             settings=FETCH_SETTINGS,

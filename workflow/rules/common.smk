@@ -46,7 +46,6 @@ except (CatalogError, ConfigError) as error:
     raise WorkflowError(str(error)) from None
 
 CATALOG_DIGEST = CATALOG.digest()
-URL_OF = CATALOG.url_of()
 PLAN = plan_work(
     CATALOG,
     RESULTS,

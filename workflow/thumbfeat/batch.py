@@ -34,10 +34,10 @@ from typing import Any
 import requests
 
 from thumbfeat import atomic, layout, table
+from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION, compute_features
 from thumbfeat.fetch import FetchSettings, fetch_with_retries, make_session
 from thumbfeat.imaging import ImageRejected, decode_image
-from thumbfeat.plan import read_failure
 
 Row = dict[str, object]
 
@@ -132,17 +132,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def record_failure(results: str, image_id: str, kind: str, error: str, retryable: bool) -> None:
-    """Record why an image failed, then mark its download as done with an empty file.
-
-    The record is written first: an empty thumbnail always has its reason beside it.
-    """
-    record = {"image_id": image_id, "kind": kind, "error": error, "retryable": retryable,
-              "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic.write_bytes(layout.failure_path(results, image_id), json.dumps(record).encode())
-    atomic.write_bytes(layout.thumb_path(results, image_id), b"")
 
 
 def download_one(session: requests.Session, image_id: str, url: str, results: str,

@@ -63,9 +63,6 @@ class Catalog:
             hasher.update(b"\x01")
         return hasher.hexdigest()[:20]
 
-    def url_of(self) -> dict[str, str]:
-        return dict(zip(self.ids, self.urls, strict=True))
-
 
 def _format_of(path: Path) -> str:
     suffix = path.suffix.lower()

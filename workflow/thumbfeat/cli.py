@@ -10,7 +10,8 @@ from pathlib import Path
 
 from thumbfeat import layout
 from thumbfeat.catalog import read_snapshot_ids
-from thumbfeat.plan import present_ids, read_failures
+from thumbfeat.failures import read_failures
+from thumbfeat.layout import present_ids
 
 
 def latest_snapshot(results: Path) -> Path | None:

@@ -84,3 +84,23 @@ def image_id_of_target(path: str) -> str | None:
     if match.group("shard") != shard_of(image_id):
         return None
     return image_id
+
+
+def present_ids(results: str | Path, stage: str, suffix: str) -> set[str]:
+    """Ids with a finished file of ``stage``: one ``scandir`` per shard folder."""
+    found: set[str] = set()
+    root = Path(results) / stage
+    try:
+        shards = list(os.scandir(root))
+    except FileNotFoundError:
+        return found
+    cut = len(suffix)
+    for shard in shards:
+        if not shard.is_dir():
+            continue
+        with os.scandir(shard.path) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(suffix) and not is_temporary_name(name):
+                    found.add(name[:-cut])
+    return found

@@ -9,76 +9,27 @@ redone when it was transient, or when the user asks for every failure to be retr
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from thumbfeat import layout
 from thumbfeat.catalog import Catalog
-
-
-def present_ids(results: str | Path, stage: str, suffix: str) -> set[str]:
-    """Ids with a finished file of ``stage``: one ``scandir`` per shard folder."""
-    found: set[str] = set()
-    root = Path(results) / stage
-    try:
-        shards = list(os.scandir(root))
-    except FileNotFoundError:
-        return found
-    cut = len(suffix)
-    for shard in shards:
-        if not shard.is_dir():
-            continue
-        with os.scandir(shard.path) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.endswith(suffix) and not layout.is_temporary_name(name):
-                    found.add(name[:-cut])
-    return found
-
-
-@dataclass(frozen=True)
-class FailureRecord:
-    image_id: str
-    kind: str
-    error: str
-    retryable: bool
-
-
-def read_failures(results: str | Path, wanted: Collection[str]) -> dict[str, FailureRecord]:
-    """Failure records of the catalog's images (records of other images are left alone)."""
-    records: dict[str, FailureRecord] = {}
-    for image_id in present_ids(results, layout.FAILED, layout.FAILURE_SUFFIX):
-        if image_id not in wanted:
-            continue
-        record = read_failure(layout.failure_path(results, image_id))
-        if record is not None:
-            records[image_id] = record
-    return records
-
-
-def read_failure(path: str | Path) -> FailureRecord | None:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return FailureRecord(str(data["image_id"]), str(data["kind"]), str(data["error"]),
-                             bool(data["retryable"]))
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return None
+from thumbfeat.failures import FailureRecord, read_failures
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Images handled by one job per stage; its key changes whenever its members do."""
+    """Images handled by one job; its key (naming its manifest) changes whenever its work does."""
 
     number: int
     image_ids: tuple[str, ...]
     download_ids: tuple[str, ...]
     feature_ids: tuple[str, ...]
 
-    @property
+    @cached_property
     def key(self) -> str:
         hasher = hashlib.sha1()
         for group in (self.download_ids, self.feature_ids):
@@ -97,6 +48,8 @@ class WorkPlan:
     failed_kept: dict[str, FailureRecord] = field(default_factory=dict)
     failed_retried: dict[str, FailureRecord] = field(default_factory=dict)
     batches: list[Batch] = field(default_factory=list)
+    # URLs of the images to download, and only those: a finished catalog costs no lookup table.
+    urls: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line a person reads before a run (and in a dry run) to know what is left."""
@@ -159,8 +112,8 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
     if only is not None:
         ids = [i for i in catalog.ids if i in only]
     wanted = set(ids) if only is not None else set(catalog.ids)
-    thumbs = present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
-    features = present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX)
+    thumbs = layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
+    features = layout.present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX)
     failures = read_failures(results, wanted)
     plan = WorkPlan(catalog_size=len(catalog))
     redo: set[str] = set()
@@ -175,6 +128,7 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
     ordered = [i for i in catalog.ids if i in wanted]
     plan.download = [i for i in ordered if i in download]
     plan.features = [i for i in ordered if i in compute]
+    plan.urls = {i: u for i, u in zip(catalog.ids, catalog.urls, strict=True) if i in download}
     work = len(download | compute)
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)
     plan.batches = make_batches(ordered, download, compute, size)

@@ -63,10 +63,17 @@ def failed_row(image_id: str, kind: str, error: str, *, retryable: bool,
     return row
 
 
+def write_rows(path: str | Path, rows: Sequence[dict[str, object]], *,
+               durable: bool = False) -> None:
+    """Write rows with the row schema as one Parquet file, atomically."""
+    table = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA)
+    atomic.write_with(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"),
+                      durable=durable)
+
+
 def write_row(path: str | Path, row: dict[str, object]) -> None:
-    """Write one image's row as its own Parquet file, atomically."""
-    table = pa.Table.from_pylist([row], schema=ROW_SCHEMA)
-    atomic.write_with(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    """Write one image's row as its own Parquet file."""
+    write_rows(path, [row])
 
 
 def read_row(path: str | Path) -> pa.Table:
@@ -90,8 +97,7 @@ def read_rows(paths: Sequence[str], *, threads: int = 8) -> pa.Table:
 
 def write_partial(path: str | Path, rows: Sequence[dict[str, object]]) -> None:
     """Write a batch's rows as one file, so the table reads one file per batch, not per image."""
-    partial = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA)
-    atomic.write_with(path, lambda tmp: pq.write_table(partial, tmp, compression="zstd"))
+    write_rows(path, rows)
 
 
 @dataclass(frozen=True)
