@@ -21,4 +21,5 @@ rule all:
         # a missing intermediate file while the file depending on it (the table) exists.
         FEATURE_TABLE,
         CATALOG_SNAPSHOT,
+        TABLE_SETTINGS,
         [batch_manifest(b) for b in PLAN.batches],
