@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -451,10 +452,9 @@ def dominant_colors(pixels: Pixels) -> list[dict[str, object]]:
     cells = (((pixels.red >> shift).astype(np.uint16) << (2 * DOMINANT_BITS))
              | ((pixels.green >> shift).astype(np.uint16) << DOMINANT_BITS)
              | (pixels.blue >> shift))
-    counts = np.bincount(cells, minlength=1 << (3 * DOMINANT_BITS))
+    counts, sums = _cell_counts_and_sums(cells, pixels, 1 << (3 * DOMINANT_BITS))
     # Stable sort on -count: ties go to the lower cell number, so the result is deterministic.
     top = [int(c) for c in np.argsort(-counts, kind="stable")[:DOMINANT_COLOURS] if counts[c] > 0]
-    sums = _channel_sums_per_cell(cells, pixels, counts.size)
     out: list[dict[str, object]] = []
     for cell in top:
         n = int(counts[cell])
@@ -464,24 +464,30 @@ def dominant_colors(pixels: Pixels) -> list[dict[str, object]]:
     return out
 
 
-def _channel_sums_per_cell(cells: NDArray[np.uint16], pixels: Pixels,
-                           length: int) -> tuple[NDArray[Any], ...]:
-    """Exact per-cell sums of R, G and B from weighted bincounts.
+def _cell_counts_and_sums(cells: NDArray[np.uint16], pixels: Pixels,
+                          length: int) -> tuple[NDArray[np.int64], tuple[NDArray[np.int64], ...]]:
+    """Exact pixel count and R, G, B sums per cell, in as few weighted bincounts as fit.
 
-    Two channels share one float64 weight ``R * 2**k + G`` when both per-cell sums fit in
-    ``k`` bits and the packed sum stays below 2**53, so it is still an exact integer; that saves
-    one of three passes (always the case for thumbnails; huge images take three passes).
+    A float64 weight holds two small integers exactly as ``high * 2**k + low`` when the per-cell
+    sum of ``low`` fits in ``k`` bits and the packed sum stays below 2**53. For a thumbnail the
+    count packs with blue and red with green, so two passes give all four; large images fall
+    back to one pass per quantity.
     """
-    bits = max(1, (255 * cells.size).bit_length())
-    if 2 * bits <= 53:
-        packed = pixels.red.astype(np.float64) * float(1 << bits) + pixels.green
-        both = np.bincount(cells, weights=packed, minlength=length).astype(np.int64)
-        red, green = both >> bits, both & ((1 << bits) - 1)
-    else:
-        red = np.bincount(cells, weights=pixels.red, minlength=length).astype(np.int64)
-        green = np.bincount(cells, weights=pixels.green, minlength=length).astype(np.int64)
-    blue = np.bincount(cells, weights=pixels.blue, minlength=length).astype(np.int64)
-    return red, green, blue
+    count_bits = max(1, cells.size.bit_length())
+    sum_bits = max(1, (255 * cells.size).bit_length())
+
+    def split(weights: NDArray[np.float64], low_bits: int) -> tuple[NDArray[np.int64], ...]:
+        both = np.bincount(cells, weights=weights, minlength=length).astype(np.int64)
+        return both >> low_bits, both & ((1 << low_bits) - 1)
+
+    if count_bits + sum_bits <= 53 and 2 * sum_bits <= 53:
+        blue, counts = split(pixels.blue * float(1 << count_bits) + 1.0, count_bits)
+        red, green = split(pixels.red * float(1 << sum_bits) + pixels.green, sum_bits)
+        return counts, (red, green, blue)
+    counts = np.bincount(cells, minlength=length).astype(np.int64)
+    red, green, blue = (np.bincount(cells, weights=c, minlength=length).astype(np.int64)
+                        for c in (pixels.red, pixels.green, pixels.blue))
+    return counts, (red, green, blue)
 
 
 def colour(pixels: Pixels) -> Features:
@@ -613,15 +619,24 @@ MEASURES: tuple[tuple[str, Measure], ...] = (
 brightness percentiles). The benchmark times each one separately."""
 
 
-def compute_features(decoded: DecodedImage, data: bytes) -> Features:
+def compute_features(decoded: DecodedImage, data: bytes, *,
+                     timings: dict[str, float] | None = None) -> Features:
     """Compute the :data:`FEATURE_COLUMNS` for one decoded image.
 
     ``data`` is the downloaded file, for its size and SHA-256, so a feature row is
-    self-contained.
+    self-contained. When ``timings`` is given, the seconds spent preparing the pixels and in each
+    of :data:`MEASURES` are added to it under their names (the benchmark's breakdown).
     """
     tune_for_measuring()
+    clock = time.perf_counter
+    started = clock()
     pixels = prepare(decoded)
+    if timings is not None:
+        timings["prepare"] = timings.get("prepare", 0.0) + clock() - started
     found: Features = {}
-    for _name, measure in MEASURES:
+    for name, measure in MEASURES:
+        started = clock()
         found.update(measure(pixels, decoded, data, found))
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + clock() - started
     return {name: found[name] for name in FEATURE_COLUMNS}
