@@ -2,10 +2,10 @@
 
 Decodes a set of 320x240 JPEGs once (the twelve demo photographs scaled and cropped to 320x240, plus
 synthetic photo-like images as used by the pipeline benchmark), then runs
-``thumbfeat.features.compute_features`` on each of them for several rounds in this single process
-(single-threaded: one core at a time). Reports, per image, the median over rounds; then across images the median and
-the 10th-90th percentile spread, for the whole set and for each step (pixel preparation and each
-measure group). Writes its section into BENCHMARKS.md.
+``thumbfeat.features.compute_features`` on each of them for several rounds in this one
+single-threaded process (one core at a time). Reports, per image, the median over rounds; then
+across images the median and the 10th-90th percentile spread, for the whole set and for each step
+(pixel preparation and each measure group). Writes its section into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def main() -> None:
         "## Per-image features: 320x240 JPEG, one core",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; one single-threaded process "
-        f"on a shared machine; {len(decoded)} images ({len(decoded) - args.synthetic} demo photographs "
-        f"cropped to 320x240, {args.synthetic} synthetic photo-like JPEGs), each measured "
+        f"on a shared machine; {len(decoded)} images ({len(decoded) - args.synthetic} demo "
+        f"photographs cropped to 320x240, {args.synthetic} synthetic photo-like JPEGs), each "
+        f"measured "
         f"{args.rounds} times. Per image the median over rounds; the table gives the median over "
         "images and the 10th-90th percentile range. Decoding is not part of the feature set and "
         "is shown for scale.",
