@@ -52,8 +52,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def spread(values_ms: list[float]) -> str:
-    return (f"{statistics.median(values_ms):.3f} | {percentile(values_ms, 0.1):.3f}-"
-            f"{percentile(values_ms, 0.9):.3f}")
+    return (f"{statistics.median(values_ms):.2f} | {percentile(values_ms, 0.1):.2f}-"
+            f"{percentile(values_ms, 0.9):.2f}")
 
 
 def main() -> None:
@@ -69,45 +69,51 @@ def main() -> None:
     steps = ["prepare", *(name for name, _ in MEASURES)]
     compute_features(*decoded[0])  # warm caches (weights, per-process settings)
 
-    per_image_total: list[list[float]] = [[] for _ in decoded]
-    per_image_step: list[dict[str, list[float]]] = [{s: [] for s in steps} for _ in decoded]
-    per_image_decode: list[list[float]] = [[] for _ in decoded]
+    clocks = {"wall": time.perf_counter, "cpu": time.thread_time}
+    totals: dict[str, list[list[float]]] = {c: [[] for _ in decoded] for c in clocks}
+    by_step: dict[str, list[dict[str, list[float]]]] = {
+        c: [{s: [] for s in steps} for _ in decoded] for c in clocks}
+    decode_wall: list[list[float]] = [[] for _ in decoded]
     for _round in range(args.rounds):
         for index, (image, data) in enumerate(decoded):
             started = time.perf_counter()
             decode_image(data)
-            per_image_decode[index].append(time.perf_counter() - started)
-            timings: dict[str, float] = {}
-            started = time.perf_counter()
-            compute_features(image, data, timings=timings)
-            per_image_total[index].append(time.perf_counter() - started)
-            for step in steps:
-                per_image_step[index][step].append(timings[step])
+            decode_wall[index].append(time.perf_counter() - started)
+            for name, clock in clocks.items():
+                timings: dict[str, float] = {}
+                started = clock()
+                compute_features(image, data, timings=timings, clock=clock)
+                totals[name][index].append(clock() - started)
+                for step in steps:
+                    by_step[name][index][step].append(timings[step])
 
     def medians_ms(series: list[list[float]]) -> list[float]:
         return [statistics.median(values) * 1000 for values in series]
 
-    totals = medians_ms(per_image_total)
+    def row(label: str, wall: list[float], cpu: list[float] | None) -> str:
+        return f"| {label} | {spread(wall)} | {spread(cpu) if cpu is not None else '- | -'} |"
+
     lines = [
         "## Per-image features: 320x240 JPEG, one core",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; one single-threaded process "
         f"on a shared machine; {len(decoded)} images ({len(decoded) - args.synthetic} demo "
         f"photographs cropped to 320x240, {args.synthetic} synthetic photo-like JPEGs), each "
-        f"measured "
-        f"{args.rounds} times. Per image the median over rounds; the table gives the median over "
-        "images and the 10th-90th percentile range. Decoding is not part of the feature set and "
-        "is shown for scale.",
+        f"measured {args.rounds} times by the wall clock and {args.rounds} times by the thread's "
+        "CPU clock (which leaves out time spent waiting for a core others are using). Per image "
+        "the median over rounds; the table gives the median over images and the 10th-90th "
+        "percentile range. Decoding is not part of the feature set and is shown for scale.",
         "",
-        "| step | median ms | p10-p90 ms |",
-        "| --- | --- | --- |",
+        "| step | wall median ms | wall p10-p90 ms | CPU median ms | CPU p10-p90 ms |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for step in steps:
-        step_ms = medians_ms([per_image[step] for per_image in per_image_step])
-        lines.append(f"| {step} | {spread(step_ms)} |")
+        lines.append(row(step, *(medians_ms([per[step] for per in by_step[c]])
+                                 for c in clocks)))
     lines += [
-        f"| **whole feature set** (`compute_features`) | {spread(totals)} |",
-        f"| JPEG decode (not included) | {spread(medians_ms(per_image_decode))} |",
+        row("**whole feature set** (`compute_features`)",
+            *(medians_ms(totals[c]) for c in clocks)),
+        row("JPEG decode (not included)", medians_ms(decode_wall), None),
         "",
         "Steps: `prepare` flattens to RGB and derives the grey image, channels and histogram; "
         "`geometry` includes both SHA-256 digests; `light` the HSP brightness and percentiles; "

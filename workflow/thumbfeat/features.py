@@ -136,12 +136,9 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 Features = dict[str, Any]
 
 _WHITE_RGBA = (255, 255, 255, 255)
-_LEVELS = np.arange(256, dtype=np.float64)
 # HSP weights scaled to integers: 241 R² + 691 G² + 68 B² is exact in int32 (at most 65,025,000)
 # and orders pixels exactly as the float brightness does.
-_HSP_SQUARES: tuple[NDArray[np.int32], ...] = tuple(
-    (weight * np.arange(256, dtype=np.int32) ** 2).astype(np.int32) for weight in (241, 691, 68)
-)
+_HSP_WEIGHTS = (241, 691, 68)
 # sqrt(w / 1000) / 255 for every possible weighted sum would need 65M entries; the brightness of a
 # pixel is instead taken from its weighted sum with one float square root.
 _HSP_SCALE = 1.0 / (255.0 * math.sqrt(1000.0))
@@ -276,9 +273,18 @@ def geometry(pixels: Pixels, decoded: DecodedImage, data: bytes) -> Features:
 
 def hsp_weighted_squares(red: NDArray[np.uint8], green: NDArray[np.uint8],
                          blue: NDArray[np.uint8]) -> NDArray[np.int32]:
-    """Per pixel ``241 R² + 691 G² + 68 B²``: 1000 x the HSP brightness squared, exactly."""
-    red_sq, green_sq, blue_sq = _HSP_SQUARES
-    return red_sq[red] + green_sq[green] + blue_sq[blue]
+    """Per pixel ``241 R² + 691 G² + 68 B²``: 1000 x the HSP brightness squared, exactly.
+
+    Plain int32 arithmetic (vectorised multiplies) beats three table lookups, whose uint8
+    indices numpy would first widen to 64 bits.
+    """
+    total = np.zeros(red.shape, dtype=np.int32)
+    for channel, weight in zip((red, green, blue), _HSP_WEIGHTS, strict=True):
+        squared = channel.astype(np.int32)
+        squared *= squared
+        squared *= weight
+        total += squared
+    return total
 
 
 def brightness_percentiles(weighted: NDArray[np.int32],
@@ -334,11 +340,16 @@ def entropy_bits(histogram: NDArray[np.int64]) -> float:
 
 
 def _integer_variance(values: NDArray[Any]) -> float:
-    """Population variance of small integers (|v| < 46341, so v² fits int32) from exact sums."""
-    flat = values.reshape(-1).astype(np.int32)
+    """Population variance of integer values from exact sums.
+
+    The values are small integers, so in float64 every square and every partial sum of squares
+    is an exact integer below 2**53: the dot product (BLAS) is exact and faster than int64 sums.
+    """
+    flat = values.reshape(-1).astype(np.float64)
     count = flat.size
-    total = int(flat.sum(dtype=np.int64))
-    squares = int((flat * flat).sum(dtype=np.int64))
+    total = int(flat.sum())
+    squares = int(flat @ flat)
+    # Python integers from here on: count * squares can exceed 2**53.
     return (count * squares - total * total) / (count * count)
 
 
@@ -383,39 +394,38 @@ def contrast_and_detail(pixels: Pixels) -> Features:
 # --- colour --------------------------------------------------------------------------------
 
 
-def hue_sixths(red: NDArray[np.int16], green: NDArray[np.int16], blue: NDArray[np.int16],
-               high: NDArray[np.int16], chroma: NDArray[np.int16]) -> NDArray[np.int16]:
-    """HSV hue as the integer ``t = hue_degrees * chroma / 60`` (0 <= t < 6 * chroma).
+def hue_sixths(pixels: Pixels, chroma: NDArray[np.int16]) -> NDArray[np.int16]:
+    """HSV hue of every pixel as the integer ``t = hue_degrees * chroma / 60`` (0 <= t < 6 chroma).
 
-    Keeping hue as an exact integer numerator makes the 30-degree histogram bins exact; callers
-    must pass only pixels with chroma > 0.
+    Keeping hue as an exact integer numerator makes the 30-degree histogram bins exact. Pixels
+    with chroma 0 get 0 here and must be left out by the caller.
     """
-    from_red = np.where(green >= blue, green - blue, 6 * chroma + green - blue)
-    from_green = 2 * chroma + blue - red
-    from_blue = 4 * chroma + red - green
-    return np.where(high == red, from_red, np.where(high == green, from_green, from_blue))
+    red, green, blue = (c.astype(np.int16) for c in (pixels.red, pixels.green, pixels.blue))
+    from_red = green - blue
+    from_red += np.where(from_red < 0, 6 * chroma, 0).astype(np.int16)
+    return np.where(pixels.high == pixels.red, from_red,
+                    np.where(pixels.high == pixels.green, 2 * chroma + blue - red,
+                             4 * chroma + red - green))
 
 
 def hue_statistics(pixels: Pixels) -> tuple[float | None, list[float] | None]:
     """Circular mean hue (degrees) and 12-bin hue shares over clearly coloured pixels."""
-    high, low = pixels.high, pixels.low
+    high = pixels.high
     value_low = math.floor(HUE_VALUE_RANGE[0] * 255) + 1  # V > 0.15  <=>  max >= 39
     value_high = math.ceil(HUE_VALUE_RANGE[1] * 255) - 1  # V < 0.95  <=>  max <= 242
-    chroma_all = high.astype(np.int16) - low
+    chroma_all = (high - pixels.low).astype(np.int16)
     # S > 0.2  <=>  5 (max - min) > max, in integers.
     mask = ((high >= value_low) & (high <= value_high)
             & (chroma_all * round(1 / HUE_MIN_SATURATION) > high))
     selected = int(np.count_nonzero(mask))
     if selected == 0:
         return None, None
-    chroma = chroma_all[mask]
-    sixths = hue_sixths(pixels.red[mask].astype(np.int16), pixels.green[mask].astype(np.int16),
-                        pixels.blue[mask].astype(np.int16), high[mask].astype(np.int16), chroma)
+    sixths = hue_sixths(pixels, chroma_all)[mask]
     # hue / 60 degrees. In float32 the quotient of these small integers is within 1e-6 of the
     # true value, far less than the 1/255 that separates a non-integer 2 t / c from an integer,
     # so truncating 2 t / c gives the exact 30-degree bin.
-    sextant = sixths.astype(np.float32) / chroma.astype(np.float32)
-    bins = np.bincount((2 * sextant).astype(np.int32), minlength=HUE_BINS)
+    sextant = sixths.astype(np.float32) / chroma_all[mask].astype(np.float32)
+    bins = np.bincount((2 * sextant).astype(np.intp), minlength=HUE_BINS)
     # float32 sine and cosine (vectorised, several times faster than float64) summed in float64:
     # the mean direction is accurate to about 1e-4 degrees.
     radians = sextant * np.float32(math.pi / 3)
@@ -620,15 +630,16 @@ brightness percentiles). The benchmark times each one separately."""
 
 
 def compute_features(decoded: DecodedImage, data: bytes, *,
-                     timings: dict[str, float] | None = None) -> Features:
+                     timings: dict[str, float] | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> Features:
     """Compute the :data:`FEATURE_COLUMNS` for one decoded image.
 
     ``data`` is the downloaded file, for its size and SHA-256, so a feature row is
     self-contained. When ``timings`` is given, the seconds spent preparing the pixels and in each
-    of :data:`MEASURES` are added to it under their names (the benchmark's breakdown).
+    of :data:`MEASURES` are added to it under their names, read from ``clock`` (the benchmark's
+    breakdown, in wall or CPU time).
     """
     tune_for_measuring()
-    clock = time.perf_counter
     started = clock()
     pixels = prepare(decoded)
     if timings is not None:
