@@ -14,7 +14,8 @@ in at most d bits, some band differs in at most r = d // m bits (otherwise the d
 least m (r + 1) > d). Each hash is looked up, band by band, in a table of all hashes' band values,
 under its own band value and every value within r flips of it; only those candidates are checked
 with a full popcount. m is chosen by a cost model (lookups versus expected candidates for uniformly
-spread hashes), which for d = 6 and 100,000 hashes picks 4 bands of 16 bits and radius 1. Identical
+spread hashes), which for d = 6 and 100,000 hashes picks 4 bands of 16 bits and radius 1; two keys
+that differ are paired once, from the smaller one, so each candidate is checked once. Identical
 hashes are merged first, so a catalog full of the same blank image cannot fill one bucket with
 quadratically many pairs. Components come from a vectorised union-find (hook roots to the smaller
 root, then compress paths until every node points at a root).
@@ -35,9 +36,10 @@ from numpy.typing import NDArray
 
 HASH_BITS = 64
 DEFAULT_MAX_DISTANCE = 6
-_DIRECT_TABLE_MAX_BITS = 20
-"""Bands up to this width are looked up in a dense table indexed by band value (O(1) per lookup);
-wider bands use a binary search over the sorted band values."""
+_DIRECT_TABLE_MAX_BITS = 22
+"""Bands up to this width are looked up in a dense table indexed by band value (O(1) per lookup,
+two int32 arrays of 2**width entries: at most 32 MiB); wider bands use a binary search over the
+sorted band values."""
 _PAIR_CHUNK = 1 << 21
 """Candidate pairs expanded and checked at a time, which bounds memory whatever the data."""
 
@@ -90,25 +92,23 @@ def flip_masks(width: int, radius: int) -> NDArray[np.uint64]:
     return np.array(masks, dtype=np.uint64)
 
 
-def _expand(lo: NDArray[np.int64], counts: NDArray[np.int64], first: int,
+def _expand(queries: NDArray[np.int64], lo: NDArray[np.int64], counts: NDArray[np.int64],
             order: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Pairs (query index, candidate index) for bucket ranges ``[lo, lo + counts)``."""
+    """Pairs (query, candidate) for each query's bucket range ``[lo, lo + count)``."""
     total = int(counts.sum())
-    queries = np.repeat(np.arange(first, first + counts.size, dtype=np.int64), counts)
     run_starts = np.cumsum(counts) - counts
     positions = np.repeat(lo - run_starts, counts) + np.arange(total, dtype=np.int64)
-    return queries, order[positions]
+    return np.repeat(queries, counts), order[positions]
 
 
 def candidate_edges(values: NDArray[np.uint64],
                     max_distance: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """All pairs (i < j) of distinct ``values`` within ``max_distance`` bits, possibly repeated."""
+    """Every pair of distinct ``values`` within ``max_distance`` bits (some pairs repeated)."""
     count = values.size
-    found_i: list[NDArray[np.int64]] = []
-    found_j: list[NDArray[np.int64]] = []
+    found_i: list[NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
+    found_j: list[NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
     if count < 2:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
+        return found_i[0], found_j[0]
     bands = choose_bands(count, max_distance)
     radius = max_distance // bands
     start = 0
@@ -118,10 +118,17 @@ def candidate_edges(values: NDArray[np.uint64],
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         if width <= _DIRECT_TABLE_MAX_BITS:
-            bucket_sizes = np.bincount(keys, minlength=1 << width)
-            bucket_starts = np.cumsum(bucket_sizes) - bucket_sizes
-        for mask in flip_masks(width, radius).astype(np.int64):
-            probes = keys ^ mask
+            bucket_sizes = np.bincount(keys, minlength=1 << width).astype(np.int32)
+            ends = np.cumsum(bucket_sizes, dtype=np.int64)
+            bucket_starts = (ends - bucket_sizes).astype(np.int32)
+        for mask in flip_masks(width, radius).tolist():
+            if mask:
+                # Two keys differing by ``mask`` are paired once, from the one whose highest
+                # flipped bit is clear (the smaller key): half the lookups and candidates.
+                queries = np.flatnonzero((keys & (1 << (mask.bit_length() - 1))) == 0)
+            else:
+                queries = np.arange(count, dtype=np.int64)
+            probes = keys[queries] ^ mask
             if width <= _DIRECT_TABLE_MAX_BITS:
                 lo = bucket_starts[probes]
                 sizes = bucket_sizes[probes]
@@ -131,16 +138,18 @@ def candidate_edges(values: NDArray[np.uint64],
             # Expand in chunks of queries so at most about _PAIR_CHUNK pairs exist at once.
             cumulative = np.cumsum(sizes)
             first = 0
-            while first < count:
+            while first < queries.size:
                 done_before = int(cumulative[first - 1]) if first else 0
                 last = int(np.searchsorted(cumulative, done_before + _PAIR_CHUNK, side="right"))
-                last = min(count, max(last, first + 1))
-                queries, others = _expand(lo[first:last], sizes[first:last], first, order)
-                keep = queries < others
-                queries, others = queries[keep], others[keep]
-                close = popcount(values[queries] ^ values[others]) <= max_distance
-                found_i.append(queries[close])
-                found_j.append(others[close])
+                last = min(queries.size, max(last, first + 1))
+                left, right = _expand(queries[first:last], lo[first:last], sizes[first:last],
+                                      order)
+                if not mask:  # same bucket: each pair appears both ways, and with itself
+                    keep = left < right
+                    left, right = left[keep], right[keep]
+                close = popcount(values[left] ^ values[right]) <= max_distance
+                found_i.append(left[close])
+                found_j.append(right[close])
                 first = last
     return np.concatenate(found_i), np.concatenate(found_j)
 

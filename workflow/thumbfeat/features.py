@@ -93,9 +93,10 @@ BLURRY_MAX_RESOLUTION = 64
 HASH_SIZE = 8
 PHASH_SIZE = 32
 _DCT_ZERO = 1e-6
-"""pHash DCT coefficients smaller than this are exactly zero in exact arithmetic (the transform
-of an integer image is a sum of at most 1024 terms below 2**18, so float noise is below 1e-9):
-they are snapped to zero, as the FFT-based DCT of the reference implementation leaves them."""
+"""pHash DCT coefficients smaller than this are zero in exact arithmetic: each is a sum of 1024
+terms of at most 4 * 255, so float rounding leaves noise below 1e-9, while a non-zero coefficient
+of an integer image is far larger. They are snapped to zero, as the FFT-based DCT of the reference
+implementation (SciPy) leaves them, so ties at the median are broken the same way."""
 
 FEATURE_COLUMNS: tuple[str, ...] = (
     "width",
@@ -139,8 +140,7 @@ _WHITE_RGBA = (255, 255, 255, 255)
 # HSP weights scaled to integers: 241 R² + 691 G² + 68 B² is exact in int32 (at most 65,025,000)
 # and orders pixels exactly as the float brightness does.
 _HSP_WEIGHTS = (241, 691, 68)
-# sqrt(w / 1000) / 255 for every possible weighted sum would need 65M entries; the brightness of a
-# pixel is instead taken from its weighted sum with one float square root.
+# Brightness of a pixel = sqrt(weighted sum) * _HSP_SCALE = sqrt(w / 1000) / 255.
 _HSP_SCALE = 1.0 / (255.0 * math.sqrt(1000.0))
 
 

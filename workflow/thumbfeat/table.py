@@ -2,7 +2,9 @@
 
 Every catalog image ends with exactly one one-row Parquet file: status ``ok`` with its features, or
 ``failed`` with the kind and reason. The table is the concatenation of those rows in catalog order,
-so it always has one row per catalog image and is rebuilt from files on disk alone.
+so it always has one row per catalog image and is rebuilt from files on disk alone. Columns that
+relate images to each other (exact and near-duplicate groups) are computed at each assembly from the
+rows' own digests and hashes (thumbfeat.duplicates), never carried over from an earlier table.
 """
 
 from __future__ import annotations
