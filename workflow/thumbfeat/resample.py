@@ -65,9 +65,14 @@ _FILTERS: dict[int, tuple[Callable[[float], float], float]] = {
 }
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=512)
 def weights(in_size: int, out_size: int, resample: int) -> NDArray[np.float64]:
-    """The ``in_size x out_size`` matrix of Pillow's fixed-point weights (as exact floats)."""
+    """The ``in_size x out_size`` matrix of Pillow's fixed-point weights (as exact floats).
+
+    Built with the same double-precision steps as Pillow's C code (scalar ``math.sin``, sums in
+    the same order). Should a platform's arithmetic still differ, the probe in
+    :func:`pillow_order` sees a different result and the resize falls back to Pillow itself.
+    """
     function, base_support = _FILTERS[resample]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
