@@ -203,8 +203,11 @@ def test_a_killed_first_load_leaves_no_warehouse(tmp_path: Path) -> None:
     db = tmp_path / "w.duckdb"
     killed_load(source, db)
     assert not db.exists()
+    assert any(p.name.startswith(".w.duckdb.") for p in tmp_path.iterdir())
     load_warehouse(source, db)
     assert differences(db, source) == (0, 0)
+    # The killed load's temporary file is gone too.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet", "w.duckdb"]
 
 
 def test_a_warehouse_held_open_elsewhere_is_reported(tmp_path: Path) -> None:

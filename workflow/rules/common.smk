@@ -18,6 +18,7 @@ from thumbfeat.config import (  # noqa: E402
     catalog_spec,
     coerce_to_schema,
     fetch_settings,
+    warehouse_settings,
 )
 from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
 

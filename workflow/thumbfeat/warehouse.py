@@ -202,6 +202,9 @@ def load_warehouse(source: str | Path, db_path: str | Path, *, table: str = TABL
             return load_into(con, source, table=table)
         finally:
             con.close()
+    # Leftovers of a first load that was killed: never a finished warehouse, safe to drop.
+    for stale in db_path.parent.glob(f".{db_path.name}.*.tmp*"):
+        stale.unlink(missing_ok=True)
     with atomic.atomic_path(db_path, durable=True) as tmp:
         wal = Path(f"{tmp}.wal")
         try:
