@@ -28,9 +28,6 @@ rule warehouse:
         f"{RESULTS}/{layout.LOGS}/warehouse.log",
     conda:
         "../../envs/thumbfeat.yaml"
-    params:
-        database=WAREHOUSE.path,
-        table=WAREHOUSE.table,
     script:
         "../scripts/load_warehouse.py"
 
