@@ -7,6 +7,9 @@
 # first load builds it under a temporary name and renames it into place. Once it exists it is
 # updated in place, in one transaction, and the job's declared output is a small receipt of the
 # load, written last. Deleting the database makes the next run build it again from the table.
+# (Flagging the database update() would keep it too, but Snakemake would copy the whole file to a
+# backup before every load and copy that back over it after a failed job, racing DuckDB's own
+# transaction log; the transaction already leaves a failed load without effect.)
 WAREHOUSE = warehouse_settings(config)
 WAREHOUSE_RECEIPT = f"{RESULTS}/warehouse.load.json"
 WAREHOUSE_CREATED = [] if os.path.exists(WAREHOUSE.path) else [WAREHOUSE.path]
