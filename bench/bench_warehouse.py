@@ -26,11 +26,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "workflow"))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from run_bench import machine, summary, update_report  # noqa: E402
 from thumbfeat.table import ROW_SCHEMA  # noqa: E402
+
+from bench.common import machine, summary, update_report  # noqa: E402
 
 PHASES = ["first load", "unchanged reload", "10% changed reload", "full replace (same change)",
           "new column (rebuild)"]
