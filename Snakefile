@@ -11,7 +11,9 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/batches.smk"
+include: "workflow/rules/images.smk"
 include: "workflow/rules/table.smk"
+include: "workflow/rules/warehouse.smk"
 
 
 rule all:
@@ -23,3 +25,6 @@ rule all:
         CATALOG_SNAPSHOT,
         TABLE_SETTINGS,
         [batch_manifest(b) for b in PLAN.batches],
+        # The warehouse receipt (and the database while it does not exist) and, when asked for,
+        # the write-back receipt.
+        WAREHOUSE_TARGETS,

@@ -243,3 +243,38 @@ def test_settings_marker_names_the_distance_and_replaces_older_ones(tmp_path: Pa
     table.write_settings_marker(seven, 7)
     assert not Path(six).exists()
     assert json.loads(Path(seven).read_text()) == {"near_duplicate_distance": 7}
+
+
+def test_many_files_read_in_the_order_asked(tmp_path: Path) -> None:
+    # Enough files for the DuckDB scan; the order asked is neither name nor shard order.
+    ids = [f"m{(i * 7919) % 1000:04d}" for i in range(table.MANY_FILES + 100)]
+    for number, image_id in enumerate(ids):
+        if number % 3:
+            row = table.ok_row(image_id, {"width": number, "format": "JPEG"}, "test")
+        else:
+            row = table.failed_row(image_id, "timeout", "slow", retryable=True,
+                                   feature_version="test")
+        table.write_row(layout.feature_path(tmp_path, image_id), row)
+    paths = [layout.feature_path(tmp_path, i) for i in ids]
+    scanned = table.read_rows(paths)
+    one_by_one = pa.concat_tables([table.read_row(p) for p in paths])
+    assert scanned.schema == table.ROW_SCHEMA
+    assert scanned.column("image_id").to_pylist() == ids
+    assert scanned.equals(one_by_one)
+
+
+def test_many_files_keep_list_and_struct_columns(tmp_path: Path) -> None:
+    # The DuckDB scan must bring hue_hist (list) and dominant_colors (list of structs) back intact.
+    ids = [f"f{i:04d}" for i in range(table.MANY_FILES + 10)]
+    for number, image_id in enumerate(ids):
+        features = dict(FEATURES)
+        if number % 2:
+            features.update(hue_mean=None, hue_hist=None)
+        table.write_row(layout.feature_path(tmp_path, image_id),
+                        table.ok_row(image_id, features, "2"))
+    paths = [layout.feature_path(tmp_path, i) for i in ids]
+    scanned = table.read_rows(paths)
+    assert scanned.equals(pa.concat_tables([table.read_row(p) for p in paths]))
+    first = scanned.slice(0, 1).to_pylist()[0]
+    assert first["dominant_colors"] == FEATURES["dominant_colors"]
+    assert first["hue_hist"] == FEATURES["hue_hist"]

@@ -18,6 +18,7 @@ from thumbfeat.config import (  # noqa: E402
     catalog_spec,
     coerce_to_schema,
     fetch_settings,
+    warehouse_settings,
 )
 from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
 
@@ -58,6 +59,22 @@ logger.info(PLAN.summary())
 
 CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
 FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
+
+
+SHARD_PATTERN = layout.SHARD_PATTERN
+IMAGE_ID_PATTERN = layout.IMAGE_ID_PATTERN
+
+
+def url_of_image(image_id, shard):
+    """The catalog URL of one requested image; a path the catalog does not know is an error."""
+    if shard != layout.shard_of(image_id):
+        raise WorkflowError(
+            f"image {image_id!r} lives in shard {layout.shard_of(image_id)!r}, not {shard!r}"
+        )
+    try:
+        return CATALOG.urls[CATALOG.ids.index(image_id)]
+    except ValueError:
+        raise WorkflowError(f"image {image_id!r} is not in the catalog") from None
 
 
 def batch_manifest(batch):

@@ -95,6 +95,7 @@ class Progress:
         self.download = StageCount("download", download_total)
         self.features = StageCount("features", measure_total)
         self.started = time.monotonic()
+        self.started_epoch = time.time()
         self.last_report = self.started
 
     def tick(self) -> None:
@@ -111,6 +112,8 @@ class Progress:
         return {
             "batch": batch_key,
             "seconds": round(time.monotonic() - self.started, 3),
+            "started": round(self.started_epoch, 3),
+            "finished": round(time.time(), 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "download": self.download.summary(),
             "features": self.features.summary(),
