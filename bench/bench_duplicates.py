@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "workflow"))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from run_bench import machine, update_report  # noqa: E402
 from thumbfeat.duplicates import choose_bands, near_duplicate_groups  # noqa: E402
+
+from bench.common import machine, update_report  # noqa: E402
 
 
 def hash_set(count: int, seed: int) -> tuple[list[str], list[str], list[tuple[int, int]]]:

@@ -22,12 +22,11 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "workflow"))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from run_bench import machine, update_report  # noqa: E402
 from thumbfeat.features import MEASURES, compute_features  # noqa: E402
 from thumbfeat.imaging import DecodedImage, decode_image  # noqa: E402
 
+from bench.common import machine, update_report  # noqa: E402
 from tests.support import make_jpeg  # noqa: E402
 
 SIZE = (320, 240)
