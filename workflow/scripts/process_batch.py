@@ -20,6 +20,6 @@ process_batch(
     manifest_path=smk.output.manifest,
     partial_path=smk.output.partial,
     batch_key=smk.params.batch_key,
-    logger=job_logger(smk.log[0], "batch"),
+    logger=job_logger(smk.log[0], "batch", echo=True),
     progress_interval=smk.config["progress_interval"],
 )

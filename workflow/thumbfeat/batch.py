@@ -71,9 +71,14 @@ class StageCount:
             self.failed[outcome.kind or "unknown"] += 1
 
     def line(self, elapsed: float) -> str:
+        """Done of total, rate, time left and failures so far, e.g. for a progress line."""
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = self.total - self.done
+        eta = "0:00" if left <= 0 else (format_duration(left / rate) if rate > 0 else "unknown")
         failures = ", ".join(f"{k} {n}" for k, n in sorted(self.failed.items())) or "none"
-        return (f"{self.name} {self.done}/{self.total} ({self.done / max(elapsed, 1e-9):.1f}/s, "
-                f"failed: {failures})")
+        percent = 100 * self.done // self.total if self.total else 100
+        return (f"{self.name} {self.done}/{self.total} ({percent}%), {rate:.1f} images/s, "
+                f"ETA {eta}, failed: {failures}")
 
     def summary(self) -> dict[str, object]:
         return {
@@ -86,26 +91,48 @@ class StageCount:
         }
 
 
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS`` (or ``M:SS`` under an hour): how people read a time left."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class Progress:
-    """Logs both stages on one line at a steady interval, never one line per image."""
+    """One line per stage with work, at a steady interval (never one line per image).
+
+    Lines are due at whole multiples of the interval from the start, so they keep their pace
+    however work completes; each names the batch and its elapsed time, so lines of batch jobs
+    running side by side (in one terminal or in their logs) can be told apart and timed.
+    """
 
     def __init__(self, logger: logging.Logger, interval: float, download_total: int,
-                 measure_total: int) -> None:
-        self.logger, self.interval = logger, interval
+                 measure_total: int, label: str = "batch") -> None:
+        self.logger, self.interval, self.label = logger, interval, label
         self.download = StageCount("download", download_total)
         self.features = StageCount("features", measure_total)
         self.started = time.monotonic()
-        self.last_report = self.started
+        self.next_due = self.started + interval
+
+    def due_in(self) -> float:
+        """Seconds until the next line is due (how long a wait for work may block)."""
+        return max(0.0, self.next_due - time.monotonic())
 
     def tick(self) -> None:
         now = time.monotonic()
-        if now - self.last_report >= self.interval:
-            self.last_report = now
+        if now >= self.next_due:
+            # Skip missed slots instead of bursting to catch up.
+            missed = (now - self.next_due) // self.interval if self.interval > 0 else 0
+            self.next_due += (missed + 1) * self.interval
             self.report()
 
     def report(self) -> None:
         elapsed = time.monotonic() - self.started
-        self.logger.info("%s; %s", self.download.line(elapsed), self.features.line(elapsed))
+        for stage in (self.download, self.features):
+            if stage.total:
+                self.logger.info("progress %s %s | %.1f s elapsed", self.label,
+                                 stage.line(elapsed), elapsed)
 
     def manifest(self, batch_key: str) -> dict[str, object]:
         return {
@@ -217,7 +244,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     bounded (a few tasks per process, twice the download concurrency), so waiting on them stays
     cheap however large the batch.
     """
-    progress = Progress(logger, progress_interval, len(download), len(measure))
+    progress = Progress(logger, progress_interval, len(download), len(measure), label=batch_key)
     to_measure = set(measure)
     downloading = {image_id for image_id, _ in download}
     ready: deque[str] = deque(i for i in measure if i not in downloading)
@@ -250,7 +277,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                     in_flight.add(future)
                 if not in_flight:
                     break
-                done, in_flight = wait(in_flight, timeout=progress_interval,
+                done, in_flight = wait(in_flight, timeout=max(0.01, progress.due_in()),
                                        return_when=FIRST_COMPLETED)
                 for future in done:
                     if future in measuring:

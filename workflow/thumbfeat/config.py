@@ -8,6 +8,7 @@ paths mean what they expect.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,12 @@ def fetch_settings(config: Mapping[str, Any], basedir: str | Path) -> FetchSetti
     return FetchSettings(local_file_roots=roots, **download)
 
 
-def job_logger(log_path: str, name: str) -> logging.Logger:
-    """A logger writing timestamped lines to a job's log file (and nowhere else)."""
+def job_logger(log_path: str, name: str, *, echo: bool = False) -> logging.Logger:
+    """A logger writing timestamped lines to a job's log file, and to stderr when ``echo``.
+
+    Snakemake passes a job's stderr through to the terminal, so echoed lines (progress) are seen
+    while the job runs, and the log file keeps them for later.
+    """
     logger = logging.getLogger(f"thumbfeat.{name}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -71,6 +76,10 @@ def job_logger(log_path: str, name: str) -> logging.Logger:
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)
+    if echo:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(handler.formatter)
+        logger.addHandler(stream)
     return logger
 
 

@@ -1,0 +1,89 @@
+"""Progress lines of a real run: at the configured interval, in the terminal and the job log."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from thumbfeat.batch import StageCount, format_duration
+
+from tests.support import ImageServer, image_rows, run_snakemake, write_catalog
+
+LINE = re.compile(
+    r"progress (?P<batch>\S+) (?P<stage>download|features) (?P<done>\d+)/(?P<total>\d+) "
+    r"\(\d+%\), (?P<rate>[\d.]+) images/s, ETA (?P<eta>\S+), failed: (?P<failed>.+?) "
+    r"\| (?P<elapsed>[\d.]+) s elapsed")
+
+
+def failures_of(text: str) -> Counter[str]:
+    if text == "none":
+        return Counter()
+    return Counter({kind: int(n) for kind, n in (part.rsplit(" ", 1)
+                                                  for part in text.split(", "))})
+
+
+def test_stage_line_has_rate_eta_and_failures() -> None:
+    stage = StageCount("download", 10)
+    assert stage.line(1.0) == ("download 0/10 (0%), 0.0 images/s, ETA unknown, failed: none")
+    from thumbfeat.batch import Outcome
+
+    for n in range(4):
+        stage.add(Outcome(f"i{n}", ok=n != 3, kind=None if n != 3 else "timeout"))
+    assert stage.line(2.0) == ("download 4/10 (40%), 2.0 images/s, ETA 0:03, "
+                               "failed: timeout 1")
+    assert format_duration(3725) == "1:02:05"
+
+
+@pytest.fixture
+def slow_server() -> ImageServer:
+    server = ImageServer(delay=0.25).start()
+    yield server
+    server.stop()
+
+
+def test_progress_lines_at_the_interval_and_adding_up(tmp_path: Path,
+                                                      slow_server: ImageServer) -> None:
+    server = slow_server
+    rows = [*image_rows(server, [f"s{i:02d}" for i in range(36)]),
+            *((f"m{i}", f"{server.base}/missing/m{i}.jpg") for i in range(3)),
+            ("h0", f"{server.base}/html/h0.jpg")]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    # 40 requests of 0.25 s, two at a time: about 5 s of downloading in one batch job.
+    result = run_snakemake(tmp_path, config={
+        "catalog": str(catalog), "batch_size": "100", "local_file_roots": "[]",
+        "progress_interval": "1", "download": "{concurrency: 2}"})
+    logs = list((tmp_path / "results" / "logs" / "batches").glob("*.log"))
+    assert len(logs) == 1
+    logged = [m.groupdict() for m in map(LINE.search, logs[0].read_text().splitlines()) if m]
+    shown = [m.groupdict() for m in map(LINE.search, result.stderr.splitlines()) if m]
+    # The terminal shows the same lines as the log.
+    assert shown == logged
+
+    table = pq.read_table(tmp_path / "results" / "feature_table.parquet").to_pylist()
+    failed_rows = Counter(r["error_kind"] for r in table if r["status"] == "failed")
+    assert failed_rows == {"http_status": 3, "not_image": 1}
+    for stage in ("download", "features"):
+        lines = [line for line in logged if line["stage"] == stage]
+        elapsed = [float(line["elapsed"]) for line in lines]
+        done = [int(line["done"]) for line in lines]
+        assert {int(line["total"]) for line in lines} == {40}
+        assert done == sorted(done), "done went backwards"
+        assert done[-1] == 40
+        assert lines[-1]["eta"] == "0:00"
+        assert failures_of(lines[-1]["failed"]) == failed_rows
+        # Failures so far never shrink and never exceed what was done.
+        for before, after in zip(lines, lines[1:], strict=False):
+            assert failures_of(before["failed"]) <= failures_of(after["failed"])
+        for line in lines:
+            assert sum(failures_of(line["failed"]).values()) <= int(line["done"])
+        # The periodic lines (all but the closing one) come about one interval apart: a loose
+        # band, since the machine may be busy; not one line per image.
+        periodic = elapsed[:-1]
+        gaps = [b - a for a, b in zip(periodic, periodic[1:], strict=False)]
+        assert len(periodic) >= 3, lines
+        assert all(0.5 <= gap <= 2.5 for gap in gaps), gaps
+        assert 0.5 <= periodic[0] <= 2.5
+        assert len(lines) <= elapsed[-1] / 1.0 + 3
