@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from thumbfeat.batch import StageCount, format_duration
+from thumbfeat.batch import Outcome, StageCount, format_duration
 
 from tests.support import ImageServer, image_rows, run_snakemake, write_catalog
 
@@ -28,8 +30,6 @@ def failures_of(text: str) -> Counter[str]:
 def test_stage_line_has_rate_eta_and_failures() -> None:
     stage = StageCount("download", 10)
     assert stage.line(1.0) == ("download 0/10 (0%), 0.0 images/s, ETA unknown, failed: none")
-    from thumbfeat.batch import Outcome
-
     for n in range(4):
         stage.add(Outcome(f"i{n}", ok=n != 3, kind=None if n != 3 else "timeout"))
     assert stage.line(2.0) == ("download 4/10 (40%), 2.0 images/s, ETA 0:03, "
@@ -38,7 +38,7 @@ def test_stage_line_has_rate_eta_and_failures() -> None:
 
 
 @pytest.fixture
-def slow_server() -> ImageServer:
+def slow_server() -> Iterator[ImageServer]:
     server = ImageServer(delay=0.25).start()
     yield server
     server.stop()
@@ -75,14 +75,14 @@ def test_progress_lines_at_the_interval_and_adding_up(tmp_path: Path,
         assert lines[-1]["eta"] == "0:00"
         assert failures_of(lines[-1]["failed"]) == failed_rows
         # Failures so far never shrink and never exceed what was done.
-        for before, after in zip(lines, lines[1:], strict=False):
+        for before, after in itertools.pairwise(lines):
             assert failures_of(before["failed"]) <= failures_of(after["failed"])
         for line in lines:
             assert sum(failures_of(line["failed"]).values()) <= int(line["done"])
         # The periodic lines (all but the closing one) come about one interval apart: a loose
         # band, since the machine may be busy; not one line per image.
         periodic = elapsed[:-1]
-        gaps = [b - a for a, b in zip(periodic, periodic[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(periodic)]
         assert len(periodic) >= 3, lines
         assert all(0.5 <= gap <= 2.5 for gap in gaps), gaps
         assert 0.5 <= periodic[0] <= 2.5
