@@ -16,6 +16,7 @@ from thumbfeat.config import (  # noqa: E402
     RESULTS,
     ConfigError,
     catalog_spec,
+    check_against_schema,
     coerce_to_schema,
     fetch_settings,
 )
@@ -38,8 +39,10 @@ def job_slots(workflow, threads_per_job):
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 try:
     config.update(coerce_to_schema(config, load_configfile(str(CONFIG_SCHEMA))))
+    check_against_schema(config, load_configfile(str(CONFIG_SCHEMA)))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+# Fills in the schema's defaults (the check above has already named any bad value).
 validate(config, schema=str(CONFIG_SCHEMA))
 
 try:
