@@ -83,6 +83,22 @@ def test_status_with_manifests_and_table(results: Path,
     assert "not built yet" not in out
 
 
+def test_status_shows_the_last_run(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifests = results / layout.BATCHES
+    manifests.mkdir(parents=True)
+    for key, start, end, images in (("00001-a", "09:00:00", "09:00:30", 300),
+                                    ("00001-b", "10:00:00", "10:00:04", 20),
+                                    ("00002-b", "10:00:01", "10:00:05", 20)):
+        (manifests / f"{key}.json").write_text(json.dumps({
+            "batch": key, "started_at": f"2026-02-03T{start}+0000",
+            "finished_at": f"2026-02-03T{end}+0000", "seconds": 4.0,
+            "download": {"images": images, "failed_by_kind": {"timeout": 1}},
+            "features": {"images": images, "failed_by_kind": {}}}))
+    out = status(results, capsys)
+    assert ("last run: 2 batches, 40 images in 5 s (8.0 images/s), failed: timeout 2; "
+            "finished 2026-02-03 10:00:05") in out
+
+
 def test_status_after_thumbnails_were_deleted(results: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     # Thumbnails are intermediates a user may delete to save space; failure records remain.

@@ -24,6 +24,7 @@ from thumbfeat.report import (
     ranked,
     statistics_page,
 )
+from thumbfeat.runs import parse_manifest
 
 from tests.support import REPO, ImageServer, image_rows, make_jpeg, run_snakemake, write_catalog
 
@@ -73,11 +74,15 @@ def test_failures_and_statistics_pages() -> None:
     failures = failures_page(rows)
     assert "1 of 5 images failed" in failures
     assert re.search(r"<td>http_status</td><td>1</td><td>0</td><td>e: HTTP 404</td>", failures)
-    manifests = [{"batch": "00001-x", "seconds": 2.0, "finished_at": "2026-01-01T00:00:00",
-                  "download": {"images": 10, "failed_by_kind": {"timeout": 1}, "bytes": 10**6},
-                  "features": {"images": 8}}]
-    stats = statistics_page(rows, manifests)
-    assert "1 recorded batch jobs handled 10 images in 2.0 job-seconds (5.0 images/s" in stats
+    record = parse_manifest({
+        "batch": "00001-x", "seconds": 2.0, "started_at": "2026-01-01T00:00:00+0000",
+        "finished_at": "2026-01-01T00:00:02+0000", "download": {
+            "images": 10, "failed_by_kind": {"timeout": 1}}, "features": {"images": 8}})
+    assert record is not None
+    stats = statistics_page(rows, [record])
+    assert "1 recorded batch jobs in 1 runs" in stats
+    assert ("<tr><td>2026-01-01 00:00:02</td><td>1</td><td>10</td><td>2</td><td>5.0</td>"
+            "<td>timeout 1</td></tr>") in stats
     assert "<td>failed</td>" not in stats and "<th>failed</th>" in stats
     for page in (failures, stats):
         assert "http://" not in page and "https://" not in page

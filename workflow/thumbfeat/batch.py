@@ -113,6 +113,7 @@ class Progress:
         self.download = StageCount("download", download_total)
         self.features = StageCount("features", measure_total)
         self.started = time.monotonic()
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.next_due = self.started + interval
 
     def due_in(self) -> float:
@@ -138,6 +139,7 @@ class Progress:
         return {
             "batch": batch_key,
             "seconds": round(time.monotonic() - self.started, 3),
+            "started_at": self.started_at,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "download": self.download.summary(),
             "features": self.features.summary(),

@@ -12,6 +12,7 @@ from thumbfeat import layout
 from thumbfeat.catalog import read_snapshot_ids
 from thumbfeat.failures import read_failures
 from thumbfeat.layout import present_ids
+from thumbfeat.runs import describe_run, group_runs, read_batch_records
 
 
 def latest_snapshot(results: Path) -> Path | None:
@@ -43,6 +44,9 @@ def status_report(results: Path) -> str:
     rate = batch_rate(results / layout.BATCHES)
     if rate:
         lines.append(f"batches: {rate}")
+    runs = group_runs(read_batch_records(results))
+    if runs:
+        lines.append(f"last run: {describe_run(runs[-1])}")
     table = results / "feature_table.parquet"
     lines.append(f"table: {table}" + ("" if table.exists() else " (not built yet)"))
     return "\n".join(lines)

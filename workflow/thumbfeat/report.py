@@ -8,11 +8,10 @@ fonts or scripts fetched from anywhere.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from thumbfeat import atomic, layout, table
 from thumbfeat.features import to_rgb_on_white
 from thumbfeat.imaging import ImageRejected, decode_image
+from thumbfeat.runs import BatchRecord, group_runs, read_batch_records
 
 # Columns that are bookkeeping, not measurements: no histogram, no ranking.
 NOT_FEATURES = frozenset({"retryable", "near_duplicate_group"})
@@ -238,41 +238,32 @@ def failures_page(rows: pa.Table, examples: int = 3) -> str:
         ["kind", "images", "retried by the next run", f"examples (up to {examples})"], lines))
 
 
-def read_manifests(results: str | Path) -> list[dict[str, object]]:
-    manifests = []
-    for path in sorted((Path(results) / layout.BATCHES).glob("*.json")):
-        try:
-            manifests.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return manifests
-
-
-def statistics_page(rows: pa.Table, manifests: Sequence[dict[str, object]]) -> str:
-    """The table's outcome counts and what the recorded batch jobs did, with their rates."""
+def statistics_page(rows: pa.Table, records: Sequence[BatchRecord]) -> str:
+    """The table's outcome counts, each run's rate, and what every recorded batch job did."""
     statuses = Counter(rows.column("status").to_pylist())
-    outcome = html_table(["rows", *sorted(statuses)],
-                         [[rows.num_rows, *(statuses[s] for s in sorted(statuses))]])
-    batches = []
-    for m in sorted(manifests, key=lambda m: str(m.get("finished_at", ""))):
-        download, features = m.get("download") or {}, m.get("features") or {}
-        seconds = float(m.get("seconds") or 0)  # type: ignore[arg-type]
-        images = max(int(download.get("images", 0)), int(features.get("images", 0)))
-        batches.append([m.get("batch"), m.get("finished_at"), download.get("images", 0),
-                        download.get("failed_by_kind") or {}, features.get("images", 0),
-                        f"{seconds:.1f}", f"{images / seconds:.1f}" if seconds else "-",
-                        f"{int(download.get('bytes', 0)) / 1e6:.1f}"])
-    total_images = sum(max(int((m.get("download") or {}).get("images", 0)),
-                           int((m.get("features") or {}).get("images", 0))) for m in manifests)
-    total_seconds = sum(float(m.get("seconds") or 0) for m in manifests)  # type: ignore[arg-type]
-    rate = f"{total_images / total_seconds:.1f}" if total_seconds else "-"
-    body = (f"<h3>Feature table</h3>{outcome}<h3>Batch jobs</h3>"
-            f"<p>{len(manifests)} recorded batch jobs handled {total_images} images in "
-            f"{total_seconds:.1f} job-seconds ({rate} images/s per job).</p>")
-    if batches:
-        body += html_table(["batch", "finished", "downloaded", "download failures",
-                            "measured", "seconds", "images/s", "MB fetched"], batches)
+    body = "<h3>Feature table</h3>" + html_table(
+        ["rows", *sorted(statuses)], [[rows.num_rows, *(statuses[s] for s in sorted(statuses))]])
+    runs = group_runs(records)
+    body += (f"<h3>Runs</h3><p>{len(records)} recorded batch jobs in {len(runs)} runs "
+             "(batch jobs that followed each other without a pause); the rate counts jobs "
+             "running side by side once.</p>")
+    if runs:
+        body += html_table(
+            ["finished", "batches", "images", "wall seconds", "images/s", "failed by kind"],
+            [[r.finished.strftime("%Y-%m-%d %H:%M:%S"), len(r.batches), r.images,
+              f"{r.wall_seconds:.0f}", f"{r.rate:.1f}", kinds_text(r.failed_by_kind)]
+             for r in reversed(runs)])
+        body += "<h3>Batch jobs</h3>" + html_table(
+            ["batch", "started", "seconds", "downloaded", "measured", "images/s per job",
+             "failed by kind"],
+            [[b.key, b.started.strftime("%Y-%m-%d %H:%M:%S"), f"{b.seconds:.1f}", b.downloaded,
+              b.measured, f"{b.images / b.seconds:.1f}" if b.seconds else "-",
+              kinds_text(b.failed_by_kind)] for b in reversed(records)])
     return page("Run statistics", body)
+
+
+def kinds_text(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
 
 
 def sheet_name(column: str, highest: bool) -> str:
@@ -307,11 +298,11 @@ def build_report(table_path: str | Path, results: str | Path, *, sheets_dir: str
             drawn += 1
     save_png(duplicate_sheet(rows, results, settings), Path(duplicates_path))
     atomic.write_bytes(failures_path, failures_page(rows).encode())
-    manifests = read_manifests(results)
-    atomic.write_bytes(statistics_path, statistics_page(rows, manifests).encode())
+    records = read_batch_records(results)
+    atomic.write_bytes(statistics_path, statistics_page(rows, records).encode())
     logger.info("report: %d contact sheets, %d histograms, %d near-duplicate groups, "
                 "%d batch manifests", 2 * len(ranking), drawn,
-                len(duplicate_groups(rows)), len(manifests))
+                len(duplicate_groups(rows)), len(records))
 
 
 def save_png(image: Image.Image, path: Path) -> None:

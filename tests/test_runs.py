@@ -1,0 +1,54 @@
+"""Tests for thumbfeat.runs: runs and their rates, rebuilt from batch manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from thumbfeat import layout
+from thumbfeat.runs import describe_run, group_runs, parse_manifest, read_batch_records
+
+
+def manifest(key: str, started: str, finished: str, seconds: float, downloaded: int,
+             measured: int, failed: dict[str, int] | None = None) -> dict[str, object]:
+    return {"batch": key, "started_at": started, "finished_at": finished, "seconds": seconds,
+            "download": {"images": downloaded, "failed_by_kind": failed or {}},
+            "features": {"images": measured, "failed_by_kind": {}}}
+
+
+def write(results: Path, data: dict[str, object]) -> None:
+    folder = results / layout.BATCHES
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{data['batch']}.json").write_text(json.dumps(data))
+
+
+def test_runs_split_at_pauses_and_rate_counts_parallel_jobs_once(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    # Run 1: one job. Run 2 (an hour later): two jobs side by side, then a third right after.
+    write(results, manifest("00001-a", "2026-01-01T10:00:00+0000", "2026-01-01T10:00:20+0000",
+                            20.0, 100, 100, {"timeout": 2}))
+    write(results, manifest("00001-b", "2026-01-01T11:00:00+0000", "2026-01-01T11:00:10+0000",
+                            10.0, 50, 50, {"http_status": 1}))
+    write(results, manifest("00002-b", "2026-01-01T11:00:00+0000", "2026-01-01T11:00:08+0000",
+                            8.0, 30, 40))
+    write(results, manifest("00003-b", "2026-01-01T11:00:09+0000", "2026-01-01T11:00:20+0000",
+                            11.0, 10, 10, {"http_status": 2}))
+    (results / layout.BATCHES / "broken.json").write_text("{not json")
+    runs = group_runs(read_batch_records(results))
+    assert [len(r.batches) for r in runs] == [1, 3]
+    last = runs[-1]
+    assert last.images == 50 + 40 + 10
+    assert last.wall_seconds == 20.0
+    assert last.rate == 5.0
+    assert last.failed_by_kind == {"http_status": 3}
+    assert describe_run(last) == ("3 batches, 100 images in 20 s (5.0 images/s), "
+                                  "failed: http_status 3; finished 2026-01-01 11:00:20")
+
+
+def test_old_manifests_without_a_start_time() -> None:
+    data = manifest("k", "", "2026-01-01T10:00:20+0000", 20.0, 5, 5)
+    del data["started_at"]
+    record = parse_manifest(data)
+    assert record is not None
+    assert record.started.strftime("%H:%M:%S") == "10:00:00"
+    assert parse_manifest({"batch": "x"}) is None
