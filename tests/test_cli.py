@@ -93,9 +93,9 @@ def test_status_shows_the_last_run(results: Path, capsys: pytest.CaptureFixture[
             "batch": key, "started_at": f"2026-02-03T{start}+0000",
             "finished_at": f"2026-02-03T{end}+0000", "seconds": 4.0,
             "download": {"images": images, "failed_by_kind": {"timeout": 1}},
-            "features": {"images": images, "failed_by_kind": {}}}))
+            "features": {"images": images, "failed_by_kind": {"timeout": 1}}}))
     out = status(results, capsys)
-    assert ("last run: 2 batches, 40 images in 5 s (8.0 images/s), failed: timeout 2; "
+    assert ("last run: 2 batches, 40 images in 5.0 s (8.0 images/s), failed: timeout 2; "
             "finished 2026-02-03 10:00:05") in out
 
 

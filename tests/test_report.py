@@ -77,7 +77,8 @@ def test_failures_and_statistics_pages() -> None:
     record = parse_manifest({
         "batch": "00001-x", "seconds": 2.0, "started_at": "2026-01-01T00:00:00+0000",
         "finished_at": "2026-01-01T00:00:02+0000", "download": {
-            "images": 10, "failed_by_kind": {"timeout": 1}}, "features": {"images": 8}})
+            "images": 10, "failed_by_kind": {"timeout": 1}},
+        "features": {"images": 8, "failed_by_kind": {"timeout": 1}}})
     assert record is not None
     stats = statistics_page(rows, [record])
     assert "1 recorded batch jobs in 1 runs" in stats

@@ -13,7 +13,7 @@ def manifest(key: str, started: str, finished: str, seconds: float, downloaded: 
              measured: int, failed: dict[str, int] | None = None) -> dict[str, object]:
     return {"batch": key, "started_at": started, "finished_at": finished, "seconds": seconds,
             "download": {"images": downloaded, "failed_by_kind": failed or {}},
-            "features": {"images": measured, "failed_by_kind": {}}}
+            "features": {"images": measured, "failed_by_kind": failed or {}}}
 
 
 def write(results: Path, data: dict[str, object]) -> None:
@@ -41,7 +41,7 @@ def test_runs_split_at_pauses_and_rate_counts_parallel_jobs_once(tmp_path: Path)
     assert last.wall_seconds == 20.0
     assert last.rate == 5.0
     assert last.failed_by_kind == {"http_status": 3}
-    assert describe_run(last) == ("3 batches, 100 images in 20 s (5.0 images/s), "
+    assert describe_run(last) == ("3 batches, 100 images in 20.0 s (5.0 images/s), "
                                   "failed: http_status 3; finished 2026-01-01 11:00:20")
 
 

@@ -88,11 +88,12 @@ def parse_manifest(data: dict[str, object]) -> BatchRecord | None:
         finished = datetime.strptime(str(data["finished_at"]), TIME_FORMAT)
         started = (datetime.strptime(str(data["started_at"]), TIME_FORMAT)
                    if data.get("started_at") else finished - timedelta(seconds=seconds))
-        failed: Counter[str] = Counter(download.get("failed_by_kind") or {})
-        failed.update(features.get("failed_by_kind") or {})
+        # A failed download is also a failed row: count each image once, by its row when the
+        # job measured images, else by its download.
+        measured = int(features.get("images", 0))
+        failed = dict((features if measured else download).get("failed_by_kind") or {})
         return BatchRecord(str(data.get("batch", "")), started, finished, seconds,
-                           int(download.get("images", 0)), int(features.get("images", 0)),
-                           dict(failed))
+                           int(download.get("images", 0)), measured, failed)
     except (KeyError, ValueError, TypeError):
         return None
 
@@ -125,5 +126,13 @@ def describe_run(run: Run) -> str:
     """One line: batches, images, wall time, rate, failures, when it finished."""
     failures = ", ".join(f"{k} {n}" for k, n in sorted(run.failed_by_kind.items())) or "none"
     return (f"{len(run.batches)} batch{'es' if len(run.batches) != 1 else ''}, "
-            f"{run.images} images in {run.wall_seconds:.0f} s ({run.rate:.1f} images/s), "
+            f"{run.images} images in {duration(run.wall_seconds)} ({run.rate:.1f} images/s), "
             f"failed: {failures}; finished {run.finished.strftime('%Y-%m-%d %H:%M:%S')}")
+
+
+def duration(seconds: float) -> str:
+    """``4.2 s`` under a minute, else ``H:MM:SS``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
