@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from thumbfeat.batch import Outcome, StageCount, format_duration
+from thumbfeat.cli import status_report
 
-from tests.support import ImageServer, image_rows, run_snakemake, write_catalog
+from tests.support import ImageServer, image_rows, snakemake_command, write_catalog
 
 LINE = re.compile(
     r"progress (?P<batch>\S+) (?P<stage>download|features) (?P<done>\d+)/(?P<total>\d+) "
@@ -52,13 +55,31 @@ def test_progress_lines_at_the_interval_and_adding_up(tmp_path: Path,
             ("h0", f"{server.base}/html/h0.jpg")]
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
     # 40 requests of 0.25 s, two at a time: about 5 s of downloading in one batch job.
-    result = run_snakemake(tmp_path, config={
+    command = snakemake_command(tmp_path, config={
         "catalog": str(catalog), "batch_size": "100", "local_file_roots": "[]",
         "progress_interval": "1", "download": "{concurrency: 2}"})
-    logs = list((tmp_path / "results" / "logs" / "batches").glob("*.log"))
+    results = tmp_path / "results"
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        # Meanwhile `thumbfeat status` sums the running job's counts.
+        running = []
+        while run.poll() is None:
+            out = status_report(results) if (results / "logs").exists() else ""
+            running += [line for line in out.splitlines() if line.startswith("running now:")]
+            time.sleep(0.3)
+    assert run.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    counts = [re.search(r"1 batch job, download (\d+)/40, features (\d+)/40", line)
+              for line in running]
+    assert running and all(counts), running
+    assert len({m[1] for m in counts if m}) >= 2, "the counts did not move"
+    assert "running now" not in status_report(results)
+    assert list((results / "logs" / "progress").iterdir()) == []
+
+    logs = list((results / "logs" / "batches").glob("*.log"))
     assert len(logs) == 1
     logged = [m.groupdict() for m in map(LINE.search, logs[0].read_text().splitlines()) if m]
-    shown = [m.groupdict() for m in map(LINE.search, result.stderr.splitlines()) if m]
+    terminal = (tmp_path / "stderr.txt").read_text()
+    shown = [m.groupdict() for m in map(LINE.search, terminal.splitlines()) if m]
     # The terminal shows the same lines as the log.
     assert shown == logged
 

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 from thumbfeat import layout
-from thumbfeat.runs import describe_run, group_runs, parse_manifest, read_batch_records
+from thumbfeat.runs import (
+    describe_run,
+    describe_running,
+    group_runs,
+    parse_manifest,
+    read_batch_records,
+    running_batches,
+)
 
 
 def manifest(key: str, started: str, finished: str, seconds: float, downloaded: int,
@@ -52,3 +59,26 @@ def test_old_manifests_without_a_start_time() -> None:
     assert record is not None
     assert record.started.strftime("%H:%M:%S") == "10:00:00"
     assert parse_manifest({"batch": "x"}) is None
+
+
+def test_running_jobs_are_summed_and_stale_ones_left_out(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    folder = results / layout.PROGRESS
+    folder.mkdir(parents=True)
+
+    def state(key: str, updated: float, done: int, failed: dict[str, int]) -> None:
+        (folder / f"{key}.json").write_text(json.dumps({
+            "batch": key, "updated_at": updated, "interval": 10, "elapsed": 5,
+            "download": {"done": done, "total": 100, "failed_by_kind": failed},
+            "features": {"done": done - 5, "total": 100, "failed_by_kind": failed}}))
+
+    state("00001-a", 1000.0, 50, {"timeout": 1})
+    state("00002-a", 990.0, 20, {"timeout": 2, "http_status": 1})
+    state("00003-old", 900.0, 70, {})  # a stopped job: not rewritten for 100 s
+    (folder / "00004-bad.json").write_text("{")
+    running = running_batches(results, now=1000.0)
+    assert sorted(s["batch"] for s in running) == ["00001-a", "00002-a"]
+    assert describe_running(running) == ("2 batch jobs, download 70/200, features 60/200, "
+                                         "failed: http_status 1, timeout 3")
+    assert describe_running([]) is None
+    assert running_batches(tmp_path / "nothing", now=0.0) == []

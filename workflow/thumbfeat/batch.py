@@ -108,8 +108,11 @@ class Progress:
     """
 
     def __init__(self, logger: logging.Logger, interval: float, download_total: int,
-                 measure_total: int, label: str = "batch") -> None:
+                 measure_total: int, label: str = "batch",
+                 state_path: str | Path | None = None) -> None:
         self.logger, self.interval, self.label = logger, interval, label
+        # Where the counts are also kept, for `thumbfeat status` to sum over running jobs.
+        self.state_path = state_path
         self.download = StageCount("download", download_total)
         self.features = StageCount("features", measure_total)
         self.started = time.monotonic()
@@ -134,6 +137,24 @@ class Progress:
             if stage.total:
                 self.logger.info("progress %s %s | %.1f s elapsed", self.label,
                                  stage.line(elapsed), elapsed)
+        self.save()
+
+    def save(self) -> None:
+        """Keep the counts where `thumbfeat status` finds them (one small atomic write)."""
+        if self.state_path is not None:
+            elapsed = time.monotonic() - self.started
+            state = {"batch": self.label, "updated_at": time.time(), "interval": self.interval,
+                     "elapsed": round(elapsed, 3),
+                     **{s.name: {"done": s.done, "total": s.total,
+                                 "failed_by_kind": dict(s.failed)}
+                        for s in (self.download, self.features)}}
+            atomic.write_bytes(self.state_path, json.dumps(state).encode())
+
+    def finish(self) -> None:
+        """The batch's manifest now tells what it did: its running state goes."""
+        if self.state_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.state_path)
 
     def manifest(self, batch_key: str) -> dict[str, object]:
         return {
@@ -238,7 +259,8 @@ def measure_many(image_ids: Sequence[str], results: str,
 def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], results: str,
                   settings: FetchSettings, *, threads: int, max_pixels: int,
                   manifest_path: str, partial_path: str, batch_key: str,
-                  logger: logging.Logger, progress_interval: float = 10.0) -> Progress:
+                  logger: logging.Logger, progress_interval: float = 10.0,
+                  progress_path: str | None = None) -> Progress:
     """Download ``download`` (id, URL pairs) and measure ``measure`` (ids), overlapping the two.
 
     An image in both lists is measured once its download has finished; an image only in
@@ -246,7 +268,9 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     bounded (a few tasks per process, twice the download concurrency), so waiting on them stays
     cheap however large the batch.
     """
-    progress = Progress(logger, progress_interval, len(download), len(measure), label=batch_key)
+    progress = Progress(logger, progress_interval, len(download), len(measure), label=batch_key,
+                        state_path=progress_path)
+    progress.save()
     to_measure = set(measure)
     downloading = {image_id for image_id, _ in download}
     ready: deque[str] = deque(i for i in measure if i not in downloading)
@@ -301,4 +325,5 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     progress.report()
     table.write_partial(partial_path, rows)
     atomic.write_bytes(manifest_path, json.dumps(progress.manifest(batch_key)).encode())
+    progress.finish()
     return progress

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,13 @@ from thumbfeat import layout
 from thumbfeat.catalog import read_snapshot_ids
 from thumbfeat.failures import read_failures
 from thumbfeat.layout import present_ids
-from thumbfeat.runs import describe_run, group_runs, read_batch_records
+from thumbfeat.runs import (
+    describe_run,
+    describe_running,
+    group_runs,
+    read_batch_records,
+    running_batches,
+)
 
 
 def latest_snapshot(results: Path) -> Path | None:
@@ -24,7 +31,9 @@ def status_report(results: Path) -> str:
     """Done, failed by kind and pending images of the last planned catalog, and the batch rates."""
     snapshot = latest_snapshot(results)
     if snapshot is None:
-        return f"{results}: no run has recorded a catalog yet"
+        # A first run records its catalog with the table, at its end; its jobs show meanwhile.
+        lines = [f"{results}: no run has recorded a catalog yet", *activity(results)]
+        return "\n".join(lines)
     ids = read_snapshot_ids(snapshot)
     wanted = set(ids)
     rows = present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX) & wanted
@@ -41,15 +50,25 @@ def status_report(results: Path) -> str:
         "failed by kind: " + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none")
         + (f" ({retry} will be retried by the next run)" if retry else ""),
     ]
-    rate = batch_rate(results / layout.BATCHES)
-    if rate:
-        lines.append(f"batches: {rate}")
-    runs = group_runs(read_batch_records(results))
-    if runs:
-        lines.append(f"last run: {describe_run(runs[-1])}")
+    lines += activity(results)
     table = results / "feature_table.parquet"
     lines.append(f"table: {table}" + ("" if table.exists() else " (not built yet)"))
     return "\n".join(lines)
+
+
+def activity(results: Path) -> list[str]:
+    """What the batch jobs did: all recorded ones, those running now, the last run."""
+    lines = []
+    rate = batch_rate(results / layout.BATCHES)
+    if rate:
+        lines.append(f"batches: {rate}")
+    running = describe_running(running_batches(results, time.time()))
+    if running:
+        lines.append(f"running now: {running}")
+    runs = group_runs(read_batch_records(results))
+    if runs:
+        lines.append(f"last run: {describe_run(runs[-1])}")
+    return lines
 
 
 def batch_rate(folder: Path) -> str | None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from thumbfeat import layout
 
@@ -136,3 +137,41 @@ def duration(seconds: float) -> str:
         return f"{seconds:.1f} s"
     whole = round(seconds)
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def running_batches(results: str | Path, now: float) -> list[dict[str, Any]]:
+    """Counts of batch jobs running now: their progress files, rewritten at every line.
+
+    A job removes its file when it ends; a file not rewritten for three intervals (and at least
+    30 s) was left by a job that was stopped, and its images are planned again by the next run.
+    """
+    states = []
+    for path in (Path(results) / layout.PROGRESS).glob("*.json"):
+        try:
+            state = json.loads(path.read_text())
+            fresh = now - float(state["updated_at"]) <= max(30.0, 3 * float(state["interval"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if fresh:
+            states.append(state)
+    return states
+
+
+def describe_running(states: Iterable[dict[str, Any]]) -> str | None:
+    """One line summing the running jobs' stages, or None when none is running."""
+    states = list(states)
+    if not states:
+        return None
+    parts = [f"{len(states)} batch job{'s' if len(states) != 1 else ''}"]
+    failed: Counter[str] = Counter()
+    for stage in ("download", "features"):
+        done = sum(int(s.get(stage, {}).get("done", 0)) for s in states)
+        total = sum(int(s.get(stage, {}).get("total", 0)) for s in states)
+        parts.append(f"{stage} {done}/{total}")
+    for state in states:
+        # Each image's failure shows in its row; count the features stage, else downloads.
+        stage = state.get("features") if state.get("features", {}).get("total") else (
+            state.get("download", {}))
+        failed.update(stage.get("failed_by_kind") or {})
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(failed.items())) or "none"
+    return ", ".join(parts) + f", failed: {kinds}"
