@@ -177,9 +177,14 @@ def test_report_renders_offline_with_every_image(report_html: Path, tmp_path: Pa
         expected = wait_for(lambda: driver.execute_script(
             "return typeof results === 'object' && document.querySelector('nav') "
             "? Object.keys(results).length : 0"))
-        # 2 sheets per ranked feature present (brightness_mean, sharpness), 7 histograms,
-        # the near-duplicate sheet, the failures and the statistics pages.
-        assert expected == 4 + 7 + 3
+        # Every picture and page the rule drew is in the report: 2 sheets per ranked feature
+        # present, a histogram per numeric feature, near duplicates, failures, statistics.
+        drawn = report_html.parent / "results" / "report"
+        sheets = sorted(p.name for p in (drawn / "sheets").glob("*.png"))
+        assert {"brightness_mean-lowest.png", "sharpness-highest.png"} <= set(sheets)
+        histograms = list((drawn / "histograms").glob("*.png"))
+        assert len(histograms) >= 7
+        assert expected == len(sheets) + len(histograms) + 3
         checked = {}
         for category in ("Contact sheets", "Histograms", "Near duplicates", "Failures",
                          "Run statistics"):
