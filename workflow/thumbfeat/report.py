@@ -107,7 +107,8 @@ def tile_grid(tiles: Sequence[tuple[Image.Image, str]], title: str, columns: int
     """Tiles with a label under each, ``columns`` to a row (or the given row lengths)."""
     lengths = list(rows_of) if rows_of is not None else [
         min(columns, len(tiles) - start) for start in range(0, len(tiles), columns)]
-    width = PAD + max(columns, 1) * (TILE + PAD)
+    widest = max(lengths, default=columns)
+    width = max(480, PAD + max(widest, 1) * (TILE + PAD))
     title_height = 28
     height = title_height + PAD + max(len(lengths), 1) * (TILE + LABEL_HEIGHT + PAD)
     sheet = Image.new("RGB", (width, height), BACKGROUND)
