@@ -14,6 +14,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/batches.smk"
+include: "workflow/rules/images.smk"
 include: "workflow/rules/table.smk"
 include: "workflow/rules/report.smk"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -83,6 +84,10 @@ def test_status_with_manifests_and_table(results: Path,
     assert "not built yet" not in out
 
 
+def at(clock: str) -> float:
+    return datetime.fromisoformat(f"2026-02-03T{clock}+00:00").timestamp()
+
+
 def test_status_shows_the_last_run(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifests = results / layout.BATCHES
     manifests.mkdir(parents=True)
@@ -90,13 +95,14 @@ def test_status_shows_the_last_run(results: Path, capsys: pytest.CaptureFixture[
                                     ("00001-b", "10:00:00", "10:00:04", 20),
                                     ("00002-b", "10:00:01", "10:00:05", 20)):
         (manifests / f"{key}.json").write_text(json.dumps({
-            "batch": key, "started_at": f"2026-02-03T{start}+0000",
+            "batch": key, "started": at(start), "finished": at(end),
             "finished_at": f"2026-02-03T{end}+0000", "seconds": 4.0,
             "download": {"images": images, "failed_by_kind": {"timeout": 1}},
             "features": {"images": images, "failed_by_kind": {"timeout": 1}}}))
     out = status(results, capsys)
+    shown_end = datetime.fromtimestamp(at("10:00:05")).strftime("%Y-%m-%d %H:%M:%S")
     assert ("last run: 2 batches, 40 images in 5.0 s (8.0 images/s), failed: timeout 2; "
-            "finished 2026-02-03 10:00:05") in out
+            f"finished {shown_end}") in out
 
 
 def test_status_after_thumbnails_were_deleted(results: Path,

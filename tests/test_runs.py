@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 from thumbfeat import layout
@@ -16,9 +17,20 @@ from thumbfeat.runs import (
 )
 
 
+def epoch(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def local(text: str) -> str:
+    """How a run's end is shown: in the machine's time zone."""
+    return datetime.fromtimestamp(epoch(text)).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def manifest(key: str, started: str, finished: str, seconds: float, downloaded: int,
              measured: int, failed: dict[str, int] | None = None) -> dict[str, object]:
-    return {"batch": key, "started_at": started, "finished_at": finished, "seconds": seconds,
+    """A manifest as a batch job writes it (start and end in epoch seconds)."""
+    return {"batch": key, "started": epoch(started), "finished": epoch(finished),
+            "finished_at": finished, "seconds": seconds,
             "download": {"images": downloaded, "failed_by_kind": failed or {}},
             "features": {"images": measured, "failed_by_kind": failed or {}}}
 
@@ -49,12 +61,13 @@ def test_runs_split_at_pauses_and_rate_counts_parallel_jobs_once(tmp_path: Path)
     assert last.rate == 5.0
     assert last.failed_by_kind == {"http_status": 3}
     assert describe_run(last) == ("3 batches, 100 images in 20.0 s (5.0 images/s), "
-                                  "failed: http_status 3; finished 2026-01-01 11:00:20")
+                                  "failed: http_status 3; finished "
+                                  + local("2026-01-01T11:00:20+00:00"))
 
 
 def test_old_manifests_without_a_start_time() -> None:
-    data = manifest("k", "", "2026-01-01T10:00:20+0000", 20.0, 5, 5)
-    del data["started_at"]
+    data = manifest("k", "2026-01-01T10:00:00+0000", "2026-01-01T10:00:20+0000", 20.0, 5, 5)
+    del data["started"], data["finished"]
     record = parse_manifest(data)
     assert record is not None
     assert record.started.strftime("%H:%M:%S") == "10:00:00"

@@ -116,7 +116,7 @@ class Progress:
         self.download = StageCount("download", download_total)
         self.features = StageCount("features", measure_total)
         self.started = time.monotonic()
-        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.started_epoch = time.time()
         self.next_due = self.started + interval
 
     def due_in(self) -> float:
@@ -160,7 +160,8 @@ class Progress:
         return {
             "batch": batch_key,
             "seconds": round(time.monotonic() - self.started, 3),
-            "started_at": self.started_at,
+            "started": round(self.started_epoch, 3),
+            "finished": round(time.time(), 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "download": self.download.summary(),
             "features": self.features.summary(),

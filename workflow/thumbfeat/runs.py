@@ -86,9 +86,13 @@ def parse_manifest(data: dict[str, object]) -> BatchRecord | None:
         if not isinstance(download, dict) or not isinstance(features, dict):
             return None
         seconds = float(data["seconds"])  # type: ignore[arg-type]
-        finished = datetime.strptime(str(data["finished_at"]), TIME_FORMAT)
-        started = (datetime.strptime(str(data["started_at"]), TIME_FORMAT)
-                   if data.get("started_at") else finished - timedelta(seconds=seconds))
+        if data.get("started") is not None and data.get("finished") is not None:
+            # Epoch seconds, as batch jobs record them.
+            started = datetime.fromtimestamp(float(data["started"])).astimezone()  # type: ignore[arg-type]
+            finished = datetime.fromtimestamp(float(data["finished"])).astimezone()  # type: ignore[arg-type]
+        else:  # older manifests: the end in whole seconds, and the duration
+            finished = datetime.strptime(str(data["finished_at"]), TIME_FORMAT)
+            started = finished - timedelta(seconds=seconds)
         # A failed download is also a failed row: count each image once, by its row when the
         # job measured images, else by its download.
         measured = int(features.get("images", 0))
