@@ -81,8 +81,8 @@ def test_failures_and_statistics_pages() -> None:
         "features": {"images": 8, "failed_by_kind": {"timeout": 1}}})
     assert record is not None
     stats = statistics_page(rows, [record])
-    assert "1 recorded batch jobs in 1 runs" in stats
-    assert ("<td>1</td><td>10</td><td>2</td><td>5.0</td><td>timeout 1</td></tr>") in stats
+    assert "Recorded batch jobs: 1, in runs: 1 " in stats
+    assert ("<td>1</td><td>10</td><td>2.0</td><td>5.0</td><td>timeout 1</td></tr>") in stats
     assert "<td>failed</td>" not in stats and "<th>failed</th>" in stats
     for page in (failures, stats):
         assert "http://" not in page and "https://" not in page

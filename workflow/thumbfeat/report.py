@@ -245,14 +245,14 @@ def statistics_page(rows: pa.Table, records: Sequence[BatchRecord]) -> str:
     body = "<h3>Feature table</h3>" + html_table(
         ["rows", *sorted(statuses)], [[rows.num_rows, *(statuses[s] for s in sorted(statuses))]])
     runs = group_runs(records)
-    body += (f"<h3>Runs</h3><p>{len(records)} recorded batch jobs in {len(runs)} runs "
+    body += (f"<h3>Runs</h3><p>Recorded batch jobs: {len(records)}, in runs: {len(runs)} "
              "(batch jobs that followed each other without a pause); the rate counts jobs "
              "running side by side once.</p>")
     if runs:
         body += html_table(
             ["finished", "batches", "images", "wall seconds", "images/s", "failed by kind"],
             [[r.finished.strftime("%Y-%m-%d %H:%M:%S"), len(r.batches), r.images,
-              f"{r.wall_seconds:.0f}", f"{r.rate:.1f}", kinds_text(r.failed_by_kind)]
+              f"{r.wall_seconds:.1f}", f"{r.rate:.1f}", kinds_text(r.failed_by_kind)]
              for r in reversed(runs)])
         body += "<h3>Batch jobs</h3>" + html_table(
             ["batch", "started", "seconds", "downloaded", "measured", "images/s per job",
