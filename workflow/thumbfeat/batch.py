@@ -126,9 +126,9 @@ class Progress:
     def tick(self) -> None:
         now = time.monotonic()
         if now >= self.next_due:
-            # Skip missed slots instead of bursting to catch up.
-            missed = (now - self.next_due) // self.interval if self.interval > 0 else 0
-            self.next_due += (missed + 1) * self.interval
+            # Keep the pace, but after a late line (a busy machine) leave at least half an
+            # interval before the next one rather than bursting to catch up.
+            self.next_due = max(self.next_due + self.interval, now + self.interval / 2)
             self.report()
 
     def report(self) -> None:
