@@ -165,7 +165,8 @@ def report_html(tmp_path: Path, server: ImageServer) -> Iterator[Path]:
     yield tmp_path / "report.html"
 
 
-def test_report_renders_offline_with_every_image(report_html: Path, tmp_path: Path) -> None:
+def test_report_renders_offline_with_every_image(report_html: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     text = report_html.read_text()
     # Nothing is loaded from elsewhere: no script, stylesheet or image by URL.
     assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=[\"']?(https?:)?//", text)
@@ -197,7 +198,8 @@ def test_report_renders_offline_with_every_image(report_html: Path, tmp_path: Pa
         assert not [u for u in urls if u.startswith(("http:", "https:", "ws:"))], urls
     finally:
         driver.quit()
-    print(f"report screenshots: {ARTIFACTS}")
+    with capsys.disabled():
+        print(f"\nreport screenshots kept in {ARTIFACTS}")
 
 
 def view_category(driver, category: str) -> dict[str, bool]:  # type: ignore[no-untyped-def]
