@@ -105,6 +105,27 @@ def test_status_shows_the_last_run(results: Path, capsys: pytest.CaptureFixture[
             f"finished {shown_end}") in out
 
 
+def test_status_against_a_catalog_file(results: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # Before a first run's table exists there is no snapshot; the catalog file says what is due.
+    for snapshot in (results / "catalog").glob("*.parquet"):
+        snapshot.unlink()
+    assert "no run has recorded a catalog yet" in status(results, capsys)
+    catalog = tmp_path / "cat.csv"
+    catalog.write_text("name,link\n" + "".join(f"{i},http://h/{i}\n" for i in [*IDS, "g"]))
+    argv = ["status", "--results", str(results), "--catalog", str(catalog),
+            "--id-column", "name", "--url-column", "link"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"catalog: 7 images ({catalog})" in out
+    assert "downloaded: 3 ok, 2 failed, 2 pending" in out
+    assert "features: 3 done, 4 pending" in out
+    with pytest.raises(SystemExit) as caught:
+        main(["status", "--results", str(results), "--catalog", str(catalog)])
+    assert caught.value.code == 2
+    assert "no column 'image_id'" in capsys.readouterr().err
+
+
 def test_status_after_thumbnails_were_deleted(results: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     # Thumbnails are intermediates a user may delete to save space; failure records remain.
