@@ -19,6 +19,7 @@ from thumbfeat.config import (  # noqa: E402
     check_against_schema,
     coerce_to_schema,
     fetch_settings,
+    warehouse_settings,
 )
 from thumbfeat.plan import (  # noqa: E402
     plan_work,

@@ -103,12 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "snapshot (e.g. while a first run is under way)")
     status.add_argument("--id-column", default="image_id")
     status.add_argument("--url-column", default="url")
+    status.add_argument("--catalog-table", default=CatalogSpec.table,
+                        help="the table of a database catalog")
     where = commands.add_parser("path", help="print where an image's files are")
     where.add_argument("image_id")
     where.add_argument("--results", default="results")
     args = parser.parse_args(argv)
     if args.command == "status":
-        spec = (CatalogSpec(args.catalog, args.id_column, args.url_column)
+        spec = (CatalogSpec(args.catalog, args.id_column, args.url_column,
+                            table=args.catalog_table)
                 if args.catalog is not None else None)
         try:
             print(status_report(args.results, spec))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from thumbfeat.catalog import CatalogSpec
+from thumbfeat.dbcatalog import DEFAULT_TABLE, SUFFIXES
 from thumbfeat.fetch import FetchSettings
 
 RESULTS = "results"
@@ -39,14 +41,35 @@ def resolve_path(value: str, basedir: str | Path, key: str) -> Path:
 def catalog_spec(config: Mapping[str, Any], basedir: str | Path) -> CatalogSpec:
     if not config.get("catalog"):
         raise ConfigError("config key 'catalog' is not set: pass --config catalog=PATH "
-                          "(a .csv, .tsv or .parquet file)")
-    return CatalogSpec(
+                          "(a .csv, .tsv or .parquet file, or a DuckDB or SQLite database)")
+    spec = CatalogSpec(
         path=resolve_path(str(config["catalog"]), basedir, "catalog"),
         id_column=config.get("id_column", "image_id"),
         url_column=config.get("url_column", "url"),
         url_template=config.get("url_template"),
         row_filter=dict(config.get("filter") or {}),
+        table=config.get("catalog_table") or DEFAULT_TABLE,
+        query=config.get("catalog_query") or None,
     )
+    if not spec.is_database:
+        for key in ("catalog_query", "catalog_write_back"):
+            if config.get(key):
+                raise ConfigError(f"config key {key!r} applies to database catalogs "
+                                  f"({', '.join(sorted(SUFFIXES))}), not to {spec.path}")
+    return spec
+
+
+@dataclass(frozen=True)
+class WarehouseSettings:
+    """Where the feature table is loaded (the ``warehouse`` part of the config)."""
+
+    enabled: bool = True
+    path: str = f"{RESULTS}/warehouse.duckdb"
+    table: str = "feature_image_visual"
+
+
+def warehouse_settings(config: Mapping[str, Any]) -> WarehouseSettings:
+    return WarehouseSettings(**dict(config.get("warehouse") or {}))
 
 
 def fetch_settings(config: Mapping[str, Any], basedir: str | Path) -> FetchSettings:
