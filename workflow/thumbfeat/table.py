@@ -112,15 +112,22 @@ def failed_row(image_id: str, kind: str, error: str, *, retryable: bool,
 
 def write_rows(path: str | Path, rows: Sequence[dict[str, object]], *,
                durable: bool = False) -> None:
-    """Write rows with the row schema as one Parquet file, atomically."""
+    """Write rows with the row schema as one Parquet file (zstd-compressed), atomically."""
     table = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA)
     atomic.write_with(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"),
                       durable=durable)
 
 
 def write_row(path: str | Path, row: dict[str, object]) -> None:
-    """Write one image's row as its own Parquet file."""
-    write_rows(path, [row])
+    """Write one image's row as its own Parquet file.
+
+    A single row gains nothing from compression, dictionaries or statistics, and setting up a
+    zstd context for each of the forty-odd columns cost more than measuring the image's
+    brightness: written plain, a row takes about a third of the time.
+    """
+    table = pa.Table.from_pylist([row], schema=ROW_SCHEMA)
+    atomic.write_with(path, lambda tmp: pq.write_table(
+        table, tmp, compression="NONE", use_dictionary=False, write_statistics=False))
 
 
 def read_row(path: str | Path) -> pa.Table:
