@@ -18,6 +18,7 @@ from thumbfeat.config import (  # noqa: E402
     catalog_spec,
     coerce_to_schema,
     fetch_settings,
+    rate_share,
 )
 from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
 
@@ -55,6 +56,10 @@ PLAN = plan_work(
     only=requested_image_ids(sys.argv, CATALOG.ids),
 )
 logger.info(PLAN.summary())
+# Per-host limits hold for the whole run: each batch job gets its share of them.
+FETCH_SETTINGS["rate_share"] = rate_share(
+    job_slots(workflow, config["batch_threads"]), len(PLAN.batches)
+)
 
 CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
 FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
