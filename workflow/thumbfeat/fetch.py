@@ -178,6 +178,21 @@ def _watchdog(seconds: float) -> Any:
 # --- sessions, headers and secrets ---------------------------------------------------------
 
 
+class _Session(requests.Session):
+    """A session that drops secret headers when a redirect leaves the host.
+
+    requests already does this for ``Authorization``; secrets may travel in any header.
+    """
+
+    secret_headers: tuple[str, ...] = ()
+
+    def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+        super().rebuild_auth(prepared_request, response)
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            for name in self.secret_headers:
+                prepared_request.headers.pop(name, None)
+
+
 def make_session(settings: FetchSettings,
                  environ: Mapping[str, str] | None = None) -> requests.Session:
     """A pooled session sized for the downloads in flight, with the configured headers.
@@ -186,7 +201,8 @@ def make_session(settings: FetchSettings,
     ``header_env``; they are never part of the config, the parameters or the logs.
     """
     environ = os.environ if environ is None else environ
-    session = requests.Session()
+    session = _Session()
+    session.secret_headers = tuple(settings.header_env)
     adapter = _WatchedAdapter(
         pool_connections=max(4, settings.concurrency),
         pool_maxsize=max(4, settings.concurrency),
@@ -341,8 +357,8 @@ def _classify(exc: requests.exceptions.RequestException,
     if isinstance(exc, errors.Timeout):
         return FetchFailure("timeout", f"timed out: {type(exc).__name__}", retryable=True)
     if isinstance(exc, errors.ChunkedEncodingError):
-        return FetchFailure("connection", "the body ended early (connection cut)",
-                            retryable=True)
+        return FetchFailure("connection", "the body ended before its announced length "
+                            "(connection cut)", retryable=True)
     return FetchFailure("connection", f"connection failed: {type(exc).__name__}", retryable=True)
 
 

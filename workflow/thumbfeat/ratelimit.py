@@ -32,6 +32,10 @@ RECOVERY_FACTOR = 1.25
 OBSERVED_WINDOW = 2.0
 """Seconds of recent requests used to estimate the rate of a host that had no limit."""
 
+FIRST_LIMIT_MIN = 2.0
+"""The least rate a host without a limit is assumed to have allowed when it first answers 429:
+a few requests in the window say little about what the host accepts."""
+
 
 @dataclass(frozen=True)
 class HostLimit:
@@ -150,11 +154,11 @@ class HostLimiter:
             if retry_after is not None and retry_after > 0:
                 state.paused_until = max(state.paused_until, now + retry_after)
             state.successes = 0
-            if sent_at < state.last_cut:
+            if sent_at <= state.last_cut:
                 return
             if state.rate is None:
                 observed = len([t for t in state.recent if t >= now - OBSERVED_WINDOW])
-                current = max(observed / OBSERVED_WINDOW, 2 * MIN_RATE)
+                current = max(observed / OBSERVED_WINDOW, FIRST_LIMIT_MIN)
                 # The host had no configured limit: from now on it has the one it showed.
                 state.ceiling = current
             else:
@@ -169,7 +173,7 @@ class HostLimiter:
             return
         state = self._state(host.lower())
         with self._lock:
-            if state.rate is None or state.ceiling is None or sent_at < state.last_cut:
+            if state.rate is None or state.ceiling is None or sent_at <= state.last_cut:
                 return
             state.successes += 1
             if state.successes >= max(4.0, state.rate):
