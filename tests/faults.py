@@ -59,6 +59,8 @@ class QuietServer(ThreadingHTTPServer):
     provoke: not worth a traceback."""
 
     daemon_threads = True
+    # Many clients connect at once; the default backlog of 5 would drop their connections.
+    request_queue_size = 256
 
     def handle_error(self, request: object, client_address: object) -> None:
         import sys
@@ -87,6 +89,7 @@ class FaultServer:
         self.stopping = threading.Event()
         self.cache: dict[str, bytes] = {}
         self.accepted: deque[float] = deque()
+        self.api_key = ""
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -329,8 +332,8 @@ class FaultServer:
             self.send(handler, 429, b"too many requests", "text/plain", {"Retry-After": "1"})
 
     def fault_secret(self, handler: BaseHTTPRequestHandler, args: list[str], seen: int) -> None:
-        """``/secret/<token>/name``: the image only with ``X-Api-Key: <token>``, else 401."""
-        if handler.headers.get("X-Api-Key") == args[0]:
+        """The image only with the header ``X-Api-Key: <api_key>``, else 401."""
+        if self.api_key and handler.headers.get("X-Api-Key") == self.api_key:
             self.send(handler, 200, self.image(args[-1]))
         else:
             self.send(handler, 401, b"who are you", "text/plain")

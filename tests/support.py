@@ -11,7 +11,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -167,12 +167,15 @@ def snakemake_command(workdir: Path, *args: str, config: dict[str, str] | None =
 
 
 def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = None,
-                  cores: int = 2, check: bool = True,
-                  timeout: float = 600) -> subprocess.CompletedProcess[str]:
+                  cores: int = 2, check: bool = True, timeout: float = 600,
+                  env: dict[str, str] | None = None,
+                  preexec_fn: Callable[[], None] | None = None,
+                  ) -> subprocess.CompletedProcess[str]:
     """Run the real workflow in ``workdir``; on failure show its output."""
     result = subprocess.run(snakemake_command(workdir, *args, config=config, cores=cores),
                             capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            preexec_fn=preexec_fn)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n"
                              f"{result.stderr[-6000:]}")
