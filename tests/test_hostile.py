@@ -7,17 +7,22 @@ as what the run wrote.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import resource
+import struct
 import time
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from thumbfeat import layout
 
-from tests.faults import FaultServer, max_in_window, refused_port
+from tests.faults import FaultServer, max_in_window, one_bit_png, png_chunk, refused_port
 from tests.support import make_jpeg, run_snakemake, write_catalog
 
 # Short deadlines keep the matrix quick; the bound on the run's wall time is derived from them.
@@ -151,6 +156,9 @@ def test_every_fault_in_one_run(tmp_path: Path, faults: FaultServer) -> None:
     assert (f"failed: {permanent} kept as failed" in preview.stdout + preview.stderr)
 
 
+JITTER = 0.25
+
+
 @pytest.mark.parametrize("cores", [1, 2, 4, 8])
 def test_host_rate_limit_holds_across_parallel_jobs(tmp_path: Path, faults: FaultServer,
                                                      cores: int) -> None:
@@ -167,9 +175,11 @@ def test_host_rate_limit_holds_across_parallel_jobs(tmp_path: Path, faults: Faul
     times = faults.times("/ok/")
     assert len(times) == images
     # Pacing lets each job send at most (its share of the limit) + 1 requests in a one-second
-    # window, so all jobs together at most limit + cores. 10 % more covers scheduling jitter
-    # between a request leaving a job and the server stamping its arrival.
-    assert max_in_window(times) <= limit + cores + math.ceil(0.1 * limit), max_in_window(times)
+    # window, so all jobs together at most limit + cores. On a loaded machine a request can
+    # reach the server up to JITTER seconds after its turn while the next one is on time, which
+    # squeezes up to JITTER x limit more arrivals into a window.
+    assert max_in_window(times) <= limit + cores + math.ceil(JITTER * limit), max_in_window(times)
+    # Over the whole run jitter averages out.
     average = (len(times) - 1) / (times[-1] - times[0])
     assert average <= limit * 1.05, average
 
@@ -311,3 +321,115 @@ def test_an_unwritable_folder_stops_the_run_loudly(tmp_path: Path, faults: Fault
     blocked.unlink()
     run_snakemake(tmp_path, config=config)
     assert {r["status"] for r in table_of(tmp_path).values()} == {"ok"}
+
+
+# --- real-world odd images ------------------------------------------------------------------
+
+
+def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **params)
+    return out.getvalue()
+
+
+def noise(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    bands = len(mode) if mode in {"RGB", "RGBA", "CMYK", "LA"} else 1
+    shape = (height, width, bands) if bands > 1 else (height, width)
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+
+
+def rgb16_png(width: int, height: int) -> bytes:
+    """A 48-bit RGB PNG (Pillow cannot write one)."""
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    rng = np.random.default_rng(3)
+    rows = b"".join(b"\x00" + rng.integers(0, 65536, width * 3).astype(">u2").tobytes()
+                    for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
+
+
+def frames(count: int, size: tuple[int, int]) -> list[Image.Image]:
+    return [Image.new("RGB", size, (40 * i, 200 - 40 * i, 90)) for i in range(count)]
+
+
+def odd_images() -> dict[str, tuple[bytes, tuple[object, ...]]]:
+    """Bytes of each odd image, and what its row must say: ("ok", (w, h), format) or
+    ("failed", kind, words of the reason)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    palette = Image.new("P", (48, 32), 0)
+    palette.putpalette([255, 0, 0, 0, 255, 0] + [0, 0, 0] * 254)
+    palette.paste(1, (0, 0, 24, 32))
+    first, *rest = frames(3, (40, 30))
+    gif = io.BytesIO()
+    first.save(gif, "GIF", save_all=True, append_images=rest, duration=80, loop=0)
+    webp = io.BytesIO()
+    first.save(webp, "WEBP", save_all=True, append_images=rest, duration=80, loop=0)
+    gray16 = Image.fromarray((np.arange(50 * 40, dtype=np.uint16) * 30).reshape(40, 50))
+    return {
+        "cmyk_jpeg": (encode(noise(64, 48, "CMYK"), "JPEG"), ("ok", (64, 48), "JPEG")),
+        "progressive_jpeg": (encode(noise(200, 150), "JPEG", progressive=True, optimize=True),
+                             ("ok", (200, 150), "JPEG")),
+        "grayscale_jpeg": (encode(noise(80, 60, "L"), "JPEG"), ("ok", (80, 60), "JPEG")),
+        "exif_rotated": (encode(noise(60, 20), "JPEG", exif=exif.tobytes()),
+                         ("ok", (20, 60), "JPEG")),
+        "png_16bit_gray": (encode(gray16, "PNG"), ("ok", (50, 40), "PNG")),
+        "png_16bit_rgb": (rgb16_png(30, 20), ("ok", (30, 20), "PNG")),
+        "palette_transparent": (encode(palette, "PNG", transparency=0), ("ok", (48, 32), "PNG")),
+        "rgba_png": (encode(noise(32, 32, "RGBA"), "PNG"), ("ok", (32, 32), "PNG")),
+        "one_bit_png": (encode(noise(33, 17, "L").convert("1"), "PNG"), ("ok", (33, 17), "PNG")),
+        "animated_gif": (gif.getvalue(), ("ok", (40, 30), "GIF")),
+        "animated_webp": (webp.getvalue(), ("ok", (40, 30), "WEBP")),
+        "avif": (encode(noise(64, 40), "AVIF"), ("ok", (64, 40), "AVIF")),
+        "tiff_float": (encode(Image.fromarray(np.linspace(0, 1, 600, dtype=np.float32)
+                                              .reshape(20, 30)), "TIFF"),
+                       ("ok", (30, 20), "TIFF")),
+        "bmp": (encode(noise(21, 13), "BMP"), ("ok", (21, 13), "BMP")),
+        "one_pixel": (encode(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG"),
+                      ("ok", (1, 1), "PNG")),
+        "tall_1x4000": (encode(noise(1, 4000), "PNG"), ("ok", (1, 4000), "PNG")),
+        "wide_4000x1": (encode(noise(4000, 1), "PNG"), ("ok", (4000, 1), "PNG")),
+        "large_12mp": (one_bit_png(4000, 3000), ("ok", (4000, 3000), "PNG")),
+        "over_max_pixels": (one_bit_png(5000, 5000),
+                            ("failed", "decompression_bomb", "25000000 pixels")),
+        "huge_dimensions": (one_bit_png(20000, 20000), ("failed", "decompression_bomb", "pixels")),
+        "svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+                ("failed", "not_image", "not an image")),
+        "ppm": (encode(noise(8, 8), "PPM"), ("failed", "not_image", "accepted format")),
+    }
+
+
+def test_odd_real_world_images(tmp_path: Path) -> None:
+    images = odd_images()
+    files = {f"/files/{name}": (data, "application/octet-stream")
+             for name, (data, _) in images.items()}
+    with FaultServer(files) as server:
+        catalog = write_catalog(tmp_path / "catalog.csv",
+                                [(name, server.url(f"/files/{name}")) for name in images])
+        config = configfile(tmp_path, "max_pixels: 20000000\nlocal_file_roots: []\n")
+        run_snakemake(tmp_path, "--configfile", config, config={"catalog": str(catalog)})
+    table = table_of(tmp_path)
+    for name, (data, expected) in images.items():
+        row = table[name]
+        if expected[0] == "ok":
+            assert row["status"] == "ok", (name, row)
+            assert (row["width"], row["height"]) == expected[1], name
+            assert row["format"] == expected[2], name
+            assert row["file_bytes"] == len(data)
+            for feature in ("brightness_mean", "contrast_rms"):
+                assert 0.0 <= float(row[feature]) <= 1.0, (name, feature, row[feature])
+            assert 0.0 <= float(row["entropy"]) <= 8.0, name
+            assert math.isfinite(float(row["sharpness"])) and float(row["sharpness"]) >= 0, name
+        else:
+            assert row["status"] == "failed", (name, row)
+            assert row["error_kind"] == expected[1], (name, row)
+            assert expected[2] in str(row["error"]), (name, row["error"])
+            assert row["retryable"] is False
+    # Sensible values, not only valid ones: a flat image has no contrast or entropy, the red/
+    # green palette image composites its transparent half on white, noise is sharp.
+    assert table["one_pixel"]["contrast_rms"] == 0.0 and table["one_pixel"]["entropy"] == 0.0
+    assert table["one_pixel"]["sharpness"] == 0.0
+    assert table["palette_transparent"]["brightness_mean"] > 0.8
+    assert table["large_12mp"]["brightness_mean"] == 0.0
+    assert table["progressive_jpeg"]["sharpness"] > table["animated_gif"]["sharpness"]
