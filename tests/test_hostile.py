@@ -106,8 +106,12 @@ def test_every_fault_in_one_run(tmp_path: Path, faults: FaultServer) -> None:
     config = configfile(tmp_path, HOSTILE + f"local_file_roots: [{local}]\n")
 
     started = time.monotonic()
-    run_snakemake(tmp_path, "--configfile", config, config={"catalog": str(catalog)})
+    result = run_snakemake(tmp_path, "--configfile", config, config={"catalog": str(catalog)})
     elapsed = time.monotonic() - started
+    # URLs that cannot be fetched at all are announced before the downloads, naming the image.
+    output = result.stdout + result.stderr
+    for image_id in ("script", "no_scheme", "ipv6_broken", "bad_port"):
+        assert f"image {image_id!r}" in output and "recorded as failed (bad_url)" in output
 
     # A slow or hanging source never holds the run: every attempt is bounded by the deadline,
     # and all sources are fetched at once. Generous on purpose: a correctness bound, not a
@@ -285,6 +289,7 @@ def test_a_full_disk_stops_the_run_loudly_and_keeps_finished_files(
     assert failed.returncode != 0
     assert "cannot write the results" in output
     assert "File too large" in output
+    assert "results/thumbs/" in output  # the file that could not be written
     after = _fingerprint(results)
     # Nothing finished was changed or deleted; the disk error is no image's failure.
     assert {k: v for k, v in after.items() if k in before} == before
@@ -300,27 +305,32 @@ def test_a_full_disk_stops_the_run_loudly_and_keeps_finished_files(
 
 def test_an_unwritable_folder_stops_the_run_loudly(tmp_path: Path, faults: FaultServer) -> None:
     names = [f"w{i:02d}" for i in range(12)]
-    write_catalog(tmp_path / "catalog.csv", [(n, faults.url(f"/ok/{n}")) for n in names[:6]])
+    rows = [(n, faults.url(f"/ok/{n}")) for n in names[:6]]
+    rows += [(n, faults.url(f"/status/404/{n}")) for n in names[6:]]
+    write_catalog(tmp_path / "catalog.csv", rows[:6])
     config = {"catalog": str(tmp_path / "catalog.csv"), "local_file_roots": "[]",
               "batch_size": "100"}
     run_snakemake(tmp_path, config=config)
     results = tmp_path / "results"
     before = _fingerprint(results)
-    # A file where a new image's shard folder must go: as unwritable as a folder gets for root.
-    blocked = Path(layout.thumb_path(results, names[8])).parent
+    # A file where the folder of a new failure record must go: as unwritable as a folder gets
+    # for root (who ignores permission bits).
+    blocked = Path(layout.failure_path(results, names[8])).parent
     assert not blocked.exists()
     blocked.parent.mkdir(parents=True, exist_ok=True)
     blocked.write_bytes(b"")
-    write_catalog(tmp_path / "catalog.csv", [(n, faults.url(f"/ok/{n}")) for n in names])
+    write_catalog(tmp_path / "catalog.csv", rows)
     failed = run_snakemake(tmp_path, config=config, check=False)
     assert failed.returncode != 0
     assert "cannot write the results" in failed.stdout + failed.stderr
+    assert str(Path("failed") / blocked.name) in failed.stdout + failed.stderr
     after = _fingerprint(results)
     assert {k: v for k, v in after.items() if k in before} == before
 
     blocked.unlink()
     run_snakemake(tmp_path, config=config)
-    assert {r["status"] for r in table_of(tmp_path).values()} == {"ok"}
+    table = table_of(tmp_path)
+    assert [table[n]["status"] for n in names] == ["ok"] * 6 + ["failed"] * 6
 
 
 # --- real-world odd images ------------------------------------------------------------------
