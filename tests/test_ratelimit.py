@@ -12,6 +12,7 @@ from thumbfeat.ratelimit import (
     MIN_RATE,
     HostLimit,
     HostLimiter,
+    LimiterClosed,
     host_key,
     job_limit,
 )
@@ -183,3 +184,24 @@ def test_share_must_be_a_fraction() -> None:
     for share in (0.0, 1.5, -1.0):
         with pytest.raises(ValueError):
             HostLimiter(share=share)
+
+
+def test_close_wakes_threads_waiting_for_a_slow_host() -> None:
+    lim = HostLimiter(HostLimit(rate=0.2))  # one request every five seconds
+    with lim.slot("a.example"):
+        pass
+    outcome: list[str] = []
+
+    def waiter() -> None:
+        try:
+            with lim.slot("a.example"):
+                outcome.append("sent")
+        except LimiterClosed:
+            outcome.append("closed")
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    lim.close()
+    thread.join(timeout=2)
+    assert not thread.is_alive()
+    assert outcome == ["closed"]

@@ -287,6 +287,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     except OSError as exc:
         raise _local_write_error(exc, logger) from exc
     finally:
+        limiter.close()
         fetcher.shutdown(wait=True, cancel_futures=True)
         measurer.shutdown(wait=True, cancel_futures=True)
         session.close()

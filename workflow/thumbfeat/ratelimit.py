@@ -37,6 +37,10 @@ FIRST_LIMIT_MIN = 2.0
 a few requests in the window say little about what the host accepts."""
 
 
+class LimiterClosed(RuntimeError):
+    """The job is stopping: a request still waiting for its turn is not sent."""
+
+
 @dataclass(frozen=True)
 class HostLimit:
     """Limits of one host for the whole run; 0 means no limit."""
@@ -85,13 +89,16 @@ class HostLimiter:
     def __init__(self, default: HostLimit = HostLimit(),
                  overrides: Mapping[str, HostLimit] | None = None, *, share: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], object] | None = None) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
         self.default = default
         self.overrides = {host.lower(): limit for host, limit in (overrides or {}).items()}
         self.share = share
-        self.clock, self.sleep = clock, sleep
+        self._closed = threading.Event()
+        self.clock = clock
+        # Waiting on the event lets close() wake every thread waiting for a slow host at once.
+        self.sleep = sleep or self._closed.wait
         self._lock = threading.Lock()
         self._hosts: dict[str, _HostState] = {}
 
@@ -105,6 +112,10 @@ class HostLimiter:
                 self._hosts[host] = state
             return state
 
+    def close(self) -> None:
+        """Stop handing out turns: threads waiting for one raise :class:`LimiterClosed`."""
+        self._closed.set()
+
     def current_rate(self, host: str) -> float | None:
         """Requests per second this job allows the host now (None: unlimited)."""
         return self._state(host.lower()).rate
@@ -112,6 +123,8 @@ class HostLimiter:
     def _wait_turn(self, state: _HostState) -> float:
         """Sleep until the host may get the next request; return the moment it is sent."""
         while True:
+            if self._closed.is_set():
+                raise LimiterClosed("the job is stopping")
             with self._lock:
                 now = self.clock()
                 start = max(now, state.next_time, state.paused_until)
