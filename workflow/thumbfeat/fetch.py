@@ -369,7 +369,7 @@ def _fetch_file(url: str, settings: FetchSettings) -> bytes:
                            "(set local_file_roots)", retryable=False)
     parts = urlsplit(url)
     if parts.netloc not in {"", "localhost"}:
-        raise FetchFailure("bad_url", f"file URL names a remote host {parts.netloc!r}",
+        raise FetchFailure("bad_url", f"file URL names a remote host {parts.hostname!r}",
                            retryable=False)
     path = Path(unquote(parts.path)).resolve()
     roots = [Path(root).resolve() for root in settings.local_file_roots]
