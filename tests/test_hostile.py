@@ -60,6 +60,8 @@ MATRIX: list[tuple[str, str, str, str | None, bool | None, int | None]] = [
     ("not_found", "/status/404/a", "failed", "http_status", False, 1),
     ("gone", "/status/410/a", "failed", "http_status", False, 1),
     ("broken_server", "/status/500/a", "failed", "http_status", True, ATTEMPTS),
+    ("request_timeout", "/status/408/a", "failed", "http_status", True, ATTEMPTS),
+    ("forbidden", "/status/403/a", "failed", "http_status", False, 1),
     ("busy_twice", "/flaky/2/busy", "ok", None, None, 3),
     ("rate_limited", "/slowdown/1/limited", "ok", None, None, 2),
     ("html_page", "/html/a", "failed", "not_image", False, 1),
@@ -118,6 +120,11 @@ def test_every_fault_in_one_run(tmp_path: Path, faults: FaultServer) -> None:
     # benchmark (snakemake's own start-up is inside the 60 s).
     per_image = ATTEMPTS * (max(TOTAL, CONNECT + READ) + BACKOFF_MAX + RETRY_AFTER_MAX)
     assert elapsed < per_image + 60, elapsed
+
+    # Nothing is written outside results/ (and Snakemake's own .snakemake/).
+    assert {p.name for p in tmp_path.iterdir()} == {"catalog.csv", "hostile.yaml", "local",
+                                                    "results", ".snakemake"}
+    assert [p.name for p in local.iterdir()] == ["photo.jpg"]
 
     table = table_of(tmp_path)
     assert set(table) == {row[0] for row in MATRIX}
