@@ -15,12 +15,14 @@ reach a failure message: messages name URLs through :func:`display_url` and pass
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -146,33 +148,68 @@ class _WatchedAdapter(HTTPAdapter):
                                                    "https": _WatchedHTTPSPool}
 
 
+class _Watchdog:
+    """One thread that cuts every attempt reaching its deadline (a timer thread per attempt
+    would cost more than the request itself on a fast server)."""
+
+    RECHECK = 0.05
+    """Seconds before looking again at an attempt still connecting (no socket to cut yet)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, watch: _Watch) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._order), watch))
+            if self._thread is None or not self._thread.is_alive():
+                # Started lazily (and again in a forked child, where it does not exist).
+                self._thread = threading.Thread(target=self._run, name="fetch-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is watch:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    deadline, _, watch = self._heap[0]
+                    if watch.finished:
+                        heapq.heappop(self._heap)
+                        continue
+                    now = time.monotonic()
+                    if now < deadline:
+                        self._cond.wait(deadline - now)
+                        continue
+                    heapq.heappop(self._heap)
+                    break
+            if not watch.cut():
+                with self._cond:
+                    heapq.heappush(self._heap, (time.monotonic() + self.RECHECK,
+                                                next(self._order), watch))
+
+
+_WATCHDOG = _Watchdog()
+
+
 @contextlib.contextmanager
-def _watchdog(seconds: float) -> Any:
+def _watchdog(seconds: float) -> Iterator[_Watch]:
     """Cut the attempt's connection when ``seconds`` have passed, whatever phase it is in."""
     watch = _Watch()
-    timers: list[threading.Timer] = []
-
-    def fire() -> None:
-        if not watch.cut():
-            # Still connecting (bounded by the connect timeout): look again shortly.
-            arm(0.05)
-
-    def arm(delay: float) -> None:
-        timer = threading.Timer(max(0.0, delay), fire)
-        timer.daemon = True
-        timers.append(timer)
-        timer.start()
-
     _current.watch = watch
-    arm(seconds)
+    _WATCHDOG.add(time.monotonic() + seconds, watch)
     try:
         yield watch
     finally:
         _current.watch = None
         with watch.lock:
             watch.finished = True
-        for timer in timers:
-            timer.cancel()
 
 
 # --- sessions, headers and secrets ---------------------------------------------------------
