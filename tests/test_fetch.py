@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -370,3 +371,11 @@ def test_429_slows_the_host_for_every_thread(faults: FaultServer) -> None:
         result = fetch_with_retries(s, faults.url("/slowdown/0/a"), SETTINGS, limiter=limiter)
     assert result.data == faults.image("a")
     assert limiter.current_rate("127.0.0.1") is not None
+
+
+def test_one_watchdog_thread_serves_every_attempt(faults: FaultServer) -> None:
+    with make_session(SETTINGS) as s:
+        for i in range(30):
+            assert fetch(s, faults.url(f"/ok/w{i}")).data
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("fetch-watchdog") == 1
