@@ -331,6 +331,8 @@ def test_fetchable_urls_have_no_problem(url: str) -> None:
 def test_display_url_and_redact() -> None:
     assert display_url("https://user:pw@x.example/a.jpg?token=abc#f") == "https://x.example/a.jpg?..."
     assert display_url("http://x.example/" + "a" * 300).endswith("...")
+    assert display_url("javascript:alert('k')") == "javascript:..."
+    assert display_url("www.example.org/a.jpg?t=1") == "www.example.org/a.jpg?..."
     assert redact("key s3cr3t and s3cr3t-long", ["s3cr3t", "s3cr3t-long"]) == "key *** and ***"
 
 

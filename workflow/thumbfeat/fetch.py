@@ -275,9 +275,13 @@ def secret_values(session: requests.Session, settings: FetchSettings) -> tuple[s
 
 
 def display_url(url: str, limit: int = 120) -> str:
-    """A URL fit for messages: no user or password, query and fragment replaced by '...'."""
+    """A URL fit for messages: no user or password, query and fragment replaced by '...', and
+    nothing after the scheme of schemes that are not fetched."""
     try:
         parts = urlsplit(url)
+        if parts.scheme and parts.scheme.lower() not in {"http", "https", "file"}:
+            # javascript:, data: and the like can carry anything after the colon.
+            return f"{parts.scheme}:..."
         netloc = parts.netloc.rsplit("@", 1)[-1]
         shown = urlunsplit((parts.scheme, netloc, parts.path, "...", "") if parts.query
                            else (parts.scheme, netloc, parts.path, "", ""))
