@@ -107,6 +107,11 @@ class _Watch:
                 raise _DeadlinePassed
             self.conn = conn
 
+    def detach(self, conn: Any) -> None:
+        with self.lock:
+            if self.conn is conn:
+                self.conn = None
+
     def cut(self) -> bool:
         """Shut the current socket down; False when there was none yet (try again shortly)."""
         with self.lock:
@@ -121,22 +126,34 @@ class _Watch:
             return True
 
 
-class _WatchedHTTPPool(HTTPConnectionPool):
+class _WatchedPool:
+    """Tells the running attempt's watch which connection it holds, and when it gives it back
+    (so a cut never hits a connection another attempt took from the pool since)."""
+
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
         watch = getattr(_current, "watch", None)
         if watch is not None:
-            watch.attach(conn)
+            try:
+                watch.attach(conn)
+            except _DeadlinePassed:
+                self._put_conn(conn)
+                raise
         return conn
 
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
+    def _put_conn(self, conn: Any) -> None:
         watch = getattr(_current, "watch", None)
         if watch is not None:
-            watch.attach(conn)
-        return conn
+            watch.detach(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _WatchedHTTPPool(_WatchedPool, HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_WatchedPool, HTTPSConnectionPool):
+    pass
 
 
 _WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
