@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench report clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/thumbfeat status
 
+# Pictures from the finished run, then Snakemake's self-contained HTML report of them.
+report: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES) report_figures
+	$(BIN)/snakemake report_figures --report report.html
+	@echo "report: report.html"
+
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
@@ -30,4 +36,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/run_bench.py
 
 clean:
-	rm -rf results .snakemake
+	rm -rf results .snakemake report.html

@@ -16,11 +16,17 @@ from thumbfeat.config import (  # noqa: E402
     RESULTS,
     ConfigError,
     catalog_spec,
+    check_against_schema,
     coerce_to_schema,
     fetch_settings,
     rate_share,
+    warehouse_settings,
 )
-from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
+from thumbfeat.plan import (  # noqa: E402
+    plan_work,
+    requested_image_ids,
+    table_rebuild_reason,
+)
 
 
 def job_slots(workflow, threads_per_job):
@@ -35,8 +41,10 @@ def job_slots(workflow, threads_per_job):
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 try:
     config.update(coerce_to_schema(config, load_configfile(str(CONFIG_SCHEMA))))
+    check_against_schema(config, load_configfile(str(CONFIG_SCHEMA)))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+# Fills in the schema's defaults (the check above has already named any bad value).
 validate(config, schema=str(CONFIG_SCHEMA))
 
 try:
@@ -47,14 +55,24 @@ except (CatalogError, ConfigError) as error:
     raise WorkflowError(str(error)) from None
 
 CATALOG_DIGEST = CATALOG.digest()
+CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
+FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
+REQUESTED_IDS = requested_image_ids(sys.argv, CATALOG.ids)
 PLAN = plan_work(
     CATALOG,
     RESULTS,
     batch_size=None if config["batch_size"] == "auto" else config["batch_size"],
     slots=job_slots(workflow, config["batch_threads"]),
     retry_failed=config["retry_failed"],
-    only=requested_image_ids(sys.argv, CATALOG.ids),
+    only=REQUESTED_IDS,
 )
+if REQUESTED_IDS is None:
+    PLAN.table_reason = table_rebuild_reason(
+        FEATURE_TABLE,
+        CATALOG_SNAPSHOT,
+        PLAN.batches,
+        layout.existing_shard_dirs(RESULTS, layout.FEATURES),
+    )
 logger.info(PLAN.summary())
 for warning in url_warnings(CATALOG_SPEC.path, PLAN.urls):
     logger.warning(warning)
@@ -63,8 +81,21 @@ FETCH_SETTINGS["rate_share"] = rate_share(
     job_slots(workflow, config["batch_threads"]), len(PLAN.batches)
 )
 
-CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
-FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
+
+SHARD_PATTERN = layout.SHARD_PATTERN
+IMAGE_ID_PATTERN = layout.IMAGE_ID_PATTERN
+
+
+def url_of_image(image_id, shard):
+    """The catalog URL of one requested image; a path the catalog does not know is an error."""
+    if shard != layout.shard_of(image_id):
+        raise WorkflowError(
+            f"image {image_id!r} lives in shard {layout.shard_of(image_id)!r}, not {shard!r}"
+        )
+    try:
+        return CATALOG.urls[CATALOG.ids.index(image_id)]
+    except ValueError:
+        raise WorkflowError(f"image {image_id!r} is not in the catalog") from None
 
 
 def batch_manifest(batch):

@@ -18,6 +18,7 @@ FEATURES = "features"
 FAILED = "failed"
 BATCHES = "batches"
 LOGS = "logs"
+PROGRESS = "logs/progress"
 
 THUMB_SUFFIX = ".img"
 FEATURE_SUFFIX = ".parquet"
@@ -27,9 +28,12 @@ SHARD_DIGITS = 2
 SHARDS = tuple(f"{i:0{SHARD_DIGITS}x}" for i in range(16**SHARD_DIGITS))
 SHARD_SET = frozenset(SHARDS)
 
-# Kept in step with the id rule of the catalog: names that are safe as file names everywhere.
+# Image ids are names that are safe as file names everywhere (the catalog enforces this).
+IMAGE_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}"
+SHARD_PATTERN = f"[0-9a-f]{{{SHARD_DIGITS}}}"
+
 _PER_IMAGE_TARGET = re.compile(
-    r"(?:^|/)(?P<stage>thumbs|features)/(?P<shard>[0-9a-f]{2})/"
+    rf"(?:^|/)(?P<stage>thumbs|features)/(?P<shard>{SHARD_PATTERN})/"
     r"(?P<image_id>[A-Za-z0-9_][A-Za-z0-9._-]*?)(?P<suffix>\.img|\.parquet)$"
 )
 _SUFFIX_OF_STAGE = {THUMBS: THUMB_SUFFIX, FEATURES: FEATURE_SUFFIX}
@@ -53,6 +57,11 @@ def feature_path(results: str | Path, image_id: str) -> str:
 def failure_path(results: str | Path, image_id: str) -> str:
     """The JSON record of why an image's download failed, and whether a later run retries it."""
     return f"{results}/{FAILED}/{shard_of(image_id)}/{image_id}{FAILURE_SUFFIX}"
+
+
+def progress_path(results: str | Path, batch_key: str) -> str:
+    """The counts of a running batch job, rewritten at every progress line."""
+    return f"{results}/{PROGRESS}/{batch_key}.json"
 
 
 def is_temporary_name(name: str) -> bool:
