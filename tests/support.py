@@ -13,7 +13,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -46,6 +46,13 @@ def make_jpeg(name: str, size: tuple[int, int] = (320, 240)) -> bytes:
     return out.getvalue()
 
 
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded server whose listen backlog holds a whole pool of connections arriving at once
+    (the default of 5 drops the rest, which then fail as connect timeouts and get retried)."""
+
+    request_queue_size = 256
+
+
 class ImageServer:
     """A loopback HTTP server with a behaviour per path prefix, counting every request.
 
@@ -71,7 +78,7 @@ class ImageServer:
             def do_GET(self) -> None:
                 server.handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LoopbackServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -170,12 +177,15 @@ def snakemake_command(workdir: Path, *args: str, config: dict[str, str] | None =
 
 
 def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = None,
-                  cores: int = 2, check: bool = True,
-                  timeout: float = 600) -> subprocess.CompletedProcess[str]:
+                  cores: int = 2, check: bool = True, timeout: float = 600,
+                  env: dict[str, str] | None = None,
+                  preexec_fn: Callable[[], None] | None = None,
+                  ) -> subprocess.CompletedProcess[str]:
     """Run the real workflow in ``workdir``; on failure show its output."""
     result = subprocess.run(snakemake_command(workdir, *args, config=config, cores=cores),
                             capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            preexec_fn=preexec_fn)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n"
                              f"{result.stderr[-6000:]}")

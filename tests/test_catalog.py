@@ -19,6 +19,7 @@ from thumbfeat.catalog import (
     load_catalog,
     read_snapshot_ids,
     resolve_url,
+    url_warnings,
     write_snapshot,
 )
 from thumbfeat.fetch import FetchSettings, fetch_once, make_session
@@ -312,6 +313,22 @@ def test_snapshot_refuses_a_changed_catalog(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="changed"):
         write_snapshot(CatalogSpec(path=path), out, expected_digest="0" * 20, logger=LOGGER)
     assert not out.exists()
+
+
+def test_urls_that_cannot_be_fetched_are_rows_not_catalog_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text("image_id,url\na,https://x.example/a.jpg\nb,javascript:alert(1)\n"
+                    "c,www.example.org/c.jpg?token=abc\nd,http://[::1/d.jpg\n")
+    catalog = load_catalog(CatalogSpec(path))
+    assert catalog.ids == ("a", "b", "c", "d")
+    warnings = url_warnings(path, dict(zip(catalog.ids, catalog.urls, strict=True)))
+    assert len(warnings) == 3
+    assert all(str(path) in w and "bad_url" in w for w in warnings)
+    assert "image 'b'" in warnings[0] and "javascript" in warnings[0]
+    assert "no scheme" in warnings[1] and "token" not in warnings[1]
+    assert "malformed" in warnings[2]
+    many = {f"i{n}": "nope" for n in range(9)}
+    assert url_warnings(path, many, shown=5)[-1].endswith("4 more URLs cannot be fetched")
 
 
 # --- database catalogs -----------------------------------------------------------------------

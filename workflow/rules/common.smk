@@ -11,7 +11,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from thumbfeat import layout  # noqa: E402
-from thumbfeat.catalog import CatalogError, load_catalog  # noqa: E402
+from thumbfeat.catalog import CatalogError, load_catalog, url_warnings  # noqa: E402
 from thumbfeat.config import (  # noqa: E402
     RESULTS,
     ConfigError,
@@ -19,6 +19,7 @@ from thumbfeat.config import (  # noqa: E402
     check_against_schema,
     coerce_to_schema,
     fetch_settings,
+    rate_share,
     warehouse_settings,
 )
 from thumbfeat.plan import (  # noqa: E402
@@ -73,6 +74,12 @@ if REQUESTED_IDS is None:
         layout.existing_shard_dirs(RESULTS, layout.FEATURES),
     )
 logger.info(PLAN.summary())
+for warning in url_warnings(CATALOG_SPEC.path, PLAN.urls):
+    logger.warning(warning)
+# Per-host limits hold for the whole run: each batch job gets its share of them.
+FETCH_SETTINGS["rate_share"] = rate_share(
+    job_slots(workflow, config["batch_threads"]), len(PLAN.batches)
+)
 
 
 SHARD_PATTERN = layout.SHARD_PATTERN

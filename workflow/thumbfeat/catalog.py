@@ -22,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from thumbfeat import atomic, dbcatalog, layout
+from thumbfeat.fetch import display_url, url_problem
 
 SAFE_ID = re.compile(layout.IMAGE_ID_PATTERN)
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
@@ -229,6 +230,22 @@ def validate_ids(ids: Sequence[str], urls: Sequence[str], path: Origin,
         kept_ids.append(image_id)
         kept_urls.append(url)
     return kept_ids, kept_urls
+
+
+def url_warnings(path: Path, urls: Mapping[str, str], shown: int = 5) -> list[str]:
+    """Warnings for URLs that cannot be fetched at all (no scheme, ``javascript:``, ...).
+
+    Such a value is a bad row, not a bad catalog: the image gets a failed row of kind
+    ``bad_url`` and every other image is fetched. Saying so before the downloads start lets
+    a user fix the catalog early.
+    """
+    problems = [(image_id, url, problem) for image_id, url in urls.items()
+                if (problem := url_problem(url)) is not None]
+    lines = [f"{path}: image {image_id!r}: {problem} ({display_url(url, 60)!r}); it will be "
+             f"recorded as failed (bad_url)" for image_id, url, problem in problems[:shown]]
+    if len(problems) > shown:
+        lines.append(f"{path}: {len(problems) - shown} more URLs cannot be fetched")
+    return lines
 
 
 def load_catalog(spec: CatalogSpec) -> Catalog:
