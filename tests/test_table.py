@@ -278,3 +278,21 @@ def test_many_files_keep_list_and_struct_columns(tmp_path: Path) -> None:
     first = scanned.slice(0, 1).to_pylist()[0]
     assert first["dominant_colors"] == FEATURES["dominant_colors"]
     assert first["hue_hist"] == FEATURES["hue_hist"]
+
+
+def test_many_files_of_an_older_row_schema_read_by_name(tmp_path: Path) -> None:
+    # Rows written before columns were added: the new columns read as nulls.
+    ids = [f"o{i:04d}" for i in range(table.MANY_FILES)]
+    older = pa.schema([table.ROW_SCHEMA.field("image_id"), table.ROW_SCHEMA.field("status"),
+                       table.ROW_SCHEMA.field("width")])
+    for number, image_id in enumerate(ids):
+        path = Path(layout.feature_path(tmp_path, image_id))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        schema = older if number % 2 else table.ROW_SCHEMA
+        row = {"image_id": image_id, "status": "ok", "width": number}
+        pq.write_table(pa.Table.from_pylist([row], schema=schema), path)
+    scanned = table.read_rows([layout.feature_path(tmp_path, i) for i in ids])
+    assert scanned.schema == table.ROW_SCHEMA
+    assert scanned.column("image_id").to_pylist() == ids
+    assert scanned.column("width").to_pylist() == list(range(len(ids)))
+    assert scanned.column("format").null_count == len(ids)
