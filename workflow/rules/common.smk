@@ -10,7 +10,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from thumbfeat import layout  # noqa: E402
+from thumbfeat import handover, layout  # noqa: E402
 from thumbfeat.catalog import CatalogError, load_catalog  # noqa: E402
 from thumbfeat.config import (  # noqa: E402
     RESULTS,
@@ -21,9 +21,26 @@ from thumbfeat.config import (  # noqa: E402
 )
 from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
 
+# A cluster job follows the plan of the run that submitted it (see thumbfeat.handover).
+HANDED_PLAN_PATH = handover.handed_plan_path(os.environ, not workflow.is_main_process)
+try:
+    HANDED = handover.load(HANDED_PLAN_PATH) if HANDED_PLAN_PATH else None
+except handover.HandoverError as error:
+    raise WorkflowError(str(error)) from None
+
 
 def job_slots(workflow, threads_per_job):
-    """How many batch jobs can run at once locally (1 when no core count was given)."""
+    """How many batch jobs can run at once: --jobs on a cluster, else local cores over threads.
+
+    Snakemake knows the executor only after parsing, but a cluster run always has --jobs (nodes)
+    set; locally nodes is only set next to --cores, and then it caps the jobs too. Counting
+    nodes can only overestimate the slots, which keeps per-host rate shares on the safe side.
+    Jobs take the slots of the run that submitted them.
+    """
+    if HANDED is not None:
+        return HANDED.slots
+    if workflow.nodes is not None:
+        return max(1, int(workflow.nodes))
     try:
         cores = int(workflow.cores)
     except (WorkflowError, TypeError, ValueError):
@@ -40,21 +57,26 @@ validate(config, schema=str(CONFIG_SCHEMA))
 
 try:
     CATALOG_SPEC = catalog_spec(config, workflow.basedir)
-    CATALOG = load_catalog(CATALOG_SPEC)
     FETCH_SETTINGS = asdict(fetch_settings(config, workflow.basedir))
+    if HANDED is None:
+        CATALOG = load_catalog(CATALOG_SPEC)
 except (CatalogError, ConfigError) as error:
     raise WorkflowError(str(error)) from None
 
-CATALOG_DIGEST = CATALOG.digest()
-PLAN = plan_work(
-    CATALOG,
-    RESULTS,
-    batch_size=None if config["batch_size"] == "auto" else config["batch_size"],
-    slots=job_slots(workflow, config["batch_threads"]),
-    retry_failed=config["retry_failed"],
-    only=requested_image_ids(sys.argv, CATALOG.ids),
-)
-logger.info(PLAN.summary())
+if HANDED is None:
+    CATALOG_DIGEST = CATALOG.digest()
+    PLAN = plan_work(
+        CATALOG,
+        RESULTS,
+        batch_size=None if config["batch_size"] == "auto" else config["batch_size"],
+        slots=job_slots(workflow, config["batch_threads"]),
+        retry_failed=config["retry_failed"],
+        only=requested_image_ids(sys.argv, CATALOG.ids),
+    )
+    logger.info(PLAN.summary())
+else:
+    CATALOG_DIGEST = HANDED.catalog_digest
+    PLAN = HANDED.plan
 
 CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
 FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
@@ -66,3 +88,21 @@ def batch_manifest(batch):
 
 def batch_partial(batch):
     return f"{RESULTS}/{layout.BATCHES}/{batch.key}.parquet"
+
+
+onstart:
+    # Cluster jobs parse the workflow again; hand them this run's plan (see thumbfeat.handover).
+    if workflow.non_local_exec and HANDED is None:
+        handover.publish(
+            handover.save(
+                Path(".snakemake", "thumbfeat"),
+                PLAN,
+                CATALOG_DIGEST,
+                job_slots(workflow, config["batch_threads"]),
+            )
+        )
+
+
+onsuccess:
+    if HANDED is None:
+        handover.withdraw(os.environ.get(handover.ENV_VAR))

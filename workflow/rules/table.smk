@@ -5,6 +5,12 @@
 # removed by any means: a folder's time changes on every rename into it).
 
 
+# On a cluster the table is assembled by the submitting process itself: it reads partial tables
+# from the shared results folder for a few seconds, less than a queue wait and a job start cost.
+localrules:
+    feature_table,
+
+
 rule feature_table:
     input:
         manifests=[batch_manifest(b) for b in PLAN.batches],
