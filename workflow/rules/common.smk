@@ -18,6 +18,7 @@ from thumbfeat.config import (  # noqa: E402
     catalog_spec,
     coerce_to_schema,
     fetch_settings,
+    rate_share,
 )
 from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
 
@@ -77,6 +78,10 @@ if HANDED is None:
 else:
     CATALOG_DIGEST = HANDED.catalog_digest
     PLAN = HANDED.plan
+# Per-host limits hold for the whole run: each batch job gets its share of them.
+FETCH_SETTINGS["rate_share"] = rate_share(
+    job_slots(workflow, config["batch_threads"]), len(PLAN.batches)
+)
 
 CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
 FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"

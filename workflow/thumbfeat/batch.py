@@ -36,10 +36,21 @@ import requests
 from thumbfeat import atomic, layout, table
 from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION, compute_features
-from thumbfeat.fetch import FetchSettings, fetch_with_retries, make_session
+from thumbfeat.fetch import (
+    FetchSettings,
+    fetch_with_retries,
+    host_limiter,
+    make_session,
+    secret_values,
+)
 from thumbfeat.imaging import ImageRejected, decode_image
+from thumbfeat.ratelimit import HostLimiter
 
 Row = dict[str, object]
+
+
+class LocalWriteError(OSError):
+    """The results folder cannot be written (disk full, no permission): the run must stop."""
 
 
 @dataclass(frozen=True)
@@ -135,9 +146,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def download_one(session: requests.Session, image_id: str, url: str, results: str,
-                 settings: FetchSettings, max_pixels: int) -> Outcome:
-    """Fetch, validate by decoding, and store one image (or its failure)."""
-    fetched = fetch_with_retries(session, url, settings)
+                 settings: FetchSettings, max_pixels: int,
+                 limiter: HostLimiter | None = None, secrets: Sequence[str] = ()) -> Outcome:
+    """Fetch, validate by decoding, and store one image (or its failure).
+
+    A local write error is not the image's fault and is never recorded as its failure: it
+    propagates and stops the batch.
+    """
+    fetched = fetch_with_retries(session, url, settings, limiter=limiter, secrets=secrets)
     if fetched.failure is not None:
         failure = fetched.failure
         record_failure(results, image_id, failure.kind, failure.message, failure.retryable)
@@ -218,6 +234,10 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     cheap however large the batch.
     """
     progress = Progress(logger, progress_interval, len(download), len(measure))
+    # Secrets are read (and a missing one reported) before any process or thread starts.
+    session = make_session(settings)
+    secrets = secret_values(session, settings)
+    limiter = host_limiter(settings)
     to_measure = set(measure)
     downloading = {image_id for image_id, _ in download}
     ready: deque[str] = deque(i for i in measure if i not in downloading)
@@ -228,7 +248,6 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     # Fork the measuring processes now, before any download thread exists.
     measurer.submit(os.getpid).result()
     fetcher = ThreadPoolExecutor(max_workers=max(1, settings.concurrency))
-    session = make_session(settings)
     in_flight: set[Future[Any]] = set()
     measuring: set[Future[Any]] = set()
     sources = iter(download)
@@ -240,7 +259,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
             while True:
                 while fetching < fetch_slots and (source := next(sources, None)) is not None:
                     in_flight.add(fetcher.submit(download_one, session, *source, results,
-                                                 settings, max_pixels))
+                                                 settings, max_pixels, limiter, secrets))
                     fetching += 1
                 while ready and len(measuring) < 2 * workers:
                     size = max(1, min(16, len(ready) // (2 * workers)))
@@ -265,11 +284,26 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                         if outcome.image_id in to_measure:
                             ready.append(outcome.image_id)
                 progress.tick()
+    except OSError as exc:
+        raise _local_write_error(exc, logger) from exc
     finally:
         fetcher.shutdown(wait=True, cancel_futures=True)
         measurer.shutdown(wait=True, cancel_futures=True)
         session.close()
     progress.report()
-    table.write_partial(partial_path, rows)
-    atomic.write_bytes(manifest_path, json.dumps(progress.manifest(batch_key)).encode())
+    try:
+        table.write_partial(partial_path, rows)
+        atomic.write_bytes(manifest_path, json.dumps(progress.manifest(batch_key)).encode())
+    except OSError as exc:
+        raise _local_write_error(exc, logger) from exc
     return progress
+
+
+def _local_write_error(exc: OSError, logger: logging.Logger) -> LocalWriteError:
+    """Say plainly that the disk, not an image, failed, and that finished files are safe."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    message = (f"cannot write the results{where}: {exc.strerror or exc} (disk full, file too "
+               f"large or no permission?). The batch stops; every file written so far is whole "
+               f"and kept, and the next run continues from them.")
+    logger.error(message)
+    return LocalWriteError(exc.errno or 0, message)

@@ -8,6 +8,7 @@ paths mean what they expect.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,22 @@ def fetch_settings(config: Mapping[str, Any], basedir: str | Path) -> FetchSetti
         str(resolve_path(str(root), basedir, "local_file_roots").resolve())
         for root in config.get("local_file_roots") or []
     )
-    known = set(FetchSettings.__dataclass_fields__) - {"local_file_roots"}
+    known = set(FetchSettings.__dataclass_fields__) - {"local_file_roots", "rate_share"}
     unknown = set(download) - known
     if unknown:
         raise ConfigError(f"config key 'download' has unknown keys {sorted(unknown)}; "
                           f"allowed: {sorted(known)}")
+    for header, variable in (download.get("header_env") or {}).items():
+        # Only whether it is set is checked here: the value is read by the jobs themselves.
+        if not os.environ.get(variable):
+            raise ConfigError(f"config key 'download.header_env': the environment variable "
+                              f"{variable!r} for the {header!r} header is not set")
     return FetchSettings(local_file_roots=roots, **download)
+
+
+def rate_share(slots: int, batches: int) -> float:
+    """Each batch job's share of the per-host limits: one over the jobs that can run at once."""
+    return 1.0 / max(1, min(slots, batches))
 
 
 def job_logger(log_path: str, name: str) -> logging.Logger:

@@ -2,27 +2,36 @@
 
 Each attempt is bounded three ways: a connect timeout, a read timeout between bytes, and a total
 wall-clock deadline enforced by a watchdog that shuts the socket down (a read timeout alone does not
-stop a server that drips one byte at a time). The body is capped in bytes while it streams.
-Failures are classified once, here, into a small vocabulary of kinds, each either permanent (never
-asked again unless the user says so) or transient (retried with backoff now, and again on the next
-run if it outlasts the retries).
+stop a server that drips one byte at a time, in its headers or its body). The watchdog follows the
+attempt from connection to connection, redirects included. The body is capped in bytes while it
+streams. Failures are classified once, here, into a small vocabulary of kinds, each either
+permanent (never asked again unless the user says so) or transient (retried with backoff now, and
+again on the next run if it outlasts the retries).
+
+Secrets (header values taken from environment variables) and URL credentials or query strings never
+reach a failure message: messages name URLs through :func:`display_url` and pass :func:`redact`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from thumbfeat.ratelimit import HostLimit, HostLimiter, host_key
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Servers answer "not here" with these; asking again will not change the answer.
@@ -44,25 +53,141 @@ class FetchSettings:
     retry_after_max: float = 30.0
     max_redirects: int = 5
     user_agent: str = "thumbfeat/0.1 (+image feature pipeline)"
+    headers: dict[str, str] = field(default_factory=dict)
+    # Header name -> name of the environment variable holding its (secret) value, read in the job.
+    header_env: dict[str, str] = field(default_factory=dict)
+    host_rate_limit: float = 0.0
+    host_max_connections: int = 0
+    host_limits: dict[str, dict[str, float]] = field(default_factory=dict)
     local_file_roots: tuple[str, ...] = ()
+    # This job's share of every host limit: 1 / the number of batch jobs that can run at once.
+    rate_share: float = 1.0
+
+
+class MissingSecret(RuntimeError):
+    """An environment variable named in ``download.header_env`` is not set."""
 
 
 class FetchFailure(Exception):
     """One failed attempt: its kind, a message for people, whether retrying may help."""
 
     def __init__(self, kind: str, message: str, *, retryable: bool,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status
 
 
-def make_session(settings: FetchSettings) -> requests.Session:
-    """A pooled session sized for the number of downloads in flight."""
+# --- the wall-clock watchdog ---------------------------------------------------------------
+
+_current = threading.local()
+
+
+class _DeadlinePassed(Exception):
+    """Raised when an attempt asks for a new connection after its deadline."""
+
+
+class _Watch:
+    """The connection an attempt is using right now, and a way to cut it at the deadline."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: Any = None
+        self.expired = False
+        self.finished = False
+
+    def attach(self, conn: Any) -> None:
+        with self.lock:
+            if self.expired:
+                raise _DeadlinePassed
+            self.conn = conn
+
+    def cut(self) -> bool:
+        """Shut the current socket down; False when there was none yet (try again shortly)."""
+        with self.lock:
+            self.expired = True
+            if self.finished:
+                return True
+            sock = getattr(self.conn, "sock", None)
+            if sock is None:
+                return False
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            return True
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        watch = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.attach(conn)
+        return conn
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        watch = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.attach(conn)
+        return conn
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """An adapter whose pools tell the running attempt's watchdog which connection it uses."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
+                                                   "https": _WatchedHTTPSPool}
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float) -> Any:
+    """Cut the attempt's connection when ``seconds`` have passed, whatever phase it is in."""
+    watch = _Watch()
+    timers: list[threading.Timer] = []
+
+    def fire() -> None:
+        if not watch.cut():
+            # Still connecting (bounded by the connect timeout): look again shortly.
+            arm(0.05)
+
+    def arm(delay: float) -> None:
+        timer = threading.Timer(max(0.0, delay), fire)
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
+
+    _current.watch = watch
+    arm(seconds)
+    try:
+        yield watch
+    finally:
+        _current.watch = None
+        with watch.lock:
+            watch.finished = True
+        for timer in timers:
+            timer.cancel()
+
+
+# --- sessions, headers and secrets ---------------------------------------------------------
+
+
+def make_session(settings: FetchSettings,
+                 environ: Mapping[str, str] | None = None) -> requests.Session:
+    """A pooled session sized for the downloads in flight, with the configured headers.
+
+    Secret header values are read here, in the job, from the environment variables named in
+    ``header_env``; they are never part of the config, the parameters or the logs.
+    """
+    environ = os.environ if environ is None else environ
     session = requests.Session()
-    adapter = HTTPAdapter(
+    adapter = _WatchedAdapter(
         pool_connections=max(4, settings.concurrency),
         pool_maxsize=max(4, settings.concurrency),
         max_retries=0,
@@ -71,7 +196,61 @@ def make_session(settings: FetchSettings) -> requests.Session:
     session.mount("https://", adapter)
     session.max_redirects = settings.max_redirects
     session.headers["User-Agent"] = settings.user_agent
+    session.headers.update(settings.headers)
+    for header, variable in settings.header_env.items():
+        value = environ.get(variable)
+        if not value:
+            raise MissingSecret(f"download.header_env: the environment variable {variable!r} "
+                                f"(value of the {header!r} header) is not set")
+        session.headers[header] = value
     return session
+
+
+def secret_values(session: requests.Session, settings: FetchSettings) -> tuple[str, ...]:
+    """The header values that came from the environment: to be kept out of every message."""
+    return tuple(str(session.headers[name]) for name in settings.header_env
+                 if session.headers.get(name))
+
+
+def display_url(url: str, limit: int = 120) -> str:
+    """A URL fit for messages: no user or password, query and fragment replaced by '...'."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        shown = urlunsplit((parts.scheme, netloc, parts.path, "...", "") if parts.query
+                           else (parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        shown = url.split("?", 1)[0].split("#", 1)[0]
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret value replaced by ``***``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched at all, or None when it is worth trying."""
+    if not url:
+        return "the URL is empty"
+    if any(ord(char) < 32 or ord(char) == 127 for char in url):
+        return "the URL contains control characters"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        return f"malformed URL ({exc})"
+    scheme = parts.scheme.lower()
+    if scheme in {"http", "https"}:
+        return None if parts.hostname else "the URL has no host"
+    if scheme == "file":
+        return None
+    if not scheme:
+        return "not a URL (no scheme such as https://)"
+    return f"unsupported URL scheme {scheme!r} (expected http, https or file)"
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -92,9 +271,14 @@ def _status_failure(response: requests.Response) -> FetchFailure:
     reason = response.reason or PERMANENT_STATUS_HINT.get(status, "")
     message = f"HTTP {status} {reason}".strip()
     if status in TRANSIENT_STATUS or status >= 500:
-        return FetchFailure("http_status", message, retryable=True,
+        return FetchFailure("http_status", message, retryable=True, status=status,
                             retry_after=_retry_after_seconds(response.headers.get("Retry-After")))
-    return FetchFailure("http_status", message, retryable=False)
+    return FetchFailure("http_status", message, retryable=False, status=status)
+
+
+def _timeout(settings: FetchSettings) -> FetchFailure:
+    return FetchFailure("timeout", f"download took longer than the deadline of "
+                        f"{settings.total_timeout:g} s", retryable=True)
 
 
 def _read_body(response: requests.Response, settings: FetchSettings, deadline: float) -> bytes:
@@ -110,58 +294,50 @@ def _read_body(response: requests.Response, settings: FetchSettings, deadline: f
             raise FetchFailure("too_large", f"body exceeds the cap of {settings.max_bytes} bytes",
                                retryable=False)
         if time.monotonic() > deadline:
-            raise FetchFailure("timeout", f"download took longer than the deadline of "
-                               f"{settings.total_timeout:g} s", retryable=True)
+            raise _timeout(settings)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _arm_watchdog(response: requests.Response, seconds: float) -> threading.Timer:
-    """Shut the response's socket down after ``seconds``, waking a read blocked on a slow server."""
-
-    def cut() -> None:
-        connection = getattr(response.raw, "connection", None)
-        sock = getattr(connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(max(0.0, seconds), cut)
-    timer.daemon = True
-    timer.start()
-    return timer
 
 
 def _fetch_http(session: requests.Session, url: str, settings: FetchSettings) -> bytes:
     deadline = time.monotonic() + settings.total_timeout
     try:
-        with session.get(url, stream=True,
-                         timeout=(settings.connect_timeout, settings.read_timeout)) as response:
+        with _watchdog(settings.total_timeout) as watch, \
+                session.get(url, stream=True,
+                            timeout=(settings.connect_timeout, settings.read_timeout)) as response:
             if response.status_code != 200:
                 raise _status_failure(response)
-            watchdog = _arm_watchdog(response, deadline - time.monotonic())
-            try:
-                return _read_body(response, settings, deadline)
-            finally:
-                watchdog.cancel()
+            data = _read_body(response, settings, deadline)
+            if watch.expired:
+                raise _timeout(settings)
+            return data
     except FetchFailure:
         raise
+    except _DeadlinePassed as exc:
+        raise _timeout(settings) from exc
     except requests.exceptions.RequestException as exc:
         if time.monotonic() >= deadline:
-            raise FetchFailure("timeout", f"download took longer than the deadline of "
-                               f"{settings.total_timeout:g} s", retryable=True) from exc
+            raise _timeout(settings) from exc
         raise _classify(exc, settings) from exc
 
 
 def _classify(exc: requests.exceptions.RequestException,
               settings: FetchSettings) -> FetchFailure:
-    """Name the kind of a failed request; redirects and bad URLs are permanent, the rest not."""
+    """Name the kind of a failed request; redirects and bad URLs are permanent, the rest not.
+
+    The URL was checked before the request, so a scheme refused now came from a redirect.
+    Messages carry the exception's type, never its text, which may quote URLs.
+    """
     errors = requests.exceptions
     if isinstance(exc, errors.TooManyRedirects):
         return FetchFailure("redirect", f"more than {settings.max_redirects} redirects",
                             retryable=False)
-    if isinstance(exc, errors.InvalidSchema | errors.InvalidURL | errors.MissingSchema):
-        return FetchFailure("bad_url", f"cannot fetch this URL: {exc}", retryable=False)
+    if isinstance(exc, errors.InvalidSchema):
+        return FetchFailure("redirect", "redirected to a URL that is not http or https",
+                            retryable=False)
+    if isinstance(exc, errors.InvalidURL | errors.MissingSchema | errors.InvalidHeader):
+        return FetchFailure("bad_url", f"cannot fetch this URL ({type(exc).__name__})",
+                            retryable=False)
     if isinstance(exc, errors.Timeout):
         return FetchFailure("timeout", f"timed out: {type(exc).__name__}", retryable=True)
     if isinstance(exc, errors.ChunkedEncodingError):
@@ -201,13 +377,28 @@ def _fetch_file(url: str, settings: FetchSettings) -> bytes:
 
 def fetch_once(session: requests.Session, url: str, settings: FetchSettings) -> bytes:
     """One attempt at the bytes of ``url``; raises FetchFailure."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme in {"http", "https"}:
-        return _fetch_http(session, url, settings)
-    if scheme == "file":
+    problem = url_problem(url)
+    if problem is not None:
+        raise FetchFailure("bad_url", problem, retryable=False)
+    if urlsplit(url).scheme.lower() == "file":
         return _fetch_file(url, settings)
-    raise FetchFailure("bad_url", f"unsupported URL {url[:80]!r} (expected http, https or file)",
-                       retryable=False)
+    try:
+        return _fetch_http(session, url, settings)
+    except (ValueError, UnicodeError) as exc:
+        # requests and urllib3 raise these for hosts and URLs they cannot encode.
+        raise FetchFailure("bad_url", f"cannot fetch this URL ({type(exc).__name__})",
+                           retryable=False) from exc
+
+
+def host_limiter(settings: FetchSettings) -> HostLimiter:
+    """This job's limiter: its share of the run-wide per-host rate and connection limits."""
+    default = HostLimit(settings.host_rate_limit, settings.host_max_connections)
+    overrides = {
+        host: HostLimit(float(limits.get("rate", default.rate)),
+                        int(limits.get("connections", default.connections)))
+        for host, limits in settings.host_limits.items()
+    }
+    return HostLimiter(default, overrides, share=settings.rate_share)
 
 
 def backoff_delay(attempt: int, settings: FetchSettings, failure: FetchFailure,
@@ -234,15 +425,35 @@ class Fetched:
 
 def fetch_with_retries(session: requests.Session, url: str, settings: FetchSettings,
                        *, sleep: Callable[[float], None] = time.sleep,
-                       rng: random.Random | None = None) -> Fetched:
-    """Fetch ``url``, retrying transient failures up to ``max_attempts`` in all."""
+                       rng: random.Random | None = None,
+                       limiter: HostLimiter | None = None,
+                       secrets: Iterable[str] = ()) -> Fetched:
+    """Fetch ``url``, retrying transient failures up to ``max_attempts`` in all.
+
+    Every attempt waits for its turn at the host (``limiter``); a 429 tells the limiter to slow
+    the host down for every thread of the job, not only this one.
+    """
     rng = rng or random.Random()
+    limiter = limiter or HostLimiter()
+    host = host_key(url)
     attempt = 0
     while True:
         attempt += 1
-        try:
-            return Fetched(fetch_once(session, url, settings), attempt)
-        except FetchFailure as failure:
-            if not failure.retryable or attempt >= settings.max_attempts:
-                return Fetched(None, attempt, failure)
-            sleep(backoff_delay(attempt, settings, failure, rng))
+        with limiter.slot(host) as sent_at:
+            try:
+                data = fetch_once(session, url, settings)
+            except FetchFailure as caught:
+                failure = caught
+            else:
+                limiter.succeeded(host, sent_at)
+                return Fetched(data, attempt)
+            if failure.status == 429:
+                pause = failure.retry_after
+                limiter.throttled(host, sent_at, None if pause is None
+                                  else min(pause, settings.retry_after_max))
+            elif failure.status is not None:
+                limiter.succeeded(host, sent_at)
+        if not failure.retryable or attempt >= settings.max_attempts:
+            failure.message = redact(failure.message, secrets)
+            return Fetched(None, attempt, failure)
+        sleep(backoff_delay(attempt, settings, failure, rng))
