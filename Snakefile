@@ -11,6 +11,7 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/batches.smk"
+include: "workflow/rules/images.smk"
 include: "workflow/rules/table.smk"
 
 

@@ -87,6 +87,22 @@ CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
 FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
 
 
+SHARD_PATTERN = layout.SHARD_PATTERN
+IMAGE_ID_PATTERN = layout.IMAGE_ID_PATTERN
+
+
+def url_of_image(image_id, shard):
+    """The catalog URL of one requested image; a path the catalog does not know is an error."""
+    if shard != layout.shard_of(image_id):
+        raise WorkflowError(
+            f"image {image_id!r} lives in shard {layout.shard_of(image_id)!r}, not {shard!r}"
+        )
+    try:
+        return CATALOG.urls[CATALOG.ids.index(image_id)]
+    except ValueError:
+        raise WorkflowError(f"image {image_id!r} is not in the catalog") from None
+
+
 def batch_manifest(batch):
     return f"{RESULTS}/{layout.BATCHES}/{batch.key}.json"
 

@@ -27,9 +27,12 @@ SHARD_DIGITS = 2
 SHARDS = tuple(f"{i:0{SHARD_DIGITS}x}" for i in range(16**SHARD_DIGITS))
 SHARD_SET = frozenset(SHARDS)
 
-# Kept in step with the id rule of the catalog: names that are safe as file names everywhere.
+# Image ids are names that are safe as file names everywhere (the catalog enforces this).
+IMAGE_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}"
+SHARD_PATTERN = f"[0-9a-f]{{{SHARD_DIGITS}}}"
+
 _PER_IMAGE_TARGET = re.compile(
-    r"(?:^|/)(?P<stage>thumbs|features)/(?P<shard>[0-9a-f]{2})/"
+    rf"(?:^|/)(?P<stage>thumbs|features)/(?P<shard>{SHARD_PATTERN})/"
     r"(?P<image_id>[A-Za-z0-9_][A-Za-z0-9._-]*?)(?P<suffix>\.img|\.parquet)$"
 )
 _SUFFIX_OF_STAGE = {THUMBS: THUMB_SUFFIX, FEATURES: FEATURE_SUFFIX}
