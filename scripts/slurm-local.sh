@@ -11,8 +11,9 @@
 # so job states come from squeue: profiles/slurm sets the SLURM plugin up for that.
 #
 # Settings (environment variables):
-#   SLURM_LOCAL_CPUS    CPUs the node offers (default: nproc). More than the machine has lets more
-#                       jobs run at once, which is fine for I/O-bound work such as downloads.
+#   SLURM_LOCAL_CPUS    CPUs the node offers (default: nproc, at least 4). More than the machine has
+#                       lets several jobs run at once even on a small machine, which suits I/O-bound
+#                       work such as downloads (and shows how per-host limits are shared).
 #   SLURM_LOCAL_MEM_MB  memory the node offers in MB (default and maximum: what `slurmd -C` finds).
 #
 # The config must live at /etc/slurm/slurm.conf: SLURM's job steps drop SLURM_* variables, SLURM_CONF
@@ -45,7 +46,12 @@ install_packages() {
     apt-get install -y -q --no-install-recommends slurm-wlm munge
 }
 
-node_cpus() { echo "${SLURM_LOCAL_CPUS:-$(nproc)}"; }
+node_cpus() {
+    local found
+    found=$(nproc)
+    [ "$found" -ge 4 ] || found=4
+    echo "${SLURM_LOCAL_CPUS:-$found}"
+}
 
 node_memory() {
     local found

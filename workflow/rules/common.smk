@@ -97,6 +97,13 @@ def url_of_image(image_id, shard):
         raise WorkflowError(
             f"image {image_id!r} lives in shard {layout.shard_of(image_id)!r}, not {shard!r}"
         )
+    if HANDED is not None:
+        # A cluster job knows the URLs of the run's planned downloads, not the catalog.
+        if image_id in PLAN.urls:
+            return PLAN.urls[image_id]
+        raise WorkflowError(
+            f"image {image_id!r} is not among the run's planned downloads"
+        )
     try:
         return CATALOG.urls[CATALOG.ids.index(image_id)]
     except ValueError:
