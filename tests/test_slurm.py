@@ -86,7 +86,8 @@ def test_batches_run_as_slurm_jobs_and_a_rerun_submits_nothing(
         tmp_path: Path, server: ImageServer, slurm: int) -> None:
     names = [f"s{i:03d}" for i in range(80)]
     catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
-    config = {"catalog": str(catalog), "batch_size": "20", "local_file_roots": "[]"}
+    config = {"catalog": str(catalog), "batch_size": "20", "local_file_roots": "[]",
+              "batch_mem_mb": "1500", "batch_runtime": "30"}
     cluster = tmp_path / "cluster"
     cluster.mkdir()
 
@@ -97,6 +98,9 @@ def test_batches_run_as_slurm_jobs_and_a_rerun_submits_nothing(
     jobs = slurm_jobs(cluster)
     assert sorted(j["Comment"] for j in jobs) == [f"rule_batch_{n}" for n in range(1, 5)]
     assert {j["JobState"] for j in jobs} == {"COMPLETED"}
+    # Each batch job asked SLURM for what the config gives a batch.
+    assert {(j["NumCPUs"], j["MinMemoryNode"], j["TimeLimit"]) for j in jobs} == {
+        ("1", "1500M", "00:30:00")}
     assert server.counts == {f"/img/{n}.jpg": 1 for n in names}
     rows = read_table(cluster)
     assert [r["image_id"] for r in rows] == names
@@ -118,6 +122,23 @@ def test_batches_run_as_slurm_jobs_and_a_rerun_submits_nothing(
     assert len(slurm_jobs(cluster)) == 4
     assert server.total() == requests_before
     assert (cluster / "results" / "feature_table.parquet").stat().st_mtime_ns == table_time
+
+
+def test_generic_cluster_profile_submits_batches_with_sbatch(
+        tmp_path: Path, server: ImageServer, slurm: int) -> None:
+    names = [f"g{i:03d}" for i in range(40)]
+    catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
+    config = {"catalog": str(catalog), "batch_size": "20", "local_file_roots": "[]"}
+    profile = REPO / "profiles" / "cluster-generic"
+
+    run_snakemake(tmp_path, "--profile", str(profile), "--jobs", "2", config=config)
+
+    jobs = slurm_jobs(tmp_path)
+    assert sorted(j["JobName"] for j in jobs) == ["thumbfeat-batch_1", "thumbfeat-batch_2"]
+    assert {j["JobState"] for j in jobs} == {"COMPLETED"}
+    assert {j["TimeLimit"] for j in jobs} == {"02:00:00"}  # batch_runtime: 120 minutes
+    assert server.counts == {f"/img/{n}.jpg": 1 for n in names}
+    assert [r["image_id"] for r in read_table(tmp_path)] == names
 
 
 @pytest.fixture
