@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean slurm slurm-stop
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/thumbfeat status
 
+# PYTEST_ARGS='-m "not slurm"' leaves out the tests that need the local SLURM cluster.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A single-node SLURM cluster on this machine (Debian/Ubuntu, as root): see scripts/slurm-local.sh.
+slurm:
+	scripts/slurm-local.sh install start
+
+slurm-stop:
+	scripts/slurm-local.sh stop
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -5,6 +5,7 @@
 #   scripts/slurm-local.sh start     # write the config, start munged, slurmctld, slurmd; wait for the node
 #   scripts/slurm-local.sh status    # show the node and the queue
 #   scripts/slurm-local.sh stop      # stop the three daemons
+#   scripts/slurm-local.sh install start   # commands run in the order given
 #
 # Every command is safe to repeat: `start` on a running cluster with an unchanged config does nothing.
 # The cluster has one node, `localhost`, in one partition, `local`, without accounting (no slurmdbd),
@@ -201,10 +202,13 @@ status() {
     sinfo -N -o '%N %P %t %c %m' && squeue
 }
 
-case "${1:-}" in
-    install) install_packages ;;
-    start) start ;;
-    stop) stop ;;
-    status) status ;;
-    *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
-esac
+[ $# -gt 0 ] || { echo "usage: $0 install|start|stop|status ..." >&2; exit 2; }
+for command in "$@"; do
+    case "$command" in
+        install) install_packages ;;
+        start) start ;;
+        stop) stop ;;
+        status) status ;;
+        *) echo "usage: $0 install|start|stop|status ..." >&2; exit 2 ;;
+    esac
+done

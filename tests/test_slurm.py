@@ -1,7 +1,7 @@
 """The workflow on a real SLURM cluster through profiles/slurm: jobs, resuming after scancel, rates.
 
-These tests need the single-node cluster of ``scripts/slurm-local.sh`` (``.ci/run`` starts it). When
-it is installed but stopped and the tests run as root, they start it; otherwise they fail and say
+These tests need the single-node cluster of ``scripts/slurm-local.sh`` (``.ci/run`` starts it).
+Run as root, they install and start it themselves when it is missing; otherwise they fail and say
 how to get it. Deselect them knowingly with ``-m "not slurm"``.
 """
 
@@ -45,8 +45,8 @@ def cluster_ready() -> bool:
 @pytest.fixture(scope="module")
 def slurm() -> int:
     """The local cluster, started if need be; returns the CPUs its node offers."""
-    if not cluster_ready() and shutil.which("slurmctld") and os.geteuid() == 0:
-        subprocess.run([str(SCRIPT), "start"], check=True, timeout=180)
+    if not cluster_ready() and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run([str(SCRIPT), "install", "start"], check=True, timeout=900)
     if not cluster_ready():
         pytest.fail(f"no SLURM cluster answers here: run `{SCRIPT.relative_to(REPO)} install` "
                     f"and `{SCRIPT.relative_to(REPO)} start` as root (or deselect: -m 'not slurm')")
