@@ -75,6 +75,14 @@ if HANDED is None:
         only=requested_image_ids(sys.argv, CATALOG.ids),
     )
     logger.info(PLAN.summary())
+    if workflow.nodes is not None and config["batch_threads"] > (
+        workflow._cores or 10**9
+    ):
+        # Snakemake caps every job's threads at --cores, even jobs that run on other machines.
+        logger.warning(
+            f"batch_threads={config['batch_threads']} is capped at --cores "
+            f"{workflow._cores}; on a cluster, pass --cores {config['batch_threads']} or more"
+        )
 else:
     CATALOG_DIGEST = HANDED.catalog_digest
     PLAN = HANDED.plan
