@@ -105,8 +105,8 @@ PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 CONF
 }
 
-alive() {  # alive PIDFILE: the daemon that wrote PIDFILE is running
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+alive() {  # alive PIDFILE NAME: the daemon NAME that wrote PIDFILE still runs (not a reused pid)
+    [ -s "$1" ] && [ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" = "$2" ]
 }
 
 start_munge() {
@@ -117,7 +117,7 @@ start_munge() {
         chown munge:munge /etc/munge/munge.key
         chmod 0400 /etc/munge/munge.key
     fi
-    if alive /run/munge/munged.pid && munge -n >/dev/null 2>&1; then
+    if alive /run/munge/munged.pid munged && munge -n >/dev/null 2>&1; then
         return
     fi
     runuser -u munge -- munged --force
@@ -152,8 +152,8 @@ start() {
         mv "$new" "$CONF"
     fi
     start_munge
-    alive "$RUN_DIR/slurmctld.pid" || slurmctld
-    alive "$RUN_DIR/slurmd.pid" || slurmd -N "$NODE"
+    alive "$RUN_DIR/slurmctld.pid" slurmctld || slurmctld
+    alive "$RUN_DIR/slurmd.pid" slurmd || slurmd -N "$NODE"
     local state=""
     for _ in $(seq 120); do
         state=$(node_state)
@@ -168,8 +168,8 @@ start() {
     exit 1
 }
 
-stop_one() {  # stop_one PIDFILE
-    if alive "$1"; then
+stop_one() {  # stop_one PIDFILE NAME
+    if alive "$1" "$2"; then
         local pid
         pid=$(cat "$1")
         kill "$pid"
@@ -183,14 +183,14 @@ stop_one() {  # stop_one PIDFILE
 }
 
 stop_daemons() {
-    stop_one "$RUN_DIR/slurmd.pid"
-    stop_one "$RUN_DIR/slurmctld.pid"
+    stop_one "$RUN_DIR/slurmd.pid" slurmd
+    stop_one "$RUN_DIR/slurmctld.pid" slurmctld
 }
 
 stop() {
     need_root stop
     stop_daemons
-    stop_one /run/munge/munged.pid
+    stop_one /run/munge/munged.pid munged
     echo "slurm-local: stopped"
 }
 
