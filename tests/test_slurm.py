@@ -124,6 +124,23 @@ def test_batches_run_as_slurm_jobs_and_a_rerun_submits_nothing(
     assert (cluster / "results" / "feature_table.parquet").stat().st_mtime_ns == table_time
 
 
+def test_one_requested_file_is_built_by_cluster_jobs(
+        tmp_path: Path, server: ImageServer, slurm: int) -> None:
+    names = [f"o{i:02d}" for i in range(6)]
+    catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
+    config = {"catalog": str(catalog), "local_file_roots": "[]"}
+    target = layout.feature_path("results", "o03")
+
+    run_snakemake(tmp_path, *cluster_args(2), target, config=config)
+
+    assert sorted(j["Comment"] for j in slurm_jobs(tmp_path)) == [
+        "rule_image_features_wildcards_" + Path(target).parent.name + "_o03",
+        "rule_thumbnail_wildcards_" + Path(target).parent.name + "_o03",
+    ]
+    assert server.counts == {"/img/o03.jpg": 1}
+    assert pq.read_table(tmp_path / target).to_pylist()[0]["status"] == "ok"
+
+
 def test_generic_cluster_profile_submits_batches_with_sbatch(
         tmp_path: Path, server: ImageServer, slurm: int) -> None:
     names = [f"g{i:03d}" for i in range(40)]
