@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test lint bench clean slurm slurm-stop
+.PHONY: run test lint bench report clean slurm slurm-stop
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/thumbfeat status
+
+# Pictures from the finished run, then Snakemake's self-contained HTML report of them.
+report: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES) report_figures
+	$(BIN)/snakemake report_figures --report report.html
+	@echo "report: report.html"
 
 # PYTEST_ARGS='-m "not slurm"' leaves out the tests that need the local SLURM cluster.
 test: $(VENV)/.installed
@@ -38,4 +44,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/run_bench.py
 
 clean:
-	rm -rf results .snakemake
+	rm -rf results .snakemake report.html

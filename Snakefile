@@ -9,10 +9,15 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/batches.smk"
 include: "workflow/rules/images.smk"
 include: "workflow/rules/table.smk"
+include: "workflow/rules/warehouse.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -23,3 +28,6 @@ rule all:
         FEATURE_TABLE,
         CATALOG_SNAPSHOT,
         [batch_manifest(b) for b in PLAN.batches],
+        # The warehouse receipt (and the database while it does not exist) and, when asked for,
+        # the write-back receipt.
+        WAREHOUSE_TARGETS,

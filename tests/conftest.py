@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.faults import FaultServer
 from tests.support import ImageServer
 
 
@@ -14,3 +15,9 @@ def server() -> Iterator[ImageServer]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def faults() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
+        yield srv

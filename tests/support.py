@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import duckdb
 import numpy as np
 from PIL import Image
 
@@ -167,12 +170,15 @@ def snakemake_command(workdir: Path, *args: str, config: dict[str, str] | None =
 
 
 def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = None,
-                  cores: int = 2, check: bool = True,
-                  timeout: float = 600) -> subprocess.CompletedProcess[str]:
+                  cores: int = 2, check: bool = True, timeout: float = 600,
+                  env: dict[str, str] | None = None,
+                  preexec_fn: Callable[[], None] | None = None,
+                  ) -> subprocess.CompletedProcess[str]:
     """Run the real workflow in ``workdir``; on failure show its output."""
     result = subprocess.run(snakemake_command(workdir, *args, config=config, cores=cores),
                             capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            preexec_fn=preexec_fn)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n"
                              f"{result.stderr[-6000:]}")
@@ -181,3 +187,27 @@ def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = Non
 
 def file_times(root: Path, pattern: str) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.glob(pattern)}
+
+
+DIM_IMAGE: list[tuple[object, ...]] = [
+    # image_id (an integer in the database), url, vote_pool_flag
+    (7, "http://h/7.jpg", True),
+    (8, "http://h/8.jpg", False),
+    (9, "file:images/9.jpg", True),
+    (10, "http://h/10.jpg", None),
+]
+
+
+def sqlite_catalog(path: Path, rows: list[tuple[object, ...]] = DIM_IMAGE) -> Path:
+    with contextlib.closing(sqlite3.connect(path)) as con, con:
+        con.execute("CREATE TABLE dim_image (image_id INTEGER, url TEXT, vote_pool_flag BOOLEAN)")
+        con.executemany("INSERT INTO dim_image VALUES (?, ?, ?)", rows)
+    return path
+
+
+def duckdb_catalog(path: Path, rows: list[tuple[object, ...]] = DIM_IMAGE) -> Path:
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE dim_image (image_id INTEGER, url VARCHAR, "
+                    "vote_pool_flag BOOLEAN)")
+        con.executemany("INSERT INTO dim_image VALUES (?, ?, ?)", rows)
+    return path

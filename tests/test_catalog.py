@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,11 +19,12 @@ from thumbfeat.catalog import (
     load_catalog,
     read_snapshot_ids,
     resolve_url,
+    url_warnings,
     write_snapshot,
 )
 from thumbfeat.fetch import FetchSettings, fetch_once, make_session
 
-from tests.support import write_catalog
+from tests.support import duckdb_catalog, sqlite_catalog, write_catalog
 
 LOGGER = logging.getLogger("tests.catalog")
 
@@ -307,3 +313,111 @@ def test_snapshot_refuses_a_changed_catalog(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="changed"):
         write_snapshot(CatalogSpec(path=path), out, expected_digest="0" * 20, logger=LOGGER)
     assert not out.exists()
+
+
+def test_urls_that_cannot_be_fetched_are_rows_not_catalog_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text("image_id,url\na,https://x.example/a.jpg\nb,javascript:alert(1)\n"
+                    "c,www.example.org/c.jpg?token=abc\nd,http://[::1/d.jpg\n")
+    catalog = load_catalog(CatalogSpec(path))
+    assert catalog.ids == ("a", "b", "c", "d")
+    warnings = url_warnings(path, dict(zip(catalog.ids, catalog.urls, strict=True)))
+    assert len(warnings) == 3
+    assert all(str(path) in w and "bad_url" in w for w in warnings)
+    assert "image 'b'" in warnings[0] and "javascript" in warnings[0]
+    assert "no scheme" in warnings[1] and "token" not in warnings[1]
+    assert "malformed" in warnings[2]
+    many = {f"i{n}": "nope" for n in range(9)}
+    assert url_warnings(path, many, shown=5)[-1].endswith("4 more URLs cannot be fetched")
+
+
+# --- database catalogs -----------------------------------------------------------------------
+
+DATABASES = {"sqlite": (sqlite_catalog, "cat.sqlite"), "duckdb": (duckdb_catalog, "cat.duckdb"),
+             "sqlite .db": (sqlite_catalog, "cat.db"), "duckdb .db": (duckdb_catalog, "cat.db")}
+
+
+@pytest.fixture(params=sorted(DATABASES))
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    make, name = DATABASES[request.param]
+    return make(tmp_path / name)
+
+
+def test_database_catalog_reads_the_table(database: Path) -> None:
+    ids, urls = load(database)
+    assert ids == ["7", "8", "9", "10"]
+    assert urls[0] == "http://h/7.jpg"
+    # Relative file: URLs resolve against the database's folder, as for catalog files.
+    assert urls[2] == (database.parent / "images" / "9.jpg").resolve().as_uri()
+
+
+def test_database_catalog_query_and_filter(database: Path) -> None:
+    query = "SELECT image_id AS id, url FROM dim_image WHERE vote_pool_flag ORDER BY image_id DESC"
+    assert load(database, query=query, id_column="id")[0] == ["9", "7"]
+    # The row filter sees the query's columns as text, booleans included.
+    assert load(database, row_filter={"vote_pool_flag": True})[0] == ["7", "9"]
+    assert load(database, row_filter={"vote_pool_flag": False})[0] == ["8", "10"]
+
+
+def test_database_catalog_custom_table(tmp_path: Path) -> None:
+    path = tmp_path / "cat.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE photos AS SELECT '007' AS image_id, 'http://h/7' AS url")
+    assert load(path, table="photos") == (["007"], ["http://h/7"])
+
+
+def test_database_catalog_is_closed_after_reading(tmp_path: Path) -> None:
+    path = duckdb_catalog(tmp_path / "cat.duckdb")
+    load(path)
+    # Another process can open it for writing right away: the read released its lock.
+    subprocess.run([sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1]);"
+                    " con.execute('UPDATE dim_image SET url = url'); con.close()", str(path)],
+                   check=True, timeout=120)
+
+
+def test_database_catalog_digest_and_snapshot(database: Path) -> None:
+    spec = CatalogSpec(path=database)
+    digest = load_catalog(spec).digest()
+    out = database.parent / "results" / "catalog" / f"{digest}.parquet"
+    write_snapshot(spec, out, expected_digest=digest, logger=LOGGER)
+    assert read_snapshot_ids(out) == ["7", "8", "9", "10"]
+    narrower = CatalogSpec(path=database,
+                           query="SELECT * FROM dim_image WHERE image_id < 9")
+    assert load_catalog(narrower).digest() != digest
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("SELECT * FROM no_such_table", "query failed"),
+        ("SELEKT nonsense", "query failed"),
+        ("SELECT url FROM dim_image", "no column 'image_id'"),
+        ("SELECT image_id, url, url FROM dim_image", "more than once"),
+        ("SELECT * FROM dim_image WHERE image_id > 100", "selects no images"),
+        ("SELECT image_id || '/x' AS image_id, url FROM dim_image", "not a safe file name"),
+        ("SELECT 7 AS image_id, 'http://a' AS url UNION ALL SELECT 7, 'http://b'",
+         "repeated with a different URL"),
+        ("DELETE FROM dim_image", "query failed"),
+    ],
+)
+def test_database_catalog_errors_name_the_file_and_query(database: Path, query: str,
+                                                         message: str) -> None:
+    text = error_of(database, query=query)
+    assert message in text
+    assert query in text
+    # Reading never changes the catalog, whatever the query says.
+    assert load(database)[0] == ["7", "8", "9", "10"]
+
+
+def test_database_catalog_missing_default_table(tmp_path: Path) -> None:
+    path = tmp_path / "cat.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        con.execute("CREATE TABLE other (x)")
+    text = error_of(path)
+    assert "dim_image" in text and "query failed" in text
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.db", "image_id,url\na,http://h/a\n")
+    assert "neither a SQLite nor a DuckDB" in error_of(path)
+    assert "not found" in error_of(tmp_path / "missing.duckdb")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -81,6 +82,48 @@ def test_status_with_manifests_and_table(results: Path,
     out = status(results, capsys)
     assert "batches: 2 recorded, 60 images fetched, 40 measured, 20.0 images/s per job" in out
     assert "not built yet" not in out
+
+
+def at(clock: str) -> float:
+    return datetime.fromisoformat(f"2026-02-03T{clock}+00:00").timestamp()
+
+
+def test_status_shows_the_last_run(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifests = results / layout.BATCHES
+    manifests.mkdir(parents=True)
+    for key, start, end, images in (("00001-a", "09:00:00", "09:00:30", 300),
+                                    ("00001-b", "10:00:00", "10:00:04", 20),
+                                    ("00002-b", "10:00:01", "10:00:05", 20)):
+        (manifests / f"{key}.json").write_text(json.dumps({
+            "batch": key, "started": at(start), "finished": at(end),
+            "finished_at": f"2026-02-03T{end}+0000", "seconds": 4.0,
+            "download": {"images": images, "failed_by_kind": {"timeout": 1}},
+            "features": {"images": images, "failed_by_kind": {"timeout": 1}}}))
+    out = status(results, capsys)
+    shown_end = datetime.fromtimestamp(at("10:00:05")).strftime("%Y-%m-%d %H:%M:%S")
+    assert ("last run: 2 batches, 40 images in 5.0 s (8.0 images/s), failed: timeout 2; "
+            f"finished {shown_end}") in out
+
+
+def test_status_against_a_catalog_file(results: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # Before a first run's table exists there is no snapshot; the catalog file says what is due.
+    for snapshot in (results / "catalog").glob("*.parquet"):
+        snapshot.unlink()
+    assert "no run has recorded a catalog yet" in status(results, capsys)
+    catalog = tmp_path / "cat.csv"
+    catalog.write_text("name,link\n" + "".join(f"{i},http://h/{i}\n" for i in [*IDS, "g"]))
+    argv = ["status", "--results", str(results), "--catalog", str(catalog),
+            "--id-column", "name", "--url-column", "link"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"catalog: 7 images ({catalog})" in out
+    assert "downloaded: 3 ok, 2 failed, 2 pending" in out
+    assert "features: 3 done, 4 pending" in out
+    with pytest.raises(SystemExit) as caught:
+        main(["status", "--results", str(results), "--catalog", str(catalog)])
+    assert caught.value.code == 2
+    assert "no column 'image_id'" in capsys.readouterr().err
 
 
 def test_status_after_thumbnails_were_deleted(results: Path,

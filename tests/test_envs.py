@@ -19,7 +19,7 @@ from tests.support import REPO
 # The workflow engine runs outside the rules' environments (it creates them).
 NOT_IN_ENVS = {"snakemake"}
 # Conda package names that differ from the PyPI ones.
-CONDA_NAMES: dict[str, str] = {}
+CONDA_NAMES = {"duckdb": "python-duckdb"}
 
 
 def pyproject() -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,12 +15,19 @@ from thumbfeat.fetch import (
     Fetched,
     FetchFailure,
     FetchSettings,
+    MissingSecret,
     backoff_delay,
+    display_url,
     fetch_once,
     fetch_with_retries,
     make_session,
+    redact,
+    secret_values,
+    url_problem,
 )
+from thumbfeat.ratelimit import HostLimiter
 
+from tests.faults import FaultServer
 from tests.support import ImageServer
 
 SETTINGS = FetchSettings(max_attempts=3, backoff_base=0.01, connect_timeout=2.0,
@@ -229,3 +238,146 @@ def test_backoff_is_exponential_with_jitter_and_capped() -> None:
         delays = [backoff_delay(attempt, settings, failure, rng) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8  # full jitter actually uses the range
+
+
+# --- hostile servers (tests/faults.py) -----------------------------------------------------
+
+TIGHT = FetchSettings(connect_timeout=1.0, read_timeout=1.0, total_timeout=2.0, max_attempts=1,
+                      max_bytes=5 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("path", ["/drip/a", "/headerdrip/a"])
+def test_total_deadline_holds_against_dripping_servers(faults: FaultServer, path: str) -> None:
+    # One byte every half second never trips the 1 s read timeout; only the deadline stops it.
+    started = time.monotonic()
+    with make_session(TIGHT) as s:
+        result = fetch_with_retries(s, faults.url(path), TIGHT)
+    assert result.failure is not None
+    assert result.failure.kind == "timeout"
+    assert result.failure.retryable
+    assert "deadline of 2 s" in result.failure.message
+    # Far less than the minutes the drip would take (it would not end before the server stops).
+    assert time.monotonic() - started < 60
+
+
+def test_silent_server_times_out(faults: FaultServer) -> None:
+    with make_session(TIGHT) as s:
+        result = fetch_with_retries(s, faults.url("/hang/a"), TIGHT)
+    assert result.failure is not None
+    assert (result.failure.kind, result.failure.retryable) == ("timeout", True)
+
+
+@pytest.mark.parametrize("path", ["/huge/a", "/endless/a"])
+def test_byte_cap_with_and_without_a_length(faults: FaultServer, path: str) -> None:
+    with make_session(TIGHT) as s:
+        result = fetch_with_retries(s, faults.url(path), TIGHT)
+    assert result.failure is not None
+    assert (result.failure.kind, result.failure.retryable) == ("too_large", False)
+    assert faults.counts()[path] == 1
+
+
+def test_short_body_is_a_transient_connection_failure(faults: FaultServer) -> None:
+    with make_session(TIGHT) as s:
+        result = fetch_with_retries(s, faults.url("/short/a"), TIGHT)
+    assert result.failure is not None
+    assert (result.failure.kind, result.failure.retryable) == ("connection", True)
+    assert "announced length" in result.failure.message
+
+
+@pytest.mark.parametrize(("path", "message"), [("/loop/a/x", "more than 5 redirects"),
+                                               ("/tofile/x", "not http or https")])
+def test_bad_redirects_are_permanent(faults: FaultServer, path: str, message: str) -> None:
+    with make_session(SETTINGS) as s:
+        result = fetch(s, faults.url(path))
+    assert result.failure is not None
+    assert (result.failure.kind, result.failure.retryable) == ("redirect", False)
+    assert message in result.failure.message
+    assert result.attempts == 1
+
+
+def test_one_redirect_is_followed(faults: FaultServer) -> None:
+    with make_session(SETTINGS) as s:
+        result = fetch(s, faults.url("/redirect/a"))
+    assert result.data == faults.image("a")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("", "empty"),
+        ("http://[::1", "malformed"),
+        ("http://host:99999/a.jpg", "malformed"),
+        ("javascript:alert(1)", "unsupported URL scheme 'javascript'"),
+        ("www.example.org/a.jpg", "no scheme"),
+        ("http:///a.jpg", "no host"),
+        ("http://example.org/a\n.jpg", "control characters"),
+    ],
+)
+def test_url_problems(url: str, reason: str) -> None:
+    problem = url_problem(url)
+    assert problem is not None and reason in problem
+    with make_session(SETTINGS) as s:
+        result = fetch(s, url)
+    assert result.failure is not None
+    assert (result.failure.kind, result.failure.retryable, result.attempts) == ("bad_url", False, 1)
+
+
+@pytest.mark.parametrize("url", ["http://example.org/a b.jpg", "https://x.example/a.jpg?w=1",
+                                 "file:///tmp/a.jpg", "http://127.0.0.1:8080/a"])
+def test_fetchable_urls_have_no_problem(url: str) -> None:
+    assert url_problem(url) is None
+
+
+def test_display_url_and_redact() -> None:
+    assert display_url("https://user:pw@x.example/a.jpg?token=abc#f") == "https://x.example/a.jpg?..."
+    assert display_url("http://x.example/" + "a" * 300).endswith("...")
+    assert display_url("javascript:alert('k')") == "javascript:..."
+    assert display_url("www.example.org/a.jpg?t=1") == "www.example.org/a.jpg?..."
+    assert redact("key s3cr3t and s3cr3t-long", ["s3cr3t", "s3cr3t-long"]) == "key *** and ***"
+
+
+def test_secret_headers_come_from_the_environment(faults: FaultServer) -> None:
+    settings = FetchSettings(headers={"X-Team": "vision"}, header_env={"X-Api-Key": "TF_KEY"},
+                             user_agent="survey-bot/2 (ops@example.org)")
+    with pytest.raises(MissingSecret, match="TF_KEY"):
+        make_session(settings, environ={})
+    faults.api_key = "k-123"
+    with make_session(settings, environ={"TF_KEY": "k-123"}) as s:
+        assert secret_values(s, settings) == ("k-123",)
+        ok = fetch(s, faults.url("/secret/a"), settings)
+        assert ok.data == faults.image("a")
+    with make_session(settings, environ={"TF_KEY": "wrong"}) as s:
+        denied = fetch(s, faults.url("/secret/a"), settings)
+    assert denied.failure is not None and "401" in denied.failure.message
+    headers = faults.seen_headers("/secret/")[0]
+    assert headers["X-Api-Key"] == "k-123"
+    assert headers["X-Team"] == "vision"
+    assert headers["User-Agent"] == "survey-bot/2 (ops@example.org)"
+
+
+def test_secret_headers_are_not_sent_to_another_host(faults: FaultServer) -> None:
+    settings = FetchSettings(header_env={"X-Api-Key": "TF_KEY"}, max_attempts=1)
+    faults.api_key = "k-123"
+    with make_session(settings, environ={"TF_KEY": "k-123"}) as s:
+        # The same server under another host name: the secret must not follow the redirect.
+        away = fetch(s, faults.url("/away/localhost/secret/a"), settings)
+        home = fetch(s, faults.url("/away/127.0.0.1/secret/a"), settings)
+    assert away.failure is not None and "401" in away.failure.message
+    assert home.data == faults.image("a")
+    assert [h.get("X-Api-Key") for h in faults.seen_headers("/secret/")] == [None, "k-123"]
+
+
+def test_429_slows_the_host_for_every_thread(faults: FaultServer) -> None:
+    limiter = HostLimiter()
+    with make_session(SETTINGS) as s:
+        result = fetch_with_retries(s, faults.url("/slowdown/0/a"), SETTINGS, limiter=limiter)
+    assert result.data == faults.image("a")
+    assert limiter.current_rate("127.0.0.1") is not None
+
+
+def test_one_watchdog_thread_serves_every_attempt(faults: FaultServer) -> None:
+    with make_session(SETTINGS) as s:
+        for i in range(30):
+            assert fetch(s, faults.url(f"/ok/w{i}")).data
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("fetch-watchdog") == 1

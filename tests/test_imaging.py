@@ -10,7 +10,7 @@ from io import BytesIO
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, features
 from thumbfeat.imaging import ACCEPTED_FORMATS, DecodedImage, ImageRejected, decode_image
 
 RED = (255, 0, 0)
@@ -79,7 +79,14 @@ def test_accepted_formats_decode_with_format_size_and_mode(fmt: str, mode: str) 
 
 
 def test_accepted_formats_constant() -> None:
-    assert ACCEPTED_FORMATS == ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+    # AVIF comes with Pillow >= 11.3, the project's minimum.
+    assert ACCEPTED_FORMATS == ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+    assert features.check("avif")
+
+
+def test_avif_decodes_when_pillow_has_it() -> None:
+    decoded = decode_image(encode(noisy_rgb(37, 23), "AVIF"))
+    assert (decoded.format, decoded.image.size) == ("AVIF", (37, 23))
 
 
 def test_decoded_image_is_frozen() -> None:

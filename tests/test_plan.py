@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from thumbfeat.plan import (
     make_batches,
     plan_work,
     requested_image_ids,
+    table_rebuild_reason,
 )
 
 IDS = ("a", "b", "c", "d", "e", "f")
@@ -193,6 +195,32 @@ def test_summary_mentions_the_counts(results: Path) -> None:
     empty = plan_work(catalog(), results, batch_size=2, only={"a"}).summary()
     assert "to retry" not in empty
     assert "0 batches" in empty
+
+
+def test_table_rebuild_reason_follows_snakemake_rules(tmp_path: Path) -> None:
+    table, snapshot = tmp_path / "table.parquet", tmp_path / "snap.parquet"
+    shard = tmp_path / "features" / "ab"
+    shard.mkdir(parents=True)
+    batch = make_batches(["a"], {"a"}, {"a"}, 10)
+    assert table_rebuild_reason(table, snapshot, [], [shard]) == "no table yet"
+    table.write_bytes(b"t")
+    assert table_rebuild_reason(table, snapshot, [], [shard]) == "the catalog selection changed"
+    snapshot.write_bytes(b"s")
+    os.utime(shard, (1, 1))
+    assert table_rebuild_reason(table, snapshot, [], [shard]) == ""
+    assert table_rebuild_reason(table, snapshot, batch, [shard]) == "1 batch to run"
+    assert table_rebuild_reason(table, snapshot, batch * 2, [shard]) == "2 batches to run"
+    # The oldest output counts: a shard newer than the snapshot but older than the table.
+    os.utime(snapshot, (100, 100))
+    os.utime(shard, (200, 200))
+    assert (table_rebuild_reason(table, snapshot, [], [shard])
+            == "feature files changed since it was written")
+    summary = plan_work(catalog(), tmp_path / "results", batch_size=2)
+    assert "table" not in summary.summary()
+    summary.table_reason = ""
+    assert summary.summary().endswith("; table: up to date")
+    summary.table_reason = "no table yet"
+    assert summary.summary().endswith("; table: will be rebuilt (no table yet)")
 
 
 def test_auto_batch_size_gives_each_slot_whole_rounds() -> None:

@@ -172,3 +172,21 @@ def test_row_schema_has_every_feature_column() -> None:
     from thumbfeat.features import FEATURE_COLUMNS
 
     assert set(FEATURE_COLUMNS) <= set(table.ROW_SCHEMA.names)
+
+
+def test_many_files_read_in_the_order_asked(tmp_path: Path) -> None:
+    # Enough files for the DuckDB scan; the order asked is neither name nor shard order.
+    ids = [f"m{(i * 7919) % 1000:04d}" for i in range(table.MANY_FILES + 100)]
+    for number, image_id in enumerate(ids):
+        if number % 3:
+            row = table.ok_row(image_id, {"width": number, "format": "JPEG"}, "test")
+        else:
+            row = table.failed_row(image_id, "timeout", "slow", retryable=True,
+                                   feature_version="test")
+        table.write_row(layout.feature_path(tmp_path, image_id), row)
+    paths = [layout.feature_path(tmp_path, i) for i in ids]
+    scanned = table.read_rows(paths)
+    one_by_one = pa.concat_tables([table.read_row(p) for p in paths])
+    assert scanned.schema == table.ROW_SCHEMA
+    assert scanned.column("image_id").to_pylist() == ids
+    assert scanned.equals(one_by_one)

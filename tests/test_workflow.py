@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -113,31 +114,94 @@ def test_failures_recorded_not_retried_unless_asked(tmp_path: Path, server: Imag
     assert len(read_table(tmp_path)) == 5
 
 
+def preview(output: str) -> dict[str, object]:
+    """Every number of the plan line, and the table's fate."""
+    match = re.search(r"thumbfeat plan: (\d+) images in the catalog; download: (\d+) to fetch; "
+                      r"features: (\d+) to compute; failed: (\d+) kept as failed"
+                      r"(?:, (\d+) to retry)?; (\d+) batches; table: ([^\n]+)", output)
+    assert match, output
+    return {"catalog": int(match[1]), "download": int(match[2]), "features": int(match[3]),
+            "kept": int(match[4]), "retry": int(match[5] or 0), "batches": int(match[6]),
+            "table": match[7].strip()}
+
+
+def written(before: dict[str, int], after: dict[str, int]) -> set[str]:
+    """Image ids whose file is new or was rewritten."""
+    return {Path(p).name.split(".")[0] for p, t in after.items() if before.get(p) != t}
+
+
 def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServer) -> None:
     names = [f"p{i:03d}" for i in range(120)]
-    catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
-    config = {**FAST, "catalog": str(catalog)}
+    lost = [f"lost{i}" for i in range(3)]
+    flaky = [f"flaky{i}" for i in range(2)]
+    rows = [*image_rows(server, names),
+            *((n, f"{server.base}/missing/{n}.jpg") for n in lost),
+            *((n, f"{server.base}/flaky/1/{n}.jpg") for n in flaky)]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    config = {**FAST, "catalog": str(catalog), "download": "{max_attempts: 1}"}
+    first = run_snakemake(tmp_path, "-n", config=config)
+    assert preview(first.stdout + first.stderr) == {
+        "catalog": 125, "download": 125, "features": 125, "kept": 0, "retry": 0, "batches": 2,
+        "table": "will be rebuilt (no table yet)"}
     run_snakemake(tmp_path, config=config)
     results = tmp_path / "results"
+    table = results / "feature_table.parquet"
+    # Half done: 30 images lost both files, 15 their feature file; the flaky ones failed for now.
     for name in names[:30]:
         Path(layout.thumb_path(results, name)).unlink()
         Path(layout.feature_path(results, name)).unlink()
     for name in names[30:45]:
         Path(layout.feature_path(results, name)).unlink()
 
-    before = server.total()
+    before = server.snapshot()
     files_before = file_times(tmp_path, "**/*")
-    preview = run_snakemake(tmp_path, "-n", config=config)
-    assert server.total() == before
+    plan = run_snakemake(tmp_path, "-n", config=config)
+    assert server.snapshot() == before
     changed = {p for p, t in file_times(tmp_path, "**/*").items()
                if files_before.get(p) != t and not p.startswith(".snakemake")}
     assert changed == set(), "a dry run wrote files"
-    assert plan_counts(preview.stdout + preview.stderr) == {"download": 30, "features": 45,
-                                                            "failed": 0}
+    assert preview(plan.stdout + plan.stderr) == {
+        "catalog": 125, "download": 32, "features": 47, "kept": 3, "retry": 2, "batches": 1,
+        "table": "will be rebuilt (1 batch to run)"}
+
+    # The next run does exactly that: one request per image to fetch, those thumbnails and
+    # feature files written and no others, the kept failures untouched, the table rewritten.
+    thumbs_before = file_times(results, "thumbs/*/*")
+    rows_before = file_times(results, "features/*/*")
+    table_before = table.stat().st_mtime_ns
     run_snakemake(tmp_path, config=config)
-    assert server.total() - before == 30
-    after = run_snakemake(tmp_path, "-n", config=config)
-    assert plan_counts(after.stdout + after.stderr) == {"download": 0, "features": 0, "failed": 0}
+    delta = server.snapshot() - before
+    expected_fetch = set(names[:30]) | set(flaky)
+    assert sum(delta.values()) == 32
+    assert {p.rsplit("/", 1)[-1].removesuffix(".jpg") for p in delta} == expected_fetch
+    assert written(thumbs_before, file_times(results, "thumbs/*/*")) == expected_fetch
+    assert written(rows_before, file_times(results, "features/*/*")) == (
+        expected_fetch | set(names[30:45]))
+    assert table.stat().st_mtime_ns != table_before
+
+    # Finished: the preview says so, and the run touches nothing.
+    def preview_then_run() -> tuple[dict[str, object], bool]:
+        shown = preview(run_snakemake(tmp_path, "-n", config=config).stdout)
+        table_time, requests = table.stat().st_mtime_ns, server.total()
+        run_snakemake(tmp_path, config=config)
+        assert server.total() == requests
+        return shown, table.stat().st_mtime_ns != table_time
+
+    assert preview_then_run() == ({"catalog": 125, "download": 0, "features": 0, "kept": 3,
+                                   "retry": 0, "batches": 0, "table": "up to date"}, False)
+    # A feature shard folder changed (say a file of an image outside the catalog was removed).
+    shard = Path(layout.feature_path(results, names[50])).parent
+    os.utime(shard, ns=(table.stat().st_mtime_ns + 10**9,) * 2)
+    shown, rebuilt = preview_then_run()
+    assert shown["table"] == "will be rebuilt (feature files changed since it was written)"
+    assert (shown["download"], shown["features"], rebuilt) == (0, 0, True)
+    # A new selection: fewer rows, nothing to fetch, a new table.
+    write_catalog(catalog, rows[:100])
+    shown, rebuilt = preview_then_run()
+    assert shown == {"catalog": 100, "download": 0, "features": 0, "kept": 0, "retry": 0,
+                     "batches": 0, "table": "will be rebuilt (the catalog selection changed)"}
+    assert rebuilt
+    assert len(read_table(tmp_path)) == 100
 
 
 def test_one_requested_file_builds_just_it(tmp_path: Path, server: ImageServer) -> None:

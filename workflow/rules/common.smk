@@ -11,16 +11,22 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from thumbfeat import handover, layout  # noqa: E402
-from thumbfeat.catalog import CatalogError, load_catalog  # noqa: E402
+from thumbfeat.catalog import CatalogError, load_catalog, url_warnings  # noqa: E402
 from thumbfeat.config import (  # noqa: E402
     RESULTS,
     ConfigError,
     catalog_spec,
+    check_against_schema,
     coerce_to_schema,
     fetch_settings,
     rate_share,
+    warehouse_settings,
 )
-from thumbfeat.plan import plan_work, requested_image_ids  # noqa: E402
+from thumbfeat.plan import (  # noqa: E402
+    plan_work,
+    requested_image_ids,
+    table_rebuild_reason,
+)
 
 # A cluster job follows the plan of the run that submitted it (see thumbfeat.handover).
 HANDED_PLAN_PATH = handover.handed_plan_path(os.environ, not workflow.is_main_process)
@@ -52,8 +58,10 @@ def job_slots(workflow, threads_per_job):
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 try:
     config.update(coerce_to_schema(config, load_configfile(str(CONFIG_SCHEMA))))
+    check_against_schema(config, load_configfile(str(CONFIG_SCHEMA)))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+# Fills in the schema's defaults (the check above has already named any bad value).
 validate(config, schema=str(CONFIG_SCHEMA))
 
 try:
@@ -64,17 +72,29 @@ try:
 except (CatalogError, ConfigError) as error:
     raise WorkflowError(str(error)) from None
 
+CATALOG_DIGEST = CATALOG.digest() if HANDED is None else HANDED.catalog_digest
+CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
+FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
 if HANDED is None:
-    CATALOG_DIGEST = CATALOG.digest()
+    REQUESTED_IDS = requested_image_ids(sys.argv, CATALOG.ids)
     PLAN = plan_work(
         CATALOG,
         RESULTS,
         batch_size=None if config["batch_size"] == "auto" else config["batch_size"],
         slots=job_slots(workflow, config["batch_threads"]),
         retry_failed=config["retry_failed"],
-        only=requested_image_ids(sys.argv, CATALOG.ids),
+        only=REQUESTED_IDS,
     )
+    if REQUESTED_IDS is None:
+        PLAN.table_reason = table_rebuild_reason(
+            FEATURE_TABLE,
+            CATALOG_SNAPSHOT,
+            PLAN.batches,
+            layout.existing_shard_dirs(RESULTS, layout.FEATURES),
+        )
     logger.info(PLAN.summary())
+    for warning in url_warnings(CATALOG_SPEC.path, PLAN.urls):
+        logger.warning(warning)
     if workflow.nodes is not None and config["batch_threads"] > (
         workflow._cores or 10**9
     ):
@@ -84,15 +104,11 @@ if HANDED is None:
             f"{workflow._cores}; on a cluster, pass --cores {config['batch_threads']} or more"
         )
 else:
-    CATALOG_DIGEST = HANDED.catalog_digest
     PLAN = HANDED.plan
 # Per-host limits hold for the whole run: each batch job gets its share of them.
 FETCH_SETTINGS["rate_share"] = rate_share(
     job_slots(workflow, config["batch_threads"]), len(PLAN.batches)
 )
-
-CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
-FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
 
 
 SHARD_PATTERN = layout.SHARD_PATTERN

@@ -7,14 +7,15 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from thumbfeat.batch import download_one
 from thumbfeat.config import RESULTS, job_logger
-from thumbfeat.fetch import FetchSettings, make_session
+from thumbfeat.fetch import FetchSettings, host_limiter, make_session, secret_values
 
 smk = snakemake  # noqa: F821
 settings = FetchSettings(**smk.params.settings)
 session = make_session(settings)
 try:
     outcome = download_one(session, smk.wildcards.image_id, smk.params.url, RESULTS, settings,
-                           smk.config["max_pixels"])
+                           smk.config["max_pixels"], host_limiter(settings),
+                           secret_values(session, settings))
 finally:
     session.close()
 job_logger(smk.log[0], "thumbnail").info(

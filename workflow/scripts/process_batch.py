@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
+from thumbfeat import layout
 from thumbfeat.batch import process_batch
 from thumbfeat.config import RESULTS, job_logger
 from thumbfeat.fetch import FetchSettings
@@ -20,6 +21,7 @@ process_batch(
     manifest_path=smk.output.manifest,
     partial_path=smk.output.partial,
     batch_key=smk.params.batch_key,
-    logger=job_logger(smk.log[0], "batch"),
+    logger=job_logger(smk.log[0], "batch", echo=True),
     progress_interval=smk.config["progress_interval"],
+    progress_path=layout.progress_path(RESULTS, smk.params.batch_key),
 )

@@ -31,7 +31,13 @@ def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(target)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.filename is not None or exc.errno is None:
+                raise
+            # A failed write() names no file; say which artifact could not be written.
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
         if durable:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())

@@ -82,9 +82,14 @@ class StageCount:
             self.failed[outcome.kind or "unknown"] += 1
 
     def line(self, elapsed: float) -> str:
+        """Done of total, rate, time left and failures so far, e.g. for a progress line."""
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = self.total - self.done
+        eta = "0:00" if left <= 0 else (format_duration(left / rate) if rate > 0 else "unknown")
         failures = ", ".join(f"{k} {n}" for k, n in sorted(self.failed.items())) or "none"
-        return (f"{self.name} {self.done}/{self.total} ({self.done / max(elapsed, 1e-9):.1f}/s, "
-                f"failed: {failures})")
+        percent = 100 * self.done // self.total if self.total else 100
+        return (f"{self.name} {self.done}/{self.total} ({percent}%), {rate:.1f} images/s, "
+                f"ETA {eta}, failed: {failures}")
 
     def summary(self) -> dict[str, object]:
         return {
@@ -97,31 +102,77 @@ class StageCount:
         }
 
 
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS`` (or ``M:SS`` under an hour): how people read a time left."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class Progress:
-    """Logs both stages on one line at a steady interval, never one line per image."""
+    """One line per stage with work, at a steady interval (never one line per image).
+
+    Lines are due at whole multiples of the interval from the start, so they keep their pace
+    however work completes; each names the batch and its elapsed time, so lines of batch jobs
+    running side by side (in one terminal or in their logs) can be told apart and timed.
+    """
 
     def __init__(self, logger: logging.Logger, interval: float, download_total: int,
-                 measure_total: int) -> None:
-        self.logger, self.interval = logger, interval
+                 measure_total: int, label: str = "batch",
+                 state_path: str | Path | None = None) -> None:
+        self.logger, self.interval, self.label = logger, interval, label
+        # Where the counts are also kept, for `thumbfeat status` to sum over running jobs.
+        self.state_path = state_path
         self.download = StageCount("download", download_total)
         self.features = StageCount("features", measure_total)
         self.started = time.monotonic()
-        self.last_report = self.started
+        self.started_epoch = time.time()
+        self.next_due = self.started + interval
+
+    def due_in(self) -> float:
+        """Seconds until the next line is due (how long a wait for work may block)."""
+        return max(0.0, self.next_due - time.monotonic())
 
     def tick(self) -> None:
         now = time.monotonic()
-        if now - self.last_report >= self.interval:
-            self.last_report = now
+        if now >= self.next_due:
+            # Keep the pace, but after a late line (a busy machine) leave at least half an
+            # interval before the next one rather than bursting to catch up.
+            self.next_due = max(self.next_due + self.interval, now + self.interval / 2)
             self.report()
 
     def report(self) -> None:
         elapsed = time.monotonic() - self.started
-        self.logger.info("%s; %s", self.download.line(elapsed), self.features.line(elapsed))
+        for stage in (self.download, self.features):
+            if stage.total:
+                self.logger.info("progress %s %s | %.1f s elapsed", self.label,
+                                 stage.line(elapsed), elapsed)
+        self.save()
+
+    def save(self) -> None:
+        """Keep the counts where `thumbfeat status` finds them (one small atomic write)."""
+        if self.state_path is not None:
+            elapsed = time.monotonic() - self.started
+            state = {"batch": self.label, "updated_at": time.time(), "interval": self.interval,
+                     "elapsed": round(elapsed, 3),
+                     **{s.name: {"done": s.done, "total": s.total,
+                                 "failed_by_kind": dict(s.failed)}
+                        for s in (self.download, self.features)}}
+            atomic.write_bytes(self.state_path, json.dumps(state).encode())
+
+    def finish(self) -> None:
+        """The batch's manifest now tells what it did: its running state goes."""
+        if self.state_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.state_path)
 
     def manifest(self, batch_key: str) -> dict[str, object]:
         return {
             "batch": batch_key,
             "seconds": round(time.monotonic() - self.started, 3),
+            "started": round(self.started_epoch, 3),
+            "finished": round(time.time(), 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "download": self.download.summary(),
             "features": self.features.summary(),
@@ -225,7 +276,8 @@ def measure_many(image_ids: Sequence[str], results: str,
 def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], results: str,
                   settings: FetchSettings, *, threads: int, max_pixels: int,
                   manifest_path: str, partial_path: str, batch_key: str,
-                  logger: logging.Logger, progress_interval: float = 10.0) -> Progress:
+                  logger: logging.Logger, progress_interval: float = 10.0,
+                  progress_path: str | None = None) -> Progress:
     """Download ``download`` (id, URL pairs) and measure ``measure`` (ids), overlapping the two.
 
     An image in both lists is measured once its download has finished; an image only in
@@ -233,7 +285,9 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     bounded (a few tasks per process, twice the download concurrency), so waiting on them stays
     cheap however large the batch.
     """
-    progress = Progress(logger, progress_interval, len(download), len(measure))
+    progress = Progress(logger, progress_interval, len(download), len(measure), label=batch_key,
+                        state_path=progress_path)
+    progress.save()
     # Secrets are read (and a missing one reported) before any process or thread starts.
     session = make_session(settings)
     secrets = secret_values(session, settings)
@@ -269,7 +323,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                     in_flight.add(future)
                 if not in_flight:
                     break
-                done, in_flight = wait(in_flight, timeout=progress_interval,
+                done, in_flight = wait(in_flight, timeout=max(0.01, progress.due_in()),
                                        return_when=FIRST_COMPLETED)
                 for future in done:
                     if future in measuring:
@@ -287,6 +341,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     except OSError as exc:
         raise _local_write_error(exc, logger) from exc
     finally:
+        limiter.close()
         fetcher.shutdown(wait=True, cancel_futures=True)
         measurer.shutdown(wait=True, cancel_futures=True)
         session.close()
@@ -296,6 +351,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
         atomic.write_bytes(manifest_path, json.dumps(progress.manifest(batch_key)).encode())
     except OSError as exc:
         raise _local_write_error(exc, logger) from exc
+    progress.finish()
     return progress
 
 

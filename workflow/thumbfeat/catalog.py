@@ -1,8 +1,9 @@
 """Reading and validating the image catalog: which images exist and where to fetch each.
 
-A catalog is a CSV, TSV or Parquet file with an id column and either a URL column or a URL template.
-Every mistake that would otherwise surface hours into a run (a missing column, an unsafe or
-duplicated id, an empty selection) is reported here, before any download, naming the file and row.
+A catalog is a CSV, TSV or Parquet file, or a query's result from a DuckDB or SQLite database
+(thumbfeat.dbcatalog), with an id column and either a URL column or a URL template. Every mistake
+that would otherwise surface hours into a run (a missing column, an unsafe or duplicated id, an
+empty selection) is reported here, before any download, naming the file (and query) and row.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from thumbfeat import atomic, layout
+from thumbfeat import atomic, dbcatalog, layout
+from thumbfeat.fetch import display_url, url_problem
 
 SAFE_ID = re.compile(layout.IMAGE_ID_PATTERN)
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
@@ -40,6 +42,34 @@ class CatalogSpec:
     url_column: str = "url"
     url_template: str | None = None
     row_filter: Mapping[str, object] = field(default_factory=dict)
+    # Database catalogs only: the table (read by the default query, updated by write-back) and
+    # the query whose result is the catalog (default: every row of the table).
+    table: str = dbcatalog.DEFAULT_TABLE
+    query: str | None = None
+
+    @property
+    def is_database(self) -> bool:
+        return dbcatalog.is_database(self.path)
+
+    def database_query(self) -> str:
+        return self.query or dbcatalog.default_query(self.table)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where catalog rows come from, as error messages name it: the file, and the query if any."""
+
+    path: Path
+    query: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.path) if self.query is None else f"{self.path} (query: {self.query})"
+
+    def row(self, index: int) -> str:
+        """Name a data row the way a user finds it: the line number for text files."""
+        if self.query is not None or self.path.suffix.lower() in {".parquet", ".pq"}:
+            return f"row {index + 1}"
+        return f"line {index + 2}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +103,8 @@ def _format_of(path: Path) -> str:
     if suffix in {".parquet", ".pq"}:
         return "parquet"
     raise CatalogError(
-        f"{path}: unknown catalog format {suffix!r}; use .csv, .tsv or .parquet"
+        f"{path}: unknown catalog format {suffix!r}; use .csv, .tsv or .parquet, or a "
+        f"database ({', '.join(sorted(dbcatalog.SUFFIXES))})"
     )
 
 
@@ -108,14 +139,18 @@ def read_table(path: Path) -> pa.Table:
         raise CatalogError(f"{path}: cannot read the catalog: {exc}") from exc
 
 
-def _row_label(path: Path, index: int) -> str:
-    """Name a data row the way a user finds it: the line number for text files."""
-    if path.suffix.lower() in {".parquet", ".pq"}:
-        return f"row {index + 1}"
-    return f"line {index + 2}"
+def read_source(spec: CatalogSpec) -> tuple[pa.Table, Origin]:
+    """The catalog's rows as text columns, and how to name where they came from."""
+    if not spec.is_database:
+        return read_table(spec.path), Origin(spec.path)
+    query = spec.database_query()
+    try:
+        return dbcatalog.read_query(spec.path, query), Origin(spec.path, query)
+    except dbcatalog.DatabaseError as exc:
+        raise CatalogError(str(exc)) from exc
 
 
-def _column(table: pa.Table, name: str, path: Path, role: str) -> list[str]:
+def _column(table: pa.Table, name: str, path: Origin, role: str) -> list[str]:
     if name not in table.column_names:
         raise CatalogError(
             f"{path}: no column {name!r} for the {role}; the columns are "
@@ -124,7 +159,7 @@ def _column(table: pa.Table, name: str, path: Path, role: str) -> list[str]:
     return [value if value is not None else "" for value in table.column(name).to_pylist()]
 
 
-def _filter_mask(table: pa.Table, row_filter: Mapping[str, object], path: Path) -> pa.Array:
+def _filter_mask(table: pa.Table, row_filter: Mapping[str, object], path: Origin) -> pa.Array:
     """Rows kept by the filter: every ``column: value`` must hold (a list means any of them)."""
     mask = pa.array([True] * table.num_rows, type=pa.bool_())
     for name, wanted in row_filter.items():
@@ -159,7 +194,7 @@ def resolve_url(url: str, catalog_dir: Path) -> str:
     return (catalog_dir / relative).resolve().as_uri()
 
 
-def validate_ids(ids: Sequence[str], urls: Sequence[str], path: Path,
+def validate_ids(ids: Sequence[str], urls: Sequence[str], path: Origin,
                  rows: Sequence[int]) -> tuple[list[str], list[str]]:
     """Check ids are safe file names and unique per URL; drop exact repeats of a row.
 
@@ -171,7 +206,7 @@ def validate_ids(ids: Sequence[str], urls: Sequence[str], path: Path,
     kept_ids: list[str] = []
     kept_urls: list[str] = []
     for image_id, url, row in zip(ids, urls, rows, strict=True):
-        label = _row_label(path, row)
+        label = path.row(row)
         if not image_id.strip():
             raise CatalogError(f"{path}, {label}: the image id is empty")
         if not SAFE_ID.fullmatch(image_id):
@@ -187,7 +222,7 @@ def validate_ids(ids: Sequence[str], urls: Sequence[str], path: Path,
             if first_url[image_id] != url:
                 raise CatalogError(
                     f"{path}, {label}: image id {image_id!r} is repeated with a different URL "
-                    f"(first at {_row_label(path, seen)})"
+                    f"(first at {path.row(seen)})"
                 )
             continue
         first_row[image_id] = row
@@ -197,10 +232,25 @@ def validate_ids(ids: Sequence[str], urls: Sequence[str], path: Path,
     return kept_ids, kept_urls
 
 
+def url_warnings(path: Path, urls: Mapping[str, str], shown: int = 5) -> list[str]:
+    """Warnings for URLs that cannot be fetched at all (no scheme, ``javascript:``, ...).
+
+    Such a value is a bad row, not a bad catalog: the image gets a failed row of kind
+    ``bad_url`` and every other image is fetched. Saying so before the downloads start lets
+    a user fix the catalog early.
+    """
+    problems = [(image_id, url, problem) for image_id, url in urls.items()
+                if (problem := url_problem(url)) is not None]
+    lines = [f"{path}: image {image_id!r}: {problem} ({display_url(url, 60)!r}); it will be "
+             f"recorded as failed (bad_url)" for image_id, url, problem in problems[:shown]]
+    if len(problems) > shown:
+        lines.append(f"{path}: {len(problems) - shown} more URLs cannot be fetched")
+    return lines
+
+
 def load_catalog(spec: CatalogSpec) -> Catalog:
     """Read, filter and validate the catalog described by ``spec``."""
-    path = spec.path
-    table = read_table(path)
+    table, path = read_source(spec)
     if spec.url_template is not None and "{image_id}" not in spec.url_template:
         raise CatalogError(
             f"url_template {spec.url_template!r} must contain the placeholder {{image_id}}"
@@ -218,9 +268,9 @@ def load_catalog(spec: CatalogSpec) -> Catalog:
         detail = f" after the row filter {dict(spec.row_filter)}" if spec.row_filter else ""
         raise CatalogError(f"{path}: the catalog selects no images{detail}")
     ids = [ids_all[row].strip() for row in rows]
-    urls = [resolve_url(urls_all[row].strip(), path.parent.resolve()) for row in rows]
+    urls = [resolve_url(urls_all[row].strip(), spec.path.parent.resolve()) for row in rows]
     kept_ids, kept_urls = validate_ids(ids, urls, path, rows)
-    return Catalog(source=path, ids=tuple(kept_ids), urls=tuple(kept_urls))
+    return Catalog(source=spec.path, ids=tuple(kept_ids), urls=tuple(kept_urls))
 
 
 def write_snapshot(spec: CatalogSpec, out_path: str | Path, *, expected_digest: str,

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from thumbfeat import layout
-from thumbfeat.catalog import read_snapshot_ids
+from thumbfeat.catalog import CatalogError, CatalogSpec, load_catalog, read_snapshot_ids
 from thumbfeat.failures import read_failures
 from thumbfeat.layout import present_ids
+from thumbfeat.runs import (
+    describe_run,
+    describe_running,
+    group_runs,
+    read_batch_records,
+    running_batches,
+)
 
 
 def latest_snapshot(results: Path) -> Path | None:
@@ -19,12 +27,23 @@ def latest_snapshot(results: Path) -> Path | None:
     return snapshots[-1] if snapshots else None
 
 
-def status_report(results: Path) -> str:
-    """Done, failed by kind and pending images of the last planned catalog, and the batch rates."""
-    snapshot = latest_snapshot(results)
-    if snapshot is None:
-        return f"{results}: no run has recorded a catalog yet"
-    ids = read_snapshot_ids(snapshot)
+def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
+    """Done, failed by kind and pending images of a catalog, and what the batch jobs did.
+
+    The catalog is the one given, else the snapshot the last table was built for.
+    """
+    if catalog is not None:
+        ids = list(load_catalog(catalog).ids)
+        source = f"{catalog.path}"
+    else:
+        snapshot = latest_snapshot(results)
+        if snapshot is None:
+            # A first run records its catalog with the table, at its end; its jobs show meanwhile.
+            lines = [f"{results}: no run has recorded a catalog yet (pass --catalog FILE to "
+                     "count against one)", *activity(results)]
+            return "\n".join(lines)
+        ids = read_snapshot_ids(snapshot)
+        source = f"snapshot {snapshot.name}"
     wanted = set(ids)
     rows = present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX) & wanted
     thumbs = present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX) & wanted
@@ -33,19 +52,32 @@ def status_report(results: Path) -> str:
     kinds = Counter(record.kind for record in failures.values())
     retry = sum(record.retryable for record in failures.values())
     lines = [
-        f"catalog: {len(ids)} images (snapshot {snapshot.name})",
+        f"catalog: {len(ids)} images ({source})",
         f"downloaded: {len(thumbs) - len(failures)} ok, {len(failures)} failed, "
         f"{len(wanted) - len(thumbs)} pending",
         f"features: {len(rows)} done, {len(wanted) - len(rows)} pending",
         "failed by kind: " + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none")
         + (f" ({retry} will be retried by the next run)" if retry else ""),
     ]
-    rate = batch_rate(results / layout.BATCHES)
-    if rate:
-        lines.append(f"batches: {rate}")
+    lines += activity(results)
     table = results / "feature_table.parquet"
     lines.append(f"table: {table}" + ("" if table.exists() else " (not built yet)"))
     return "\n".join(lines)
+
+
+def activity(results: Path) -> list[str]:
+    """What the batch jobs did: all recorded ones, those running now, the last run."""
+    lines = []
+    rate = batch_rate(results / layout.BATCHES)
+    if rate:
+        lines.append(f"batches: {rate}")
+    running = describe_running(running_batches(results, time.time()))
+    if running:
+        lines.append(f"running now: {running}")
+    runs = group_runs(read_batch_records(results))
+    if runs:
+        lines.append(f"last run: {describe_run(runs[-1])}")
+    return lines
 
 
 def batch_rate(folder: Path) -> str | None:
@@ -66,12 +98,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="summarise the results folder")
     status.add_argument("--results", type=Path, default=Path("results"))
+    status.add_argument("--catalog", type=Path,
+                        help="count against this catalog file instead of the last table's "
+                             "snapshot (e.g. while a first run is under way)")
+    status.add_argument("--id-column", default="image_id")
+    status.add_argument("--url-column", default="url")
+    status.add_argument("--catalog-table", default=CatalogSpec.table,
+                        help="the table of a database catalog")
     where = commands.add_parser("path", help="print where an image's files are")
     where.add_argument("image_id")
     where.add_argument("--results", default="results")
     args = parser.parse_args(argv)
     if args.command == "status":
-        print(status_report(args.results))
+        spec = (CatalogSpec(args.catalog, args.id_column, args.url_column,
+                            table=args.catalog_table)
+                if args.catalog is not None else None)
+        try:
+            print(status_report(args.results, spec))
+        except CatalogError as error:
+            parser.exit(2, f"thumbfeat status: {error}\n")
     else:
         for path in (layout.thumb_path(args.results, args.image_id),
                      layout.feature_path(args.results, args.image_id),

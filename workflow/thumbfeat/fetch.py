@@ -15,12 +15,14 @@ reach a failure message: messages name URLs through :func:`display_url` and pass
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -105,6 +107,11 @@ class _Watch:
                 raise _DeadlinePassed
             self.conn = conn
 
+    def detach(self, conn: Any) -> None:
+        with self.lock:
+            if self.conn is conn:
+                self.conn = None
+
     def cut(self) -> bool:
         """Shut the current socket down; False when there was none yet (try again shortly)."""
         with self.lock:
@@ -119,22 +126,37 @@ class _Watch:
             return True
 
 
-class _WatchedHTTPPool(HTTPConnectionPool):
+class _WatchedPool:
+    """Tells the running attempt's watch which connection it holds, and when it gives it back
+    (so a cut never hits a connection another attempt took from the pool since)."""
+
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
         watch = getattr(_current, "watch", None)
         if watch is not None:
-            watch.attach(conn)
+            try:
+                watch.attach(conn)
+            except _DeadlinePassed:
+                self._put_conn(conn)
+                raise
         return conn
 
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
+    def _put_conn(self, conn: Any) -> None:
         watch = getattr(_current, "watch", None)
         if watch is not None:
-            watch.attach(conn)
-        return conn
+            watch.detach(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _WatchedHTTPPool(_WatchedPool, HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_WatchedPool, HTTPSConnectionPool):
+    pass
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
 class _WatchedAdapter(HTTPAdapter):
@@ -142,40 +164,96 @@ class _WatchedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
-                                                   "https": _WatchedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        # A SOCKS manager builds its own pools; HTTP proxies use the watched ones.
+        if type(manager).__name__ == "ProxyManager":
+            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+        return manager
+
+
+class _Watchdog:
+    """One thread that cuts every attempt reaching its deadline (a timer thread per attempt
+    would cost more than the request itself on a fast server)."""
+
+    RECHECK = 0.05
+    """Seconds before looking again at an attempt still connecting (no socket to cut yet)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, watch: _Watch) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._order), watch))
+            if self._thread is None or not self._thread.is_alive():
+                # Started lazily (and again in a forked child, where it does not exist).
+                self._thread = threading.Thread(target=self._run, name="fetch-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is watch:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    deadline, _, watch = self._heap[0]
+                    if watch.finished:
+                        heapq.heappop(self._heap)
+                        continue
+                    now = time.monotonic()
+                    if now < deadline:
+                        self._cond.wait(deadline - now)
+                        continue
+                    heapq.heappop(self._heap)
+                    break
+            if not watch.cut():
+                with self._cond:
+                    heapq.heappush(self._heap, (time.monotonic() + self.RECHECK,
+                                                next(self._order), watch))
+
+
+_WATCHDOG = _Watchdog()
 
 
 @contextlib.contextmanager
-def _watchdog(seconds: float) -> Any:
+def _watchdog(seconds: float) -> Iterator[_Watch]:
     """Cut the attempt's connection when ``seconds`` have passed, whatever phase it is in."""
     watch = _Watch()
-    timers: list[threading.Timer] = []
-
-    def fire() -> None:
-        if not watch.cut():
-            # Still connecting (bounded by the connect timeout): look again shortly.
-            arm(0.05)
-
-    def arm(delay: float) -> None:
-        timer = threading.Timer(max(0.0, delay), fire)
-        timer.daemon = True
-        timers.append(timer)
-        timer.start()
-
     _current.watch = watch
-    arm(seconds)
+    _WATCHDOG.add(time.monotonic() + seconds, watch)
     try:
         yield watch
     finally:
         _current.watch = None
         with watch.lock:
             watch.finished = True
-        for timer in timers:
-            timer.cancel()
 
 
 # --- sessions, headers and secrets ---------------------------------------------------------
+
+
+class _Session(requests.Session):
+    """A session that drops secret headers when a redirect leaves the host.
+
+    requests already does this for ``Authorization``; secrets may travel in any header.
+    """
+
+    secret_headers: tuple[str, ...] = ()
+
+    def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+        super().rebuild_auth(prepared_request, response)
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            for name in self.secret_headers:
+                prepared_request.headers.pop(name, None)
 
 
 def make_session(settings: FetchSettings,
@@ -186,7 +264,8 @@ def make_session(settings: FetchSettings,
     ``header_env``; they are never part of the config, the parameters or the logs.
     """
     environ = os.environ if environ is None else environ
-    session = requests.Session()
+    session = _Session()
+    session.secret_headers = tuple(settings.header_env)
     adapter = _WatchedAdapter(
         pool_connections=max(4, settings.concurrency),
         pool_maxsize=max(4, settings.concurrency),
@@ -213,9 +292,13 @@ def secret_values(session: requests.Session, settings: FetchSettings) -> tuple[s
 
 
 def display_url(url: str, limit: int = 120) -> str:
-    """A URL fit for messages: no user or password, query and fragment replaced by '...'."""
+    """A URL fit for messages: no user or password, query and fragment replaced by '...', and
+    nothing after the scheme of schemes that are not fetched."""
     try:
         parts = urlsplit(url)
+        if parts.scheme and parts.scheme.lower() not in {"http", "https", "file"}:
+            # javascript:, data: and the like can carry anything after the colon.
+            return f"{parts.scheme}:..."
         netloc = parts.netloc.rsplit("@", 1)[-1]
         shown = urlunsplit((parts.scheme, netloc, parts.path, "...", "") if parts.query
                            else (parts.scheme, netloc, parts.path, "", ""))
@@ -341,8 +424,8 @@ def _classify(exc: requests.exceptions.RequestException,
     if isinstance(exc, errors.Timeout):
         return FetchFailure("timeout", f"timed out: {type(exc).__name__}", retryable=True)
     if isinstance(exc, errors.ChunkedEncodingError):
-        return FetchFailure("connection", "the body ended early (connection cut)",
-                            retryable=True)
+        return FetchFailure("connection", "the body ended before its announced length "
+                            "(connection cut)", retryable=True)
     return FetchFailure("connection", f"connection failed: {type(exc).__name__}", retryable=True)
 
 
@@ -353,7 +436,7 @@ def _fetch_file(url: str, settings: FetchSettings) -> bytes:
                            "(set local_file_roots)", retryable=False)
     parts = urlsplit(url)
     if parts.netloc not in {"", "localhost"}:
-        raise FetchFailure("bad_url", f"file URL names a remote host {parts.netloc!r}",
+        raise FetchFailure("bad_url", f"file URL names a remote host {parts.hostname!r}",
                            retryable=False)
     path = Path(unquote(parts.path)).resolve()
     roots = [Path(root).resolve() for root in settings.local_file_roots]

@@ -29,7 +29,16 @@ from io import BytesIO
 
 from PIL import Image, ImageOps
 
-ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+WANTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+"""The formats web image servers send. AVIF needs a Pillow built with it (wheels from 11.3)."""
+
+
+def _available(formats: tuple[str, ...]) -> tuple[str, ...]:
+    Image.init()
+    return tuple(name for name in formats if name in Image.OPEN)
+
+
+ACCEPTED_FORMATS: tuple[str, ...] = _available(WANTED_FORMATS)
 """Pillow format names tried when opening; everything else is rejected as ``not_image``."""
 
 DEFAULT_MAX_PIXELS = 89_478_485

@@ -18,6 +18,7 @@ FEATURES = "features"
 FAILED = "failed"
 BATCHES = "batches"
 LOGS = "logs"
+PROGRESS = "logs/progress"
 
 THUMB_SUFFIX = ".img"
 FEATURE_SUFFIX = ".parquet"
@@ -56,6 +57,11 @@ def feature_path(results: str | Path, image_id: str) -> str:
 def failure_path(results: str | Path, image_id: str) -> str:
     """The JSON record of why an image's download failed, and whether a later run retries it."""
     return f"{results}/{FAILED}/{shard_of(image_id)}/{image_id}{FAILURE_SUFFIX}"
+
+
+def progress_path(results: str | Path, batch_key: str) -> str:
+    """The counts of a running batch job, rewritten at every progress line."""
+    return f"{results}/{PROGRESS}/{batch_key}.json"
 
 
 def is_temporary_name(name: str) -> bool:

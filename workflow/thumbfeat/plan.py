@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -50,6 +51,9 @@ class WorkPlan:
     batches: list[Batch] = field(default_factory=list)
     # URLs of the images to download, and only those: a finished catalog costs no lookup table.
     urls: dict[str, str] = field(default_factory=dict)
+    # Why the feature table will be rebuilt ("" when it is up to date, None when not asked for);
+    # set by the workflow with table_rebuild_reason, which knows the table's paths.
+    table_reason: str | None = None
 
     def summary(self) -> str:
         """One line a person reads before a run (and in a dry run) to know what is left."""
@@ -62,6 +66,9 @@ class WorkPlan:
             f"failed: {kept} kept as failed" + (f", {retried} to retry" if retried else ""),
             f"{len(self.batches)} batches",
         ]
+        if self.table_reason is not None:
+            parts.append(f"table: will be rebuilt ({self.table_reason})" if self.table_reason
+                         else "table: up to date")
         return "thumbfeat plan: " + "; ".join(parts)
 
 
@@ -133,6 +140,29 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)
     plan.batches = make_batches(ordered, download, compute, size)
     return plan
+
+
+def table_rebuild_reason(table: str | Path, snapshot: str | Path, batches: Sequence[Batch],
+                         shard_dirs: Iterable[str | Path]) -> str:
+    """Why the next run rebuilds the feature table, or "" when it will not.
+
+    Mirrors how Snakemake decides for the feature_table rule (see workflow/rules/table.smk): an
+    output is missing, a batch job will run (its manifest is an input), or an input folder (a
+    feature shard) is newer than the oldest output.
+    """
+    try:
+        # Snakemake compares inputs with the oldest output, in float seconds.
+        built = min(os.stat(table).st_mtime, os.stat(snapshot).st_mtime)
+    except FileNotFoundError:
+        if not os.path.exists(table):
+            return "no table yet"
+        return "the catalog selection changed"
+    if batches:
+        return f"{len(batches)} batch{'es' if len(batches) != 1 else ''} to run"
+    for folder in shard_dirs:
+        if os.stat(folder).st_mtime > built:
+            return "feature files changed since it was written"
+    return ""
 
 
 def requested_image_ids(argv: Sequence[str], catalog_ids: Collection[str]) -> set[str] | None:

@@ -32,6 +32,14 @@ RECOVERY_FACTOR = 1.25
 OBSERVED_WINDOW = 2.0
 """Seconds of recent requests used to estimate the rate of a host that had no limit."""
 
+FIRST_LIMIT_MIN = 2.0
+"""The least rate a host without a limit is assumed to have allowed when it first answers 429:
+a few requests in the window say little about what the host accepts."""
+
+
+class LimiterClosed(RuntimeError):
+    """The job is stopping: a request still waiting for its turn is not sent."""
+
 
 @dataclass(frozen=True)
 class HostLimit:
@@ -81,13 +89,16 @@ class HostLimiter:
     def __init__(self, default: HostLimit = HostLimit(),
                  overrides: Mapping[str, HostLimit] | None = None, *, share: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], object] | None = None) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
         self.default = default
         self.overrides = {host.lower(): limit for host, limit in (overrides or {}).items()}
         self.share = share
-        self.clock, self.sleep = clock, sleep
+        self._closed = threading.Event()
+        self.clock = clock
+        # Waiting on the event lets close() wake every thread waiting for a slow host at once.
+        self.sleep = sleep or self._closed.wait
         self._lock = threading.Lock()
         self._hosts: dict[str, _HostState] = {}
 
@@ -101,6 +112,10 @@ class HostLimiter:
                 self._hosts[host] = state
             return state
 
+    def close(self) -> None:
+        """Stop handing out turns: threads waiting for one raise :class:`LimiterClosed`."""
+        self._closed.set()
+
     def current_rate(self, host: str) -> float | None:
         """Requests per second this job allows the host now (None: unlimited)."""
         return self._state(host.lower()).rate
@@ -108,6 +123,8 @@ class HostLimiter:
     def _wait_turn(self, state: _HostState) -> float:
         """Sleep until the host may get the next request; return the moment it is sent."""
         while True:
+            if self._closed.is_set():
+                raise LimiterClosed("the job is stopping")
             with self._lock:
                 now = self.clock()
                 start = max(now, state.next_time, state.paused_until)
@@ -150,11 +167,11 @@ class HostLimiter:
             if retry_after is not None and retry_after > 0:
                 state.paused_until = max(state.paused_until, now + retry_after)
             state.successes = 0
-            if sent_at < state.last_cut:
+            if sent_at <= state.last_cut:
                 return
             if state.rate is None:
                 observed = len([t for t in state.recent if t >= now - OBSERVED_WINDOW])
-                current = max(observed / OBSERVED_WINDOW, 2 * MIN_RATE)
+                current = max(observed / OBSERVED_WINDOW, FIRST_LIMIT_MIN)
                 # The host had no configured limit: from now on it has the one it showed.
                 state.ceiling = current
             else:
@@ -169,7 +186,7 @@ class HostLimiter:
             return
         state = self._state(host.lower())
         with self._lock:
-            if state.rate is None or state.ceiling is None or sent_at < state.last_cut:
+            if state.rate is None or state.ceiling is None or sent_at <= state.last_cut:
                 return
             state.successes += 1
             if state.successes >= max(4.0, state.rate):

@@ -80,10 +80,21 @@ def read_row(path: str | Path) -> pa.Table:
     return pq.read_table(path, schema=ROW_SCHEMA)
 
 
+# Below this many files, threads over pyarrow start faster than a DuckDB scan; above it, DuckDB's
+# Parquet reader costs about 60% of pyarrow's CPU per small file and uses every core.
+MANY_FILES = 500
+
+
 def read_rows(paths: Sequence[str], *, threads: int = 8) -> pa.Table:
-    """Read many one-row files; Parquet decoding releases the GIL, so threads overlap the I/O."""
+    """Read many one-row files, in the order given.
+
+    This is the from-scratch path of the table (no partial holds these rows), so its cost is per
+    file: opening, the footer, one small column chunk per column.
+    """
     if not paths:
         return ROW_SCHEMA.empty_table()
+    if len(paths) >= MANY_FILES:
+        return _read_rows_duckdb(paths)
     chunk = max(1, len(paths) // (threads * 4) or 1)
     groups = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
 
@@ -93,6 +104,24 @@ def read_rows(paths: Sequence[str], *, threads: int = 8) -> pa.Table:
     with ThreadPoolExecutor(max_workers=threads) as pool:
         tables = list(pool.map(read_group, groups))
     return pa.concat_tables(tables)
+
+
+def _read_rows_duckdb(paths: Sequence[str]) -> pa.Table:
+    """One multi-threaded DuckDB scan over the files, put back in the order of ``paths``."""
+    import duckdb
+
+    with duckdb.connect() as connection:
+        scanned = connection.read_parquet(list(paths), union_by_name=True).to_arrow_table()
+    columns = []
+    for field in ROW_SCHEMA:
+        if field.name in scanned.column_names:
+            columns.append(scanned.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(scanned.num_rows, type=field.type))
+    table = pa.Table.from_arrays(columns, schema=ROW_SCHEMA)
+    position = {image_id: row for row, image_id in enumerate(table.column("image_id").to_pylist())}
+    order = [position[Path(p).name[: -len(layout.FEATURE_SUFFIX)]] for p in paths]
+    return table.take(pa.array(order, type=pa.int64()))
 
 
 def write_partial(path: str | Path, rows: Sequence[dict[str, object]]) -> None:

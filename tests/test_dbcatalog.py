@@ -1,0 +1,94 @@
+"""Tests for thumbfeat.dbcatalog: database kinds and writing thumb_downloaded back."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from pathlib import Path
+
+import duckdb
+import pytest
+from thumbfeat import layout
+from thumbfeat.dbcatalog import (
+    FLAG_COLUMN,
+    DatabaseError,
+    database_kind,
+    thumbnail_flags,
+    write_back,
+    write_back_and_log,
+)
+
+from tests.support import duckdb_catalog, sqlite_catalog
+
+LOGGER = logging.getLogger("tests.dbcatalog")
+
+
+def flags_in(path: Path) -> dict[int, object]:
+    if database_kind(path) == "sqlite":
+        with contextlib.closing(sqlite3.connect(path)) as con:
+            rows = con.execute(f"SELECT image_id, {FLAG_COLUMN} FROM dim_image").fetchall()
+        return {i: None if v is None else bool(v) for i, v in rows}
+    with duckdb.connect(str(path), read_only=True) as con:
+        return dict(con.execute(f"SELECT image_id, {FLAG_COLUMN} FROM dim_image").fetchall())
+
+
+@pytest.fixture(params=["sqlite", "duckdb"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    if request.param == "sqlite":
+        return sqlite_catalog(tmp_path / "cat.sqlite")
+    return duckdb_catalog(tmp_path / "cat.duckdb")
+
+
+def test_database_kind_reads_the_file_not_the_name(tmp_path: Path) -> None:
+    assert database_kind(sqlite_catalog(tmp_path / "a.db")) == "sqlite"
+    assert database_kind(duckdb_catalog(tmp_path / "b.db")) == "duckdb"
+
+
+def test_thumbnail_flags_follow_the_files(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for image_id, data in (("ok", b"jpeg"), ("failed", b"")):
+        path = Path(layout.thumb_path(results, image_id))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    assert thumbnail_flags(results, ["ok", "failed", "pending"]) == {
+        "ok": True, "failed": False, "pending": False}
+
+
+def test_write_back_sets_the_selection_only(database: Path) -> None:
+    result = write_back(database, "dim_image", "image_id", {"7": True, "9": False})
+    assert result.column_added
+    assert (result.selected, result.downloaded, result.matched, result.changed) == (2, 1, 2, 2)
+    assert flags_in(database) == {7: True, 8: None, 9: False, 10: None}
+
+    again = write_back(database, "dim_image", "image_id", {"7": True, "9": False})
+    assert not again.column_added and again.changed == 0
+    assert flags_in(database) == {7: True, 8: None, 9: False, 10: None}
+
+    # A later run where 9 was downloaded and 8 joined the selection, still failed.
+    later = write_back(database, "dim_image", "image_id", {"7": True, "8": False, "9": True})
+    assert later.changed == 2
+    assert flags_in(database) == {7: True, 8: False, 9: True, 10: None}
+
+
+def test_write_back_reports_ids_not_in_the_table(database: Path, caplog:
+                                                 pytest.LogCaptureFixture) -> None:
+    results = database.parent / "results"
+    with caplog.at_level(logging.INFO, logger=LOGGER.name):
+        result = write_back_and_log(database, "dim_image", "image_id", ["7", "elsewhere"],
+                                    results, logger=LOGGER)
+    assert (result.selected, result.matched, result.changed) == (2, 1, 1)
+    assert "1 selected image ids have no row" in caplog.text
+    assert flags_in(database)[7] is False
+
+
+@pytest.mark.parametrize(("table", "id_column", "message"),
+                         [("photos", "image_id", "no table 'photos'"),
+                          ("dim_image", "id", "no column 'id'")])
+def test_write_back_errors_change_nothing(database: Path, table: str, id_column: str,
+                                          message: str) -> None:
+    with pytest.raises(DatabaseError, match=message) as caught:
+        write_back(database, table, id_column, {"7": True})
+    assert str(database) in str(caught.value)
+    with pytest.raises((sqlite3.Error, duckdb.Error)):
+        flags_in(database)  # the column was not added

@@ -1,0 +1,228 @@
+"""Tests for thumbfeat.warehouse: upserts by image id, schema changes, deletions, crash safety."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from thumbfeat import table as feature_table
+from thumbfeat.warehouse import LOADS, TABLE, WarehouseError, load_warehouse
+
+from tests.support import REPO
+
+
+def rows_for(ids: list[str], *, brightness: float = 0.5) -> list[dict[str, object]]:
+    rows = []
+    for number, image_id in enumerate(ids):
+        if number % 5 == 4:
+            rows.append(feature_table.failed_row(image_id, "http_status", "HTTP 404",
+                                                 retryable=False, feature_version="1"))
+        else:
+            rows.append(feature_table.ok_row(
+                image_id,
+                {"width": 320, "height": 240, "file_bytes": 1000 + number, "format": "JPEG",
+                 "brightness_mean": brightness + number / 1000, "contrast_rms": 0.2,
+                 "entropy": 7.1, "sharpness": float("nan") if number == 2 else 30.0},
+                "1"))
+    return rows
+
+
+def write_table(path: Path, rows: list[dict[str, object]]) -> Path:
+    feature_table.write_rows(path, rows)
+    return path
+
+
+def query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def differences(db: Path, parquet: Path) -> tuple[int, int]:
+    """Rows only in the Parquet table, rows only in the warehouse (all columns compared)."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        columns = ", ".join(f'"{c}"' for c in pq.read_schema(parquet).names)
+        source = f"(SELECT {columns} FROM read_parquet('{parquet}'))"
+        loaded = f"(SELECT {columns} FROM {TABLE})"
+        only_source = con.execute(f"SELECT count(*) FROM ({source} EXCEPT {loaded})").fetchone()
+        only_loaded = con.execute(f"SELECT count(*) FROM ({loaded} EXCEPT {source})").fetchone()
+    assert only_source is not None and only_loaded is not None
+    return only_source[0], only_loaded[0]
+
+
+def test_first_load_creates_the_table_keyed_by_image_id(tmp_path: Path) -> None:
+    ids = [f"i{n:03d}" for n in range(20)]
+    source = write_table(tmp_path / "t.parquet", rows_for(ids))
+    db = tmp_path / "w.duckdb"
+    result = load_warehouse(source, db)
+    assert (result.rows, result.inserted, result.updated, result.deleted) == (20, 20, 0, 0)
+    assert differences(db, source) == (0, 0)
+    assert query(db, f"SELECT count(*), count(DISTINCT image_id) FROM {TABLE}") == [(20, 20)]
+    constraints = query(db, "SELECT constraint_type FROM information_schema.table_constraints "
+                            f"WHERE table_name = '{TABLE}'")
+    assert ("PRIMARY KEY",) in constraints
+    # The schema follows the Parquet table, column for column.
+    names = [r[0] for r in query(db, f"DESCRIBE {TABLE}")]
+    assert names == feature_table.ROW_SCHEMA.names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet", "w.duckdb"]
+
+
+def test_reloading_the_same_table_changes_nothing(tmp_path: Path) -> None:
+    source = write_table(tmp_path / "t.parquet", rows_for([f"i{n}" for n in range(30)]))
+    db = tmp_path / "w.duckdb"
+    load_warehouse(source, db)
+    again = load_warehouse(source, db)
+    assert (again.inserted, again.updated, again.deleted, again.unchanged) == (0, 0, 0, 30)
+    assert not again.rebuilt
+    assert query(db, f"SELECT count(*) FROM {TABLE}") == [(30,)]
+    assert differences(db, source) == (0, 0)
+    loads = query(db, f"SELECT rows, inserted, unchanged, source_digest FROM {LOADS} "
+                      "ORDER BY loaded_at, inserted DESC")
+    assert [row[:3] for row in loads] == [(30, 30, 0), (30, 0, 30)]
+    assert loads[0][3] == loads[1][3]
+
+
+def test_changed_added_and_removed_images(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    first = rows_for([f"i{n}" for n in range(10)])
+    load_warehouse(write_table(tmp_path / "t.parquet", first), db)
+
+    second = [dict(row) for row in first[2:]]  # i0, i1 left the catalog
+    second[0]["brightness_mean"] = 0.99  # i2 was measured again
+    second[1] = feature_table.failed_row("i3", "timeout", "slow", retryable=True,
+                                         feature_version="1")
+    second += rows_for(["new1", "new2"])
+    source = write_table(tmp_path / "t.parquet", second)
+    result = load_warehouse(source, db)
+    assert (result.inserted, result.updated, result.deleted, result.unchanged) == (2, 2, 2, 6)
+    assert differences(db, source) == (0, 0)
+    got = dict(query(db, f"SELECT image_id, status FROM {TABLE}"))
+    assert "i0" not in got and "i1" not in got
+    assert got["i3"] == "failed" and got["new2"] == "ok"
+    assert query(db, f"SELECT brightness_mean FROM {TABLE} WHERE image_id = 'i2'") == [(0.99,)]
+
+
+def test_new_columns_rebuild_the_table(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    rows = rows_for(["a", "b", "c"])
+    load_warehouse(write_table(tmp_path / "t.parquet", rows), db)
+
+    wider = pa.Table.from_pylist(rows, schema=feature_table.ROW_SCHEMA)
+    position = wider.schema.get_field_index("sharpness") + 1
+    wider = wider.add_column(position, "colorfulness", pa.array([0.1, None, 0.3]))
+    wider = wider.append_column("phash", pa.array(["00ff", "0f0f", None]))
+    wider = wider.set_column(wider.schema.get_field_index("width"), "width",
+                             wider.column("width").cast(pa.int64()))
+    wider = wider.filter(pa.array([True, True, False]))  # and c leaves
+    source = tmp_path / "t2.parquet"
+    pq.write_table(wider, source)
+    result = load_warehouse(source, db)
+    assert result.rebuilt
+    assert (result.inserted, result.updated, result.deleted) == (0, 2, 1)
+    assert [r[0] for r in query(db, f"DESCRIBE {TABLE}")] == wider.schema.names
+    assert query(db, "SELECT data_type FROM information_schema.columns "
+                     f"WHERE table_name = '{TABLE}' AND column_name = 'width'") == [("BIGINT",)]
+    assert differences(db, source) == (0, 0)
+    # Still keyed by image_id after the rebuild: a plain reload is an upsert again.
+    again = load_warehouse(source, db)
+    assert not again.rebuilt and again.unchanged == 2
+    with duckdb.connect(str(db)) as con, pytest.raises(duckdb.ConstraintException):
+        con.execute(f"INSERT INTO {TABLE} (image_id, status) VALUES ('a', 'ok')")
+
+
+def test_bad_tables_leave_the_warehouse_as_it_was(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    good = write_table(tmp_path / "t.parquet", rows_for(["a", "b"]))
+    load_warehouse(good, db)
+    repeated = tmp_path / "repeated.parquet"
+    pq.write_table(pa.Table.from_pylist(rows_for(["x", "y"]) + rows_for(["x"]),
+                                        schema=feature_table.ROW_SCHEMA), repeated)
+    with pytest.raises(WarehouseError, match=r"repeated, e\.g\. 'x'"):
+        load_warehouse(repeated, db)
+    keyless = tmp_path / "keyless.parquet"
+    pq.write_table(pa.table({"name": ["z"]}), keyless)
+    with pytest.raises(WarehouseError, match="no 'image_id' column"):
+        load_warehouse(keyless, db)
+    with pytest.raises(WarehouseError, match="does not exist"):
+        load_warehouse(tmp_path / "nope.parquet", db)
+    assert differences(db, good) == (0, 0)
+    assert query(db, f"SELECT count(*) FROM {LOADS}") == [(1,)]
+
+
+def test_a_failed_first_load_leaves_no_file(tmp_path: Path) -> None:
+    keyless = tmp_path / "keyless.parquet"
+    pq.write_table(pa.table({"name": ["z"]}), keyless)
+    with pytest.raises(WarehouseError):
+        load_warehouse(keyless, tmp_path / "w.duckdb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keyless.parquet"]
+
+
+KILLED_LOAD = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[3])
+    from thumbfeat import warehouse
+
+    def die(con, result):
+        # Every change of this load is made; only the commit is missing.
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    warehouse._record = die
+    warehouse.load_warehouse(sys.argv[1], sys.argv[2])
+""")
+
+
+def killed_load(source: Path, db: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", KILLED_LOAD, str(source), str(db),
+                             str(REPO / "workflow")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -9, result.stderr
+
+
+def test_a_killed_load_keeps_the_previous_warehouse(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    old = write_table(tmp_path / "old.parquet", rows_for([f"i{n}" for n in range(50)]))
+    load_warehouse(old, db)
+    new = write_table(tmp_path / "new.parquet",
+                      rows_for([f"i{n}" for n in range(25, 90)], brightness=0.1))
+    killed_load(new, db)
+    assert differences(db, old) == (0, 0)
+    assert query(db, f"SELECT count(*) FROM {LOADS}") == [(1,)]
+    # The next load starts from the intact warehouse and completes.
+    result = load_warehouse(new, db)
+    # Of the 25 kept images, the 5 failed ones have no measured value to change.
+    assert (result.inserted, result.updated, result.deleted, result.unchanged) == (40, 20, 25, 5)
+    assert differences(db, new) == (0, 0)
+
+
+def test_a_killed_first_load_leaves_no_warehouse(tmp_path: Path) -> None:
+    source = write_table(tmp_path / "t.parquet", rows_for(["a", "b"]))
+    db = tmp_path / "w.duckdb"
+    killed_load(source, db)
+    assert not db.exists()
+    assert any(p.name.startswith(".w.duckdb.") for p in tmp_path.iterdir())
+    load_warehouse(source, db)
+    assert differences(db, source) == (0, 0)
+    # The killed load's temporary file is gone too.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet", "w.duckdb"]
+
+
+def test_a_warehouse_held_open_elsewhere_is_reported(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    source = write_table(tmp_path / "t.parquet", rows_for(["a"]))
+    load_warehouse(source, db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, duckdb; con = duckdb.connect(sys.argv[1]); print('open', flush=True); "
+         "sys.stdin.read()", str(db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        with pytest.raises(WarehouseError, match="open in another process"):
+            load_warehouse(source, db)
+    finally:
+        holder.communicate("", timeout=60)
+    assert load_warehouse(source, db).unchanged == 1

@@ -1,0 +1,47 @@
+# Pictures and tables for `snakemake --report`: contact sheets ranked by features, near-duplicate
+# groups, a histogram per feature, failures by kind and run statistics. Not part of the default
+# target: build them with `snakemake report_figures`, then render the report (see README).
+
+
+rule report_figures:
+    input:
+        table=FEATURE_TABLE,
+    output:
+        sheets=report(
+            directory(f"{RESULTS}/report/sheets"),
+            patterns=["{sheet}.png"],
+            category="Contact sheets",
+            caption="../report/sheets.rst",
+        ),
+        histograms=report(
+            directory(f"{RESULTS}/report/histograms"),
+            patterns=["{feature}.png"],
+            category="Histograms",
+            caption="../report/histograms.rst",
+        ),
+        duplicates=report(
+            f"{RESULTS}/report/near_duplicates.png",
+            category="Near duplicates",
+            caption="../report/near_duplicates.rst",
+        ),
+        failures=report(
+            f"{RESULTS}/report/failures.html",
+            category="Failures",
+            caption="../report/failures.rst",
+        ),
+        statistics=report(
+            f"{RESULTS}/report/run_statistics.html",
+            category="Run statistics",
+            caption="../report/run_statistics.rst",
+        ),
+    log:
+        f"{RESULTS}/{layout.LOGS}/report_figures.log",
+    conda:
+        "../../envs/thumbfeat.yaml"
+    params:
+        rank_by=config["report"]["rank_by"],
+        sheet_images=config["report"]["sheet_images"],
+        duplicate_groups=config["report"]["duplicate_groups"],
+        max_pixels=config["max_pixels"],
+    script:
+        "../scripts/report_figures.py"

@@ -1,0 +1,63 @@
+# The feature table loaded into a DuckDB warehouse (upserted by image_id), and for database
+# catalogs the optional thumb_downloaded flag written back to the catalog table.
+#
+# Snakemake deletes a job's existing outputs before running it, which would throw away the very
+# database an upsert is meant to update (and every table a user added to it). So the database is
+# declared as an output only while it does not exist: then there is nothing to delete, and the
+# first load builds it under a temporary name and renames it into place. Once it exists it is
+# updated in place, in one transaction, and the job's declared output is a small receipt of the
+# load, written last. Deleting the database makes the next run build it again from the table.
+# (Flagging the database update() would keep it too, but Snakemake would copy the whole file to a
+# backup before every load and copy that back over it after a failed job, racing DuckDB's own
+# transaction log; the transaction already leaves a failed load without effect.)
+WAREHOUSE = warehouse_settings(config)
+WAREHOUSE_RECEIPT = f"{RESULTS}/warehouse.load.json"
+WAREHOUSE_CREATED = [] if os.path.exists(WAREHOUSE.path) else [WAREHOUSE.path]
+WRITE_BACK_RECEIPT = f"{RESULTS}/catalog_write_back.json"
+WAREHOUSE_TARGETS = []
+if WAREHOUSE.enabled:
+    WAREHOUSE_TARGETS += [WAREHOUSE_RECEIPT, *WAREHOUSE_CREATED]
+if config["catalog_write_back"]:
+    WAREHOUSE_TARGETS.append(WRITE_BACK_RECEIPT)
+
+
+# On a cluster both run on the submitting machine: short, and DuckDB files are best written by one
+# machine (file locks on network file systems are unreliable).
+localrules:
+    warehouse,
+    catalog_write_back,
+
+
+rule warehouse:
+    input:
+        table=FEATURE_TABLE,
+    output:
+        receipt=WAREHOUSE_RECEIPT,
+        created=WAREHOUSE_CREATED,
+    log:
+        f"{RESULTS}/{layout.LOGS}/warehouse.log",
+    conda:
+        "../../envs/thumbfeat.yaml"
+    script:
+        "../scripts/load_warehouse.py"
+
+
+# Runs after the table, so every batch has finished, and after the warehouse load, so the two
+# never hold the same database file at once when one file serves as both.
+rule catalog_write_back:
+    input:
+        table=FEATURE_TABLE,
+        snapshot=CATALOG_SNAPSHOT,
+        warehouse=[WAREHOUSE_RECEIPT] if WAREHOUSE.enabled else [],
+    output:
+        WRITE_BACK_RECEIPT,
+    log:
+        f"{RESULTS}/{layout.LOGS}/catalog_write_back.log",
+    conda:
+        "../../envs/thumbfeat.yaml"
+    params:
+        database=str(CATALOG_SPEC.path),
+        table=CATALOG_SPEC.table,
+        id_column=CATALOG_SPEC.id_column,
+    script:
+        "../scripts/write_back.py"

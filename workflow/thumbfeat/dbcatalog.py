@@ -1,0 +1,285 @@
+"""Catalogs kept in a database table (DuckDB or SQLite), and writing download flags back to them.
+
+A database catalog is read with an SQL query whose result is treated exactly like the rows of a
+catalog file: every value becomes text and goes through the same id, URL and filter checks. The
+database is opened read-only for that, and closed straight after, so the workflow never holds it
+while a job writes to it.
+
+Writing back (``catalog_write_back``) sets a ``thumb_downloaded`` BOOLEAN column of the catalog
+table, adding the column when it is missing: true for each selected image whose thumbnail exists
+and is non-empty (an empty thumbnail marks a failed download), false for the other selected images.
+Rows outside the selection are not touched, only rows whose flag changes are written, and the whole
+update is one transaction, so it can be repeated at will.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from thumbfeat import layout
+
+SUFFIXES = frozenset({".duckdb", ".ddb", ".db", ".sqlite", ".sqlite3"})
+FLAG_COLUMN = "thumb_downloaded"
+DEFAULT_TABLE = "dim_image"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_DUCKDB_MAGIC = b"DUCK"  # at byte 8 of every DuckDB file
+
+
+class DatabaseError(ValueError):
+    """A database catalog cannot be read or updated; the message names the file (and query)."""
+
+
+def is_database(path: Path) -> bool:
+    return path.suffix.lower() in SUFFIXES
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def default_query(table: str) -> str:
+    return f"SELECT * FROM {quote(table)}"
+
+
+def database_kind(path: Path) -> str:
+    """``sqlite`` or ``duckdb``, told by the file's first bytes (``.db`` is used for both)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except FileNotFoundError:
+        raise DatabaseError(f"{path}: catalog database not found") from None
+    except OSError as exc:
+        raise DatabaseError(f"{path}: cannot read the catalog database: {exc}") from exc
+    if head.startswith(_SQLITE_MAGIC):
+        return "sqlite"
+    if head[8:12] == _DUCKDB_MAGIC:
+        return "duckdb"
+    raise DatabaseError(f"{path}: neither a SQLite nor a DuckDB database file")
+
+
+@contextlib.contextmanager
+def _sqlite(path: Path, *, read_only: bool) -> Iterator[sqlite3.Connection]:
+    uri = path.resolve().as_uri() + ("?mode=ro" if read_only else "?mode=rw")
+    con = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def _duckdb(path: Path, *, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:
+        hint = (" (is another program writing to it?)" if "lock" in str(exc).lower() else "")
+        raise DatabaseError(f"{path}: cannot open the catalog database{hint}: {exc}") from exc
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _as_text(table: pa.Table) -> pa.Table:
+    """Every column as text, as catalog files are read, so ids like ``007`` stay what they are."""
+    columns = []
+    for column in table.columns:
+        try:
+            columns.append(column.cast(pa.string()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            columns.append(pa.array([None if v is None else str(v) for v in column.to_pylist()],
+                                    type=pa.string()))
+    return pa.table(columns, names=table.column_names)
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _read_sqlite(path: Path, query: str) -> pa.Table:
+    with _sqlite(path, read_only=True) as con:
+        cursor = con.execute(query)
+        if cursor.description is None:
+            raise DatabaseError(f"{path}: the catalog query returns no rows\n  query: {query}")
+        names = [entry[0] for entry in cursor.description]
+        rows = cursor.fetchall()
+    columns = [pa.array([_text(row[i]) for row in rows], type=pa.string())
+               for i in range(len(names))]
+    return pa.table(columns, names=names)
+
+
+def _read_duckdb(path: Path, query: str) -> pa.Table:
+    with _duckdb(path, read_only=True) as con:
+        relation = con.sql(query)
+        if relation is None:
+            raise DatabaseError(f"{path}: the catalog query returns no rows\n  query: {query}")
+        to_arrow = getattr(relation, "to_arrow_table", None) or relation.arrow
+        return _as_text(to_arrow())
+
+
+def read_query(path: Path, query: str) -> pa.Table:
+    """The query's result with every column as text; errors name the database and the query."""
+    kind = database_kind(path)
+    try:
+        table = _read_sqlite(path, query) if kind == "sqlite" else _read_duckdb(path, query)
+    except (sqlite3.Error, duckdb.Error) as exc:
+        raise DatabaseError(f"{path}: the catalog query failed: {exc}\n  query: {query}") from exc
+    repeated = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+    if repeated:
+        raise DatabaseError(f"{path}: the catalog query returns the column(s) "
+                            f"{', '.join(repeated)} more than once; name them apart with AS\n"
+                            f"  query: {query}")
+    return table
+
+
+# --- writing back ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteBack:
+    """What a write-back changed, for the log and the rule's receipt."""
+
+    database: str
+    table: str
+    selected: int
+    downloaded: int
+    matched: int
+    changed: int
+    column_added: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def thumbnail_flags(results: str | Path, image_ids: Sequence[str]) -> dict[str, bool]:
+    """For each image: is its thumbnail on disk and non-empty (a real download)."""
+    flags = {}
+    for image_id in image_ids:
+        try:
+            flags[image_id] = os.stat(layout.thumb_path(results, image_id)).st_size > 0
+        except FileNotFoundError:
+            flags[image_id] = False
+    return flags
+
+
+def _columns_sqlite(con: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in con.execute(f"PRAGMA table_info({quote(table)})").fetchall()]
+
+
+def _columns_duckdb(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return [row[0] for row in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+        "AND table_schema = current_schema() ORDER BY ordinal_position", [table]).fetchall()]
+
+
+def _check_columns(path: Path, table: str, columns: list[str], id_column: str) -> None:
+    if not columns:
+        raise DatabaseError(f"{path}: no table {table!r} to write {FLAG_COLUMN} to "
+                            "(set catalog_table)")
+    if id_column not in columns:
+        raise DatabaseError(f"{path}: table {table!r} has no column {id_column!r} to match "
+                            f"images by; its columns are {', '.join(columns)}")
+
+
+def _write_sqlite(path: Path, table: str, id_column: str,
+                  flags: Mapping[str, bool]) -> tuple[int, int, bool]:
+    key = f"trim(CAST(t.{quote(id_column)} AS TEXT))"
+    with _sqlite(path, read_only=False) as con:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            columns = _columns_sqlite(con, table)
+            _check_columns(path, table, columns, id_column)
+            added = FLAG_COLUMN not in columns
+            if added:
+                con.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {FLAG_COLUMN} BOOLEAN")
+            con.execute("CREATE TEMP TABLE thumbfeat_flags "
+                        "(image_id TEXT PRIMARY KEY, downloaded INTEGER NOT NULL)")
+            con.executemany("INSERT INTO temp.thumbfeat_flags VALUES (?, ?)",
+                            [(i, int(flag)) for i, flag in flags.items()])
+            matched = con.execute(
+                f"SELECT count(DISTINCT f.image_id) FROM {quote(table)} AS t "
+                f"JOIN temp.thumbfeat_flags AS f ON f.image_id = {key}").fetchone()[0]
+            changed = con.execute(
+                f"UPDATE {quote(table)} AS t SET {FLAG_COLUMN} = f.downloaded "
+                f"FROM temp.thumbfeat_flags AS f WHERE f.image_id = {key} "
+                f"AND t.{FLAG_COLUMN} IS NOT f.downloaded").rowcount
+            con.execute("DROP TABLE temp.thumbfeat_flags")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return matched, changed, added
+
+
+def _write_duckdb(path: Path, table: str, id_column: str,
+                  flags: Mapping[str, bool]) -> tuple[int, int, bool]:
+    key = f"trim(CAST(t.{quote(id_column)} AS VARCHAR))"
+    incoming = pa.table({"image_id": list(flags), "downloaded": list(flags.values())})
+    with _duckdb(path, read_only=False) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            columns = _columns_duckdb(con, table)
+            _check_columns(path, table, columns, id_column)
+            added = FLAG_COLUMN not in columns
+            if added:
+                con.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {FLAG_COLUMN} BOOLEAN")
+            con.register("thumbfeat_flags", incoming)
+            row = con.execute(
+                f"SELECT count(DISTINCT f.image_id) FROM {quote(table)} AS t "
+                f"JOIN thumbfeat_flags AS f ON f.image_id = {key}").fetchone()
+            matched = int(row[0]) if row else 0
+            row = con.execute(
+                f"UPDATE {quote(table)} AS t SET {FLAG_COLUMN} = f.downloaded "
+                f"FROM thumbfeat_flags AS f WHERE f.image_id = {key} "
+                f"AND t.{FLAG_COLUMN} IS DISTINCT FROM f.downloaded").fetchone()
+            changed = int(row[0]) if row else 0
+            con.unregister("thumbfeat_flags")
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+    return matched, changed, added
+
+
+def write_back(path: Path, table: str, id_column: str, flags: Mapping[str, bool]) -> WriteBack:
+    """Set ``thumb_downloaded`` in ``table`` from ``flags`` (image id to downloaded or not)."""
+    kind = database_kind(path)
+    try:
+        if kind == "sqlite":
+            matched, changed, added = _write_sqlite(path, table, id_column, flags)
+        else:
+            matched, changed, added = _write_duckdb(path, table, id_column, flags)
+    except (sqlite3.Error, duckdb.Error) as exc:
+        raise DatabaseError(f"{path}: writing {FLAG_COLUMN} to table {table!r} failed: "
+                            f"{exc}") from exc
+    return WriteBack(database=str(path), table=table, selected=len(flags),
+                     downloaded=sum(flags.values()), matched=matched, changed=changed,
+                     column_added=added)
+
+
+def write_back_and_log(path: Path, table: str, id_column: str, image_ids: Sequence[str],
+                       results: str | Path, *, logger: logging.Logger) -> WriteBack:
+    """Flag the selected images by their thumbnails on disk, and log what changed."""
+    result = write_back(path, table, id_column, thumbnail_flags(results, image_ids))
+    logger.info("%s, table %s: %s set for %d selected images (%d downloaded); %d rows changed%s",
+                path, table, FLAG_COLUMN, result.selected, result.downloaded, result.changed,
+                f" (column {FLAG_COLUMN} added)" if result.column_added else "")
+    if result.matched < result.selected:
+        logger.warning("%d selected image ids have no row in table %s (column %s): the catalog "
+                       "query does not read its ids from this table?",
+                       result.selected - result.matched, table, id_column)
+    return result
