@@ -27,6 +27,7 @@ rule all:
         # a missing intermediate file while the file depending on it (the table) exists.
         FEATURE_TABLE,
         CATALOG_SNAPSHOT,
+        TABLE_SETTINGS,
         [batch_manifest(b) for b in PLAN.batches],
         # The warehouse receipt (and the database while it does not exist) and, when asked for,
         # the write-back receipt.

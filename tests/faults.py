@@ -15,12 +15,12 @@ import time
 import zlib
 from collections import Counter, deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 from PIL import Image
 
-from tests.support import make_jpeg
+from tests.support import LoopbackServer, make_jpeg
 
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>login</body></html>"
 
@@ -54,13 +54,11 @@ def png_bytes(name: str) -> bytes:
     return out.getvalue()
 
 
-class QuietServer(ThreadingHTTPServer):
+class QuietServer(LoopbackServer):
     """Clients hanging up mid-answer (and sockets closed at shutdown) are what these tests
     provoke: not worth a traceback."""
 
     daemon_threads = True
-    # Many clients connect at once; the default backlog of 5 would drop their connections.
-    request_queue_size = 256
 
     def handle_error(self, request: object, client_address: object) -> None:
         import sys

@@ -46,6 +46,13 @@ def make_jpeg(name: str, size: tuple[int, int] = (320, 240)) -> bytes:
     return out.getvalue()
 
 
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded server whose listen backlog holds a whole pool of connections arriving at once
+    (the default of 5 drops the rest, which then fail as connect timeouts and get retried)."""
+
+    request_queue_size = 256
+
+
 class ImageServer:
     """A loopback HTTP server with a behaviour per path prefix, counting every request.
 
@@ -71,7 +78,7 @@ class ImageServer:
             def do_GET(self) -> None:
                 server.handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LoopbackServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

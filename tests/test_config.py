@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 import yaml
-from thumbfeat.config import ConfigError, check_against_schema, coerce_to_schema, describe
+from thumbfeat.config import (
+    ConfigError,
+    check_against_schema,
+    coerce_to_schema,
+    describe,
+    fetch_settings,
+    rate_share,
+)
 
 from tests.support import REPO, run_snakemake, write_catalog
 
@@ -103,3 +110,48 @@ def test_snakemake_stops_before_any_work(tmp_path: Path, args: list[str], messag
     assert message in output, output
     assert "thumbfeat plan" not in output
     assert not (tmp_path / "results").exists()
+
+
+# --- download settings ----------------------------------------------------------------------
+
+
+def test_download_settings_reach_the_fetcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TF_CONFIG_TEST_KEY", "s3cr3t-config-value")
+    download = {**DEFAULTS["download"], "host_rate_limit": 12, "host_max_connections": 4,
+                "host_limits": {"slow.example": {"rate": 1}},
+                "headers": {"X-Team": "vision"}, "header_env": {"X-Api-Key": "TF_CONFIG_TEST_KEY"}}
+    config = {**DEFAULTS, "download": download, "local_file_roots": []}
+    check_against_schema(coerce_to_schema(config, SCHEMA), SCHEMA)
+    settings = fetch_settings(config, REPO)
+    assert (settings.host_rate_limit, settings.host_max_connections) == (12, 4)
+    assert settings.host_limits == {"slow.example": {"rate": 1}}
+    assert settings.header_env == {"X-Api-Key": "TF_CONFIG_TEST_KEY"}
+    assert settings.rate_share == 1.0  # set by the workflow from its job slots
+    # The secret's value is read by the jobs, never kept in the settings.
+    assert "s3cr3t-config-value" not in repr(settings)
+
+
+def test_a_missing_secret_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TF_CONFIG_TEST_KEY", raising=False)
+    config = {**DEFAULTS, "local_file_roots": [],
+              "download": {"header_env": {"Authorization": "TF_CONFIG_TEST_KEY"}}}
+    with pytest.raises(ConfigError, match="'TF_CONFIG_TEST_KEY' for the 'Authorization' header"):
+        fetch_settings(config, REPO)
+
+
+@pytest.mark.parametrize(("slots", "batches", "share"),
+                         [(8, 20, 1 / 8), (8, 3, 1 / 3), (1, 5, 1.0), (4, 0, 1.0)])
+def test_rate_share(slots: int, batches: int, share: float) -> None:
+    assert rate_share(slots, batches) == pytest.approx(share)
+
+
+@pytest.mark.parametrize(
+    ("download", "message"),
+    [
+        ({"host_limits": {"a.example": {"rate": "fast"}}}, "download.host_limits.a.example.rate"),
+        ({"header_env": {"X-Key": "not a name"}}, "download.header_env.X-Key"),
+        ({"host_max_connections": -1}, "download.host_max_connections"),
+    ],
+)
+def test_download_mistakes_are_named(download: dict[str, Any], message: str) -> None:
+    assert message in problem(download={**DEFAULTS["download"], **download})

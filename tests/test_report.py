@@ -41,7 +41,12 @@ def rows_table(extra: dict[str, list[object]] | None = None) -> pa.Table:
                                  feature_version="v1"))
     built = pa.Table.from_pylist(rows, schema=table.ROW_SCHEMA)
     for name, values in (extra or {}).items():
-        built = built.append_column(name, pa.array(values, type=pa.int64()))
+        if name in built.column_names:
+            field = built.schema.field(name)
+            built = built.set_column(built.schema.get_field_index(name), field,
+                                     pa.array(values, type=field.type))
+        else:
+            built = built.append_column(name, pa.array(values, type=pa.int64()))
     return built
 
 
@@ -56,7 +61,7 @@ def test_ranking_uses_measured_rows_only() -> None:
 
 
 def test_duplicate_groups_ignore_singletons_and_nulls() -> None:
-    rows = rows_table({"near_duplicate_group": [7, None, 7, 3, None]})
+    rows = rows_table({"near_duplicate_group": ["a", None, "a", "d", None]})
     assert duplicate_groups(rows) == [["a", "c"]]
     assert "near_duplicate_group" not in numeric_features(rows)
     assert duplicate_groups(rows_table()) == []
@@ -91,7 +96,7 @@ def test_failures_and_statistics_pages() -> None:
 def test_build_report_skips_absent_features(tmp_path: Path,
                                             caplog: pytest.LogCaptureFixture) -> None:
     results = tmp_path / "results"
-    rows = rows_table({"near_duplicate_group": [1, 1, 2, 2, None]})
+    rows = rows_table({"near_duplicate_group": ["a", "a", "c", "c", None]})
     for image_id in "abcd":
         path = Path(layout.thumb_path(results, image_id))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,13 +109,13 @@ def test_build_report_skips_absent_features(tmp_path: Path,
         build_report(table_path, results, sheets_dir=out / "sheets",
                      histograms_dir=out / "histograms", duplicates_path=out / "dups.png",
                      failures_path=out / "failures.html", statistics_path=out / "stats.html",
-                     settings=ReportSettings(rank_by=("brightness_mean", "colorfulness"),
+                     settings=ReportSettings(rank_by=("brightness_mean", "future_score"),
                                              sheet_images=3), logger=logger)
     assert sorted(p.name for p in (out / "sheets").iterdir()) == [
         "brightness_mean-highest.png", "brightness_mean-lowest.png"]
     assert {p.name for p in (out / "histograms").iterdir()} == {
         "brightness_mean.png", "sharpness.png", "width.png"}
-    assert "['colorfulness']" in caplog.text
+    assert "['future_score']" in caplog.text
     assert "2 near-duplicate groups" in caplog.text
     # Two groups of two: two rows of tiles, wider than tall.
     sheet = Image.open(out / "dups.png")

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from thumbfeat import layout, table
 from thumbfeat.catalog import read_snapshot_ids
+from thumbfeat.features import compute_features
+from thumbfeat.imaging import decode_image
 
-FEATURES = {
-    "width": 320,
-    "height": 240,
-    "file_bytes": 12345,
-    "format": "JPEG",
-    "brightness_mean": 101.5,
-    "contrast_rms": 40.25,
-    "entropy": 7.125,
-    "sharpness": 512.0,
-}
+
+def _real_features() -> dict[str, object]:
+    """Every feature column of a real (small, colourful) image, lists and structs included."""
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    buffer = BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    data = buffer.getvalue()
+    return compute_features(decode_image(data), data)
+
+
+FEATURES = _real_features()
 
 
 def test_ok_row_round_trip(tmp_path: Path) -> None:
@@ -40,6 +47,8 @@ def test_ok_row_round_trip(tmp_path: Path) -> None:
         "error": None,
         "retryable": None,
         "feature_version": "1",
+        "exact_duplicate_group": None,
+        "near_duplicate_group": None,
     }
     assert sorted(p.name for p in path.parent.iterdir()) == ["img1.parquet"]
 
@@ -174,6 +183,68 @@ def test_row_schema_has_every_feature_column() -> None:
     assert set(FEATURE_COLUMNS) <= set(table.ROW_SCHEMA.names)
 
 
+def _grouping_row(image_id: str, digest: str, phash: str) -> dict[str, object]:
+    return table.ok_row(image_id, {**FEATURES, "pixels_sha256": digest, "phash": phash}, "2")
+
+
+def _assemble_rows(tmp_path: Path, rows: list[dict[str, object]],
+                   distance: int) -> pa.Table:
+    results = tmp_path / "results"
+    for row in rows:
+        table.write_row(layout.feature_path(results, str(row["image_id"])), row)
+    out = results / "feature_table.parquet"
+    table.assemble_table([str(r["image_id"]) for r in rows], str(results), out,
+                         near_duplicate_distance=distance)
+    return pq.read_table(out)
+
+
+@pytest.mark.parametrize("distance", [6, 7])
+def test_assembly_fills_duplicate_groups(tmp_path: Path, distance: int) -> None:
+    far = 0xF0F0_F0F0_F0F0_F0F0
+    rows = [
+        _grouping_row("m", "d1", f"{0:016x}"),
+        _grouping_row("b", "d2", f"{0b11:016x}"),  # 2 bits from m
+        _grouping_row("k", "d1", f"{0:016x}"),  # same pixels as m
+        _grouping_row("x", "d3", f"{far:016x}"),
+        _grouping_row("y", "d4", f"{far ^ 0x7F:016x}"),  # 7 bits from x
+        table.failed_row("z", "http_status", "HTTP 404", retryable=False, feature_version="2"),
+        _grouping_row("q", "d5", f"{0xFFFF_0000_FFFF_0000:016x}"),  # far from all
+    ]
+    built = _assemble_rows(tmp_path, rows, distance)
+    exact = dict(zip(built.column("image_id").to_pylist(),
+                     built.column("exact_duplicate_group").to_pylist(), strict=True))
+    near = dict(zip(built.column("image_id").to_pylist(),
+                    built.column("near_duplicate_group").to_pylist(), strict=True))
+    assert exact == {"m": "k", "b": None, "k": "k", "x": None, "y": None, "z": None, "q": None}
+    expected_near = {"m": "b", "b": "b", "k": "b", "z": None, "q": None}
+    linked = "x" if distance >= 7 else None
+    assert near == {**expected_near, "x": linked, "y": linked}
+    assert built.schema.metadata[b"thumbfeat.near_duplicate_distance"] == str(distance).encode()
+    assert built.schema.equals(table.ROW_SCHEMA)
+
+
+def test_groups_are_recomputed_not_taken_from_the_cached_table(tmp_path: Path) -> None:
+    rows = [_grouping_row("a", "d1", f"{0:016x}"), _grouping_row("b", "d1", f"{1:016x}")]
+    first = _assemble_rows(tmp_path, rows, 6)
+    assert first.column("exact_duplicate_group").to_pylist() == ["a", "a"]
+    # "b" is re-measured with other pixels: the cached table's groups must not survive.
+    rows[1] = _grouping_row("b", "d2", f"{0xFFFF_FFFF_FFFF_FFFF:016x}")
+    second = _assemble_rows(tmp_path, rows, 6)
+    assert second.column("exact_duplicate_group").to_pylist() == [None, None]
+    assert second.column("near_duplicate_group").to_pylist() == [None, None]
+
+
+def test_settings_marker_names_the_distance_and_replaces_older_ones(tmp_path: Path) -> None:
+    results = str(tmp_path / "results")
+    six = table.settings_marker(results, 6)
+    table.write_settings_marker(six, 6)
+    seven = table.settings_marker(results, 7)
+    assert seven != six
+    table.write_settings_marker(seven, 7)
+    assert not Path(six).exists()
+    assert json.loads(Path(seven).read_text()) == {"near_duplicate_distance": 7}
+
+
 def test_many_files_read_in_the_order_asked(tmp_path: Path) -> None:
     # Enough files for the DuckDB scan; the order asked is neither name nor shard order.
     ids = [f"m{(i * 7919) % 1000:04d}" for i in range(table.MANY_FILES + 100)]
@@ -190,3 +261,20 @@ def test_many_files_read_in_the_order_asked(tmp_path: Path) -> None:
     assert scanned.schema == table.ROW_SCHEMA
     assert scanned.column("image_id").to_pylist() == ids
     assert scanned.equals(one_by_one)
+
+
+def test_many_files_keep_list_and_struct_columns(tmp_path: Path) -> None:
+    # The DuckDB scan must bring hue_hist (list) and dominant_colors (list of structs) back intact.
+    ids = [f"f{i:04d}" for i in range(table.MANY_FILES + 10)]
+    for number, image_id in enumerate(ids):
+        features = dict(FEATURES)
+        if number % 2:
+            features.update(hue_mean=None, hue_hist=None)
+        table.write_row(layout.feature_path(tmp_path, image_id),
+                        table.ok_row(image_id, features, "2"))
+    paths = [layout.feature_path(tmp_path, i) for i in ids]
+    scanned = table.read_rows(paths)
+    assert scanned.equals(pa.concat_tables([table.read_row(p) for p in paths]))
+    first = scanned.slice(0, 1).to_pylist()[0]
+    assert first["dominant_colors"] == FEATURES["dominant_colors"]
+    assert first["hue_hist"] == FEATURES["hue_hist"]

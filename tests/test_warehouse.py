@@ -114,8 +114,9 @@ def test_new_columns_rebuild_the_table(tmp_path: Path) -> None:
 
     wider = pa.Table.from_pylist(rows, schema=feature_table.ROW_SCHEMA)
     position = wider.schema.get_field_index("sharpness") + 1
-    wider = wider.add_column(position, "colorfulness", pa.array([0.1, None, 0.3]))
-    wider = wider.append_column("phash", pa.array(["00ff", "0f0f", None]))
+    # Columns a later feature version might add (names not in the current schema).
+    wider = wider.add_column(position, "future_score", pa.array([0.1, None, 0.3]))
+    wider = wider.append_column("future_hash", pa.array(["00ff", "0f0f", None]))
     wider = wider.set_column(wider.schema.get_field_index("width"), "width",
                              wider.column("width").cast(pa.int64()))
     wider = wider.filter(pa.array([True, True, False]))  # and c leaves

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from thumbfeat import layout
 
 from tests.support import ImageServer, file_times, image_rows, run_snakemake, write_catalog
@@ -251,3 +253,50 @@ def test_bundled_demo_runs_from_any_directory(tmp_path: Path) -> None:
     filtered = run_snakemake(tmp_path, config={"filter": "{vote_pool_flag: true}"})
     assert "14 images in the catalog" in filtered.stdout + filtered.stderr
     assert "brick" not in {r["image_id"] for r in read_table(tmp_path)}
+
+
+def test_duplicate_groups_and_regrouping_without_remeasuring(tmp_path: Path) -> None:
+    demo = Path(__file__).resolve().parent.parent / "config" / "demo" / "images"
+    images = tmp_path / "images"
+    images.mkdir()
+    astronaut = Image.open(demo / "astronaut.jpg")
+    shutil.copy(demo / "astronaut.jpg", images / "astronaut.jpg")
+    astronaut.save(images / "astronaut-lossless.png")  # same pixels, other file
+    # Trimmed by 4 px, shrunk and recompressed: a near copy (its pHash differs in a few bits).
+    astronaut.crop((4, 4, 316, 316)).resize((200, 200), Image.Resampling.LANCZOS).save(
+        images / "astronaut-small.jpg", quality=50)
+    for name in ("coffee", "rocket"):
+        shutil.copy(demo / f"{name}.jpg", images / f"{name}.jpg")
+    names = ["coffee", "astronaut-small", "astronaut", "rocket", "astronaut-lossless"]
+    files = {n: next(images.glob(f"{n}.*")).name for n in names}
+    catalog = write_catalog(tmp_path / "catalog.csv",
+                            [(n, f"file:images/{files[n]}") for n in names])
+    config = {**FAST, "catalog": str(catalog), "local_file_roots": f"[{images}]"}
+
+    run_snakemake(tmp_path, config=config)
+    table = pq.read_table(tmp_path / "results" / "feature_table.parquet")
+    rows = {r["image_id"]: r for r in table.to_pylist()}
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert rows["astronaut"]["feature_version"] == "2"
+    exact = {n: r["exact_duplicate_group"] for n, r in rows.items()}
+    near = {n: r["near_duplicate_group"] for n, r in rows.items()}
+    assert exact == {"coffee": None, "astronaut-small": None, "astronaut": "astronaut",
+                     "rocket": None, "astronaut-lossless": "astronaut"}
+    assert near == {"coffee": None, "astronaut-small": "astronaut", "astronaut": "astronaut",
+                    "rocket": None, "astronaut-lossless": "astronaut"}
+    assert table.schema.metadata[b"thumbfeat.near_duplicate_distance"] == b"6"
+
+    # A new distance regroups the table; nothing is fetched or measured again.
+    features = file_times(tmp_path / "results", "features/**/*.parquet")
+    result = run_snakemake(tmp_path, config={**config, "near_duplicate_distance": "0"})
+    assert plan_counts(result.stdout + result.stderr) == {"download": 0, "features": 0,
+                                                          "failed": 0}
+    assert file_times(tmp_path / "results", "features/**/*.parquet") == features
+    table = pq.read_table(tmp_path / "results" / "feature_table.parquet")
+    assert table.schema.metadata[b"thumbfeat.near_duplicate_distance"] == b"0"
+    near = dict(zip(table.column("image_id").to_pylist(),
+                    table.column("near_duplicate_group").to_pylist(), strict=True))
+    assert near["astronaut-lossless"] == "astronaut"  # identical pixels, identical hash
+    assert near["astronaut-small"] is None
+    markers = sorted(p.name for p in (tmp_path / "results" / "table-settings").iterdir())
+    assert markers == ["near-duplicate-distance-0.json"]

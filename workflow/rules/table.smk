@@ -1,8 +1,12 @@
+from thumbfeat.table import settings_marker as table_settings_marker  # noqa: E402
+
 # The feature table: every per-image row, in catalog order, written with a snapshot of the catalog
 # it was built for. It is rebuilt when the catalog's content changes (the snapshot is named by a
 # digest of the selected ids and URLs, so a new selection is a missing file), when a batch ran, or
 # when a feature shard folder changed since the table was written (a row file was added or
-# removed by any means: a folder's time changes on every rename into it).
+# removed by any means: a folder's time changes on every rename into it). The settings marker is
+# named by the near-duplicate distance, so changing that setting also rebuilds the table.
+TABLE_SETTINGS = table_settings_marker(RESULTS, config["near_duplicate_distance"])
 
 
 # On a cluster the table is assembled by the submitting process itself: it reads partial tables
@@ -18,6 +22,7 @@ rule feature_table:
     output:
         snapshot=CATALOG_SNAPSHOT,
         table=FEATURE_TABLE,
+        settings=TABLE_SETTINGS,
     log:
         f"{RESULTS}/{layout.LOGS}/feature_table.log",
     conda:
@@ -26,5 +31,6 @@ rule feature_table:
     params:
         digest=CATALOG_DIGEST,
         spec=asdict(CATALOG_SPEC),
+        near_duplicate_distance=config["near_duplicate_distance"],
     script:
         "../scripts/feature_table.py"

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from thumbfeat.catalog import CatalogSpec, write_snapshot
 from thumbfeat.config import RESULTS, job_logger
-from thumbfeat.table import assemble_and_log
+from thumbfeat.table import assemble_and_log, write_settings_marker
 
 smk = snakemake  # noqa: F821
 logger = job_logger(smk.log[0], "table")
@@ -18,5 +18,11 @@ catalog = write_snapshot(
     logger=logger,
 )
 assemble_and_log(
-    catalog.ids, RESULTS, smk.output.table, threads=max(2, smk.threads * 4), logger=logger
+    catalog.ids,
+    RESULTS,
+    smk.output.table,
+    threads=max(2, smk.threads * 4),
+    logger=logger,
+    near_duplicate_distance=smk.params.near_duplicate_distance,
 )
+write_settings_marker(smk.output.settings, smk.params.near_duplicate_distance)

@@ -243,7 +243,7 @@ def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(layout.failure_path(results, image_id))
         try:
-            features = compute_features(decode_image(data, max_pixels=max_pixels), len(data))
+            features = compute_features(decode_image(data, max_pixels=max_pixels), data)
         except ImageRejected as rejected:
             row = table.failed_row(image_id, rejected.kind, rejected.message, retryable=False,
                                    feature_version=FEATURE_VERSION)

@@ -144,15 +144,18 @@ def contact_sheet(rows: pa.Table, results: str | Path, column: str, *, highest: 
 
 
 def duplicate_groups(rows: pa.Table) -> list[list[str]]:
-    """Groups of two or more images sharing a near-duplicate group id, largest first."""
+    """Groups of two or more images sharing a near-duplicate group label, largest first.
+
+    The label is whatever the table stores (the group's smallest image id); it is only compared.
+    """
     if DUPLICATE_COLUMN not in rows.column_names:
         return []
-    members: dict[int, list[str]] = {}
+    members: dict[object, list[str]] = {}
     pairs = zip(rows.column("image_id").to_pylist(), rows.column(DUPLICATE_COLUMN).to_pylist(),
                 strict=True)
     for image_id, group in pairs:
         if group is not None:
-            members.setdefault(int(group), []).append(image_id)
+            members.setdefault(group, []).append(image_id)
     groups = [ids for ids in members.values() if len(ids) > 1]
     return sorted(groups, key=lambda ids: -len(ids))
 
