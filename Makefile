@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test lint bench report clean
+.PHONY: run test lint bench report clean slurm slurm-stop
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ report: $(VENV)/.installed
 	$(BIN)/snakemake report_figures --report report.html
 	@echo "report: report.html"
 
+# PYTEST_ARGS='-m "not slurm"' leaves out the tests that need the local SLURM cluster.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A single-node SLURM cluster on this machine (Debian/Ubuntu, as root): see scripts/slurm-local.sh.
+slurm:
+	scripts/slurm-local.sh install start
+
+slurm-stop:
+	scripts/slurm-local.sh stop
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

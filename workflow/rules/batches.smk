@@ -20,6 +20,10 @@ for batch in PLAN.batches:
         conda:
             "../../envs/thumbfeat.yaml"
         threads: config["batch_threads"]
+        resources:
+            # Read by cluster executors (e.g. sbatch --mem, --time); see profiles/slurm.
+            mem_mb=config["batch_mem_mb"],
+            runtime=config["batch_runtime"],
         params:
             sources=[(i, PLAN.urls[i]) for i in batch.download_ids],
             measure=list(batch.feature_ids),

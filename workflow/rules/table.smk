@@ -9,6 +9,12 @@ from thumbfeat.table import settings_marker as table_settings_marker  # noqa: E4
 TABLE_SETTINGS = table_settings_marker(RESULTS, config["near_duplicate_distance"])
 
 
+# On a cluster the table is assembled by the submitting process itself: it reads partial tables
+# from the shared results folder for a few seconds, less than a queue wait and a job start cost.
+localrules:
+    feature_table,
+
+
 rule feature_table:
     input:
         manifests=[batch_manifest(b) for b in PLAN.batches],

@@ -21,6 +21,13 @@ if config["catalog_write_back"]:
     WAREHOUSE_TARGETS.append(WRITE_BACK_RECEIPT)
 
 
+# On a cluster both run on the submitting machine: short, and DuckDB files are best written by one
+# machine (file locks on network file systems are unreliable).
+localrules:
+    warehouse,
+    catalog_write_back,
+
+
 rule warehouse:
     input:
         table=FEATURE_TABLE,

@@ -1,0 +1,136 @@
+"""The plan a run hands to its cluster jobs, so that each job works on exactly its own batch.
+
+On a cluster each job is a new ``snakemake`` process that parses the workflow again. Planned afresh
+there, the work list would already miss the images that other jobs finished meanwhile, batches
+would be numbered and keyed differently, and the job would not produce the files the main process
+waits for; automatic batch sizes and rate shares would follow the job's own core count instead of
+the run's job slots. So the main process writes its plan once, before the first job is submitted,
+to a file named by its content, and passes the file's path to its jobs in an environment variable
+(cluster submissions carry the environment along, e.g. ``sbatch --export=ALL``). A job that finds
+the variable reads the plan instead of planning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from thumbfeat import atomic
+from thumbfeat.plan import Batch, WorkPlan
+
+ENV_VAR = "THUMBFEAT_HANDED_PLAN"
+FORMAT = 1
+# Handover files of runs that were killed before they could remove theirs are removed after this.
+STALE_AFTER_S = 7 * 24 * 3600
+
+
+class HandoverError(RuntimeError):
+    """A handed-over plan that cannot be read; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class HandedPlan:
+    """What jobs need from the main process: the batches, their URLs and the run's job slots."""
+
+    plan: WorkPlan
+    catalog_digest: str
+    slots: int
+
+
+def encode(plan: WorkPlan, catalog_digest: str, slots: int) -> bytes:
+    batches = [
+        {"number": b.number, "image_ids": list(b.image_ids),
+         "download_ids": list(b.download_ids), "feature_ids": list(b.feature_ids)}
+        for b in plan.batches
+    ]
+    document = {"format": FORMAT, "catalog_size": plan.catalog_size,
+                "catalog_digest": catalog_digest, "slots": slots,
+                "batches": batches, "urls": plan.urls}
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def decode(data: bytes) -> HandedPlan:
+    document = json.loads(data)
+    if document.get("format") != FORMAT:
+        raise ValueError(f"unknown format {document.get('format')!r}")
+    batches = [
+        Batch(number=int(b["number"]), image_ids=tuple(b["image_ids"]),
+              download_ids=tuple(b["download_ids"]), feature_ids=tuple(b["feature_ids"]))
+        for b in document["batches"]
+    ]
+    plan = WorkPlan(
+        catalog_size=int(document["catalog_size"]),
+        download=[i for b in batches for i in b.download_ids],
+        features=[i for b in batches for i in b.feature_ids],
+        batches=batches,
+        urls=dict(document["urls"]),
+    )
+    return HandedPlan(plan=plan, catalog_digest=str(document["catalog_digest"]),
+                      slots=int(document["slots"]))
+
+
+def save(folder: str | Path, plan: WorkPlan, catalog_digest: str, slots: int) -> Path:
+    """Write the plan atomically to ``folder``, named by its content; return the absolute path.
+
+    Old handover files (of runs killed before they could remove theirs) are pruned on the way.
+    """
+    data = encode(plan, catalog_digest, slots)
+    directory = Path(folder).resolve()
+    prune(directory)
+    path = directory / f"plan-{hashlib.sha1(data).hexdigest()[:16]}.json"
+    atomic.write_bytes(path, data)
+    return path
+
+
+def prune(directory: Path, older_than_s: float = STALE_AFTER_S) -> None:
+    if not directory.is_dir():
+        return
+    cutoff = time.time() - older_than_s
+    for path in directory.glob("plan-*.json"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def load(path: str | Path) -> HandedPlan:
+    try:
+        return decode(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise HandoverError(
+            f"the plan handed over by the main snakemake process, {path}, is gone: was the run's "
+            f".snakemake folder removed while jobs were queued? Run the workflow again."
+        ) from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise HandoverError(f"the handed-over plan {path} cannot be read ({error}); "
+                            f"run the workflow again") from None
+
+
+def handed_plan_path(environ: Mapping[str, str], is_job: bool) -> str | None:
+    """The plan file this process must follow: only jobs (not a main process) follow one.
+
+    A user's own shell may carry the variable from an earlier run; a main process ignores it and
+    plans afresh.
+    """
+    if not is_job:
+        return None
+    return environ.get(ENV_VAR) or None
+
+
+def publish(path: Path) -> None:
+    """Make the plan visible to every job this process submits from now on."""
+    os.environ[ENV_VAR] = str(path)
+
+
+def withdraw(path: str | None) -> None:
+    """Remove a run's handover file once its jobs are done."""
+    if path:
+        Path(path).unlink(missing_ok=True)
+        if os.environ.get(ENV_VAR) == path:
+            del os.environ[ENV_VAR]
