@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test lint bench report clean slurm slurm-stop
+.PHONY: run test test-services lint bench report clean slurm slurm-stop
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ report: $(VENV)/.installed
 	$(BIN)/snakemake report_figures --report report.html
 	@echo "report: report.html"
 
+# What the suite drives for real besides Python packages (Debian packages, as root): headless
+# Chromium for the report test, a single-node SLURM for the cluster tests. Both steps do nothing
+# when already done.
+test-services:
+	bash .ci/install-browser
+	scripts/slurm-local.sh install start
+
 # PYTEST_ARGS='-m "not slurm"' leaves out the tests that need the local SLURM cluster.
-test: $(VENV)/.installed
+test: $(VENV)/.installed test-services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # A single-node SLURM cluster on this machine (Debian/Ubuntu, as root): see scripts/slurm-local.sh.
