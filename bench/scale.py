@@ -39,9 +39,17 @@ sys.path.insert(0, str(ROOT / "workflow"))
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+import yaml  # noqa: E402
 from thumbfeat import layout  # noqa: E402
 from thumbfeat.catalog import CatalogSpec, load_catalog, write_snapshot  # noqa: E402
-from thumbfeat.table import ROW_SCHEMA, assemble_table, failed_row, write_row  # noqa: E402
+from thumbfeat.table import (  # noqa: E402
+    ROW_SCHEMA,
+    assemble_table,
+    failed_row,
+    settings_marker,
+    write_row,
+    write_settings_marker,
+)
 
 from bench.common import (  # noqa: E402
     Measured,
@@ -128,6 +136,9 @@ def steady_state(results: Path, catalog: Path, thumb_source: Path) -> None:
     columns["image_id"] = pa.array(ids)
     columns["status"] = pa.array(["ok"] * len(ids))
     pq.write_table(pa.table(columns, schema=ROW_SCHEMA), results / "feature_table.parquet")
+    distance = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())[
+        "near_duplicate_distance"]
+    write_settings_marker(settings_marker(str(results), distance), distance)
 
 
 def profile_dry_run(workdir: Path, catalog: Path, cores: int, out: Path) -> list[str]:
@@ -182,11 +193,14 @@ def main() -> None:
     server, base = start_nginx(images, work)
     lines: list[str] = []
     try:
-        lines += real_state(work, names, base, args, step)
+        if args.real:
+            lines += real_state(work, names, base, args, step)
+            save_partial(work, lines)
         lines += steady_states(work, images / f"{names[0]}.jpg", base, args)
     finally:
         server.terminate()
         server.wait()
+        save_partial(work, lines)
     section = "\n".join([
         "## Scale: 10k to 1M catalog rows on one machine",
         "",
@@ -204,6 +218,11 @@ def main() -> None:
     ])
     print(section)
     update_report(args.report, section)
+
+
+def save_partial(work: Path, lines: list[str]) -> None:
+    """Keep what is measured so far, so a failure later in a long run loses nothing."""
+    (work / "partial-results.md").write_text("\n".join(lines) + "\n")
 
 
 def real_state(work: Path, names: list[str], base: str, args: argparse.Namespace,
@@ -294,6 +313,8 @@ def steady_states(work: Path, thumb_source: Path, base: str,
         print(f"steady {size}: files made in {time.perf_counter() - started:.0f} s", flush=True)
         dry = [measure(snakemake(workdir, catalog, args.cores, "-n"), workdir)
                for _ in range(args.repeats)]
+        # The warehouse of the generated table, loaded by a real run, so the next runs are no-ops.
+        measure(snakemake(workdir, catalog, args.cores), workdir)
         noop = [measure(snakemake(workdir, catalog, args.cores), workdir)
                 for _ in range(args.repeats)]
         log = (workdir / "bench-command.log").read_text()
@@ -302,7 +323,7 @@ def steady_states(work: Path, thumb_source: Path, base: str,
         rows.append(f"| {size:,} | {summary([m.seconds for m in fresh])} | {peak(fresh)} | "
                     f"{summary([m.seconds for m in dry])} | {peak(dry)} | "
                     f"{summary([m.seconds for m in noop])} | {peak(noop)} |")
-        print(f"steady {size}: done", flush=True)
+        print(rows[-1], flush=True)
         if size == max(args.sizes):
             profile = profile_dry_run(workdir, catalog, args.cores, work / "dry-run.prof")
         if size != max(args.sizes):
