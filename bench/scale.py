@@ -122,12 +122,19 @@ def steady_state(results: Path, catalog: Path, thumb_source: Path) -> None:
     row_source = results.parent / "row-source.parquet"
     write_row(row_source, failed_row("x", "synthetic", "synthetic", retryable=False,
                                      feature_version="synthetic"))
+    # One source file per shard folder: a file system allows only so many links to one file.
     for shard in layout.SHARDS:
-        for stage in (layout.THUMBS, layout.FEATURES):
-            (results / stage / shard).mkdir(parents=True, exist_ok=True)
+        for stage, source, suffix in ((layout.THUMBS, thumb_source, layout.THUMB_SUFFIX),
+                                      (layout.FEATURES, row_source, layout.FEATURE_SUFFIX)):
+            folder = results / stage / shard
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, results.parent / f"source-{stage}-{shard}{suffix}")
     for image_id in ids:
-        os.link(thumb_source, layout.thumb_path(results, image_id))
-        os.link(row_source, layout.feature_path(results, image_id))
+        shard = layout.shard_of(image_id)
+        os.link(results.parent / f"source-thumbs-{shard}{layout.THUMB_SUFFIX}",
+                layout.thumb_path(results, image_id))
+        os.link(results.parent / f"source-features-{shard}{layout.FEATURE_SUFFIX}",
+                layout.feature_path(results, image_id))
     digest = selected.digest()
     write_snapshot(spec, results / "catalog" / f"{digest}.parquet", expected_digest=digest,
                    logger=logging.getLogger("bench"))
@@ -239,6 +246,8 @@ def real_state(work: Path, names: list[str], base: str, args: argparse.Namespace
     print("real: dry runs done", flush=True)
     full = measure(snakemake(workdir, catalog, args.cores), workdir)
     print(f"real: full run {full.seconds:.0f} s", flush=True)
+    ok = pq.read_table(workdir / "results" / "feature_table.parquet", columns=["status"])
+    ok_count = ok.column("status").to_pylist().count("ok")
     noop = [measure(snakemake(workdir, catalog, args.cores), workdir)
             for _ in range(args.repeats)]
     grown: list[tuple[float, float, float]] = []
@@ -267,8 +276,6 @@ def real_state(work: Path, names: list[str], base: str, args: argparse.Namespace
         started = time.perf_counter()
         assemble_table(ids, str(workdir / "results"), work / "scratch-table.parquet")
         cached.append(time.perf_counter() - started)
-    ok = pq.read_table(workdir / "results" / "feature_table.parquet", columns=["status"])
-    ok_count = ok.column("status").to_pylist().count("ok")
     return [
         f"### Real downloads: {n:,} images",
         "",

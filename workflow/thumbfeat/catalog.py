@@ -268,7 +268,8 @@ def load_catalog(spec: CatalogSpec) -> Catalog:
         detail = f" after the row filter {dict(spec.row_filter)}" if spec.row_filter else ""
         raise CatalogError(f"{path}: the catalog selects no images{detail}")
     ids = [ids_all[row].strip() for row in rows]
-    urls = [resolve_url(urls_all[row].strip(), spec.path.parent.resolve()) for row in rows]
+    catalog_dir = spec.path.parent.resolve()
+    urls = [resolve_url(urls_all[row].strip(), catalog_dir) for row in rows]
     kept_ids, kept_urls = validate_ids(ids, urls, path, rows)
     return Catalog(source=spec.path, ids=tuple(kept_ids), urls=tuple(kept_urls))
 
