@@ -190,9 +190,13 @@ def test_host_rate_limit_holds_across_parallel_jobs(tmp_path: Path, faults: Faul
     # reach the server up to JITTER seconds after its turn while the next one is on time, which
     # squeezes up to JITTER x limit more arrivals into a window.
     assert max_in_window(times) <= limit + cores + math.ceil(JITTER * limit), max_in_window(times)
-    # Over the whole run jitter averages out.
-    average = (len(times) - 1) / (times[-1] - times[0])
-    assert average <= limit * 1.05, average
+    # Over the whole run jitter averages out, but not job starts: each job's pacing begins ready,
+    # so every batch job may send its first request at once. Over a span of T seconds the jobs
+    # together send at most limit x T plus one per batch job (5% more for a loaded machine's
+    # clocks).
+    span = times[-1] - times[0]
+    batch_jobs = math.ceil(images / 15)
+    assert len(times) <= limit * span * 1.05 + batch_jobs, (len(times), span)
 
 
 def test_server_answering_429_above_a_rate(tmp_path: Path, faults: FaultServer) -> None:
