@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import shutil
@@ -9,10 +10,37 @@ import socket
 import statistics
 import subprocess
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write_images(args: tuple[Path, list[str]]) -> None:
+    from tests.support import make_jpeg
+
+    folder, names = args
+    for name in names:
+        path = folder / f"{name}.jpg"
+        if not path.exists():
+            path.write_bytes(make_jpeg(name))
+
+
+def generate_images(folder: Path, names: list[str], cores: int) -> None:
+    """Distinct 320x240 JPEGs named ``<name>.jpg`` (kept between runs: only missing ones made)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = [(folder, names[i : i + 1000]) for i in range(0, len(names), 1000)]
+    with ProcessPoolExecutor(max_workers=cores) as pool:
+        list(pool.map(_write_images, chunks))
+
+
+def write_catalog(path: Path, names: list[str], base: str) -> None:
+    """A CSV catalog of the images served under ``base``."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_id", "url"])
+        writer.writerows((n, f"{base}/{n}.jpg") for n in names)
 
 
 @dataclass

@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,24 +30,18 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
     Measured,
+    generate_images,
     machine,
     measure,
     nginx_version,
     start_nginx,
     summary,
     update_report,
+    write_catalog,
 )
-from tests.support import make_jpeg  # noqa: E402
 
 PYTHON = sys.executable
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-
-
-def write_image(args: tuple[Path, str]) -> None:
-    folder, name = args
-    path = folder / f"{name}.jpg"
-    if not path.exists():
-        path.write_bytes(make_jpeg(name))
 
 
 def count_ok(table: Path) -> int:
@@ -89,15 +82,11 @@ def main() -> None:
 
     work = args.work.resolve()
     images = work / "images"
-    images.mkdir(parents=True, exist_ok=True)
     names = [f"b{i:07d}" for i in range(args.images)]
-    with ProcessPoolExecutor(max_workers=args.cores) as pool:
-        list(pool.map(write_image, [(images, n) for n in names], chunksize=256))
+    generate_images(images, names, args.cores)
     server, base = start_nginx(images, work)
     catalog = work / "catalog.csv"
-    with open(catalog, "w") as handle:
-        handle.write("image_id,url\n")
-        handle.writelines(f"{n},{base}/{n}.jpg\n" for n in names)
+    write_catalog(catalog, names, base)
 
     sides = ["workflow", "plain"] + (["img2dataset"] if args.img2dataset else [])
     peer = img2dataset_command(work) if args.img2dataset else []

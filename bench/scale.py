@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import csv
 import json
 import logging
 import os
@@ -30,7 +29,6 @@ import shutil
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,38 +51,17 @@ from thumbfeat.table import (  # noqa: E402
 
 from bench.common import (  # noqa: E402
     Measured,
+    generate_images,
     machine,
     measure,
     nginx_version,
     start_nginx,
     summary,
     update_report,
+    write_catalog,
 )
-from tests.support import make_jpeg  # noqa: E402
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-
-
-def write_images(args: tuple[Path, list[str]]) -> None:
-    folder, names = args
-    for name in names:
-        path = folder / f"{name}.jpg"
-        if not path.exists():
-            path.write_bytes(make_jpeg(name))
-
-
-def generate_images(folder: Path, names: list[str], cores: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    chunks = [(folder, names[i : i + 1000]) for i in range(0, len(names), 1000)]
-    with ProcessPoolExecutor(max_workers=cores) as pool:
-        list(pool.map(write_images, chunks))
-
-
-def write_catalog(path: Path, names: list[str], base: str) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image_id", "url"])
-        writer.writerows((n, f"{base}/{n}.jpg") for n in names)
 
 
 def snakemake(workdir: Path, catalog: Path, cores: int, *extra: str) -> list[str]:

@@ -56,9 +56,10 @@ def job_slots(workflow, threads_per_job):
 
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = load_configfile(str(CONFIG_SCHEMA))
 try:
-    config.update(coerce_to_schema(config, load_configfile(str(CONFIG_SCHEMA))))
-    check_against_schema(config, load_configfile(str(CONFIG_SCHEMA)))
+    config.update(coerce_to_schema(config, SCHEMA))
+    check_against_schema(config, SCHEMA)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 # Fills in the schema's defaults (the check above has already named any bad value).
@@ -75,6 +76,8 @@ except (CatalogError, ConfigError) as error:
 CATALOG_DIGEST = CATALOG.digest() if HANDED is None else HANDED.catalog_digest
 CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
 FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
+# Listed once per parse: the preview and the table rule's inputs use the same folders.
+FEATURE_SHARD_DIRS = layout.existing_shard_dirs(RESULTS, layout.FEATURES)
 if HANDED is None:
     REQUESTED_IDS = requested_image_ids(sys.argv, CATALOG.ids)
     PLAN = plan_work(
@@ -90,7 +93,7 @@ if HANDED is None:
             FEATURE_TABLE,
             CATALOG_SNAPSHOT,
             PLAN.batches,
-            layout.existing_shard_dirs(RESULTS, layout.FEATURES),
+            FEATURE_SHARD_DIRS,
         )
     logger.info(PLAN.summary())
     for warning in url_warnings(CATALOG_SPEC.path, PLAN.urls):

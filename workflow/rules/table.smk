@@ -18,7 +18,7 @@ localrules:
 rule feature_table:
     input:
         manifests=[batch_manifest(b) for b in PLAN.batches],
-        shards=layout.existing_shard_dirs(RESULTS, layout.FEATURES),
+        shards=FEATURE_SHARD_DIRS,
     output:
         snapshot=CATALOG_SNAPSHOT,
         table=FEATURE_TABLE,

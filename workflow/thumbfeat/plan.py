@@ -169,9 +169,8 @@ def requested_image_ids(argv: Sequence[str], catalog_ids: Collection[str]) -> se
     """Ids of per-image files named on the command line, or None when none are named.
 
     Snakemake parses the workflow before it looks at its targets, so the command line is the only
-    place to learn them in time. When a user asks for particular thumbnails or feature files, only
-    those images are planned, so that asking for one file builds just that file rather than the
-    whole batch it would otherwise fall into.
+    place to learn them in time. The per-image rules build such files; the ids only scope the plan
+    printed before the run, so that it speaks of the images asked for, not of the whole catalog.
     """
     wanted: set[str] = set()
     for token in argv[1:]:
