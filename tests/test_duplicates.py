@@ -13,6 +13,7 @@ from thumbfeat.duplicates import (
     choose_bands,
     connected_components,
     exact_duplicate_groups,
+    extend_near_duplicate_groups,
     near_duplicate_groups,
 )
 from thumbfeat.features import compute_features
@@ -75,12 +76,50 @@ def test_groups_equal_the_all_pairs_reference(distance: int) -> None:
                                                                                distance)
 
 
+@pytest.mark.parametrize("distance", [0, 3, 6, 10])
+def test_extending_earlier_groups_equals_grouping_everything(distance: int) -> None:
+    rng = np.random.default_rng(100 + distance)
+    for trial in range(6):
+        values = planted_hashes(rng, int(rng.integers(2, 300)))
+        ids = [f"img{n:04d}-{trial}" for n in rng.permutation(len(values))]
+        hexes = [None if v is None else f"{v:016x}" for v in values]
+        is_new = (rng.random(len(values)) < [0.0, 0.02, 0.3, 0.7, 1.0, 0.5][trial]).tolist()
+        old_rows = [row for row, added in enumerate(is_new) if not added]
+        old_groups = near_duplicate_groups([ids[r] for r in old_rows],
+                                           [hexes[r] for r in old_rows], distance)
+        earlier: list[str | None] = [None] * len(ids)
+        for row, group in zip(old_rows, old_groups, strict=True):
+            earlier[row] = group
+        extended = extend_near_duplicate_groups(ids, hexes, distance, earlier, is_new)
+        assert extended == all_pairs_groups(ids, values, distance)
+
+
+def test_a_new_image_can_join_two_earlier_groups() -> None:
+    ids = ["a", "b", "c", "d", "bridge"]
+    hexes = [f"{0:016x}", f"{0b11:016x}", f"{0xFF00:016x}", f"{0xFF01:016x}", f"{0xF000:016x}"]
+    earlier = ["a", "a", "c", "c", None]
+    extended = extend_near_duplicate_groups(ids, hexes, 4, earlier,
+                                            [False, False, False, False, True])
+    assert extended == ["a"] * 5
+
+
+def test_extending_needs_the_earlier_labels_in_the_table() -> None:
+    with pytest.raises(ValueError, match="no longer in the table"):
+        extend_near_duplicate_groups(["b", "c"], [f"{0:016x}", f"{1:016x}"], 6,
+                                     ["a", None], [False, True])
+
+
 def test_many_identical_and_crowded_hashes() -> None:
     # 3,000 copies of one blank-image hash plus 500 hashes sharing every band but one bit.
     ids = [f"i{n:05d}" for n in range(3500)]
     hexes = ["0" * 16] * 3000 + [f"{1 << (n % 64):016x}" for n in range(500)]
     groups = near_duplicate_groups(ids, hexes, 6)
     assert set(groups) == {"i00000"}
+    # The same when the blank copies are what is added to an earlier grouping.
+    earlier = [None] * 3000 + groups[3000:]
+    extended = extend_near_duplicate_groups(ids, hexes, 6, earlier,
+                                            [True] * 3000 + [False] * 500)
+    assert extended == groups
 
 
 def test_distance_bounds_are_checked() -> None:

@@ -234,6 +234,81 @@ def test_groups_are_recomputed_not_taken_from_the_cached_table(tmp_path: Path) -
     assert second.column("near_duplicate_group").to_pylist() == [None, None]
 
 
+def _planted_rows(count: int, seed: int) -> list[dict[str, object]]:
+    """Rows whose pHashes are random or a few bits from an earlier row's (groups form)."""
+    rng = np.random.default_rng(seed)
+    hashes: list[int] = []
+    for _ in range(count):
+        if hashes and rng.random() < 0.5:
+            value = hashes[int(rng.integers(0, len(hashes)))]
+            for bit in rng.choice(64, size=int(rng.integers(1, 8)), replace=False):
+                value ^= 1 << int(bit)
+        else:
+            value = int(rng.integers(0, 2**62))
+        hashes.append(value)
+    return [_grouping_row(f"r{seed}-{n:04d}", f"d{seed}-{n}", f"{h:016x}")
+            for n, h in enumerate(hashes)]
+
+
+def test_a_grown_table_extends_the_previous_groups(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from thumbfeat.duplicates import near_duplicate_groups
+
+    results = tmp_path / "results"
+    out = results / "feature_table.parquet"
+    rows = _planted_rows(300, 1)
+    first, added = rows[:240], rows[240:]
+    for row in first:
+        table.write_row(layout.feature_path(results, str(row["image_id"])), row)
+    table.assemble_table([str(r["image_id"]) for r in first], str(results), out)
+
+    def regroup_everything(*args: object) -> None:
+        raise AssertionError("a grown table regrouped every image")
+
+    monkeypatch.setattr(table, "near_duplicate_groups", regroup_everything)
+    for row in added:
+        table.write_row(layout.feature_path(results, str(row["image_id"])), row)
+    ids = [str(r["image_id"]) for r in rows]
+    grown = table.assemble_table(ids, str(results), out).table
+    expected = near_duplicate_groups(ids, [str(r["phash"]) for r in rows], 6)
+    assert grown.column("near_duplicate_group").to_pylist() == expected
+    assert sum(g is not None for g in expected) > 100
+
+
+@pytest.mark.parametrize("change", ["removed", "rehashed", "distance"])
+def test_groups_are_recomputed_when_the_table_did_not_only_grow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    from thumbfeat.duplicates import near_duplicate_groups
+
+    results = tmp_path / "results"
+    out = results / "feature_table.parquet"
+    rows = _planted_rows(200, 2)
+    for row in rows:
+        table.write_row(layout.feature_path(results, str(row["image_id"])), row)
+    table.assemble_table([str(r["image_id"]) for r in rows], str(results), out)
+    distance = 6
+    if change == "removed":
+        rows = rows[1:]
+    elif change == "rehashed":
+        rows[5] = _grouping_row(str(rows[5]["image_id"]), "other", f"{2**63 + 12345:016x}")
+        table.write_row(layout.feature_path(results, str(rows[5]["image_id"])), rows[5])
+    else:
+        distance = 9
+    calls: list[int] = []
+
+    def counted(*args: object) -> list[str | None]:
+        calls.append(1)
+        return near_duplicate_groups(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(table, "near_duplicate_groups", counted)
+    ids = [str(r["image_id"]) for r in rows]
+    again = table.assemble_table(ids, str(results), out,
+                                 near_duplicate_distance=distance).table
+    assert calls == [1]
+    assert again.column("near_duplicate_group").to_pylist() == near_duplicate_groups(
+        ids, [str(r["phash"]) for r in rows], distance)
+
+
 def test_settings_marker_names_the_distance_and_replaces_older_ones(tmp_path: Path) -> None:
     results = str(tmp_path / "results")
     six = table.settings_marker(results, 6)

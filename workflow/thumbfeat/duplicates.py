@@ -20,6 +20,10 @@ hashes are merged first, so a catalog full of the same blank image cannot fill o
 quadratically many pairs. Components come from a vectorised union-find (hook roots to the smaller
 root, then compress paths until every node points at a root).
 
+When a catalog only grew since its last grouping, extend_near_duplicate_groups looks up the new
+hashes alone against all of them and joins the earlier groups through the edges found, so adding
+1% of images costs about 1% of a full grouping.
+
 A group is labelled by its smallest ``image_id`` (in code-point order), which does not depend on
 the catalog's row order; images in no group of two or more get null.
 """
@@ -68,14 +72,22 @@ def _band_widths(bands: int) -> list[int]:
     return [base + 1 if b < extra else base for b in range(bands)]
 
 
-def choose_bands(count: int, max_distance: int) -> int:
-    """The number of bands with the least estimated work for ``count`` distinct hashes."""
+def choose_bands(count: int, max_distance: int, queries: int | None = None) -> int:
+    """The number of bands with the least estimated work for ``count`` distinct hashes.
+
+    ``queries`` is how many of them look for partners (all of them when None, each pair then
+    examined once; fewer when only newly added hashes are matched against everything).
+    """
     best, best_cost = 1, math.inf
     for bands in range(1, min(HASH_BITS, max_distance + 1) + 1):
         radius = max_distance // bands
         widths = _band_widths(bands)
-        lookups = count * sum(_ball_size(w, radius) for w in widths)
-        candidates = sum(count * count / 2 * _ball_size(w, radius) / 2.0**w for w in widths)
+        if queries is None:
+            lookups = count * sum(_ball_size(w, radius) for w in widths)
+            candidates = sum(count * count / 2 * _ball_size(w, radius) / 2.0**w for w in widths)
+        else:
+            lookups = queries * sum(_ball_size(w, radius) for w in widths)
+            candidates = sum(queries * count * _ball_size(w, radius) / 2.0**w for w in widths)
         cost = 3 * lookups + candidates
         if cost < best_cost:
             best, best_cost = bands, cost
@@ -101,15 +113,20 @@ def _expand(queries: NDArray[np.int64], lo: NDArray[np.int64], counts: NDArray[n
     return np.repeat(queries, counts), order[positions]
 
 
-def candidate_edges(values: NDArray[np.uint64],
-                    max_distance: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Every pair of distinct ``values`` within ``max_distance`` bits (some pairs repeated)."""
+def candidate_edges(values: NDArray[np.uint64], max_distance: int,
+                    queries: NDArray[np.int64] | None = None,
+                    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Every pair of distinct ``values`` within ``max_distance`` bits (some pairs repeated).
+
+    With ``queries`` (positions in ``values``), only the pairs with at least one end among them:
+    the new edges when those values were added to a set already grouped.
+    """
     count = values.size
     found_i: list[NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
     found_j: list[NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
-    if count < 2:
+    if count < 2 or (queries is not None and queries.size == 0):
         return found_i[0], found_j[0]
-    bands = choose_bands(count, max_distance)
+    bands = choose_bands(count, max_distance, None if queries is None else queries.size)
     radius = max_distance // bands
     start = 0
     for width in _band_widths(bands):
@@ -122,13 +139,15 @@ def candidate_edges(values: NDArray[np.uint64],
             ends = np.cumsum(bucket_sizes, dtype=np.int64)
             bucket_starts = (ends - bucket_sizes).astype(np.int32)
         for mask in flip_masks(width, radius).tolist():
-            if mask:
+            if queries is not None:
+                asking = queries
+            elif mask:
                 # Two keys differing by ``mask`` are paired once, from the one whose highest
                 # flipped bit is clear (the smaller key): half the lookups and candidates.
-                queries = np.flatnonzero((keys & (1 << (mask.bit_length() - 1))) == 0)
+                asking = np.flatnonzero((keys & (1 << (mask.bit_length() - 1))) == 0)
             else:
-                queries = np.arange(count, dtype=np.int64)
-            probes = keys[queries] ^ mask
+                asking = np.arange(count, dtype=np.int64)
+            probes = keys[asking] ^ mask
             if width <= _DIRECT_TABLE_MAX_BITS:
                 lo = bucket_starts[probes]
                 sizes = bucket_sizes[probes]
@@ -138,14 +157,14 @@ def candidate_edges(values: NDArray[np.uint64],
             # Expand in chunks of queries so at most about _PAIR_CHUNK pairs exist at once.
             cumulative = np.cumsum(sizes)
             first = 0
-            while first < queries.size:
+            while first < asking.size:
                 done_before = int(cumulative[first - 1]) if first else 0
                 last = int(np.searchsorted(cumulative, done_before + _PAIR_CHUNK, side="right"))
-                last = min(queries.size, max(last, first + 1))
-                left, right = _expand(queries[first:last], lo[first:last], sizes[first:last],
+                last = min(asking.size, max(last, first + 1))
+                left, right = _expand(asking[first:last], lo[first:last], sizes[first:last],
                                       order)
                 if not mask:  # same bucket: each pair appears both ways, and with itself
-                    keep = left < right
+                    keep = left < right if queries is None else left != right
                     left, right = left[keep], right[keep]
                 close = popcount(values[left] ^ values[right]) <= max_distance
                 found_i.append(left[close])
@@ -219,4 +238,49 @@ def near_duplicate_groups(image_ids: Sequence[str], phashes: Sequence[str | None
     distinct_component = connected_components(distinct.size, left, right)
     component = np.zeros(len(image_ids), dtype=np.int64)
     component[present] = distinct_component[inverse.reshape(-1)]
+    return _labels(image_ids, component, present)
+
+
+def extend_near_duplicate_groups(image_ids: Sequence[str], phashes: Sequence[str | None],
+                                 max_distance: int, earlier: Sequence[str | None],
+                                 is_new: Sequence[bool]) -> list[str | None]:
+    """The groups of near_duplicate_groups, when only ``is_new`` rows joined an earlier grouping.
+
+    ``earlier[i]`` is row i's group label from that grouping (read for rows that are not new).
+    Adding images only adds edges, and every added edge touches a new image, so the new
+    components are the earlier groups joined by the new images' edges: only the new hashes are
+    looked up (against all of them), which turns a regrouping of a whole catalog into work in
+    proportion to what was added. Valid only if no earlier image was removed or changed its hash
+    and ``max_distance`` is the one the earlier groups were made with; the caller checks that.
+    """
+    if not 0 <= max_distance <= HASH_BITS:
+        raise ValueError(f"max_distance must be within 0..{HASH_BITS}, got {max_distance}")
+    values, present = hex_to_uint64(phashes)
+    new = np.asarray(is_new, dtype=bool)
+    rows = np.flatnonzero(present)
+    distinct, first_index, inverse = np.unique(values[present], return_index=True,
+                                               return_inverse=True)
+    inverse = inverse.reshape(-1)
+    representative = rows[first_index]
+    left = [rows]  # every row joins the first row with its hash
+    right = [representative[inverse]]
+    labels = {label for label, added in zip(earlier, new.tolist(), strict=True)
+              if label is not None and not added}
+    row_of_label = {image_id: row for row, image_id in enumerate(image_ids) if image_id in labels}
+    missing = labels - row_of_label.keys()
+    if missing:
+        raise ValueError(f"earlier group labels no longer in the table, e.g. {min(missing)}")
+    members = [(row, row_of_label[label]) for row, (label, added)
+               in enumerate(zip(earlier, new.tolist(), strict=True))
+               if label is not None and not added]
+    if members:
+        pairs = np.array(members, dtype=np.int64)
+        left.append(pairs[:, 0])
+        right.append(pairs[:, 1])
+    asking = np.unique(inverse[new[present]]).astype(np.int64)
+    near_left, near_right = candidate_edges(distinct, max_distance, queries=asking)
+    left.append(representative[near_left])
+    right.append(representative[near_right])
+    component = connected_components(len(image_ids), np.concatenate(left),
+                                     np.concatenate(right))
     return _labels(image_ids, component, present)

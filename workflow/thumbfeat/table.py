@@ -27,6 +27,7 @@ from thumbfeat import atomic, layout
 from thumbfeat.duplicates import (
     DEFAULT_MAX_DISTANCE,
     exact_duplicate_groups,
+    extend_near_duplicate_groups,
     near_duplicate_groups,
 )
 
@@ -203,7 +204,7 @@ class Assembled:
     partials_read: int
 
 
-def _read_partials(results: str) -> list[tuple[int, pa.Table]]:
+def _read_partials(results: str) -> list[tuple[int, Path, pa.Table]]:
     """Partial tables (and the cache of the last table), oldest first, with their mtimes."""
     folder = Path(results) / layout.BATCHES
     found = []
@@ -213,25 +214,62 @@ def _read_partials(results: str) -> list[tuple[int, pa.Table]]:
         except FileNotFoundError:
             continue
     found.sort()
-    return [(mtime, pq.read_table(path, schema=ROW_SCHEMA)) for mtime, path in found]
+    return [(mtime, path, pq.read_table(path, schema=ROW_SCHEMA)) for mtime, path in found]
 
 
-def with_duplicate_groups(built: pa.Table, near_duplicate_distance: int) -> pa.Table:
+DISTANCE_KEY = b"thumbfeat.near_duplicate_distance"
+
+
+def _grown_from(built: pa.Table, previous: pa.Table | None,
+                near_duplicate_distance: int) -> tuple[list[str | None], list[bool]] | None:
+    """The previous table's near-duplicate groups placed on ``built``'s rows, and which rows are
+    new, when ``built`` only added images to it; None when they must be regrouped from scratch.
+
+    Growth means: the previous table was grouped with the same distance, and every image in it
+    is still in ``built`` with the same pHash (a removed image can split a group, a re-measured
+    one can move between groups).
+    """
+    if previous is None or previous.num_rows == 0:
+        return None
+    metadata = previous.schema.metadata or {}
+    if metadata.get(DISTANCE_KEY) != str(near_duplicate_distance).encode():
+        return None
+    row_of = {image_id: row for row, image_id in enumerate(built.column("image_id").to_pylist())}
+    phashes = built.column("phash").to_pylist()
+    earlier: list[str | None] = [None] * built.num_rows
+    is_new = [True] * built.num_rows
+    for image_id, phash, group in zip(previous.column("image_id").to_pylist(),
+                                      previous.column("phash").to_pylist(),
+                                      previous.column("near_duplicate_group").to_pylist(),
+                                      strict=True):
+        row = row_of.get(image_id)
+        if row is None or phashes[row] != phash:
+            return None
+        earlier[row] = group
+        is_new[row] = False
+    return earlier, is_new
+
+
+def with_duplicate_groups(built: pa.Table, near_duplicate_distance: int,
+                          previous: pa.Table | None = None) -> pa.Table:
     """Fill the group columns from the rows' pixel digests and pHashes (see thumbfeat.duplicates).
 
-    Always recomputed from the whole table, never taken from an earlier table, so a group reflects
-    exactly the images of this catalog.
+    The groups always describe exactly the images of this table. When ``previous`` (the last
+    assembled table) holds a subset of them with unchanged hashes, its near-duplicate groups are
+    extended with the new images' edges instead of regrouping every image; the result is the same.
     """
     image_ids = built.column("image_id").to_pylist()
     exact = exact_duplicate_groups(image_ids, built.column("pixels_sha256").to_pylist())
-    near = near_duplicate_groups(image_ids, built.column("phash").to_pylist(),
-                                 near_duplicate_distance)
+    phashes = built.column("phash").to_pylist()
+    grown = _grown_from(built, previous, near_duplicate_distance)
+    if grown is None:
+        near = near_duplicate_groups(image_ids, phashes, near_duplicate_distance)
+    else:
+        near = extend_near_duplicate_groups(image_ids, phashes, near_duplicate_distance, *grown)
     for name, values in zip(GROUP_COLUMNS, (exact, near), strict=True):
         built = built.set_column(built.schema.get_field_index(name), ROW_SCHEMA.field(name),
                                  pa.array(values, type=pa.string()))
-    return built.replace_schema_metadata(
-        {b"thumbfeat.near_duplicate_distance": str(near_duplicate_distance).encode()}
-    )
+    return built.replace_schema_metadata({DISTANCE_KEY: str(near_duplicate_distance).encode()})
 
 
 def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path, *,
@@ -247,11 +285,11 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
     """
     partials = _read_partials(results)
     newest: dict[str, tuple[int, int, int]] = {}
-    for number, (mtime, partial) in enumerate(partials):
+    for number, (mtime, _, partial) in enumerate(partials):
         for row, image_id in enumerate(partial.column("image_id").to_pylist()):
             newest[image_id] = (mtime, number, row)
     offsets = [0]
-    for _, partial in partials:
+    for _, _, partial in partials:
         offsets.append(offsets[-1] + partial.num_rows)
     take: list[int] = []
     to_read: list[str] = []
@@ -274,11 +312,13 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
             f"{len(missing)} per-image feature files are missing, e.g. {missing[0]}; "
             "run the workflow again to rebuild them"
         )
-    pieces = [partial for _, partial in partials] + [read_rows(to_read, threads=threads)]
+    pieces = [partial for _, _, partial in partials] + [read_rows(to_read, threads=threads)]
     built = pa.concat_tables(pieces).take(pa.array(take, type=pa.int64()))
     if built.column("image_id").to_pylist() != list(image_ids):
         raise ValueError("per-image rows do not match the catalog ids they were read for")
-    built = with_duplicate_groups(built, near_duplicate_distance)
+    previous = next((partial.replace_schema_metadata(pq.read_schema(path).metadata)
+                     for _, path, partial in partials if path.name == TABLE_CACHE), None)
+    built = with_duplicate_groups(built, near_duplicate_distance, previous)
     atomic.write_with(out_path, lambda tmp: pq.write_table(built, tmp, compression="zstd"),
                       durable=True)
     _keep_as_cache(out_path, results)
