@@ -224,9 +224,12 @@ def test_table_rebuild_reason_follows_snakemake_rules(tmp_path: Path) -> None:
 
 
 def test_auto_batch_size_gives_each_slot_whole_rounds() -> None:
-    from thumbfeat.plan import AUTO_BATCH_MAX, AUTO_BATCH_MIN, auto_batch_size
+    from thumbfeat.plan import AUTO_BATCH_MAX, AUTO_BATCH_MIN, ONE_ROUND_MAX, auto_batch_size
 
     assert auto_batch_size(10_000, 2) == 2500  # two rounds of two jobs
+    assert auto_batch_size(1000, 2) == 500  # small work: one round, a job per slot
+    assert auto_batch_size(2 * ONE_ROUND_MAX, 2) == ONE_ROUND_MAX
+    assert auto_batch_size(2 * ONE_ROUND_MAX + 4, 2) == (2 * ONE_ROUND_MAX + 4) // 4
     assert auto_batch_size(10_000, 1) == 5000
     assert auto_batch_size(15, 2) == AUTO_BATCH_MIN  # tiny catalogs make one batch
     size = auto_batch_size(1_000_000, 8)
@@ -240,7 +243,9 @@ def test_plan_without_a_batch_size_sizes_batches_for_the_slots(tmp_path: Path) -
     catalog = Catalog(source=tmp_path / "c.csv", ids=tuple(f"i{n:04d}" for n in range(1000)),
                       urls=tuple(f"http://h/{n}.jpg" for n in range(1000)))
     plan = plan_work(catalog, tmp_path / "results", batch_size=None, slots=2)
-    assert [len(b.image_ids) for b in plan.batches] == [250, 250, 250, 250]
+    assert [len(b.image_ids) for b in plan.batches] == [500, 500]
+    plan = plan_work(catalog, tmp_path / "results", batch_size=None, slots=1)
+    assert [len(b.image_ids) for b in plan.batches] == [1000]
 
 
 def test_plan_keeps_urls_of_downloads_only(results: Path) -> None:

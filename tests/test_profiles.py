@@ -16,14 +16,17 @@ def planned_batches(output: str) -> int:
     return int(match[1])
 
 
-@pytest.mark.parametrize(("profile", "jobs", "batches"), [
-    (None, None, 4),  # locally: 2 cores, one per batch job, two jobs per core
-    ("slurm", 6, 12),  # on a cluster: --jobs 6 slots, two jobs each
-    ("cluster-generic", 3, 6),
+@pytest.mark.parametrize(("profile", "jobs", "images", "batches"), [
+    (None, None, 1500, 2),  # locally: 2 cores, one per batch job; small work, one round
+    (None, None, 2500, 4),  # larger work: two jobs per core
+    ("slurm", 6, 1500, 6),  # on a cluster: --jobs 6 slots
+    ("slurm", 3, 9000, 6),  # two jobs each
+    ("cluster-generic", 3, 1500, 3),
 ])
 def test_automatic_batches_follow_the_job_slots(tmp_path: Path, profile: str | None,
-                                                jobs: int | None, batches: int) -> None:
-    rows = [(f"p{i:04d}", f"http://127.0.0.1:9/{i}.jpg") for i in range(1500)]
+                                                jobs: int | None, images: int,
+                                                batches: int) -> None:
+    rows = [(f"p{i:05d}", f"http://127.0.0.1:9/{i}.jpg") for i in range(images)]
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
     args = ["-n"]
     if profile:

@@ -92,18 +92,27 @@ def make_batches(ordered_ids: Iterable[str], download: Collection[str],
 # above the upper one a job holds many declared files for little gain.
 AUTO_BATCH_MIN = 100
 AUTO_BATCH_MAX = 5000
+# Up to this many images per job slot, the work is done in one round of jobs.
+ONE_ROUND_MAX = 1000
 
 
 def auto_batch_size(work: int, slots: int) -> int:
-    """A batch size that gives every job slot at least two jobs, in whole rounds.
+    """A batch size that fills every job slot in whole rounds.
 
-    Two jobs per slot let one job's start-up and Snakemake's bookkeeping overlap the work of
-    others; whole rounds (a multiple of the slots) avoid a last job running alone on an otherwise
-    idle machine; the bounds keep jobs neither trivially small nor huge.
+    Small work (at most ONE_ROUND_MAX images per slot, seconds of work per job) runs as one
+    round, a job per slot: each job starts an interpreter and imports its libraries, about a
+    second, and a second round would pay that again while adding a few images to a big catalog.
+    Larger work gives each slot at least two jobs, so one job's start-up and Snakemake's
+    bookkeeping overlap the work of others. Whole rounds (a multiple of the slots) avoid a last
+    job running alone on an otherwise idle machine; the bounds keep jobs neither trivially small
+    nor huge.
     """
     slots = max(1, slots)
-    batches = max(2 * slots, math.ceil(work / AUTO_BATCH_MAX))
-    batches = math.ceil(batches / slots) * slots
+    if work <= slots * ONE_ROUND_MAX:
+        batches = slots
+    else:
+        batches = max(2 * slots, math.ceil(work / AUTO_BATCH_MAX))
+        batches = math.ceil(batches / slots) * slots
     return max(AUTO_BATCH_MIN, math.ceil(work / batches))
 
 
