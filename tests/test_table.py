@@ -250,6 +250,39 @@ def _planted_rows(count: int, seed: int) -> list[dict[str, object]]:
             for n, h in enumerate(hashes)]
 
 
+def test_only_files_in_shard_folders_changed_since_their_partial_are_looked_at(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "results"
+    ids = [f"img{n:03d}" for n in range(60)]
+    paths = write_rows(results, ids)
+    partial = results / layout.BATCHES / "p.parquet"
+    table.write_partial(partial, [table.read_row(p).to_pylist()[0] for p in paths])
+    base = partial.stat().st_mtime_ns
+    for shard in {layout.shard_of(i) for i in ids}:
+        set_mtime(results / layout.FEATURES / shard, base - 10**9)
+    # One image re-measured after the partial: its folder is newer, its file is read.
+    changed = ids[7]
+    table.write_row(layout.feature_path(results, changed),
+                    table.ok_row(changed, {**FEATURES, "width": 999}, "1"))
+    set_mtime(Path(layout.feature_path(results, changed)), base + 10**9)
+    set_mtime(Path(layout.feature_path(results, changed)).parent, base + 10**9)
+    looked_at: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if f"/{layout.FEATURES}/" in str(path) and str(path).endswith(layout.FEATURE_SUFFIX):
+            looked_at.append(Path(str(path)).stem)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(table.os, "stat", counting_stat)
+    built = table.assemble_table(ids, str(results), tmp_path / "feature_table.parquet").table
+    same_shard = {i for i in ids if layout.shard_of(i) == layout.shard_of(changed)}
+    assert set(looked_at) == same_shard
+    widths = dict(zip(ids, built.column("width").to_pylist(), strict=True))
+    assert widths[changed] == 999
+    assert widths[ids[0]] == 1
+
+
 def test_a_grown_table_extends_the_previous_groups(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from thumbfeat.duplicates import near_duplicate_groups

@@ -10,7 +10,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from thumbfeat import handover, layout  # noqa: E402
+from thumbfeat import handover, hooks, layout  # noqa: E402
 from thumbfeat.catalog import CatalogError, load_catalog, url_warnings  # noqa: E402
 from thumbfeat.config import (  # noqa: E402
     RESULTS,
@@ -161,3 +161,4 @@ onstart:
 onsuccess:
     if HANDED is None:
         handover.withdraw(os.environ.get(handover.ENV_VAR))
+    hooks.cancel_pending_timers()

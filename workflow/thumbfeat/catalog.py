@@ -85,13 +85,9 @@ class Catalog:
 
     def digest(self) -> str:
         """A content hash of the (id, URL) list: changes exactly when the selection changes."""
-        hasher = hashlib.sha256()
-        for image_id, url in zip(self.ids, self.urls, strict=True):
-            hasher.update(image_id.encode("utf-8"))
-            hasher.update(b"\x00")
-            hasher.update(url.encode("utf-8"))
-            hasher.update(b"\x01")
-        return hasher.hexdigest()[:20]
+        content = "".join(f"{image_id}\x00{url}\x01"
+                          for image_id, url in zip(self.ids, self.urls, strict=True))
+        return hashlib.sha256(content.encode("utf-8")).hexdigest()[:20]
 
 
 def _format_of(path: Path) -> str:
@@ -206,23 +202,23 @@ def validate_ids(ids: Sequence[str], urls: Sequence[str], path: Origin,
     kept_ids: list[str] = []
     kept_urls: list[str] = []
     for image_id, url, row in zip(ids, urls, rows, strict=True):
-        label = path.row(row)
-        if not image_id.strip():
-            raise CatalogError(f"{path}, {label}: the image id is empty")
+        # Rows are named only when one is wrong: naming costs more than checking a good row.
         if not SAFE_ID.fullmatch(image_id):
+            if not image_id.strip():
+                raise CatalogError(f"{path}, {path.row(row)}: the image id is empty")
             raise CatalogError(
-                f"{path}, {label}: image id {image_id!r} is not a safe file name (allowed: "
-                "letters, digits, '.', '_', '-', starting with a letter, digit or '_', "
+                f"{path}, {path.row(row)}: image id {image_id!r} is not a safe file name "
+                "(allowed: letters, digits, '.', '_', '-', starting with a letter, digit or '_', "
                 "at most 200 characters)"
             )
         if not url.strip():
-            raise CatalogError(f"{path}, {label}: image {image_id!r} has an empty URL")
+            raise CatalogError(f"{path}, {path.row(row)}: image {image_id!r} has an empty URL")
         seen = first_row.get(image_id)
         if seen is not None:
             if first_url[image_id] != url:
                 raise CatalogError(
-                    f"{path}, {label}: image id {image_id!r} is repeated with a different URL "
-                    f"(first at {path.row(seen)})"
+                    f"{path}, {path.row(row)}: image id {image_id!r} is repeated with a "
+                    f"different URL (first at {path.row(seen)})"
                 )
             continue
         first_row[image_id] = row

@@ -272,6 +272,21 @@ def with_duplicate_groups(built: pa.Table, near_duplicate_distance: int,
     return built.replace_schema_metadata({DISTANCE_KEY: str(near_duplicate_distance).encode()})
 
 
+def _shard_folder_times(results: str) -> dict[str, int]:
+    """Modification time (ns) of each feature shard folder.
+
+    Per-image files are only ever renamed into place, which updates their folder's time after the
+    file's own, so a folder older than a partial holds no file newer than that partial.
+    """
+    times = {}
+    for shard in layout.SHARDS:
+        try:
+            times[shard] = os.stat(f"{results}/{layout.FEATURES}/{shard}").st_mtime_ns
+        except FileNotFoundError:
+            continue
+    return times
+
+
 def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path, *,
                    threads: int = 8,
                    near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> Assembled:
@@ -279,9 +294,9 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
 
     Each image's row comes from the newest partial table holding it, unless its own file is newer
     than that partial (written by a job that was stopped before its partial), in which case the
-    file is read. The per-image files stay the truth; partials only save opening them one by one.
-    A missing per-image file means the work list and the disk disagree: an error, not a shorter
-    table.
+    file is read; files are only looked at in shard folders changed since their partial. The
+    per-image files stay the truth; partials only save opening them one by one. A missing
+    per-image file means the work list and the disk disagree: an error, not a shorter table.
     """
     partials = _read_partials(results)
     newest: dict[str, tuple[int, int, int]] = {}
@@ -294,14 +309,21 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
     take: list[int] = []
     to_read: list[str] = []
     missing: list[str] = []
+    folder_times = _shard_folder_times(results)
     for image_id in image_ids:
+        hit = newest.get(image_id)
+        if hit is not None and folder_times.get(layout.shard_of(image_id), hit[0]) < hit[0]:
+            # Nothing was renamed into (or removed from) the image's shard folder since before
+            # that partial was written, so its file is older: no need to look. (Strictly before:
+            # file times tick coarsely, and a change in the partial's own tick may follow it.)
+            take.append(offsets[hit[1]] + hit[2])
+            continue
         path = layout.feature_path(results, image_id)
         try:
             file_mtime = os.stat(path).st_mtime_ns
         except FileNotFoundError:
             missing.append(path)
             continue
-        hit = newest.get(image_id)
         if hit is None or file_mtime > hit[0]:
             take.append(offsets[-1] + len(to_read))
             to_read.append(path)
