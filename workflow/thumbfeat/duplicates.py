@@ -197,20 +197,23 @@ def connected_components(count: int, left: NDArray[np.int64],
 def _labels(image_ids: Sequence[str], component: NDArray[np.int64],
             member: NDArray[np.bool_]) -> list[str | None]:
     """Smallest image id per component for members of components with 2+ members, else None."""
-    labels: list[str | None] = [None] * len(image_ids)
-    smallest: dict[int, str] = {}
-    sizes: dict[int, int] = {}
-    for position in np.flatnonzero(member).tolist():
-        key = int(component[position])
-        sizes[key] = sizes.get(key, 0) + 1
-        image_id = image_ids[position]
-        if key not in smallest or image_id < smallest[key]:
-            smallest[key] = image_id
-    for position in np.flatnonzero(member).tolist():
-        key = int(component[position])
-        if sizes[key] >= 2:
-            labels[position] = smallest[key]
-    return labels
+    labels = np.full(len(image_ids), None, dtype=object)
+    rows = np.flatnonzero(member)
+    if rows.size == 0:
+        return labels.tolist()
+    ids = np.array(image_ids, dtype=object)
+    # Rank the members' ids in code-point order, then take each component's lowest rank.
+    rank = np.empty(rows.size, dtype=np.int64)
+    rank[np.argsort(ids[rows].astype(str), kind="stable")] = np.arange(rows.size)
+    _, group, sizes = np.unique(component[rows], return_inverse=True, return_counts=True)
+    group = group.reshape(-1)
+    lowest = np.full(sizes.size, rows.size, dtype=np.int64)
+    np.minimum.at(lowest, group, rank)
+    row_of_rank = np.empty(rows.size, dtype=np.int64)
+    row_of_rank[rank] = rows
+    grouped = sizes[group] >= 2
+    labels[rows[grouped]] = ids[row_of_rank[lowest[group[grouped]]]]
+    return labels.tolist()
 
 
 def exact_duplicate_groups(image_ids: Sequence[str],
