@@ -96,20 +96,18 @@ def image_id_of_target(path: str) -> str | None:
 
 
 def present_ids(results: str | Path, stage: str, suffix: str) -> set[str]:
-    """Ids with a finished file of ``stage``: one ``scandir`` per shard folder."""
+    """Ids with a finished file of ``stage``: one directory read per shard folder.
+
+    Plain name lists (no per-entry objects): this runs at every parse, over every image.
+    """
     found: set[str] = set()
     root = Path(results) / stage
     try:
-        shards = list(os.scandir(root))
+        shards = [entry.path for entry in os.scandir(root) if entry.is_dir()]
     except FileNotFoundError:
         return found
     cut = len(suffix)
     for shard in shards:
-        if not shard.is_dir():
-            continue
-        with os.scandir(shard.path) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.endswith(suffix) and not is_temporary_name(name):
-                    found.add(name[:-cut])
+        found.update([name[:-cut] for name in os.listdir(shard)
+                      if name.endswith(suffix) and not is_temporary_name(name)])
     return found
