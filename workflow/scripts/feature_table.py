@@ -22,6 +22,7 @@ assemble_and_log(
     RESULTS,
     smk.output.table,
     threads=max(2, smk.threads * 4),
+    workers=smk.threads,
     logger=logger,
     near_duplicate_distance=smk.params.near_duplicate_distance,
 )

@@ -136,20 +136,26 @@ def read_row(path: str | Path) -> pa.Table:
 
 
 # Below this many files, threads over pyarrow start faster than a DuckDB scan; above it, DuckDB's
-# Parquet reader costs about 60% of pyarrow's CPU per small file and uses every core.
+# Parquet reader costs about 60% of pyarrow's CPU per small file (see thumbfeat.rowscan).
 MANY_FILES = 500
 
 
-def read_rows(paths: Sequence[str], *, threads: int = 8) -> pa.Table:
+def read_rows(paths: Sequence[str], *, threads: int = 8, workers: int = 1,
+              scratch: str | Path | None = None) -> pa.Table:
     """Read many one-row files, in the order given.
 
     This is the from-scratch path of the table (no partial holds these rows), so its cost is per
-    file: opening, the footer, one small column chunk per column.
+    file: opening, the footer, one small column chunk per column. Many files are scanned by DuckDB,
+    in ``workers`` processes when there are thousands (hand-over files go under ``scratch``).
     """
     if not paths:
         return ROW_SCHEMA.empty_table()
     if len(paths) >= MANY_FILES:
-        return _read_rows_duckdb(paths)
+        from thumbfeat import rowscan
+
+        if scratch is None:
+            return rowscan.scan_files(paths)
+        return rowscan.scan_in_workers(paths, workers, scratch)
     chunk = max(1, len(paths) // (threads * 4) or 1)
     groups = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
 
@@ -159,36 +165,6 @@ def read_rows(paths: Sequence[str], *, threads: int = 8) -> pa.Table:
     with ThreadPoolExecutor(max_workers=threads) as pool:
         tables = list(pool.map(read_group, groups))
     return pa.concat_tables(tables)
-
-
-def _read_rows_duckdb(paths: Sequence[str]) -> pa.Table:
-    """One multi-threaded DuckDB scan over the files, put back in the order of ``paths``.
-
-    The scan is sorted inside DuckDB: an unsorted scan hands back one Arrow chunk per file, and a
-    hundred thousand one-row chunks of forty-odd columns take gigabytes; sorted, the result is
-    one compact chunk. Files written under an older row schema (fewer columns) are read by name.
-    """
-    import duckdb
-
-    query = ("SELECT * EXCLUDE (filename) FROM read_parquet($paths, filename = true{union}) "
-             "ORDER BY filename")
-    with duckdb.connect() as connection:
-        try:
-            scanned = connection.sql(query.format(union=""),
-                                     params={"paths": list(paths)}).to_arrow_table()
-        except duckdb.Error:
-            scanned = connection.sql(query.format(union=", union_by_name = true"),
-                                     params={"paths": list(paths)}).to_arrow_table()
-    columns = []
-    for field in ROW_SCHEMA:
-        if field.name in scanned.column_names:
-            columns.append(scanned.column(field.name).cast(field.type))
-        else:
-            columns.append(pa.nulls(scanned.num_rows, type=field.type))
-    table = pa.Table.from_arrays(columns, schema=ROW_SCHEMA)
-    position = {image_id: row for row, image_id in enumerate(table.column("image_id").to_pylist())}
-    order = [position[Path(p).name[: -len(layout.FEATURE_SUFFIX)]] for p in paths]
-    return table.take(pa.array(order, type=pa.int64()))
 
 
 def write_partial(path: str | Path, rows: Sequence[dict[str, object]]) -> None:
@@ -288,7 +264,7 @@ def _shard_folder_times(results: str) -> dict[str, int]:
 
 
 def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path, *,
-                   threads: int = 8,
+                   threads: int = 8, workers: int = 1,
                    near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> Assembled:
     """Build the feature table: one row per catalog image, in catalog order, written atomically.
 
@@ -334,7 +310,8 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
             f"{len(missing)} per-image feature files are missing, e.g. {missing[0]}; "
             "run the workflow again to rebuild them"
         )
-    pieces = [partial for _, _, partial in partials] + [read_rows(to_read, threads=threads)]
+    pieces = [partial for _, _, partial in partials] + [
+        read_rows(to_read, threads=threads, workers=workers, scratch=results)]
     built = pa.concat_tables(pieces).take(pa.array(take, type=pa.int64()))
     if built.column("image_id").to_pylist() != list(image_ids):
         raise ValueError("per-image rows do not match the catalog ids they were read for")
@@ -386,11 +363,11 @@ def write_settings_marker(path: str | Path, near_duplicate_distance: int) -> Non
 
 
 def assemble_and_log(image_ids: Sequence[str], results: str, out_path: str | Path, *,
-                     threads: int, logger: logging.Logger,
+                     threads: int, logger: logging.Logger, workers: int = 1,
                      near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> pa.Table:
     """Build the table for ``image_ids`` and log its outcome counts and where rows came from."""
     started = time.monotonic()
-    assembled = assemble_table(image_ids, results, out_path, threads=threads,
+    assembled = assemble_table(image_ids, results, out_path, threads=threads, workers=workers,
                                near_duplicate_distance=near_duplicate_distance)
     statuses = Counter(assembled.table.column("status").to_pylist())
     logger.info("feature table: %d rows (%s) in %.2f s; %d rows from %d partial tables, "
