@@ -6,15 +6,22 @@ for about 60% of pyarrow's CPU per file, but one DuckDB process barely gets fast
 threads on such a scan (measured: 1 and 2 threads take the same time), while separate processes
 do: each worker scans its share of the files with one thread and hands its rows back as an Arrow
 IPC file. Run as ``python -m thumbfeat.rowscan LIST OUT`` by scan_in_workers.
+
+A third of a worker's time goes to glibc's malloc (DuckDB allocates and frees buffers for every
+file), more when two workers run at once. Where the system has jemalloc (Debian: libjemalloc2),
+the workers are started with it preloaded: measured here, 103,000 files in two workers took 12 s
+instead of 18 s.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -65,19 +72,39 @@ def in_order_of(rows: pa.Table, paths: Sequence[str]) -> pa.Table:
     return rows.take(pa.array(order, type=pa.int64()))
 
 
-def scan_in_workers(paths: Sequence[str], workers: int, scratch: str | Path) -> pa.Table:
-    """Scan the files in ``workers`` processes, each over a contiguous share of ``paths``.
+@cache
+def jemalloc_library() -> str | None:
+    """The system's jemalloc shared library, if there is one."""
+    return ctypes.util.find_library("jemalloc")
+
+
+def worker_environment(base: Mapping[str, str], package_root: str,
+                       allocator: str | None) -> dict[str, str]:
+    """A worker's environment: this package importable, ``allocator`` preloaded if given."""
+    env = dict(base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    if allocator:
+        env["LD_PRELOAD"] = " ".join(p for p in (allocator, env.get("LD_PRELOAD")) if p)
+    return env
+
+
+def scan_in_workers(paths: Sequence[str], workers: int, scratch: str | Path, *,
+                    min_files: int | None = None) -> pa.Table:
+    """Scan the files in ``workers`` processes, each over a share of ``paths`` (in path order).
 
     ``scratch`` is a folder for the hand-over files (a temporary folder inside it, removed after).
-    A worker that fails stops the scan with its error output.
+    A worker that fails stops the scan with its error output. Fewer than ``min_files`` files
+    (default WORKER_MIN_FILES) are scanned in this process.
     """
-    if workers < 2 or len(paths) < WORKER_MIN_FILES:
+    if workers < 2 or len(paths) < (WORKER_MIN_FILES if min_files is None else min_files):
         return scan_files(paths)
+    # In path order, each worker opens files folder by folder (about a fifth faster than in
+    # catalog order, which jumps between shard folders at every file).
+    in_path_order = sorted(paths)
     share = -(-len(paths) // workers)
-    shares = [paths[start : start + share] for start in range(0, len(paths), share)]
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    shares = [in_path_order[start : start + share] for start in range(0, len(paths), share)]
+    env = worker_environment(os.environ, str(Path(__file__).resolve().parent.parent),
+                             jemalloc_library())
     Path(scratch).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".rowscan-", dir=scratch) as folder:
         running = []
@@ -98,7 +125,7 @@ def scan_in_workers(paths: Sequence[str], workers: int, scratch: str | Path) -> 
                                    f"(exit {process.returncode}): {detail}")
             with pa.memory_map(str(out)) as source:
                 tables.append(pa.ipc.open_file(source).read_all())
-        return pa.concat_tables(tables).combine_chunks()
+        return in_order_of(pa.concat_tables(tables).combine_chunks(), paths)
 
 
 def _write_arrow(path: str, rows: pa.Table) -> None:
