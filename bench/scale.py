@@ -40,6 +40,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from thumbfeat import layout  # noqa: E402
 from thumbfeat.catalog import CatalogSpec, load_catalog, write_snapshot  # noqa: E402
+from thumbfeat.rowscan import jemalloc_library  # noqa: E402
 from thumbfeat.table import (  # noqa: E402
     ROW_SCHEMA,
     assemble_table,
@@ -189,7 +190,8 @@ def main() -> None:
         "## Scale: 10k to 1M catalog rows on one machine",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; nginx {nginx_version()} on "
-        f"loopback; `--cores {args.cores}`, default config; {args.repeats} repeats per figure, "
+        f"loopback; jemalloc for the row scan workers: {jemalloc_library() or 'none'}; "
+        f"`--cores {args.cores}`, default config; {args.repeats} repeats per figure, "
         "median (min-max). Peak memory is the largest single process of the command's tree "
         "(the Snakemake process for dry and no-op runs). The machine is shared: compare figures "
         "within one run.",
@@ -245,13 +247,15 @@ def real_state(work: Path, names: list[str], base: str, args: argparse.Namespace
             path.unlink()
         out = work / "scratch-table.parquet"
         started = time.perf_counter()
-        assembled = assemble_table(ids, str(workdir / "results"), out)
+        # As the table job runs it: its threads (the cores here) as scan workers.
+        assembled = assemble_table(ids, str(workdir / "results"), out, workers=args.cores)
         scratch.append(time.perf_counter() - started)
         assert assembled.rows_from_files == len(ids)
     cached = []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        assemble_table(ids, str(workdir / "results"), work / "scratch-table.parquet")
+        assemble_table(ids, str(workdir / "results"), work / "scratch-table.parquet",
+                       workers=args.cores)
         cached.append(time.perf_counter() - started)
     return [
         f"### Real downloads: {n:,} images",
