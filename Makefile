@@ -25,10 +25,10 @@ report: $(VENV)/.installed
 	@echo "report: report.html"
 
 # What the suite drives for real besides Python packages (Debian packages, as root): headless
-# Chromium for the report test, a single-node SLURM for the cluster tests. Both steps do nothing
-# when already done.
+# Chromium for the report test, jemalloc for the table's row-scan workers, a single-node SLURM for
+# the cluster tests. Both steps do nothing when already done.
 test-services:
-	bash .ci/install-browser
+	bash .ci/install-debian-packages
 	scripts/slurm-local.sh install start
 
 # PYTEST_ARGS='-m "not slurm"' leaves out the tests that need the local SLURM cluster.

@@ -129,7 +129,7 @@ def chromium_driver(user_data: Path):  # type: ignore[no-untyped-def]
     """Debian's Chromium, headless, cut off from the network, driven by Debian's chromedriver."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     if missing:
-        pytest.fail(f"{' and '.join(missing)} missing: run `bash .ci/install-browser` "
+        pytest.fail(f"{' and '.join(missing)} missing: run `bash .ci/install-debian-packages` "
                     "(installs Debian's chromium and chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
