@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "workflow"))
 
 from thumbfeat.duplicates import choose_bands, near_duplicate_groups  # noqa: E402
 
-from bench.common import machine, update_report  # noqa: E402
+from bench.common import machine, publish  # noqa: E402
 
 
 def hash_set(count: int, seed: int) -> tuple[list[str], list[str], list[tuple[int, int]]]:
@@ -106,9 +106,7 @@ def main() -> None:
         f"Reproduce: `.venv/bin/python bench/bench_duplicates.py --runs {args.runs}`.",
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    update_report(args.report, section)
+    publish(args.report, lines)
 
 
 if __name__ == "__main__":

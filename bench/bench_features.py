@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "workflow"))
 from thumbfeat.features import MEASURES, compute_features  # noqa: E402
 from thumbfeat.imaging import DecodedImage, decode_image  # noqa: E402
 
-from bench.common import machine, update_report  # noqa: E402
+from bench.common import machine, publish  # noqa: E402
 from tests.support import make_jpeg  # noqa: E402
 
 SIZE = (320, 240)
@@ -124,9 +124,7 @@ def main() -> None:
         f"Reproduce: `.venv/bin/python bench/bench_features.py --rounds {args.rounds}`.",
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    update_report(args.report, section)
+    publish(args.report, lines)
 
 
 if __name__ == "__main__":

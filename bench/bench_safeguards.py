@@ -37,13 +37,13 @@ from thumbfeat.fetch import (  # noqa: E402
     make_session,
 )
 
-from bench.run_bench import (  # noqa: E402
+from bench.common import (  # noqa: E402
+    generate_images,
     machine,
     nginx_version,
+    publish,
     start_nginx,
     summary,
-    update_report,
-    write_image,
 )
 
 THREADS = 16
@@ -77,10 +77,8 @@ def main() -> None:
         work = Path(tmp)
         work.chmod(0o755)  # nginx workers run as an unprivileged user
         images = work / "images"
-        images.mkdir()
         names = [f"s{i:05d}" for i in range(args.images)]
-        for name in names:
-            write_image((images, name))
+        generate_images(images, names, cores=2)
         server, base = start_nginx(images, work)
         try:
             urls = [f"{base}/{name}.jpg" for name in names]
@@ -121,9 +119,7 @@ def main() -> None:
         "limit. Reproduce: `.venv/bin/python bench/bench_safeguards.py` (needs nginx).",
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    update_report(args.report, section)
+    publish(args.report, lines)
 
 
 if __name__ == "__main__":

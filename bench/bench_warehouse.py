@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "workflow"))
 
 from thumbfeat.table import ROW_SCHEMA  # noqa: E402
 
-from bench.common import machine, summary, update_report  # noqa: E402
+from bench.common import machine, publish, summary  # noqa: E402
 
 PHASES = ["first load", "unchanged reload", "10% changed reload", "full replace (same change)",
           "new column (rebuild)"]
@@ -148,9 +148,7 @@ def main() -> None:
         f" MB; database file {summary([r['db_mb'] for r in results])} MB.",
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    update_report(args.report, section)
+    publish(args.report, lines)
 
 
 if __name__ == "__main__":

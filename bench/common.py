@@ -138,6 +138,13 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
+def publish(report: Path, lines: list[str]) -> None:
+    """Print a benchmark's section and store it in BENCHMARKS.md (see update_report)."""
+    section = "\n".join(lines)
+    print(section)
+    update_report(report, section)
+
+
 def update_report(report: Path, section: str) -> None:
     """Replace this benchmark's section in BENCHMARKS.md (by its heading), keeping the others."""
     title = section.splitlines()[0].split(":")[0]

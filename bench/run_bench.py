@@ -34,9 +34,9 @@ from bench.common import (  # noqa: E402
     machine,
     measure,
     nginx_version,
+    publish,
     start_nginx,
     summary,
-    update_report,
     write_catalog,
 )
 
@@ -172,9 +172,7 @@ def main() -> None:
         f"--repeats {args.repeats}` (needs nginx).",
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    update_report(args.report, section)
+    publish(args.report, lines)
 
 
 def defaults() -> str:

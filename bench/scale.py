@@ -56,9 +56,9 @@ from bench.common import (  # noqa: E402
     machine,
     measure,
     nginx_version,
+    publish,
     start_nginx,
     summary,
-    update_report,
     write_catalog,
 )
 
@@ -186,7 +186,7 @@ def main() -> None:
         server.terminate()
         server.wait()
         save_partial(work, lines)
-    section = "\n".join([
+    publish(args.report, [
         "## Scale: 10k to 1M catalog rows on one machine",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; nginx {nginx_version()} on "
@@ -202,8 +202,6 @@ def main() -> None:
         f"{' '.join(str(s) for s in args.sizes)} --repeats {args.repeats}` (needs nginx).",
         "",
     ])
-    print(section)
-    update_report(args.report, section)
 
 
 def save_partial(work: Path, lines: list[str]) -> None:

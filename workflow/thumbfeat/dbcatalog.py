@@ -43,6 +43,7 @@ def is_database(path: Path) -> bool:
 
 
 def quote(name: str) -> str:
+    """An SQL identifier, quoted so any table or column name is taken literally."""
     return '"' + name.replace('"', '""') + '"'
 
 

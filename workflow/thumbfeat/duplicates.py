@@ -230,11 +230,15 @@ def exact_duplicate_groups(image_ids: Sequence[str],
     return _labels(image_ids, component, member)
 
 
+def _check_distance(max_distance: int) -> None:
+    if not 0 <= max_distance <= HASH_BITS:
+        raise ValueError(f"max_distance must be within 0..{HASH_BITS}, got {max_distance}")
+
+
 def near_duplicate_groups(image_ids: Sequence[str], phashes: Sequence[str | None],
                           max_distance: int = DEFAULT_MAX_DISTANCE) -> list[str | None]:
     """Group images whose pHashes are linked by steps of at most ``max_distance`` bits."""
-    if not 0 <= max_distance <= HASH_BITS:
-        raise ValueError(f"max_distance must be within 0..{HASH_BITS}, got {max_distance}")
+    _check_distance(max_distance)
     values, present = hex_to_uint64(phashes)
     distinct, inverse = np.unique(values[present], return_inverse=True)
     left, right = candidate_edges(distinct, max_distance)
@@ -256,8 +260,7 @@ def extend_near_duplicate_groups(image_ids: Sequence[str], phashes: Sequence[str
     proportion to what was added. Valid only if no earlier image was removed or changed its hash
     and ``max_distance`` is the one the earlier groups were made with; the caller checks that.
     """
-    if not 0 <= max_distance <= HASH_BITS:
-        raise ValueError(f"max_distance must be within 0..{HASH_BITS}, got {max_distance}")
+    _check_distance(max_distance)
     values, present = hex_to_uint64(phashes)
     new = np.asarray(is_new, dtype=bool)
     rows = np.flatnonzero(present)

@@ -151,7 +151,7 @@ def read_rows(paths: Sequence[str], *, threads: int = 8, workers: int = 1,
     if not paths:
         return ROW_SCHEMA.empty_table()
     if len(paths) >= MANY_FILES:
-        from thumbfeat import rowscan
+        from thumbfeat import rowscan  # imported here: rowscan builds on this module's schema
 
         if scratch is None:
             return rowscan.scan_files(paths)

@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 
 from thumbfeat import atomic
+from thumbfeat.dbcatalog import quote
 
 TABLE = "feature_image_visual"
 LOADS = "thumbfeat_loads"
@@ -50,11 +51,6 @@ class LoadResult:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def quote(name: str) -> str:
-    """An SQL identifier, quoted so any column name of the table is taken literally."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def file_digest(path: str | Path) -> str:
