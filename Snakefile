@@ -25,10 +25,10 @@ rule all:
     input:
         # The snapshot and the batch manifests are asked for directly: Snakemake does not rebuild
         # a missing intermediate file while the file depending on it (the table) exists.
-        FEATURE_TABLE,
-        CATALOG_SNAPSHOT,
-        TABLE_SETTINGS,
-        [batch_manifest(b) for b in PLAN.batches],
+        RUN.feature_table,
+        RUN.catalog_snapshot,
+        RUN.table_settings,
+        [RUN.batch_manifest(b) for b in RUN.plan.batches],
         # The warehouse receipt (and the database while it does not exist) and, when asked for,
         # the write-back receipt.
         WAREHOUSE_TARGETS,

@@ -45,7 +45,6 @@ from thumbfeat.table import (  # noqa: E402
     ROW_SCHEMA,
     assemble_table,
     failed_row,
-    settings_marker,
     write_row,
     write_settings_marker,
 )
@@ -123,7 +122,7 @@ def steady_state(results: Path, catalog: Path, thumb_source: Path) -> None:
     pq.write_table(pa.table(columns, schema=ROW_SCHEMA), results / "feature_table.parquet")
     distance = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())[
         "near_duplicate_distance"]
-    write_settings_marker(settings_marker(str(results), distance), distance)
+    write_settings_marker(layout.table_settings_path(str(results), distance), distance)
 
 
 def profile_dry_run(workdir: Path, catalog: Path, cores: int, out: Path) -> list[str]:

@@ -94,12 +94,12 @@ def test_only_jobs_follow_a_handed_plan() -> None:
     assert handover.handed_plan_path({}, is_job=True) is None
 
 
-def test_publish_and_withdraw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(handover.ENV_VAR, raising=False)
+def test_publish_and_withdraw(tmp_path: Path) -> None:
+    environ: dict[str, str] = {}
     path = handover.save(tmp_path, planned(tmp_path / "results"), "d", slots=1)
-    handover.publish(path)
-    assert os.environ[handover.ENV_VAR] == str(path)
-    handover.withdraw(str(path))
+    handover.publish(path, environ)
+    assert environ[handover.ENV_VAR] == str(path)
+    handover.withdraw(str(path), environ)
     assert not path.exists()
-    assert handover.ENV_VAR not in os.environ
-    handover.withdraw(None)
+    assert handover.ENV_VAR not in environ
+    handover.withdraw(None, environ)

@@ -344,9 +344,9 @@ def test_groups_are_recomputed_when_the_table_did_not_only_grow(
 
 def test_settings_marker_names_the_distance_and_replaces_older_ones(tmp_path: Path) -> None:
     results = str(tmp_path / "results")
-    six = table.settings_marker(results, 6)
+    six = layout.table_settings_path(results, 6)
     table.write_settings_marker(six, 6)
-    seven = table.settings_marker(results, 7)
+    seven = layout.table_settings_path(results, 7)
     assert seven != six
     table.write_settings_marker(seven, 7)
     assert not Path(six).exists()

@@ -7,16 +7,16 @@
 # manifest always has its partial.
 
 
-for batch in PLAN.batches:
+for batch in RUN.plan.batches:
 
     rule:
         name:
             f"batch_{batch.number}"
         output:
-            manifest=batch_manifest(batch),
-            partial=batch_partial(batch),
+            manifest=RUN.batch_manifest(batch),
+            partial=RUN.batch_partial(batch),
         log:
-            f"{RESULTS}/{layout.LOGS}/batches/{batch.key}.log",
+            RUN.log(f"batches/{batch.key}"),
         conda:
             "../../envs/thumbfeat.yaml"
         threads: config["batch_threads"]
@@ -25,9 +25,9 @@ for batch in PLAN.batches:
             mem_mb=config["batch_mem_mb"],
             runtime=config["batch_runtime"],
         params:
-            sources=[(i, PLAN.urls[i]) for i in batch.download_ids],
+            sources=[(i, RUN.plan.urls[i]) for i in batch.download_ids],
             measure=list(batch.feature_ids),
             batch_key=batch.key,
-            settings=FETCH_SETTINGS,
+            settings=RUN.fetch_settings,
         script:
             "../scripts/process_batch.py"

@@ -7,15 +7,15 @@ rule thumbnail:
     output:
         f"{RESULTS}/{layout.THUMBS}/{{shard}}/{{image_id}}{layout.THUMB_SUFFIX}",
     log:
-        f"{RESULTS}/{layout.LOGS}/images/{{shard}}/{{image_id}}.thumbnail.log",
+        RUN.log("images/{shard}/{image_id}.thumbnail"),
     wildcard_constraints:
-        shard=SHARD_PATTERN,
-        image_id=IMAGE_ID_PATTERN,
+        shard=layout.SHARD_PATTERN,
+        image_id=layout.IMAGE_ID_PATTERN,
     conda:
         "../../envs/thumbfeat.yaml"
     params:
-        url=lambda wildcards: url_of_image(wildcards.image_id, wildcards.shard),
-        settings=FETCH_SETTINGS,
+        url=url_of_image,
+        settings=RUN.fetch_settings,
     script:
         "../scripts/fetch_thumbnail.py"
 
@@ -26,10 +26,10 @@ rule image_features:
     output:
         f"{RESULTS}/{layout.FEATURES}/{{shard}}/{{image_id}}{layout.FEATURE_SUFFIX}",
     log:
-        f"{RESULTS}/{layout.LOGS}/images/{{shard}}/{{image_id}}.features.log",
+        RUN.log("images/{shard}/{image_id}.features"),
     wildcard_constraints:
-        shard=SHARD_PATTERN,
-        image_id=IMAGE_ID_PATTERN,
+        shard=layout.SHARD_PATTERN,
+        image_id=layout.IMAGE_ID_PATTERN,
     conda:
         "../../envs/thumbfeat.yaml"
     script:

@@ -5,37 +5,37 @@
 
 rule report_figures:
     input:
-        table=FEATURE_TABLE,
+        table=RUN.feature_table,
     output:
         sheets=report(
-            directory(f"{RESULTS}/report/sheets"),
+            directory(layout.report_path(RESULTS, "sheets")),
             patterns=["{sheet}.png"],
             category="Contact sheets",
             caption="../report/sheets.rst",
         ),
         histograms=report(
-            directory(f"{RESULTS}/report/histograms"),
+            directory(layout.report_path(RESULTS, "histograms")),
             patterns=["{feature}.png"],
             category="Histograms",
             caption="../report/histograms.rst",
         ),
         duplicates=report(
-            f"{RESULTS}/report/near_duplicates.png",
+            layout.report_path(RESULTS, "near_duplicates.png"),
             category="Near duplicates",
             caption="../report/near_duplicates.rst",
         ),
         failures=report(
-            f"{RESULTS}/report/failures.html",
+            layout.report_path(RESULTS, "failures.html"),
             category="Failures",
             caption="../report/failures.rst",
         ),
         statistics=report(
-            f"{RESULTS}/report/run_statistics.html",
+            layout.report_path(RESULTS, "run_statistics.html"),
             category="Run statistics",
             caption="../report/run_statistics.rst",
         ),
     log:
-        f"{RESULTS}/{layout.LOGS}/report_figures.log",
+        RUN.log("report_figures"),
     conda:
         "../../envs/thumbfeat.yaml"
     params:

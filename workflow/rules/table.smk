@@ -1,12 +1,9 @@
-from thumbfeat.table import settings_marker as table_settings_marker  # noqa: E402
-
 # The feature table: every per-image row, in catalog order, written with a snapshot of the catalog
 # it was built for. It is rebuilt when the catalog's content changes (the snapshot is named by a
 # digest of the selected ids and URLs, so a new selection is a missing file), when a batch ran, or
 # when a feature shard folder changed since the table was written (a row file was added or
 # removed by any means: a folder's time changes on every rename into it). The settings marker is
 # named by the near-duplicate distance, so changing that setting also rebuilds the table.
-TABLE_SETTINGS = table_settings_marker(RESULTS, config["near_duplicate_distance"])
 
 
 # On a cluster the table is assembled by the submitting process itself: it reads partial tables
@@ -17,20 +14,20 @@ localrules:
 
 rule feature_table:
     input:
-        manifests=[batch_manifest(b) for b in PLAN.batches],
-        shards=FEATURE_SHARD_DIRS,
+        manifests=[RUN.batch_manifest(b) for b in RUN.plan.batches],
+        shards=RUN.feature_shard_dirs,
     output:
-        snapshot=CATALOG_SNAPSHOT,
-        table=FEATURE_TABLE,
-        settings=TABLE_SETTINGS,
+        snapshot=RUN.catalog_snapshot,
+        table=RUN.feature_table,
+        settings=RUN.table_settings,
     log:
-        f"{RESULTS}/{layout.LOGS}/feature_table.log",
+        RUN.log("feature_table"),
     conda:
         "../../envs/thumbfeat.yaml"
     threads: 2
     params:
-        digest=CATALOG_DIGEST,
-        spec=asdict(CATALOG_SPEC),
+        digest=RUN.catalog_digest,
+        spec=RUN.catalog_params,
         near_duplicate_distance=config["near_duplicate_distance"],
     script:
         "../scripts/feature_table.py"

@@ -10,10 +10,10 @@
 # (Flagging the database update() would keep it too, but Snakemake would copy the whole file to a
 # backup before every load and copy that back over it after a failed job, racing DuckDB's own
 # transaction log; the transaction already leaves a failed load without effect.)
-WAREHOUSE = warehouse_settings(config)
-WAREHOUSE_RECEIPT = f"{RESULTS}/warehouse.load.json"
+WAREHOUSE = RUN.warehouse
+WAREHOUSE_RECEIPT = layout.warehouse_receipt_path(RESULTS)
 WAREHOUSE_CREATED = [] if os.path.exists(WAREHOUSE.path) else [WAREHOUSE.path]
-WRITE_BACK_RECEIPT = f"{RESULTS}/catalog_write_back.json"
+WRITE_BACK_RECEIPT = layout.write_back_receipt_path(RESULTS)
 WAREHOUSE_TARGETS = []
 if WAREHOUSE.enabled:
     WAREHOUSE_TARGETS += [WAREHOUSE_RECEIPT, *WAREHOUSE_CREATED]
@@ -30,12 +30,12 @@ localrules:
 
 rule warehouse:
     input:
-        table=FEATURE_TABLE,
+        table=RUN.feature_table,
     output:
         receipt=WAREHOUSE_RECEIPT,
         created=WAREHOUSE_CREATED,
     log:
-        f"{RESULTS}/{layout.LOGS}/warehouse.log",
+        RUN.log("warehouse"),
     conda:
         "../../envs/thumbfeat.yaml"
     script:
@@ -46,18 +46,18 @@ rule warehouse:
 # never hold the same database file at once when one file serves as both.
 rule catalog_write_back:
     input:
-        table=FEATURE_TABLE,
-        snapshot=CATALOG_SNAPSHOT,
+        table=RUN.feature_table,
+        snapshot=RUN.catalog_snapshot,
         warehouse=[WAREHOUSE_RECEIPT] if WAREHOUSE.enabled else [],
     output:
         WRITE_BACK_RECEIPT,
     log:
-        f"{RESULTS}/{layout.LOGS}/catalog_write_back.log",
+        RUN.log("catalog_write_back"),
     conda:
         "../../envs/thumbfeat.yaml"
     params:
-        database=str(CATALOG_SPEC.path),
-        table=CATALOG_SPEC.table,
-        id_column=CATALOG_SPEC.id_column,
+        database=str(RUN.catalog_spec.path),
+        table=RUN.catalog_spec.table,
+        id_column=RUN.catalog_spec.id_column,
     script:
         "../scripts/write_back.py"

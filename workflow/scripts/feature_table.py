@@ -6,7 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from thumbfeat.catalog import CatalogSpec, write_snapshot
-from thumbfeat.config import RESULTS, job_logger
+from thumbfeat.joblog import job_logger
+from thumbfeat.layout import RESULTS
 from thumbfeat.table import assemble_and_log, write_settings_marker
 
 smk = snakemake  # noqa: F821

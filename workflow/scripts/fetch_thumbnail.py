@@ -6,8 +6,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from thumbfeat.batch import download_one
-from thumbfeat.config import RESULTS, job_logger
 from thumbfeat.fetch import FetchSettings, host_limiter, make_session, secret_values
+from thumbfeat.joblog import job_logger
+from thumbfeat.layout import RESULTS
 
 smk = snakemake  # noqa: F821
 settings = FetchSettings(**smk.params.settings)

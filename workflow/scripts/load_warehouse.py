@@ -7,7 +7,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from thumbfeat import atomic
-from thumbfeat.config import job_logger, warehouse_settings
+from thumbfeat.config import warehouse_settings
+from thumbfeat.joblog import job_logger
 from thumbfeat.warehouse import load_and_log
 
 smk = snakemake  # noqa: F821

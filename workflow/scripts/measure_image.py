@@ -6,7 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from thumbfeat.batch import measure_one
-from thumbfeat.config import RESULTS, job_logger
+from thumbfeat.joblog import job_logger
+from thumbfeat.layout import RESULTS
 
 smk = snakemake  # noqa: F821
 outcome, _ = measure_one(smk.wildcards.image_id, RESULTS, smk.config["max_pixels"])

@@ -7,8 +7,9 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from thumbfeat import layout
 from thumbfeat.batch import process_batch
-from thumbfeat.config import RESULTS, job_logger
 from thumbfeat.fetch import FetchSettings
+from thumbfeat.joblog import job_logger
+from thumbfeat.layout import RESULTS
 
 smk = snakemake  # noqa: F821
 process_batch(

@@ -5,7 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from thumbfeat.config import RESULTS, job_logger
+from thumbfeat.joblog import job_logger
+from thumbfeat.layout import RESULTS
 from thumbfeat.report import ReportSettings, build_report
 
 smk = snakemake  # noqa: F821

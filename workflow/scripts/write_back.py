@@ -8,8 +8,9 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from thumbfeat import atomic
 from thumbfeat.catalog import read_snapshot_ids
-from thumbfeat.config import RESULTS, job_logger
 from thumbfeat.dbcatalog import write_back_and_log
+from thumbfeat.joblog import job_logger
+from thumbfeat.layout import RESULTS
 
 smk = snakemake  # noqa: F821
 result = write_back_and_log(

@@ -7,19 +7,16 @@ paths mean what they expect.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thumbfeat import layout
 from thumbfeat.catalog import CatalogSpec
 from thumbfeat.dbcatalog import DEFAULT_TABLE, SUFFIXES
 from thumbfeat.fetch import FetchSettings
-
-RESULTS = "results"
 
 
 class ConfigError(ValueError):
@@ -65,7 +62,7 @@ class WarehouseSettings:
     """Where the feature table is loaded (the ``warehouse`` part of the config)."""
 
     enabled: bool = True
-    path: str = f"{RESULTS}/warehouse.duckdb"
+    path: str = f"{layout.RESULTS}/warehouse.duckdb"
     table: str = "feature_image_visual"
 
 
@@ -73,7 +70,8 @@ def warehouse_settings(config: Mapping[str, Any]) -> WarehouseSettings:
     return WarehouseSettings(**dict(config.get("warehouse") or {}))
 
 
-def fetch_settings(config: Mapping[str, Any], basedir: str | Path) -> FetchSettings:
+def fetch_settings(config: Mapping[str, Any], basedir: str | Path,
+                   environ: Mapping[str, str] = os.environ) -> FetchSettings:
     download = dict(config.get("download") or {})
     roots = tuple(
         str(resolve_path(str(root), basedir, "local_file_roots").resolve())
@@ -86,7 +84,7 @@ def fetch_settings(config: Mapping[str, Any], basedir: str | Path) -> FetchSetti
                           f"allowed: {sorted(known)}")
     for header, variable in (download.get("header_env") or {}).items():
         # Only whether it is set is checked here: the value is read by the jobs themselves.
-        if not os.environ.get(variable):
+        if not environ.get(variable):
             raise ConfigError(f"config key 'download.header_env': the environment variable "
                               f"{variable!r} for the {header!r} header is not set")
     return FetchSettings(local_file_roots=roots, **download)
@@ -95,26 +93,6 @@ def fetch_settings(config: Mapping[str, Any], basedir: str | Path) -> FetchSetti
 def rate_share(slots: int, batches: int) -> float:
     """Each batch job's share of the per-host limits: one over the jobs that can run at once."""
     return 1.0 / max(1, min(slots, batches))
-
-
-def job_logger(log_path: str, name: str, *, echo: bool = False) -> logging.Logger:
-    """A logger writing timestamped lines to a job's log file, and to stderr when ``echo``.
-
-    Snakemake passes a job's stderr through to the terminal, so echoed lines (progress) are seen
-    while the job runs, and the log file keeps them for later.
-    """
-    logger = logging.getLogger(f"thumbfeat.{name}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logger.addHandler(handler)
-    if echo:
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(handler.formatter)
-        logger.addHandler(stream)
-    return logger
 
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -224,6 +202,16 @@ def key_path(parts: Iterable[str | int]) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+def validated_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The config with command-line strings given their schema types, checked against the schema.
+
+    Raises ConfigError naming the first key whose value the schema refuses.
+    """
+    coerced = coerce_to_schema(config, schema)
+    check_against_schema(coerced, schema)
+    return coerced
 
 
 def check_against_schema(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,14 +122,18 @@ def handed_plan_path(environ: Mapping[str, str], is_job: bool) -> str | None:
     return environ.get(ENV_VAR) or None
 
 
-def publish(path: Path) -> None:
-    """Make the plan visible to every job this process submits from now on."""
-    os.environ[ENV_VAR] = str(path)
+def publish(path: Path, environ: MutableMapping[str, str]) -> None:
+    """Make the plan visible to every job this process submits from now on.
+
+    ``environ`` is the main process's own environment (``os.environ``): Snakemake gives its jobs
+    no other channel at submission, and cluster submissions carry the environment along.
+    """
+    environ[ENV_VAR] = str(path)
 
 
-def withdraw(path: str | None) -> None:
+def withdraw(path: str | None, environ: MutableMapping[str, str]) -> None:
     """Remove a run's handover file once its jobs are done."""
     if path:
         Path(path).unlink(missing_ok=True)
-        if os.environ.get(ENV_VAR) == path:
-            del os.environ[ENV_VAR]
+        if environ.get(ENV_VAR) == path:
+            del environ[ENV_VAR]

@@ -1,9 +1,10 @@
-"""Where every per-image artifact lives under the results folder.
+"""Where every artifact lives under the results folder: per-image files and run-level files.
 
-Per-image files are spread over 256 shard folders named by the first two hex digits of the SHA-1 of
-the image id. Hashing (rather than using a prefix of the id) keeps the shards even when ids are
-sequential numbers, and the shard of an id never changes when the catalog grows, so appending rows
-never moves a finished file. At a million images a shard holds about 4,000 files.
+Every path the workflow, its jobs and the command line use is built here, so a file has one name
+everywhere. Per-image files are spread over 256 shard folders named by the first two hex digits
+of the SHA-1 of the image id. Hashing (rather than using a prefix of the id) keeps the shards even
+when ids are sequential numbers, and the shard of an id never changes when the catalog grows, so
+appending rows never moves a finished file. At a million images a shard holds about 4,000 files.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import hashlib
 import os
 import re
 from pathlib import Path
+
+# The results folder, relative to the folder the workflow runs in.
+RESULTS = "results"
 
 THUMBS = "thumbs"
 FEATURES = "features"
@@ -62,6 +66,60 @@ def failure_path(results: str | Path, image_id: str) -> str:
 def progress_path(results: str | Path, batch_key: str) -> str:
     """The counts of a running batch job, rewritten at every progress line."""
     return f"{results}/{PROGRESS}/{batch_key}.json"
+
+
+def feature_table_path(results: str | Path) -> str:
+    """The assembled feature table: one row per image of the catalog selection."""
+    return f"{results}/feature_table.parquet"
+
+
+def catalog_snapshot_path(results: str | Path, digest: str) -> str:
+    """The ids and URLs a table was built for, named by their digest (new selection, new name)."""
+    return f"{results}/catalog/{digest}.parquet"
+
+
+def catalog_snapshot_dir(results: str | Path) -> str:
+    return f"{results}/catalog"
+
+
+def table_settings_path(results: str | Path, near_duplicate_distance: int) -> str:
+    """The file recording the settings the table was grouped with.
+
+    Its name carries the settings, so changing one makes the workflow ask for a file that does
+    not exist, which rebuilds the table (Snakemake's own parameter tracking is off: metadata is
+    dropped for speed).
+    """
+    return f"{results}/table-settings/near-duplicate-distance-{near_duplicate_distance}.json"
+
+
+def batch_manifest_path(results: str | Path, batch_key: str) -> str:
+    """A finished batch's manifest: counts, failures by kind, timing."""
+    return f"{results}/{BATCHES}/{batch_key}.json"
+
+
+def batch_partial_path(results: str | Path, batch_key: str) -> str:
+    """A finished batch's rows as one partial table, read when the table is assembled."""
+    return f"{results}/{BATCHES}/{batch_key}.parquet"
+
+
+def log_path(results: str | Path, name: str) -> str:
+    """A job's log file, e.g. ``batches/<key>`` or ``feature_table``."""
+    return f"{results}/{LOGS}/{name}.log"
+
+
+def warehouse_receipt_path(results: str | Path) -> str:
+    """What the last warehouse load changed (the warehouse rule's declared output)."""
+    return f"{results}/warehouse.load.json"
+
+
+def write_back_receipt_path(results: str | Path) -> str:
+    """What the last write-back to a database catalog changed."""
+    return f"{results}/catalog_write_back.json"
+
+
+def report_path(results: str | Path, name: str) -> str:
+    """A picture or page drawn for the report."""
+    return f"{results}/report/{name}"
 
 
 def is_temporary_name(name: str) -> bool:

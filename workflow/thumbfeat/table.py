@@ -342,16 +342,6 @@ def _keep_as_cache(table_path: str | Path, results: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def settings_marker(results: str, near_duplicate_distance: int) -> str:
-    """The file recording the settings the table was grouped with.
-
-    Its name carries the settings, so changing one makes the workflow ask for a file that does
-    not exist, which rebuilds the table (Snakemake's own parameter tracking is off: metadata is
-    dropped for speed).
-    """
-    return f"{results}/table-settings/near-duplicate-distance-{near_duplicate_distance}.json"
-
-
 def write_settings_marker(path: str | Path, near_duplicate_distance: int) -> None:
     """Record the grouping settings and drop markers of earlier settings."""
     out = Path(path)

@@ -1,0 +1,157 @@
+"""Tests for thumbfeat.run: the run's context of a main process and of a cluster job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from thumbfeat import handover, layout
+from thumbfeat.catalog import CatalogError
+from thumbfeat.config import ConfigError, validated_config
+from thumbfeat.run import (
+    RUN_ERRORS,
+    SnakemakeFacts,
+    UnknownImageError,
+    build_run,
+    job_slots,
+)
+
+from tests.support import REPO, write_catalog
+
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+DEFAULTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+IDS = [f"img{i:02d}" for i in range(10)]
+MAIN = SnakemakeFacts(cores=4, nodes=None, is_job=False, argv=("snakemake",))
+
+
+def config_for(tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    catalog = tmp_path / "catalog.csv"
+    if not catalog.exists():
+        write_catalog(catalog, [(i, f"http://127.0.0.1:9/{i}.jpg") for i in IDS])
+    return validated_config({**DEFAULTS, "catalog": str(catalog), **changes}, SCHEMA)
+
+
+def results_of(tmp_path: Path) -> str:
+    return str(tmp_path / "results")
+
+
+def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
+    results = results_of(tmp_path)
+    done = Path(layout.thumb_path(results, "img03"))
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"jpeg")
+    run = build_run(config_for(tmp_path), REPO, MAIN, {}, results=results)
+    assert run.handed is None
+    assert run.catalog is not None and list(run.catalog.ids) == IDS
+    assert run.plan.download == [i for i in IDS if i != "img03"]
+    assert run.plan.features == IDS
+    assert run.messages == [run.plan.summary()]
+    assert "table: will be rebuilt (no table yet)" in run.messages[0]
+    # 4 cores, one thread per batch job: 4 slots; ten images are one batch (batches hold at least
+    # 100 images), which then has the whole of each host's limits.
+    assert run.slots == 4
+    assert len(run.plan.batches) == 1
+    assert run.fetch_settings["rate_share"] == 1.0
+    split = build_run(config_for(tmp_path, batch_size=3), REPO, MAIN, {}, results=results)
+    assert len(split.plan.batches) == 4
+    assert split.fetch_settings["rate_share"] == pytest.approx(1 / 4)
+    assert run.feature_table == layout.feature_table_path(results)
+    assert run.catalog_snapshot == layout.catalog_snapshot_path(results, run.catalog_digest)
+    assert run.batch_manifest(run.plan.batches[0]).startswith(f"{results}/batches/00001-")
+
+
+def test_per_image_targets_on_the_command_line_scope_the_plan(tmp_path: Path) -> None:
+    results = results_of(tmp_path)
+    target = layout.feature_path(results, "img05")
+    facts = SnakemakeFacts(cores=1, nodes=None, is_job=False, argv=("snakemake", target))
+    run = build_run(config_for(tmp_path), REPO, facts, {}, results=results)
+    assert run.plan.features == ["img05"]
+    assert run.plan.table_reason is None
+
+
+def test_cluster_job_follows_the_handed_plan_without_reading_the_catalog(tmp_path: Path) -> None:
+    results = results_of(tmp_path)
+    main = build_run(config_for(tmp_path), REPO,
+                     SnakemakeFacts(cores=2, nodes=20, is_job=False), {}, results=results)
+    environ: dict[str, str] = {}
+    main.on_start(non_local_exec=True, environ=environ)
+    handed_path = environ[handover.ENV_VAR]
+    assert Path(handed_path).exists()
+    # The job runs elsewhere: the catalog file is gone there, and the disk has moved on.
+    (tmp_path / "catalog.csv").unlink()
+    Path(layout.thumb_path(results, "img00")).parent.mkdir(parents=True, exist_ok=True)
+    Path(layout.thumb_path(results, "img00")).write_bytes(b"done meanwhile")
+    job_config = {**main.config}
+    job_config["catalog"] = str(tmp_path)  # any existing path: the job never reads it
+    job = build_run(job_config, REPO, SnakemakeFacts(cores=1, nodes=None, is_job=True),
+                    environ, results=results)
+    assert job.catalog is None
+    assert job.plan.batches == main.plan.batches
+    assert [b.key for b in job.plan.batches] == [b.key for b in main.plan.batches]
+    assert job.slots == main.slots == 20
+    assert job.catalog_digest == main.catalog_digest
+    assert job.fetch_settings["rate_share"] == main.fetch_settings["rate_share"]
+    assert job.messages == []
+    assert job.url_of_image("img00", layout.shard_of("img00")) == "http://127.0.0.1:9/img00.jpg"
+    main.on_success(environ)
+    assert not Path(handed_path).exists()
+    assert handover.ENV_VAR not in environ
+
+
+def test_a_main_process_ignores_a_stale_handover_variable(tmp_path: Path) -> None:
+    environ = {handover.ENV_VAR: str(tmp_path / "plan-gone.json")}
+    run = build_run(config_for(tmp_path), REPO, MAIN, environ, results=results_of(tmp_path))
+    assert run.handed is None
+    run.on_start(non_local_exec=False, environ=environ)  # local runs hand nothing over
+    assert environ[handover.ENV_VAR].endswith("plan-gone.json")
+
+
+def test_a_job_whose_handed_plan_is_gone_gets_a_clear_error(tmp_path: Path) -> None:
+    environ = {handover.ENV_VAR: str(tmp_path / "plan-gone.json")}
+    facts = SnakemakeFacts(cores=1, nodes=None, is_job=True)
+    with pytest.raises(handover.HandoverError, match="is gone"):
+        build_run(config_for(tmp_path), REPO, facts, environ, results=results_of(tmp_path))
+
+
+def test_url_of_image_refuses_unknown_ids_and_wrong_shards(tmp_path: Path) -> None:
+    run = build_run(config_for(tmp_path), REPO, MAIN, {}, results=results_of(tmp_path))
+    assert run.url_of_image("img07", layout.shard_of("img07")) == "http://127.0.0.1:9/img07.jpg"
+    with pytest.raises(UnknownImageError, match="not in the catalog"):
+        run.url_of_image("nope", layout.shard_of("nope"))
+    wrong = "00" if layout.shard_of("img07") != "00" else "01"
+    with pytest.raises(UnknownImageError, match="lives in shard"):
+        run.url_of_image("img07", wrong)
+
+
+def test_input_errors_are_among_the_run_errors(tmp_path: Path) -> None:
+    with pytest.raises(RUN_ERRORS) as caught:
+        build_run(config_for(tmp_path, catalog=str(tmp_path / "missing.csv")), REPO, MAIN, {})
+    assert "missing.csv" in str(caught.value)
+    (tmp_path / "bad.csv").write_text("image_id,url\n,http://h/x.jpg\n")
+    with pytest.raises(CatalogError):
+        build_run(config_for(tmp_path, catalog=str(tmp_path / "bad.csv")), REPO, MAIN, {},
+                  results=results_of(tmp_path))
+    config = config_for(tmp_path, download={"header_env": {"Authorization": "TOKEN_VAR"}})
+    with pytest.raises(ConfigError, match="TOKEN_VAR"):
+        build_run(config, REPO, MAIN, {}, results=results_of(tmp_path))
+    build_run(config, REPO, MAIN, {"TOKEN_VAR": "secret"}, results=results_of(tmp_path))
+
+
+@pytest.mark.parametrize(("cores", "nodes", "threads", "slots"), [
+    (8, None, 1, 8), (8, None, 3, 2), (1, None, 4, 1), (None, None, 1, 1), (2, 20, 1, 20),
+])
+def test_job_slots(cores: int | None, nodes: int | None, threads: int, slots: int) -> None:
+    assert job_slots(SnakemakeFacts(cores=cores, nodes=nodes, is_job=False), threads) == slots
+
+
+def test_threads_above_cores_on_a_cluster_are_warned_about(tmp_path: Path) -> None:
+    facts = SnakemakeFacts(cores=2, nodes=10, is_job=False)
+    run = build_run(config_for(tmp_path, batch_threads=4), REPO, facts, {},
+                    results=results_of(tmp_path))
+    assert run.warnings == ["batch_threads=4 is capped at --cores 2; on a cluster, pass "
+                            "--cores 4 or more"]
+    local = build_run(config_for(tmp_path, batch_threads=4), REPO, MAIN, {},
+                      results=results_of(tmp_path))
+    assert local.warnings == []

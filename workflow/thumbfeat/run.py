@@ -1,0 +1,194 @@
+"""The run's context: what one parse of the workflow knows, built in one place.
+
+Snakemake parses the workflow in every process of a run: the main process that plans and
+schedules, and, on a cluster, each job again. ``build_run`` turns the validated config and the
+facts Snakemake gives (cores, nodes, whether this process is a job) into one ``RunContext``: the
+catalog, the plan of remaining work, the download settings with their per-host rate share, and the
+run-level paths. A cluster job does not plan: it follows the plan its main process handed over
+(see ``thumbfeat.handover``). ``workflow/rules/common.smk`` only validates the config and calls
+``build_run``; the rules read the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thumbfeat import handover, layout
+from thumbfeat.catalog import Catalog, CatalogError, CatalogSpec, load_catalog, url_warnings
+from thumbfeat.config import (
+    ConfigError,
+    WarehouseSettings,
+    catalog_spec,
+    fetch_settings,
+    rate_share,
+    warehouse_settings,
+)
+from thumbfeat.plan import Batch, WorkPlan, plan_work, requested_image_ids, table_rebuild_reason
+
+# Everything build_run raises for a user's input: the workflow turns these into one clear message.
+RUN_ERRORS = (ConfigError, CatalogError, handover.HandoverError)
+
+
+class UnknownImageError(LookupError):
+    """A per-image file was asked for that the run's catalog (or handed plan) does not hold."""
+
+
+@dataclass(frozen=True)
+class SnakemakeFacts:
+    """What Snakemake tells a parse about the run it belongs to."""
+
+    cores: int | None
+    nodes: int | None
+    is_job: bool
+    argv: Sequence[str] = ()
+
+
+def job_slots(facts: SnakemakeFacts, threads_per_job: int) -> int:
+    """How many batch jobs can run at once: --jobs on a cluster, else local cores over threads.
+
+    Snakemake knows the executor only after parsing, but a cluster run always has --jobs (nodes)
+    set; locally nodes is only set next to --cores, and then it caps the jobs too. Counting
+    nodes can only overestimate the slots, which keeps per-host rate shares on the safe side.
+    """
+    if facts.nodes is not None:
+        return max(1, int(facts.nodes))
+    return max(1, (facts.cores or 1) // max(1, threads_per_job))
+
+
+@dataclass
+class RunContext:
+    """The catalog, plan, settings and paths of one parse, as the rules use them."""
+
+    config: Mapping[str, Any]
+    results: str
+    catalog_spec: CatalogSpec
+    catalog: Catalog | None
+    catalog_digest: str
+    plan: WorkPlan
+    slots: int
+    fetch_settings: dict[str, Any]
+    warehouse: WarehouseSettings
+    handed: handover.HandedPlan | None = None
+    # Listed once per parse: the preview and the table rule's inputs use the same folders.
+    feature_shard_dirs: list[str] = field(default_factory=list)
+    # Lines for the person starting the run: the plan, then warnings.
+    messages: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def feature_table(self) -> str:
+        return layout.feature_table_path(self.results)
+
+    @property
+    def catalog_snapshot(self) -> str:
+        return layout.catalog_snapshot_path(self.results, self.catalog_digest)
+
+    @property
+    def table_settings(self) -> str:
+        return layout.table_settings_path(self.results, self.config["near_duplicate_distance"])
+
+    @property
+    def catalog_params(self) -> dict[str, Any]:
+        """The catalog spec as plain values, for the job that snapshots the catalog."""
+        return asdict(self.catalog_spec)
+
+    def batch_manifest(self, batch: Batch) -> str:
+        return layout.batch_manifest_path(self.results, batch.key)
+
+    def batch_partial(self, batch: Batch) -> str:
+        return layout.batch_partial_path(self.results, batch.key)
+
+    def log(self, name: str) -> str:
+        return layout.log_path(self.results, name)
+
+    def url_of_image(self, image_id: str, shard: str) -> str:
+        """The catalog URL of one requested per-image file's image."""
+        if shard != layout.shard_of(image_id):
+            raise UnknownImageError(f"image {image_id!r} lives in shard "
+                                    f"{layout.shard_of(image_id)!r}, not {shard!r}")
+        if self.catalog is None:
+            # A cluster job knows the URLs of the run's planned downloads, not the catalog.
+            if image_id in self.plan.urls:
+                return self.plan.urls[image_id]
+            raise UnknownImageError(f"image {image_id!r} is not among the run's planned downloads")
+        try:
+            return self.catalog.urls[self.catalog.ids.index(image_id)]
+        except ValueError:
+            raise UnknownImageError(f"image {image_id!r} is not in the catalog") from None
+
+    def on_start(self, non_local_exec: bool, environ: MutableMapping[str, str]) -> None:
+        """Before the first job: hand cluster jobs this run's plan (see thumbfeat.handover)."""
+        if non_local_exec and self.handed is None:
+            path = handover.save(Path(".snakemake", "thumbfeat"), self.plan,
+                                 self.catalog_digest, self.slots)
+            handover.publish(path, environ)
+
+    def on_success(self, environ: MutableMapping[str, str]) -> None:
+        """After a successful run: remove the handover file the main process published."""
+        if self.handed is None:
+            handover.withdraw(environ.get(handover.ENV_VAR), environ)
+
+
+def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFacts,
+              environ: Mapping[str, str], *, results: str = layout.RESULTS) -> RunContext:
+    """Build the run's context from a validated config (schema defaults filled in).
+
+    Raises one of RUN_ERRORS for input that cannot work, before any work starts.
+    """
+    spec = catalog_spec(config, basedir)
+    settings = asdict(fetch_settings(config, basedir, environ))
+    handed_path = handover.handed_plan_path(environ, facts.is_job)
+    if handed_path:
+        handed = handover.load(handed_path)
+        context = RunContext(
+            config=config, results=results, catalog_spec=spec, catalog=None,
+            catalog_digest=handed.catalog_digest, plan=handed.plan, slots=handed.slots,
+            fetch_settings=settings, warehouse=warehouse_settings(config), handed=handed,
+        )
+    else:
+        catalog = load_catalog(spec)
+        slots = job_slots(facts, config["batch_threads"])
+        context = RunContext(
+            config=config, results=results, catalog_spec=spec, catalog=catalog,
+            catalog_digest=catalog.digest(), plan=WorkPlan(catalog_size=len(catalog)),
+            slots=slots, fetch_settings=settings, warehouse=warehouse_settings(config),
+        )
+        context.feature_shard_dirs = layout.existing_shard_dirs(results, layout.FEATURES)
+        context.plan = _plan(context, catalog, facts)
+        context.messages.append(context.plan.summary())
+        context.warnings.extend(url_warnings(spec.path, context.plan.urls))
+        context.warnings.extend(_thread_cap_warnings(config, facts))
+    # Per-host limits hold for the whole run: each batch job gets its share of them.
+    settings["rate_share"] = rate_share(context.slots, len(context.plan.batches))
+    return context
+
+
+def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkPlan:
+    config = context.config
+    requested = requested_image_ids(facts.argv, catalog.ids)
+    plan = plan_work(
+        catalog,
+        context.results,
+        batch_size=None if config["batch_size"] == "auto" else config["batch_size"],
+        slots=context.slots,
+        retry_failed=config["retry_failed"],
+        only=requested,
+    )
+    if requested is None:
+        plan.table_reason = table_rebuild_reason(
+            context.feature_table, context.catalog_snapshot, plan.batches,
+            context.feature_shard_dirs,
+        )
+    return plan
+
+
+def _thread_cap_warnings(config: Mapping[str, Any], facts: SnakemakeFacts) -> list[str]:
+    """Snakemake caps every job's threads at --cores, even jobs that run on other machines."""
+    threads = config["batch_threads"]
+    if facts.nodes is not None and facts.cores is not None and threads > facts.cores:
+        return [f"batch_threads={threads} is capped at --cores {facts.cores}; on a cluster, "
+                f"pass --cores {threads} or more"]
+    return []
