@@ -2,17 +2,30 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The cluster executor plugins live in an environment of their own (see pyproject.toml's extras).
+CLUSTER_VENV := .venv-cluster
 CORES ?= all
 
-.PHONY: run test test-services lint bench report clean slurm slurm-stop
+.PHONY: run test test-services lint bench report clean slurm slurm-stop cluster-env
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The cluster executor plugins are removed should an older .venv still hold them (see cluster-env).
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip uninstall --quiet --yes snakemake-executor-plugin-slurm \
+		snakemake-executor-plugin-slurm-jobstep snakemake-executor-plugin-cluster-generic
 	touch $@
+
+$(CLUSTER_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CLUSTER_VENV)
+	$(CLUSTER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CLUSTER_VENV)/bin/python -m pip install --quiet -e '.[cluster]'
+	touch $@
+
+cluster-env: $(CLUSTER_VENV)/.installed
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES)
@@ -32,7 +45,7 @@ test-services:
 	scripts/slurm-local.sh install start
 
 # PYTEST_ARGS='-m "not slurm"' leaves out the tests that need the local SLURM cluster.
-test: $(VENV)/.installed test-services
+test: $(VENV)/.installed $(CLUSTER_VENV)/.installed test-services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # A single-node SLURM cluster on this machine (Debian/Ubuntu, as root): see scripts/slurm-local.sh.

@@ -23,6 +23,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+# The cluster profiles run from the environment that holds the executor plugins (make cluster-env).
+CLUSTER_SNAKEMAKE = str(REPO / ".venv-cluster" / "bin" / "snakemake")
+CLUSTER_PROFILES = {"slurm", "cluster-generic"}
 
 
 def make_jpeg(name: str, size: tuple[int, int] = (320, 240)) -> bytes:
@@ -167,9 +170,20 @@ def image_rows(server: ImageServer, names: Iterable[str]) -> list[tuple[str, str
     return [(name, f"{server.base}/img/{name}.jpg") for name in names]
 
 
+def snakemake_for(args: Sequence[str]) -> str:
+    """The snakemake to run ``args`` with: the cluster environment's for a cluster profile."""
+    cluster = any(Path(a).name in CLUSTER_PROFILES and Path(a).parent == REPO / "profiles"
+                  for a in args) or "--executor" in args
+    if not cluster:
+        return SNAKEMAKE
+    if not Path(CLUSTER_SNAKEMAKE).exists():
+        raise AssertionError(f"{CLUSTER_SNAKEMAKE} is missing: run `make cluster-env` first")
+    return CLUSTER_SNAKEMAKE
+
+
 def snakemake_command(workdir: Path, *args: str, config: dict[str, str] | None = None,
                       cores: int = 2) -> list[str]:
-    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+    command = [snakemake_for(args), "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                "--cores", str(cores), *args]
     if config:
         command += ["--config", *(f"{k}={v}" for k, v in config.items())]
