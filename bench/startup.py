@@ -75,8 +75,8 @@ def main() -> None:
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}. A no-op run of the demo "
         f"(all built), with stand-ins for SLURM's tools on PATH that wait "
-        f"{args.controller_wait:g} s and fail (a dead controller); the two environments take turns, "
-        f"{args.repeats} repeats. Reproduce: `.venv/bin/python bench/startup.py`.",
+        f"{args.controller_wait:g} s and fail (a dead controller); the two environments take "
+        f"turns, {args.repeats} repeats. Reproduce: `.venv/bin/python bench/startup.py`.",
         "",
         "| environment | no-op run, median (min-max) | vs local |",
         "| --- | --- | --- |",
