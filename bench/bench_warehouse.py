@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from thumbfeat.table import ROW_SCHEMA  # noqa: E402
+from thumbfeat.rows import ROW_SCHEMA  # noqa: E402
 
 from bench.common import machine, publish, summary  # noqa: E402
 

@@ -40,14 +40,9 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from thumbfeat import layout  # noqa: E402
 from thumbfeat.catalog import CatalogSpec, load_catalog, write_snapshot  # noqa: E402
+from thumbfeat.rows import ROW_SCHEMA, failed_row, write_row  # noqa: E402
 from thumbfeat.rowscan import jemalloc_library  # noqa: E402
-from thumbfeat.table import (  # noqa: E402
-    ROW_SCHEMA,
-    assemble_table,
-    failed_row,
-    write_row,
-    write_settings_marker,
-)
+from thumbfeat.table import assemble_table, write_settings_marker  # noqa: E402
 
 from bench.common import (  # noqa: E402
     Measured,

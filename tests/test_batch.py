@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from thumbfeat import layout, table
+from thumbfeat import layout
 from thumbfeat.batch import measure_one, process_batch
 from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION
 from thumbfeat.fetch import FetchSettings
+from thumbfeat.rows import read_row
 
 from tests.support import ImageServer
 
@@ -102,7 +103,7 @@ def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
 
 
 def rows_of(results: Path, ids: list[str]) -> dict[str, dict[str, object]]:
-    return {i: table.read_row(layout.feature_path(results, i)).to_pylist()[0] for i in ids}
+    return {i: read_row(layout.feature_path(results, i)).to_pylist()[0] for i in ids}
 
 
 def test_feature_batch_after_download(server: ImageServer, tmp_path: Path) -> None:
@@ -195,7 +196,7 @@ def test_measure_one_without_a_record(tmp_path: Path) -> None:
     assert outcome.retryable
     record = read_failure(layout.failure_path(results, "x"))
     assert record is not None and record.retryable
-    row = table.read_row(layout.feature_path(results, "x")).to_pylist()[0]
+    row = read_row(layout.feature_path(results, "x")).to_pylist()[0]
     assert (row["status"], row["error_kind"], row["retryable"]) == ("failed", "unknown", True)
 
 
@@ -203,7 +204,7 @@ def test_measure_one_with_a_corrupt_thumbnail(tmp_path: Path) -> None:
     results = thumbnail_on_disk(tmp_path, "x", b"\x89PNG not really")
     outcome, _ = measure_one("x", results, MAX_PIXELS)
     assert not outcome.ok
-    row = table.read_row(layout.feature_path(results, "x")).to_pylist()[0]
+    row = read_row(layout.feature_path(results, "x")).to_pylist()[0]
     assert row["status"] == "failed"
     assert row["error_kind"] == outcome.kind
     assert row["retryable"] is False

@@ -13,7 +13,6 @@ from thumbfeat.config import (
     coerce_to_schema,
     describe,
     fetch_settings,
-    rate_share,
 )
 
 from tests.support import REPO, run_snakemake, write_catalog
@@ -137,12 +136,6 @@ def test_a_missing_secret_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> 
               "download": {"header_env": {"Authorization": "TF_CONFIG_TEST_KEY"}}}
     with pytest.raises(ConfigError, match="'TF_CONFIG_TEST_KEY' for the 'Authorization' header"):
         fetch_settings(config, REPO)
-
-
-@pytest.mark.parametrize(("slots", "batches", "share"),
-                         [(8, 20, 1 / 8), (8, 3, 1 / 3), (1, 5, 1.0), (4, 0, 1.0)])
-def test_rate_share(slots: int, batches: int, share: float) -> None:
-    assert rate_share(slots, batches) == pytest.approx(share)
 
 
 @pytest.mark.parametrize(

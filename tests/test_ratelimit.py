@@ -15,6 +15,7 @@ from thumbfeat.ratelimit import (
     LimiterClosed,
     host_key,
     job_limit,
+    rate_share,
 )
 
 from tests.faults import max_in_window
@@ -205,3 +206,9 @@ def test_close_wakes_threads_waiting_for_a_slow_host() -> None:
     thread.join(timeout=2)
     assert not thread.is_alive()
     assert outcome == ["closed"]
+
+
+@pytest.mark.parametrize(("slots", "batches", "share"),
+                         [(8, 20, 1 / 8), (8, 3, 1 / 3), (1, 5, 1.0), (4, 0, 1.0)])
+def test_rate_share(slots: int, batches: int, share: float) -> None:
+    assert rate_share(slots, batches) == pytest.approx(share)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from thumbfeat import layout, table
+from thumbfeat import layout
 from thumbfeat.report import (
     ReportSettings,
     build_report,
@@ -24,6 +24,7 @@ from thumbfeat.report import (
     ranked,
     statistics_page,
 )
+from thumbfeat.rows import ROW_SCHEMA, failed_row, ok_row
 from thumbfeat.runs import parse_manifest
 
 from tests.support import REPO, ImageServer, image_rows, make_jpeg, run_snakemake, write_catalog
@@ -35,11 +36,11 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 def rows_table(extra: dict[str, list[object]] | None = None) -> pa.Table:
     """Five rows: four measured (brightness 0.4, 0.1, 0.9, 0.5), one failed."""
-    rows = [table.ok_row(i, {"brightness_mean": b, "sharpness": s, "width": 10}, "v1")
+    rows = [ok_row(i, {"brightness_mean": b, "sharpness": s, "width": 10}, "v1")
             for i, b, s in (("a", 0.4, 5.0), ("b", 0.1, 1.0), ("c", 0.9, 3.0), ("d", 0.5, 2.0))]
-    rows.append(table.failed_row("e", "http_status", "HTTP 404", retryable=False,
+    rows.append(failed_row("e", "http_status", "HTTP 404", retryable=False,
                                  feature_version="v1"))
-    built = pa.Table.from_pylist(rows, schema=table.ROW_SCHEMA)
+    built = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
     for name, values in (extra or {}).items():
         if name in built.column_names:
             field = built.schema.field(name)

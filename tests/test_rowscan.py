@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from thumbfeat import layout, rowscan, table
+from thumbfeat.rows import ROW_SCHEMA, failed_row, ok_row, read_row, write_row
 
 
 def write_files(results: Path, count: int) -> list[str]:
@@ -14,11 +15,11 @@ def write_files(results: Path, count: int) -> list[str]:
     ids = [f"w{(n * 7919) % count:05d}" for n in range(count)]
     for number, image_id in enumerate(ids):
         if number % 4:
-            row = table.ok_row(image_id, {"width": number, "hue_hist": [0.5, 0.5]}, "2")
+            row = ok_row(image_id, {"width": number, "hue_hist": [0.5, 0.5]}, "2")
         else:
-            row = table.failed_row(image_id, "timeout", "slow", retryable=True,
+            row = failed_row(image_id, "timeout", "slow", retryable=True,
                                    feature_version="2")
-        table.write_row(layout.feature_path(results, image_id), row)
+        write_row(layout.feature_path(results, image_id), row)
     return [layout.feature_path(results, i) for i in ids]
 
 
@@ -29,8 +30,8 @@ def test_workers_return_every_row_in_the_order_asked(
         monkeypatch.setattr(rowscan, "jemalloc_library", lambda: None)
     paths = write_files(tmp_path / "results", 700)
     scanned = rowscan.scan_in_workers(paths, 3, tmp_path / "results", min_files=0)
-    expected = pa.concat_tables([table.read_row(p) for p in paths])
-    assert scanned.schema == table.ROW_SCHEMA
+    expected = pa.concat_tables([read_row(p) for p in paths])
+    assert scanned.schema == ROW_SCHEMA
     assert scanned.equals(expected)
     assert scanned.column("image_id").num_chunks == 1
     # The hand-over folder is gone.

@@ -13,10 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from thumbfeat import layout, table
+from thumbfeat import grouping, layout, table
 from thumbfeat.catalog import read_snapshot_ids
 from thumbfeat.features import compute_features
 from thumbfeat.imaging import decode_image
+from thumbfeat.rows import ROW_SCHEMA, failed_row, ok_row, read_row, write_partial, write_row
+from thumbfeat.rowscan import MANY_FILES, read_rows
 
 
 def _real_features() -> dict[str, object]:
@@ -31,59 +33,16 @@ def _real_features() -> dict[str, object]:
 FEATURES = _real_features()
 
 
-def test_ok_row_round_trip(tmp_path: Path) -> None:
-    row = table.ok_row("img1", FEATURES, "1")
-    assert set(row) == set(table.ROW_SCHEMA.names)
-    path = tmp_path / "f" / "ab" / "img1.parquet"
-    table.write_row(path, row)
-    read = table.read_row(path)
-    assert read.schema.equals(table.ROW_SCHEMA)
-    assert read.num_rows == 1
-    assert read.to_pylist()[0] == {
-        **FEATURES,
-        "image_id": "img1",
-        "status": "ok",
-        "error_kind": None,
-        "error": None,
-        "retryable": None,
-        "feature_version": "1",
-        "exact_duplicate_group": None,
-        "near_duplicate_group": None,
-    }
-    assert sorted(p.name for p in path.parent.iterdir()) == ["img1.parquet"]
-
-
-def test_failed_row_round_trip(tmp_path: Path) -> None:
-    row = table.failed_row("img2", "http_status", "HTTP 404 Not Found", retryable=False,
-                           feature_version="1")
-    path = tmp_path / "img2.parquet"
-    table.write_row(path, row)
-    got = table.read_row(path).to_pylist()[0]
-    assert got["image_id"] == "img2"
-    assert got["status"] == "failed"
-    assert got["error_kind"] == "http_status"
-    assert got["error"] == "HTTP 404 Not Found"
-    assert got["retryable"] is False
-    assert got["feature_version"] == "1"
-    assert all(got[name] is None for name in FEATURES)
-
-
-def test_ok_row_cannot_override_its_identity() -> None:
-    row = table.ok_row("img1", {**FEATURES, "image_id": "other", "status": "failed"}, "1")
-    assert row["image_id"] == "img1"
-    assert row["status"] == "ok"
-
-
 def write_rows(results: Path, ids: list[str]) -> list[str]:
     paths = []
     for n, image_id in enumerate(ids):
         path = layout.feature_path(results, image_id)
         if n % 3 == 2:
-            row = table.failed_row(image_id, "timeout", "slow", retryable=True,
+            row = failed_row(image_id, "timeout", "slow", retryable=True,
                                    feature_version="1")
         else:
-            row = table.ok_row(image_id, {**FEATURES, "width": n + 1}, "1")
-        table.write_row(path, row)
+            row = ok_row(image_id, {**FEATURES, "width": n + 1}, "1")
+        write_row(path, row)
         paths.append(path)
     return paths
 
@@ -101,22 +60,22 @@ def test_assemble_table_keeps_catalog_order(tmp_path: Path, threads: int) -> Non
     assert on_disk.column("image_id").to_pylist() == ids
     assert on_disk.column("width").to_pylist()[:3] == [1, 2, None]
     assert on_disk.column("status").to_pylist().count("failed") == 13
-    assert on_disk.schema.equals(table.ROW_SCHEMA)
+    assert on_disk.schema.equals(ROW_SCHEMA)
 
 
 def test_assemble_table_of_nothing(tmp_path: Path) -> None:
     out = tmp_path / "feature_table.parquet"
     assembled = table.assemble_table([], str(tmp_path), out)
     assert assembled.table.num_rows == 0
-    assert pq.read_table(out).schema.equals(table.ROW_SCHEMA)
+    assert pq.read_table(out).schema.equals(ROW_SCHEMA)
 
 
 def test_assemble_table_names_a_missing_file(tmp_path: Path) -> None:
     results = tmp_path / "results"
     ids = ["a", "b", "c"]
     paths = write_rows(results, ids)
-    table.write_partial(results / layout.BATCHES / "p.parquet",
-                        [table.read_row(p).to_pylist()[0] for p in paths])
+    write_partial(results / layout.BATCHES / "p.parquet",
+                        [read_row(p).to_pylist()[0] for p in paths])
     Path(paths[1]).unlink()
     out = tmp_path / "feature_table.parquet"
     with pytest.raises(FileNotFoundError) as caught:
@@ -138,9 +97,9 @@ def test_rows_come_from_the_newest_source(tmp_path: Path) -> None:
         set_mtime(path, base)
     older = results / layout.BATCHES / "older.parquet"
     newer = results / layout.BATCHES / "newer.parquet"
-    table.write_partial(older, [table.ok_row("a", {"width": 100}, "1"),
-                                table.ok_row("b", {"width": 100}, "1")])
-    table.write_partial(newer, [table.ok_row("a", {"width": 200}, "1")])
+    write_partial(older, [ok_row("a", {"width": 100}, "1"),
+                                ok_row("b", {"width": 100}, "1")])
+    write_partial(newer, [ok_row("a", {"width": 200}, "1")])
     set_mtime(older, base + 10)
     set_mtime(newer, base + 20)
     # "b" was rewritten after every partial (a job stopped before writing its partial).
@@ -149,8 +108,8 @@ def test_rows_come_from_the_newest_source(tmp_path: Path) -> None:
     assembled = table.assemble_table(ids, str(results), out)
     widths = dict(zip(ids, assembled.table.column("width").to_pylist(), strict=True))
     assert widths["a"] == 200
-    assert widths["b"] == table.read_row(paths[1]).column("width")[0].as_py()
-    assert widths["c"] == table.read_row(paths[2]).column("width")[0].as_py()
+    assert widths["b"] == read_row(paths[1]).column("width")[0].as_py()
+    assert widths["c"] == read_row(paths[2]).column("width")[0].as_py()
     assert (assembled.rows_from_partials, assembled.rows_from_files) == (1, 2)
     # The new table is kept as the cache; the partials it covers are gone.
     remaining = sorted(p.name for p in (results / layout.BATCHES).glob("*.parquet"))
@@ -177,21 +136,15 @@ def test_assemble_from_snapshot(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert "failed 1" in caplog.text and "ok 2" in caplog.text
 
 
-def test_row_schema_has_every_feature_column() -> None:
-    from thumbfeat.features import FEATURE_COLUMNS
-
-    assert set(FEATURE_COLUMNS) <= set(table.ROW_SCHEMA.names)
-
-
 def _grouping_row(image_id: str, digest: str, phash: str) -> dict[str, object]:
-    return table.ok_row(image_id, {**FEATURES, "pixels_sha256": digest, "phash": phash}, "2")
+    return ok_row(image_id, {**FEATURES, "pixels_sha256": digest, "phash": phash}, "2")
 
 
 def _assemble_rows(tmp_path: Path, rows: list[dict[str, object]],
                    distance: int) -> pa.Table:
     results = tmp_path / "results"
     for row in rows:
-        table.write_row(layout.feature_path(results, str(row["image_id"])), row)
+        write_row(layout.feature_path(results, str(row["image_id"])), row)
     out = results / "feature_table.parquet"
     table.assemble_table([str(r["image_id"]) for r in rows], str(results), out,
                          near_duplicate_distance=distance)
@@ -207,7 +160,7 @@ def test_assembly_fills_duplicate_groups(tmp_path: Path, distance: int) -> None:
         _grouping_row("k", "d1", f"{0:016x}"),  # same pixels as m
         _grouping_row("x", "d3", f"{far:016x}"),
         _grouping_row("y", "d4", f"{far ^ 0x7F:016x}"),  # 7 bits from x
-        table.failed_row("z", "http_status", "HTTP 404", retryable=False, feature_version="2"),
+        failed_row("z", "http_status", "HTTP 404", retryable=False, feature_version="2"),
         _grouping_row("q", "d5", f"{0xFFFF_0000_FFFF_0000:016x}"),  # far from all
     ]
     built = _assemble_rows(tmp_path, rows, distance)
@@ -220,7 +173,7 @@ def test_assembly_fills_duplicate_groups(tmp_path: Path, distance: int) -> None:
     linked = "x" if distance >= 7 else None
     assert near == {**expected_near, "x": linked, "y": linked}
     assert built.schema.metadata[b"thumbfeat.near_duplicate_distance"] == str(distance).encode()
-    assert built.schema.equals(table.ROW_SCHEMA)
+    assert built.schema.equals(ROW_SCHEMA)
 
 
 def test_groups_are_recomputed_not_taken_from_the_cached_table(tmp_path: Path) -> None:
@@ -256,14 +209,14 @@ def test_only_files_in_shard_folders_changed_since_their_partial_are_looked_at(
     ids = [f"img{n:03d}" for n in range(60)]
     paths = write_rows(results, ids)
     partial = results / layout.BATCHES / "p.parquet"
-    table.write_partial(partial, [table.read_row(p).to_pylist()[0] for p in paths])
+    write_partial(partial, [read_row(p).to_pylist()[0] for p in paths])
     base = partial.stat().st_mtime_ns
     for shard in {layout.shard_of(i) for i in ids}:
         set_mtime(results / layout.FEATURES / shard, base - 10**9)
     # One image re-measured after the partial: its folder is newer, its file is read.
     changed = ids[7]
-    table.write_row(layout.feature_path(results, changed),
-                    table.ok_row(changed, {**FEATURES, "width": 999}, "1"))
+    write_row(layout.feature_path(results, changed),
+                    ok_row(changed, {**FEATURES, "width": 999}, "1"))
     set_mtime(Path(layout.feature_path(results, changed)), base + 10**9)
     set_mtime(Path(layout.feature_path(results, changed)).parent, base + 10**9)
     looked_at: list[str] = []
@@ -292,15 +245,15 @@ def test_a_grown_table_extends_the_previous_groups(tmp_path: Path,
     rows = _planted_rows(300, 1)
     first, added = rows[:240], rows[240:]
     for row in first:
-        table.write_row(layout.feature_path(results, str(row["image_id"])), row)
+        write_row(layout.feature_path(results, str(row["image_id"])), row)
     table.assemble_table([str(r["image_id"]) for r in first], str(results), out)
 
     def regroup_everything(*args: object) -> None:
         raise AssertionError("a grown table regrouped every image")
 
-    monkeypatch.setattr(table, "near_duplicate_groups", regroup_everything)
+    monkeypatch.setattr(grouping, "near_duplicate_groups", regroup_everything)
     for row in added:
-        table.write_row(layout.feature_path(results, str(row["image_id"])), row)
+        write_row(layout.feature_path(results, str(row["image_id"])), row)
     ids = [str(r["image_id"]) for r in rows]
     grown = table.assemble_table(ids, str(results), out).table
     expected = near_duplicate_groups(ids, [str(r["phash"]) for r in rows], 6)
@@ -317,14 +270,14 @@ def test_groups_are_recomputed_when_the_table_did_not_only_grow(
     out = results / "feature_table.parquet"
     rows = _planted_rows(200, 2)
     for row in rows:
-        table.write_row(layout.feature_path(results, str(row["image_id"])), row)
+        write_row(layout.feature_path(results, str(row["image_id"])), row)
     table.assemble_table([str(r["image_id"]) for r in rows], str(results), out)
     distance = 6
     if change == "removed":
         rows = rows[1:]
     elif change == "rehashed":
         rows[5] = _grouping_row(str(rows[5]["image_id"]), "other", f"{2**63 + 12345:016x}")
-        table.write_row(layout.feature_path(results, str(rows[5]["image_id"])), rows[5])
+        write_row(layout.feature_path(results, str(rows[5]["image_id"])), rows[5])
     else:
         distance = 9
     calls: list[int] = []
@@ -333,7 +286,7 @@ def test_groups_are_recomputed_when_the_table_did_not_only_grow(
         calls.append(1)
         return near_duplicate_groups(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(table, "near_duplicate_groups", counted)
+    monkeypatch.setattr(grouping, "near_duplicate_groups", counted)
     ids = [str(r["image_id"]) for r in rows]
     again = table.assemble_table(ids, str(results), out,
                                  near_duplicate_distance=distance).table
@@ -355,34 +308,34 @@ def test_settings_marker_names_the_distance_and_replaces_older_ones(tmp_path: Pa
 
 def test_many_files_read_in_the_order_asked(tmp_path: Path) -> None:
     # Enough files for the DuckDB scan; the order asked is neither name nor shard order.
-    ids = [f"m{(i * 7919) % 1000:04d}" for i in range(table.MANY_FILES + 100)]
+    ids = [f"m{(i * 7919) % 1000:04d}" for i in range(MANY_FILES + 100)]
     for number, image_id in enumerate(ids):
         if number % 3:
-            row = table.ok_row(image_id, {"width": number, "format": "JPEG"}, "test")
+            row = ok_row(image_id, {"width": number, "format": "JPEG"}, "test")
         else:
-            row = table.failed_row(image_id, "timeout", "slow", retryable=True,
+            row = failed_row(image_id, "timeout", "slow", retryable=True,
                                    feature_version="test")
-        table.write_row(layout.feature_path(tmp_path, image_id), row)
+        write_row(layout.feature_path(tmp_path, image_id), row)
     paths = [layout.feature_path(tmp_path, i) for i in ids]
-    scanned = table.read_rows(paths)
-    one_by_one = pa.concat_tables([table.read_row(p) for p in paths])
-    assert scanned.schema == table.ROW_SCHEMA
+    scanned = read_rows(paths)
+    one_by_one = pa.concat_tables([read_row(p) for p in paths])
+    assert scanned.schema == ROW_SCHEMA
     assert scanned.column("image_id").to_pylist() == ids
     assert scanned.equals(one_by_one)
 
 
 def test_many_files_keep_list_and_struct_columns(tmp_path: Path) -> None:
     # The DuckDB scan must bring hue_hist (list) and dominant_colors (list of structs) back intact.
-    ids = [f"f{i:04d}" for i in range(table.MANY_FILES + 10)]
+    ids = [f"f{i:04d}" for i in range(MANY_FILES + 10)]
     for number, image_id in enumerate(ids):
         features = dict(FEATURES)
         if number % 2:
             features.update(hue_mean=None, hue_hist=None)
-        table.write_row(layout.feature_path(tmp_path, image_id),
-                        table.ok_row(image_id, features, "2"))
+        write_row(layout.feature_path(tmp_path, image_id),
+                        ok_row(image_id, features, "2"))
     paths = [layout.feature_path(tmp_path, i) for i in ids]
-    scanned = table.read_rows(paths)
-    assert scanned.equals(pa.concat_tables([table.read_row(p) for p in paths]))
+    scanned = read_rows(paths)
+    assert scanned.equals(pa.concat_tables([read_row(p) for p in paths]))
     first = scanned.slice(0, 1).to_pylist()[0]
     assert first["dominant_colors"] == FEATURES["dominant_colors"]
     assert first["hue_hist"] == FEATURES["hue_hist"]
@@ -390,17 +343,17 @@ def test_many_files_keep_list_and_struct_columns(tmp_path: Path) -> None:
 
 def test_many_files_of_an_older_row_schema_read_by_name(tmp_path: Path) -> None:
     # Rows written before columns were added: the new columns read as nulls.
-    ids = [f"o{i:04d}" for i in range(table.MANY_FILES)]
-    older = pa.schema([table.ROW_SCHEMA.field("image_id"), table.ROW_SCHEMA.field("status"),
-                       table.ROW_SCHEMA.field("width")])
+    ids = [f"o{i:04d}" for i in range(MANY_FILES)]
+    older = pa.schema([ROW_SCHEMA.field("image_id"), ROW_SCHEMA.field("status"),
+                       ROW_SCHEMA.field("width")])
     for number, image_id in enumerate(ids):
         path = Path(layout.feature_path(tmp_path, image_id))
         path.parent.mkdir(parents=True, exist_ok=True)
-        schema = older if number % 2 else table.ROW_SCHEMA
+        schema = older if number % 2 else ROW_SCHEMA
         row = {"image_id": image_id, "status": "ok", "width": number}
         pq.write_table(pa.Table.from_pylist([row], schema=schema), path)
-    scanned = table.read_rows([layout.feature_path(tmp_path, i) for i in ids])
-    assert scanned.schema == table.ROW_SCHEMA
+    scanned = read_rows([layout.feature_path(tmp_path, i) for i in ids])
+    assert scanned.schema == ROW_SCHEMA
     assert scanned.column("image_id").to_pylist() == ids
     assert scanned.column("width").to_pylist() == list(range(len(ids)))
     assert scanned.column("format").null_count == len(ids)

@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from thumbfeat import table as feature_table
+from thumbfeat.rows import ROW_SCHEMA, failed_row, ok_row, write_rows
 from thumbfeat.warehouse import LOADS, TABLE, WarehouseError, load_warehouse
 
 from tests.support import REPO
@@ -21,10 +21,10 @@ def rows_for(ids: list[str], *, brightness: float = 0.5) -> list[dict[str, objec
     rows = []
     for number, image_id in enumerate(ids):
         if number % 5 == 4:
-            rows.append(feature_table.failed_row(image_id, "http_status", "HTTP 404",
+            rows.append(failed_row(image_id, "http_status", "HTTP 404",
                                                  retryable=False, feature_version="1"))
         else:
-            rows.append(feature_table.ok_row(
+            rows.append(ok_row(
                 image_id,
                 {"width": 320, "height": 240, "file_bytes": 1000 + number, "format": "JPEG",
                  "brightness_mean": brightness + number / 1000, "contrast_rms": 0.2,
@@ -34,7 +34,7 @@ def rows_for(ids: list[str], *, brightness: float = 0.5) -> list[dict[str, objec
 
 
 def write_table(path: Path, rows: list[dict[str, object]]) -> Path:
-    feature_table.write_rows(path, rows)
+    write_rows(path, rows)
     return path
 
 
@@ -68,7 +68,7 @@ def test_first_load_creates_the_table_keyed_by_image_id(tmp_path: Path) -> None:
     assert ("PRIMARY KEY",) in constraints
     # The schema follows the Parquet table, column for column.
     names = [r[0] for r in query(db, f"DESCRIBE {TABLE}")]
-    assert names == feature_table.ROW_SCHEMA.names
+    assert names == ROW_SCHEMA.names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet", "w.duckdb"]
 
 
@@ -94,7 +94,7 @@ def test_changed_added_and_removed_images(tmp_path: Path) -> None:
 
     second = [dict(row) for row in first[2:]]  # i0, i1 left the catalog
     second[0]["brightness_mean"] = 0.99  # i2 was measured again
-    second[1] = feature_table.failed_row("i3", "timeout", "slow", retryable=True,
+    second[1] = failed_row("i3", "timeout", "slow", retryable=True,
                                          feature_version="1")
     second += rows_for(["new1", "new2"])
     source = write_table(tmp_path / "t.parquet", second)
@@ -112,7 +112,7 @@ def test_new_columns_rebuild_the_table(tmp_path: Path) -> None:
     rows = rows_for(["a", "b", "c"])
     load_warehouse(write_table(tmp_path / "t.parquet", rows), db)
 
-    wider = pa.Table.from_pylist(rows, schema=feature_table.ROW_SCHEMA)
+    wider = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
     position = wider.schema.get_field_index("sharpness") + 1
     # Columns a later feature version might add (names not in the current schema).
     wider = wider.add_column(position, "future_score", pa.array([0.1, None, 0.3]))
@@ -142,7 +142,7 @@ def test_bad_tables_leave_the_warehouse_as_it_was(tmp_path: Path) -> None:
     load_warehouse(good, db)
     repeated = tmp_path / "repeated.parquet"
     pq.write_table(pa.Table.from_pylist(rows_for(["x", "y"]) + rows_for(["x"]),
-                                        schema=feature_table.ROW_SCHEMA), repeated)
+                                        schema=ROW_SCHEMA), repeated)
     with pytest.raises(WarehouseError, match=r"repeated, e\.g\. 'x'"):
         load_warehouse(repeated, db)
     keyless = tmp_path / "keyless.parquet"

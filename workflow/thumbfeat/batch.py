@@ -16,8 +16,7 @@ import logging
 import os
 import signal
 import threading
-import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -27,13 +26,12 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from thumbfeat import atomic, layout, table
+from thumbfeat import atomic, layout
 from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION, compute_features
 from thumbfeat.fetch import (
@@ -44,139 +42,15 @@ from thumbfeat.fetch import (
     secret_values,
 )
 from thumbfeat.imaging import ImageRejected, decode_image
+from thumbfeat.progress import Outcome, Progress
 from thumbfeat.ratelimit import HostLimiter
+from thumbfeat.rows import failed_row, ok_row, write_partial, write_row
 
 Row = dict[str, object]
 
 
 class LocalWriteError(OSError):
     """The results folder cannot be written (disk full, no permission): the run must stop."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one image ended in one stage."""
-
-    image_id: str
-    ok: bool
-    kind: str | None = None
-    error: str | None = None
-    retryable: bool = False
-    attempts: int = 0
-    size: int = 0
-
-
-class StageCount:
-    """Finished images of one stage, with failures by kind."""
-
-    def __init__(self, name: str, total: int) -> None:
-        self.name, self.total = name, total
-        self.done = 0
-        self.failed: Counter[str] = Counter()
-        self.outcomes: list[Outcome] = []
-
-    def add(self, outcome: Outcome) -> None:
-        self.done += 1
-        self.outcomes.append(outcome)
-        if not outcome.ok:
-            self.failed[outcome.kind or "unknown"] += 1
-
-    def line(self, elapsed: float) -> str:
-        """Done of total, rate, time left and failures so far, e.g. for a progress line."""
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = self.total - self.done
-        eta = "0:00" if left <= 0 else (format_duration(left / rate) if rate > 0 else "unknown")
-        failures = ", ".join(f"{k} {n}" for k, n in sorted(self.failed.items())) or "none"
-        percent = 100 * self.done // self.total if self.total else 100
-        return (f"{self.name} {self.done}/{self.total} ({percent}%), {rate:.1f} images/s, "
-                f"ETA {eta}, failed: {failures}")
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "images": self.done,
-            "ok": self.done - sum(self.failed.values()),
-            "failed_by_kind": dict(sorted(self.failed.items())),
-            "failed": [{"image_id": o.image_id, "kind": o.kind, "error": o.error,
-                        "retryable": o.retryable} for o in self.outcomes if not o.ok],
-            "bytes": sum(o.size for o in self.outcomes),
-        }
-
-
-def format_duration(seconds: float) -> str:
-    """``H:MM:SS`` (or ``M:SS`` under an hour): how people read a time left."""
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-class Progress:
-    """One line per stage with work, at a steady interval (never one line per image).
-
-    Lines are due at whole multiples of the interval from the start, so they keep their pace
-    however work completes; each names the batch and its elapsed time, so lines of batch jobs
-    running side by side (in one terminal or in their logs) can be told apart and timed.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float, download_total: int,
-                 measure_total: int, label: str = "batch",
-                 state_path: str | Path | None = None) -> None:
-        self.logger, self.interval, self.label = logger, interval, label
-        # Where the counts are also kept, for `thumbfeat status` to sum over running jobs.
-        self.state_path = state_path
-        self.download = StageCount("download", download_total)
-        self.features = StageCount("features", measure_total)
-        self.started = time.monotonic()
-        self.started_epoch = time.time()
-        self.next_due = self.started + interval
-
-    def due_in(self) -> float:
-        """Seconds until the next line is due (how long a wait for work may block)."""
-        return max(0.0, self.next_due - time.monotonic())
-
-    def tick(self) -> None:
-        now = time.monotonic()
-        if now >= self.next_due:
-            # Keep the pace, but after a late line (a busy machine) leave at least half an
-            # interval before the next one rather than bursting to catch up.
-            self.next_due = max(self.next_due + self.interval, now + self.interval / 2)
-            self.report()
-
-    def report(self) -> None:
-        elapsed = time.monotonic() - self.started
-        for stage in (self.download, self.features):
-            if stage.total:
-                self.logger.info("progress %s %s | %.1f s elapsed", self.label,
-                                 stage.line(elapsed), elapsed)
-        self.save()
-
-    def save(self) -> None:
-        """Keep the counts where `thumbfeat status` finds them (one small atomic write)."""
-        if self.state_path is not None:
-            elapsed = time.monotonic() - self.started
-            state = {"batch": self.label, "updated_at": time.time(), "interval": self.interval,
-                     "elapsed": round(elapsed, 3),
-                     **{s.name: {"done": s.done, "total": s.total,
-                                 "failed_by_kind": dict(s.failed)}
-                        for s in (self.download, self.features)}}
-            atomic.write_bytes(self.state_path, json.dumps(state).encode())
-
-    def finish(self) -> None:
-        """The batch's manifest now tells what it did: its running state goes."""
-        if self.state_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.state_path)
-
-    def manifest(self, batch_key: str) -> dict[str, object]:
-        return {
-            "batch": batch_key,
-            "seconds": round(time.monotonic() - self.started, 3),
-            "started": round(self.started_epoch, 3),
-            "finished": round(time.time(), 3),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "download": self.download.summary(),
-            "features": self.features.summary(),
-        }
 
 
 @contextlib.contextmanager
@@ -234,7 +108,7 @@ def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, 
             record_failure(results, image_id, kind, error, retryable)
         else:
             kind, error, retryable = record.kind, record.error, record.retryable
-        row = table.failed_row(image_id, kind, error, retryable=retryable,
+        row = failed_row(image_id, kind, error, retryable=retryable,
                                feature_version=FEATURE_VERSION)
         outcome = Outcome(image_id, False, kind, error, retryable)
     else:
@@ -245,13 +119,13 @@ def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, 
         try:
             features = compute_features(decode_image(data, max_pixels=max_pixels), data)
         except ImageRejected as rejected:
-            row = table.failed_row(image_id, rejected.kind, rejected.message, retryable=False,
+            row = failed_row(image_id, rejected.kind, rejected.message, retryable=False,
                                    feature_version=FEATURE_VERSION)
             outcome = Outcome(image_id, False, rejected.kind, rejected.message)
         else:
-            row = table.ok_row(image_id, features, FEATURE_VERSION)
+            row = ok_row(image_id, features, FEATURE_VERSION)
             outcome = Outcome(image_id, True, size=len(data))
-    table.write_row(layout.feature_path(results, image_id), row)
+    write_row(layout.feature_path(results, image_id), row)
     return outcome, row
 
 
@@ -347,7 +221,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
         session.close()
     progress.report()
     try:
-        table.write_partial(partial_path, rows)
+        write_partial(partial_path, rows)
         atomic.write_bytes(manifest_path, json.dumps(progress.manifest(batch_key)).encode())
     except OSError as exc:
         raise _local_write_error(exc, logger) from exc

@@ -20,6 +20,7 @@ from thumbfeat.runs import (
     read_batch_records,
     running_batches,
 )
+from thumbfeat.wording import counts_text
 
 
 def latest_snapshot(results: Path) -> Path | None:
@@ -56,7 +57,7 @@ def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
         f"downloaded: {len(thumbs) - len(failures)} ok, {len(failures)} failed, "
         f"{len(wanted) - len(thumbs)} pending",
         f"features: {len(rows)} done, {len(wanted) - len(rows)} pending",
-        "failed by kind: " + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none")
+        "failed by kind: " + counts_text(kinds)
         + (f" ({retry} will be retried by the next run)" if retry else ""),
     ]
     lines += activity(results)

@@ -90,11 +90,6 @@ def fetch_settings(config: Mapping[str, Any], basedir: str | Path,
     return FetchSettings(local_file_roots=roots, **download)
 
 
-def rate_share(slots: int, batches: int) -> float:
-    """Each batch job's share of the per-host limits: one over the jobs that can run at once."""
-    return 1.0 / max(1, min(slots, batches))
-
-
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 

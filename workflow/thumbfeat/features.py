@@ -44,6 +44,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from numpy.typing import NDArray
 from PIL import Image, ImageFilter, ImageStat
 from PIL import __version__ as PILLOW_VERSION
@@ -98,41 +99,53 @@ terms of at most 4 * 255, so float rounding leaves noise below 1e-9, while a non
 of an integer image is far larger. They are snapped to zero, as the FFT-based DCT of the reference
 implementation (SciPy) leaves them, so ties at the median are broken the same way."""
 
-FEATURE_COLUMNS: tuple[str, ...] = (
-    "width",
-    "height",
-    "aspect_ratio",
-    "file_bytes",
-    "format",
-    "source_mode",
-    "sha256",
-    "pixels_sha256",
-    "brightness_mean",
-    "brightness_p05",
-    "brightness_p99",
-    "contrast_rms",
-    "entropy",
-    "sharpness",
-    "edge_density",
-    "saturation_mean",
-    "saturation_std",
-    "value_mean",
-    "hue_mean",
-    "hue_hist",
-    "colorfulness",
-    "is_grayscale_content",
-    "dominant_colors",
-    "ahash",
-    "dhash",
-    "phash",
-    "is_dark",
-    "is_light",
-    "is_blurry",
-    "is_low_information",
-    "is_odd_aspect_ratio",
-    "pillow_version",
-    "numpy_version",
+DOMINANT_COLOR_TYPE = pa.struct([pa.field("color", pa.string()), pa.field("share", pa.float64())])
+
+# Every column this module computes, with its type, in table order: the feature part of the row
+# schema (thumbfeat.rows). Meaning, unit and formula of each: docs/feature-table.md.
+FEATURE_FIELDS: tuple[pa.Field, ...] = (
+    # geometry and file
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("aspect_ratio", pa.float64()),
+    pa.field("file_bytes", pa.int64()),
+    pa.field("format", pa.string()),
+    pa.field("source_mode", pa.string()),
+    pa.field("sha256", pa.string()),
+    pa.field("pixels_sha256", pa.string()),
+    # light
+    pa.field("brightness_mean", pa.float64()),
+    pa.field("brightness_p05", pa.float64()),
+    pa.field("brightness_p99", pa.float64()),
+    # contrast and detail
+    pa.field("contrast_rms", pa.float64()),
+    pa.field("entropy", pa.float64()),
+    pa.field("sharpness", pa.float64()),
+    pa.field("edge_density", pa.float64()),
+    # colour
+    pa.field("saturation_mean", pa.float64()),
+    pa.field("saturation_std", pa.float64()),
+    pa.field("value_mean", pa.float64()),
+    pa.field("hue_mean", pa.float64()),
+    pa.field("hue_hist", pa.list_(pa.float64())),
+    pa.field("colorfulness", pa.float64()),
+    pa.field("is_grayscale_content", pa.bool_()),
+    pa.field("dominant_colors", pa.list_(DOMINANT_COLOR_TYPE)),
+    # hashes
+    pa.field("ahash", pa.string()),
+    pa.field("dhash", pa.string()),
+    pa.field("phash", pa.string()),
+    # flags
+    pa.field("is_dark", pa.bool_()),
+    pa.field("is_light", pa.bool_()),
+    pa.field("is_blurry", pa.bool_()),
+    pa.field("is_low_information", pa.bool_()),
+    pa.field("is_odd_aspect_ratio", pa.bool_()),
+    # provenance
+    pa.field("pillow_version", pa.string()),
+    pa.field("numpy_version", pa.string()),
 )
+FEATURE_COLUMNS: tuple[str, ...] = tuple(field.name for field in FEATURE_FIELDS)
 
 Features = dict[str, Any]
 

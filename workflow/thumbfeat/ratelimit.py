@@ -192,3 +192,8 @@ class HostLimiter:
             if state.successes >= max(4.0, state.rate):
                 state.successes = 0
                 state.rate = min(state.ceiling, state.rate * RECOVERY_FACTOR)
+
+
+def rate_share(slots: int, batches: int) -> float:
+    """Each batch job's share of the per-host limits: one over the jobs that can run at once."""
+    return 1.0 / max(1, min(slots, batches))

@@ -11,7 +11,7 @@ import html
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +20,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from thumbfeat import atomic, layout, table
+from thumbfeat import atomic, layout
 from thumbfeat.features import to_rgb_on_white
 from thumbfeat.imaging import ImageRejected, decode_image
+from thumbfeat.rows import STATUS_FAILED, STATUS_OK
 from thumbfeat.runs import BatchRecord, group_runs, read_batch_records
+from thumbfeat.wording import counts_text
 
-# Columns that are bookkeeping, not measurements: no histogram, no ranking.
-NOT_FEATURES = frozenset({"retryable", "near_duplicate_group"})
 DUPLICATE_COLUMN = "near_duplicate_group"
 TILE = 150
 LABEL_HEIGHT = 30
@@ -59,14 +59,13 @@ def numeric_features(rows: pa.Table) -> list[str]:
     """The measured numeric columns, in table order."""
     return [
         f.name for f in rows.schema
-        if (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))
-        and f.name not in NOT_FEATURES
+        if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)
     ]
 
 
 def ok_values(rows: pa.Table, column: str) -> list[tuple[str, float]]:
     """(id, value) of successfully measured images with a finite value in ``column``."""
-    ok = rows.filter(pc.equal(rows.column("status"), table.STATUS_OK))
+    ok = rows.filter(pc.equal(rows.column("status"), STATUS_OK))
     pairs = zip(ok.column("image_id").to_pylist(), ok.column(column).to_pylist(), strict=True)
     return [(i, float(v)) for i, v in pairs if v is not None and math.isfinite(v)]
 
@@ -226,7 +225,7 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def failures_page(rows: pa.Table, examples: int = 3) -> str:
     """Failed images by kind, with a few examples of each (id and error message)."""
-    failed = rows.filter(pc.equal(rows.column("status"), table.STATUS_FAILED)).to_pylist()
+    failed = rows.filter(pc.equal(rows.column("status"), STATUS_FAILED)).to_pylist()
     by_kind: dict[str, list[dict[str, object]]] = {}
     for row in failed:
         by_kind.setdefault(str(row["error_kind"]), []).append(row)
@@ -255,19 +254,15 @@ def statistics_page(rows: pa.Table, records: Sequence[BatchRecord]) -> str:
         body += html_table(
             ["finished", "batches", "images", "wall seconds", "images/s", "failed by kind"],
             [[r.finished.strftime("%Y-%m-%d %H:%M:%S"), len(r.batches), r.images,
-              f"{r.wall_seconds:.1f}", f"{r.rate:.1f}", kinds_text(r.failed_by_kind)]
+              f"{r.wall_seconds:.1f}", f"{r.rate:.1f}", counts_text(r.failed_by_kind)]
              for r in reversed(runs)])
         body += "<h3>Batch jobs</h3>" + html_table(
             ["batch", "started", "seconds", "downloaded", "measured", "images/s per job",
              "failed by kind"],
             [[b.key, b.started.strftime("%Y-%m-%d %H:%M:%S"), f"{b.seconds:.1f}", b.downloaded,
               b.measured, f"{b.images / b.seconds:.1f}" if b.seconds else "-",
-              kinds_text(b.failed_by_kind)] for b in reversed(records)])
+              counts_text(b.failed_by_kind)] for b in reversed(records)])
     return page("Run statistics", body)
-
-
-def kinds_text(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
 
 
 def sheet_name(column: str, highest: bool) -> str:

@@ -1,4 +1,5 @@
-"""Reading many one-row Parquet files at once: DuckDB scans, shared out to worker processes.
+"""Reading many one-row Parquet files at once: threads for a few, DuckDB scans for many, shared
+out to worker processes for thousands.
 
 This is the from-scratch path of the feature table (no partial table holds the rows), and its cost
 is per file: opening it, reading its footer, one small column chunk per column. DuckDB does that
@@ -21,13 +22,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
 import pyarrow as pa
 
 from thumbfeat import atomic, layout
-from thumbfeat.table import ROW_SCHEMA
+from thumbfeat.rows import ROW_SCHEMA, read_row
 
 # Below this many files one process is quicker: a worker costs an interpreter start and imports.
 WORKER_MIN_FILES = 5000
@@ -126,6 +128,36 @@ def scan_in_workers(paths: Sequence[str], workers: int, scratch: str | Path, *,
             with pa.memory_map(str(out)) as source:
                 tables.append(pa.ipc.open_file(source).read_all())
         return in_order_of(pa.concat_tables(tables).combine_chunks(), paths)
+
+
+# Below this many files, threads over pyarrow start faster than a DuckDB scan; above it, DuckDB's
+# Parquet reader costs about 60% of pyarrow's CPU per small file (see thumbfeat.rowscan).
+MANY_FILES = 500
+
+
+def read_rows(paths: Sequence[str], *, threads: int = 8, workers: int = 1,
+              scratch: str | Path | None = None) -> pa.Table:
+    """Read many one-row files, in the order given.
+
+    This is the from-scratch path of the table (no partial holds these rows), so its cost is per
+    file: opening, the footer, one small column chunk per column. Many files are scanned by DuckDB,
+    in ``workers`` processes when there are thousands (hand-over files go under ``scratch``).
+    """
+    if not paths:
+        return ROW_SCHEMA.empty_table()
+    if len(paths) >= MANY_FILES:
+        if scratch is None:
+            return scan_files(paths)
+        return scan_in_workers(paths, workers, scratch)
+    chunk = max(1, len(paths) // (threads * 4) or 1)
+    groups = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+
+    def read_group(group: Sequence[str]) -> pa.Table:
+        return pa.concat_tables([read_row(p) for p in group])
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        tables = list(pool.map(read_group, groups))
+    return pa.concat_tables(tables)
 
 
 def _write_arrow(path: str, rows: pa.Table) -> None:

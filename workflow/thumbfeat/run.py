@@ -23,10 +23,10 @@ from thumbfeat.config import (
     WarehouseSettings,
     catalog_spec,
     fetch_settings,
-    rate_share,
     warehouse_settings,
 )
 from thumbfeat.plan import Batch, WorkPlan, plan_work, requested_image_ids, table_rebuild_reason
+from thumbfeat.ratelimit import rate_share
 
 # Everything build_run raises for a user's input: the workflow turns these into one clear message.
 RUN_ERRORS = (ConfigError, CatalogError, handover.HandoverError)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from thumbfeat import layout
+from thumbfeat.wording import counts_text, format_duration
 
 # Longer than a job's start-up on a busy machine, shorter than a person rerunning a command.
 RUN_GAP_SECONDS = 10.0
@@ -129,18 +130,11 @@ def group_runs(records: Iterable[BatchRecord], gap: float = RUN_GAP_SECONDS) -> 
 
 def describe_run(run: Run) -> str:
     """One line: batches, images, wall time, rate, failures, when it finished."""
-    failures = ", ".join(f"{k} {n}" for k, n in sorted(run.failed_by_kind.items())) or "none"
+    took = format_duration(run.wall_seconds)
     return (f"{len(run.batches)} batch{'es' if len(run.batches) != 1 else ''}, "
-            f"{run.images} images in {duration(run.wall_seconds)} ({run.rate:.1f} images/s), "
-            f"failed: {failures}; finished {run.finished.strftime('%Y-%m-%d %H:%M:%S')}")
-
-
-def duration(seconds: float) -> str:
-    """``4.2 s`` under a minute, else ``H:MM:SS``."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+            f"{run.images} images in {took} ({run.rate:.1f} images/s), "
+            f"failed: {counts_text(run.failed_by_kind)}; "
+            f"finished {run.finished.strftime('%Y-%m-%d %H:%M:%S')}")
 
 
 def running_batches(results: str | Path, now: float) -> list[dict[str, Any]]:
@@ -177,5 +171,4 @@ def describe_running(states: Iterable[dict[str, Any]]) -> str | None:
         stage = state.get("features") if state.get("features", {}).get("total") else (
             state.get("download", {}))
         failed.update(stage.get("failed_by_kind") or {})
-    kinds = ", ".join(f"{k} {n}" for k, n in sorted(failed.items())) or "none"
-    return ", ".join(parts) + f", failed: {kinds}"
+    return ", ".join(parts) + f", failed: {counts_text(failed)}"
