@@ -220,14 +220,13 @@ def test_only_files_in_shard_folders_changed_since_their_partial_are_looked_at(
     set_mtime(Path(layout.feature_path(results, changed)), base + 10**9)
     set_mtime(Path(layout.feature_path(results, changed)).parent, base + 10**9)
     looked_at: list[str] = []
-    real_stat = os.stat
+    real_mtime = table.row_file_mtime_ns
 
-    def counting_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
-        if f"/{layout.FEATURES}/" in str(path) and str(path).endswith(layout.FEATURE_SUFFIX):
-            looked_at.append(Path(str(path)).stem)
-        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+    def counting_mtime(path: str) -> int:
+        looked_at.append(Path(path).stem)
+        return real_mtime(path)
 
-    monkeypatch.setattr(table.os, "stat", counting_stat)
+    monkeypatch.setattr(table, "row_file_mtime_ns", counting_mtime)
     built = table.assemble_table(ids, str(results), tmp_path / "feature_table.parquet").table
     same_shard = {i for i in ids if layout.shard_of(i) == layout.shard_of(changed)}
     assert set(looked_at) == same_shard

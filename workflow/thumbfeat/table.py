@@ -68,6 +68,11 @@ def _shard_folder_times(results: str) -> dict[str, int]:
     return times
 
 
+def row_file_mtime_ns(path: str) -> int:
+    """When a per-image row file was last written: the only per-file look the assembly takes."""
+    return os.stat(path).st_mtime_ns
+
+
 def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path, *,
                    threads: int = 8, workers: int = 1,
                    near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> Assembled:
@@ -101,7 +106,7 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
             continue
         path = layout.feature_path(results, image_id)
         try:
-            file_mtime = os.stat(path).st_mtime_ns
+            file_mtime = row_file_mtime_ns(path)
         except FileNotFoundError:
             missing.append(path)
             continue
