@@ -18,9 +18,13 @@ from thumbfeat.config import (  # noqa: E402
     catalog_spec,
     check_against_schema,
     coerce_to_schema,
+    config_files_in_merge_order,
     fetch_settings,
+    filter_as_written,
     rate_share,
+    repeated_options,
     warehouse_settings,
+    written_filter,
 )
 from thumbfeat.plan import (  # noqa: E402
     plan_work,
@@ -57,6 +61,19 @@ def job_slots(workflow, threads_per_job):
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA = load_configfile(str(CONFIG_SCHEMA))
+if workflow.is_main_process and (REPEATED := repeated_options(sys.argv[1:])):
+    raise WorkflowError("\n".join(REPEATED))
+# Filter values are compared as the text written, however they were passed (see README).
+WRITTEN_FILTERS = [
+    written_filter(path)
+    for path in config_files_in_merge_order(
+        workflow.configfiles,
+        workflow.config_settings.configfiles,
+        workflow.config_settings.replace_workflow_config,
+    )
+] + [workflow.config_settings.config.get("filter")]
+if "filter" in config:
+    config["filter"] = filter_as_written(config["filter"], WRITTEN_FILTERS)
 try:
     config.update(coerce_to_schema(config, SCHEMA))
     check_against_schema(config, SCHEMA)
@@ -96,7 +113,9 @@ if HANDED is None:
             FEATURE_SHARD_DIRS,
         )
     logger.info(PLAN.summary())
-    for warning in url_warnings(CATALOG_SPEC.path, PLAN.urls):
+    for warning in url_warnings(
+        CATALOG_SPEC.path, PLAN.urls, FETCH_SETTINGS["local_file_roots"]
+    ):
         logger.warning(warning)
     if workflow.nodes is not None and config["batch_threads"] > (
         workflow._cores or 10**9
