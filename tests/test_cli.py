@@ -199,7 +199,7 @@ def test_path_defaults_to_results(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("image_id", ["../../etc/x", ".hidden", "-x", "a/b", "x" * 201, ""])
 def test_path_refuses_unsafe_ids(image_id: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
-        main(["path", image_id])
+        main(["path", "--", image_id])
     assert caught.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
