@@ -28,6 +28,7 @@ from thumbfeat.config import (  # noqa: E402
 )
 from thumbfeat.plan import (  # noqa: E402
     plan_work,
+    report_warning,
     requested_image_ids,
     table_rebuild_reason,
 )

@@ -2,35 +2,40 @@
 # groups, a histogram per feature, failures by kind and run statistics. Not part of the default
 # target: build them with `snakemake report_figures`, then render the report (see README).
 
+if workflow.is_main_process and (
+    REPORT_WARNING := report_warning(sys.argv[1:], RESULTS, FEATURE_TABLE)
+):
+    logger.warning(f"snakemake --report: {REPORT_WARNING}")
+
 
 rule report_figures:
     input:
         table=FEATURE_TABLE,
     output:
         sheets=report(
-            directory(f"{RESULTS}/report/sheets"),
+            directory(f"{RESULTS}/{layout.REPORT_OUTPUTS['sheets']}"),
             patterns=["{sheet}.png"],
             category="Contact sheets",
             caption="../report/sheets.rst",
         ),
         histograms=report(
-            directory(f"{RESULTS}/report/histograms"),
+            directory(f"{RESULTS}/{layout.REPORT_OUTPUTS['histograms']}"),
             patterns=["{feature}.png"],
             category="Histograms",
             caption="../report/histograms.rst",
         ),
         duplicates=report(
-            f"{RESULTS}/report/near_duplicates.png",
+            f"{RESULTS}/{layout.REPORT_OUTPUTS['duplicates']}",
             category="Near duplicates",
             caption="../report/near_duplicates.rst",
         ),
         failures=report(
-            f"{RESULTS}/report/failures.html",
+            f"{RESULTS}/{layout.REPORT_OUTPUTS['failures']}",
             category="Failures",
             caption="../report/failures.rst",
         ),
         statistics=report(
-            f"{RESULTS}/report/run_statistics.html",
+            f"{RESULTS}/{layout.REPORT_OUTPUTS['statistics']}",
             category="Run statistics",
             caption="../report/run_statistics.rst",
         ),

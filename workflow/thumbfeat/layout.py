@@ -20,6 +20,16 @@ BATCHES = "batches"
 LOGS = "logs"
 PROGRESS = "logs/progress"
 
+REPORT = "report"
+# What rule report_figures writes under the results folder, by output name.
+REPORT_OUTPUTS = {
+    "sheets": f"{REPORT}/sheets",
+    "histograms": f"{REPORT}/histograms",
+    "duplicates": f"{REPORT}/near_duplicates.png",
+    "failures": f"{REPORT}/failures.html",
+    "statistics": f"{REPORT}/run_statistics.html",
+}
+
 THUMB_SUFFIX = ".img"
 FEATURE_SUFFIX = ".parquet"
 FAILURE_SUFFIX = ".json"
