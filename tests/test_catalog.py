@@ -392,6 +392,14 @@ def test_repeated_header_names(tmp_path: Path) -> None:
     used = write_text(tmp_path / "b.csv", "image_id,url,size,url\na,http://h/a,1,http://h/b\n")
     message = error_of(used)
     assert "line 1" in message and "'url' appears 2 times (columns 2, 4)" in message
+    names = ["image_id", "url", "note", "note"]
+    unused_parquet, used_parquet = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([v]) for v in ("a", "http://h/a", "x", "y")],
+                                        names=names), unused_parquet)
+    assert load(unused_parquet) == (["a"], ["http://h/a"])
+    pq.write_table(pa.Table.from_arrays([pa.array([v]) for v in ("a", "http://h/a", "x", "y")],
+                                        names=["image_id", "url", "url", "n"]), used_parquet)
+    assert "'url' appears 2 times (columns 2, 3)" in error_of(used_parquet)
 
 
 @pytest.mark.parametrize(("text", "line"), [

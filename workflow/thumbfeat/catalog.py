@@ -79,7 +79,10 @@ class Origin:
         """Name a data row the way a user finds it: the physical line number for text files."""
         if self.query is not None or _format_of(self.path) == "parquet":
             return f"row {index + 1}"
-        lines = record_lines(self.path, _DELIMITERS[_format_of(self.path)])
+        try:
+            lines = record_lines(self.path, _DELIMITERS[_format_of(self.path)])
+        except (OSError, csv.Error, UnicodeDecodeError):
+            lines = ()  # the message still names the row, if not its line
         return f"line {lines[index]}" if index < len(lines) else f"row {index + 1}"
 
 
@@ -166,6 +169,15 @@ def _ragged_row(path: Path, delimiter: str, width: int) -> str | None:
     return None
 
 
+def _refuse_repeated(where: str, names: Sequence[str], wanted: Collection[str] | None) -> None:
+    """A used column whose name repeats cannot be told apart from its twin: say which."""
+    for name in wanted if wanted is not None else names:
+        positions = [i + 1 for i, candidate in enumerate(names) if candidate == name]
+        if len(positions) > 1:
+            raise CatalogError(f"{where}: the column {name!r} appears {len(positions)} times "
+                               f"(columns {', '.join(map(str, positions))}); rename all but one")
+
+
 def _read_text_file(path: Path, delimiter: str, wanted: Collection[str] | None) -> pa.Table:
     """Read the wanted columns of a CSV or TSV file as text.
 
@@ -174,12 +186,7 @@ def _read_text_file(path: Path, delimiter: str, wanted: Collection[str] | None) 
     which one is meant cannot be told.
     """
     names = _read_header(path, delimiter)
-    for name in wanted if wanted is not None else names:
-        positions = [i + 1 for i, candidate in enumerate(names) if candidate == name]
-        if len(positions) > 1:
-            raise CatalogError(f"{path}, line 1: the column {name!r} appears "
-                               f"{len(positions)} times (columns "
-                               f"{', '.join(map(str, positions))}); rename all but one")
+    _refuse_repeated(f"{path}, line 1", names, wanted)
     unique = [name if names.index(name) == i else f"{name}\x00{i}" for i, name in enumerate(names)]
     keep = [name for name in unique if wanted is None or name in wanted]
     try:
@@ -202,6 +209,7 @@ def _read_text_file(path: Path, delimiter: str, wanted: Collection[str] | None) 
 def _read_parquet(path: Path, wanted: Collection[str] | None) -> pa.Table:
     """Read the wanted columns of a Parquet file as text; the others, of any type, stay unread."""
     names = pq.read_schema(path).names
+    _refuse_repeated(str(path), names, wanted)
     table = pq.read_table(path, columns=[n for n in names if wanted is None or n in wanted])
     return table.cast(pa.schema([pa.field(f.name, pa.string()) for f in table.schema]))
 
