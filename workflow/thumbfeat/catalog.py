@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import itertools
 import logging
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -163,7 +164,7 @@ def _read_header(path: Path, delimiter: str) -> list[str]:
 
 def _ragged_row(path: Path, delimiter: str, width: int) -> str | None:
     """The first data row whose field count differs from the header's, named by its line."""
-    for line, fields in list(_records(path, delimiter))[1:]:
+    for line, fields in itertools.islice(_records(path, delimiter), 1, None):
         if len(fields) != width:
             return f"line {line} has {len(fields)} fields, the header has {width}"
     return None
