@@ -19,6 +19,7 @@ from thumbfeat.catalog import (
     load_catalog,
     read_snapshot_ids,
     resolve_url,
+    selected_ids,
     url_warnings,
     write_snapshot,
 )
@@ -135,6 +136,28 @@ def test_boolean_row_filter(tmp_path: Path) -> None:
     ], header=("image_id", "url", "keep"))
     assert load(path, row_filter={"keep": True})[0] == ["a", "c", "d", "g"]
     assert load(path, row_filter={"keep": False})[0] == ["b", "e", "f"]
+
+
+FLAGS = [("a", "true"), ("b", "false"), ("c", ""), ("d", "yes"), ("e", "1"), ("f", "010"),
+         ("g", "8"), ("h", " No ")]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    # booleans, typed (a config file) or as text (the command line): the same rows
+    (True, ["a", "d", "e"]), ("true", ["a", "d", "e"]), ("TRUE", ["a", "d", "e"]),
+    ("yes", ["a", "d", "e"]), ("on", ["a", "d", "e"]),
+    (False, ["b", "h"]), ("false", ["b", "h"]), ("no", ["b", "h"]),
+    # a blank cell is neither true nor false; only '' selects it
+    ("", ["c"]),
+    # anything else is the cell's text, leading zeros included
+    ("010", ["f"]), ("8", ["g"]), (8, ["g"]), ("1", ["e"]), (1, ["e"]),
+    (["010", "8"], ["f", "g"]), (["true", ""], ["a", "c", "d", "e"]),
+])
+def test_filter_rule_is_one_rule_for_typed_and_text_values(tmp_path: Path, value: object,
+                                                           expected: list[str]) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [(i, f"http://h/{i}", f) for i, f in FLAGS],
+                         header=("image_id", "url", "flag"))
+    assert load(path, row_filter={"flag": value})[0] == expected
 
 
 def test_list_row_filter(tmp_path: Path) -> None:
@@ -331,6 +354,83 @@ def test_urls_that_cannot_be_fetched_are_rows_not_catalog_errors(tmp_path: Path)
     assert url_warnings(path, many, shown=5)[-1].endswith("4 more URLs cannot be fetched")
 
 
+def test_file_urls_outside_the_local_roots_are_warned_about(tmp_path: Path) -> None:
+    inside = tmp_path / "images"
+    inside.mkdir()
+    urls = {"in": (inside / "a.jpg").as_uri(), "out": (tmp_path / "b.jpg").as_uri(),
+            "up": (inside / ".." / "c.jpg").as_uri(), "web": "https://x.example/d.jpg"}
+    warnings = url_warnings(tmp_path / "c.csv", urls, [str(inside)])
+    assert [w.split("'")[1] for w in warnings] == ["out", "up"]
+    assert all("outside the allowed local_file_roots" in w for w in warnings)
+    # With no roots, every file: URL is refused, and said so before the run.
+    none = url_warnings(tmp_path / "c.csv", urls, [])
+    assert len(none) == 3 and all("set local_file_roots" in w for w in none)
+
+
+def test_parquet_columns_of_any_type_that_are_not_used_are_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "cat.parquet"
+    pq.write_table(pa.table({
+        "image_id": ["007", "b"],
+        "url": ["http://h/7", "http://h/b"],
+        "tags": pa.array([["x", "y"], []], type=pa.list_(pa.string())),
+        "meta": pa.array([{"w": 1, "h": 2}, {"w": 3, "h": 4}]),
+        "blob": pa.array([b"\x00\xff", b""], type=pa.binary()),
+        "keep": [True, False],
+    }), path)
+    assert load(path) == (["007", "b"], ["http://h/7", "http://h/b"])
+    assert load(path, row_filter={"keep": True})[0] == ["007"]
+    # A missing column is still named against every column the file has.
+    assert "tags, meta, blob" in error_of(path, id_column="name")
+    # A used column that cannot be text is one clear message, not a traceback.
+    message = error_of(path, row_filter={"tags": "x"})
+    assert "cannot read the catalog" in message
+
+
+def test_repeated_header_names(tmp_path: Path) -> None:
+    unused = write_text(tmp_path / "a.csv", "image_id,note,url,note\na,x,http://h/a,y\n")
+    assert load(unused) == (["a"], ["http://h/a"])
+    used = write_text(tmp_path / "b.csv", "image_id,url,size,url\na,http://h/a,1,http://h/b\n")
+    message = error_of(used)
+    assert "line 1" in message and "'url' appears 2 times (columns 2, 4)" in message
+    names = ["image_id", "url", "note", "note"]
+    unused_parquet, used_parquet = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([v]) for v in ("a", "http://h/a", "x", "y")],
+                                        names=names), unused_parquet)
+    assert load(unused_parquet) == (["a"], ["http://h/a"])
+    pq.write_table(pa.Table.from_arrays([pa.array([v]) for v in ("a", "http://h/a", "x", "y")],
+                                        names=["image_id", "url", "url", "n"]), used_parquet)
+    assert "'url' appears 2 times (columns 2, 3)" in error_of(used_parquet)
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    # a blank line before the bad row
+    ("image_id,url\na,http://h/a\n\nb,http://h/b\n\n../x,http://h/x\n", 6),
+    # a quoted field over two lines
+    ('image_id,url,note\na,http://h/a,"one\ntwo"\nb,http://h/b,x\n../x,http://h/x,y\n', 5),
+    # CRLF line ends and a BOM
+    ("\ufeffimage_id,url\r\na,http://h/a\r\n\r\n../x,http://h/x\r\n", 4),
+])
+def test_errors_name_the_physical_line(tmp_path: Path, text: str, line: int) -> None:
+    path = tmp_path / "cat.csv"
+    path.write_bytes(text.encode("utf-8"))
+    message = error_of(path)
+    assert f"line {line}:" in message and "'../x'" in message
+
+
+def test_ragged_row_names_its_line(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "cat.csv",
+                      "image_id,url,a,b,c\nx,http://h/x,1,2,3\n\ny,http://h/y\n")
+    message = error_of(path)
+    assert "line 4 has 2 fields, the header has 5" in message
+
+
+def test_selected_ids_need_no_url_column(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "cat.csv", [("a", "x"), ("b", "y"), ("a", "x")],
+                         header=("image_id", "split"))
+    assert selected_ids(CatalogSpec(path, url_template="http://h/{image_id}")) == ["a", "b"]
+    assert selected_ids(CatalogSpec(path, row_filter={"split": "y"})) == ["b"]
+
+
 # --- database catalogs -----------------------------------------------------------------------
 
 DATABASES = {"sqlite": (sqlite_catalog, "cat.sqlite"), "duckdb": (duckdb_catalog, "cat.duckdb"),
@@ -356,7 +456,14 @@ def test_database_catalog_query_and_filter(database: Path) -> None:
     assert load(database, query=query, id_column="id")[0] == ["9", "7"]
     # The row filter sees the query's columns as text, booleans included.
     assert load(database, row_filter={"vote_pool_flag": True})[0] == ["7", "9"]
-    assert load(database, row_filter={"vote_pool_flag": False})[0] == ["8", "10"]
+    # A NULL is blank: neither true nor false, selected only by ''.
+    assert load(database, row_filter={"vote_pool_flag": False})[0] == ["8"]
+    assert load(database, row_filter={"vote_pool_flag": "false"})[0] == ["8"]
+    assert load(database, row_filter={"vote_pool_flag": ""})[0] == ["10"]
+    # Typed columns compare by the database's text: the integer id 10 is '10', not '010'.
+    assert load(database, row_filter={"image_id": "10"})[0] == ["10"]
+    message = error_of(database, row_filter={"image_id": "010"})
+    assert "selects no images" in message and "'10'" in message
 
 
 def test_database_catalog_custom_table(tmp_path: Path) -> None:

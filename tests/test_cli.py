@@ -114,7 +114,7 @@ def test_status_against_a_catalog_file(results: Path, tmp_path: Path,
     catalog = tmp_path / "cat.csv"
     catalog.write_text("name,link\n" + "".join(f"{i},http://h/{i}\n" for i in [*IDS, "g"]))
     argv = ["status", "--results", str(results), "--catalog", str(catalog),
-            "--id-column", "name", "--url-column", "link"]
+            "--id-column", "name"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"catalog: 7 images ({catalog})" in out
@@ -124,6 +124,35 @@ def test_status_against_a_catalog_file(results: Path, tmp_path: Path,
         main(["status", "--results", str(results), "--catalog", str(catalog)])
     assert caught.value.code == 2
     assert "no column 'image_id'" in capsys.readouterr().err
+
+
+def test_status_counts_what_the_filter_selects_without_needing_urls(
+        results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A url_template catalog has no URL column; counting needs only the ids.
+    catalog = tmp_path / "cat.csv"
+    catalog.write_text("image_id,split\n" + "".join(
+        f"{i},{'train' if i in 'abcd' else 'test'}\n" for i in [*IDS, "g"]))
+    base = ["status", "--results", str(results), "--catalog", str(catalog)]
+    assert main(base) == 0
+    assert "catalog: 7 images" in capsys.readouterr().out
+    # Rows the workflow's filter leaves out are not pending: the same rule selects them.
+    assert main([*base, "--filter", "split=TRAIN"]) == 0
+    out = capsys.readouterr().out
+    assert "catalog: 4 images" in out
+    assert "downloaded: 3 ok, 1 failed, 0 pending" in out
+    assert main([*base, "--filter", "split=train", "--filter", "split=test"]) == 0
+    assert "catalog: 7 images" in capsys.readouterr().out
+    for bad, message in ((["--filter", "split"], "expected COLUMN=VALUE"),
+                         (["--filter", "kind=x"], "names column 'kind'")):
+        with pytest.raises(SystemExit) as caught:
+            main([*base, *bad])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as caught:
+        main(["status", "--results", str(results), "--filter", "split=train"])
+    assert caught.value.code == 2
+    assert "apply to --catalog" in capsys.readouterr().err
 
 
 def test_status_after_thumbnails_were_deleted(results: Path,
@@ -165,6 +194,29 @@ def test_path_prints_three_paths(capsys: pytest.CaptureFixture[str]) -> None:
 def test_path_defaults_to_results(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["path", "x"]) == 0
     assert all(line.startswith("results/") for line in capsys.readouterr().out.splitlines())
+
+
+@pytest.mark.parametrize("image_id", ["../../etc/x", ".hidden", "-x", "a/b", "x" * 201, ""])
+def test_path_refuses_unsafe_ids(image_id: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["path", "--", image_id])
+    assert caught.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "is not a safe file name" in captured.err
+
+
+def test_path_refuses_ids_the_last_catalog_lacks(results: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["path", "zz", "--results", str(results)])
+    assert caught.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "'zz' is not in the catalog of the last table" in captured.err
+    # Ids of the catalog, and ids that still have files (an older catalog's), are shown.
+    for image_id in ("f", "old"):
+        assert main(["path", image_id, "--results", str(results)]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == layout.thumb_path(results, image_id)
 
 
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,8 +11,12 @@ from thumbfeat.config import (
     ConfigError,
     check_against_schema,
     coerce_to_schema,
+    config_files_in_merge_order,
     describe,
     fetch_settings,
+    filter_as_written,
+    repeated_options,
+    written_filter,
 )
 
 from tests.support import REPO, run_snakemake, write_catalog
@@ -97,6 +101,17 @@ def test_a_missing_required_key_is_named() -> None:
         (["--configfile", "{bad}"],
          "config key 'report.sheet_images': value 'lots' is not allowed: "
          "expected an integer from 1 to 200"),
+        (["--config", "catalog={catalog}", "near_duplicate_distance=6.5"],
+         "config key 'near_duplicate_distance': value 6.5 is not allowed: "
+         "expected an integer from 0 to 32"),
+        (["--config", "catalog={catalog}", "download={{concurrency: 2.5}}"],
+         "config key 'download.concurrency': value '2.5' is not allowed: "
+         "expected an integer from 1 to 512"),
+        (["--config", "catalog={catalog}", "--config", "batch_size=50"],
+         "--config is given 2 times, but Snakemake keeps only the last one (it would ignore: "
+         "catalog="),
+        (["--configfile", "{bad}", "--configfile", "{bad}"],
+         "--configfile is given 2 times"),
     ],
 )
 def test_snakemake_stops_before_any_work(tmp_path: Path, args: list[str], message: str) -> None:
@@ -107,8 +122,102 @@ def test_snakemake_stops_before_any_work(tmp_path: Path, args: list[str], messag
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert message in output, output
+    assert "Traceback" not in output
     assert "thumbfeat plan" not in output
     assert not (tmp_path / "results").exists()
+
+
+# --- whole floats ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"near_duplicate_distance": 6.0}, {"near_duplicate_distance": 6}),
+    ({"batch_size": 10.0}, {"batch_size": 10}),
+    ({"batch_size": "10.0"}, {"batch_size": 10}),
+    ({"max_pixels": 1e6}, {"max_pixels": 1000000}),
+    ({"progress_interval": 2.5}, {"progress_interval": 2.5}),
+    ({"download": {"max_attempts": "3.0", "backoff_base": "0.25"}},
+     {"download": {"max_attempts": 3, "backoff_base": 0.25}}),
+    ({"download": {"host_limits": {"h.example": {"rate": "2", "connections": 2.0}}}},
+     {"download": {"host_limits": {"h.example": {"rate": 2, "connections": 2}}}}),
+])
+def test_whole_floats_become_integers(changes: dict[str, Any], expected: dict[str, Any]) -> None:
+    coerced = coerce_to_schema({**DEFAULTS, **changes}, SCHEMA)
+    check_against_schema(coerced, SCHEMA)
+    for key, value in expected.items():
+        assert coerced[key] == value
+        if isinstance(value, int):
+            assert type(coerced[key]) is int
+    if "download" in expected and "host_limits" in expected["download"]:
+        connections = coerced["download"]["host_limits"]["h.example"]["connections"]
+        assert type(connections) is int
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"near_duplicate_distance": 6.5}, "config key 'near_duplicate_distance': value 6.5"),
+    ({"batch_size": "10.5"}, "config key 'batch_size': value '10.5'"),
+    ({"batch_size": float("inf")}, "config key 'batch_size': value inf"),
+    ({"download": {"max_attempts": 2.5}}, "config key 'download.max_attempts': value 2.5"),
+])
+def test_fractional_numbers_are_refused_where_integers_are_needed(
+        changes: dict[str, Any], message: str) -> None:
+    assert message in problem(**changes)
+
+
+# --- filters as written ---------------------------------------------------------------------
+
+
+def test_written_filter_keeps_the_text(tmp_path: Path) -> None:
+    path = tmp_path / "my.yaml"
+    path.write_text("catalog: c.csv\nfilter: {flag: true, code: 010, score: 1.50, "
+                    "blank: '', any: [yes, 007]}\n")
+    assert written_filter(path) == {"flag": "true", "code": "010", "score": "1.50",
+                                    "blank": "", "any": ["yes", "007"]}
+    (tmp_path / "none.yaml").write_text("catalog: c.csv\n")
+    assert written_filter(tmp_path / "none.yaml") is None
+    (tmp_path / "broken.yaml").write_text("filter: {flag: [\n")
+    assert written_filter(tmp_path / "broken.yaml") is None
+    assert written_filter(tmp_path / "missing.yaml") is None
+
+
+def test_filter_as_written_follows_snakemakes_merge_order() -> None:
+    # What Snakemake merged from typed YAML: 010 became 8, 1.50 became 1.5.
+    effective = {"code": 8, "score": 1.5, "flag": True, "other": 3}
+    written = [{"code": "999"}, {"code": "010", "score": "1.50"}, None, {"flag": "true"}]
+    assert filter_as_written(effective, written) == {
+        "code": "010", "score": "1.50", "flag": "true", "other": "3"}
+    # Values set in no layer are turned into text from their type.
+    assert filter_as_written({"a": False, "b": [1, "x"]}, []) == {"a": "false", "b": ["1", "x"]}
+    # What is not a mapping is left for the schema check to name.
+    assert filter_as_written("flag", [{"flag": "true"}]) == "flag"
+
+
+def test_config_files_in_merge_order(tmp_path: Path) -> None:
+    own, first, second = (tmp_path / n for n in ("config.yaml", "a.yaml", "b.yaml"))
+    # Snakemake lists --configfile files first and appends the workflow's own.
+    assert config_files_in_merge_order([first, second, own], [first, second], False) == [
+        own, first, second]
+    assert config_files_in_merge_order([first, own], [first], True) == [first]
+
+
+@pytest.mark.parametrize(("argv", "count"), [
+    (["--cores", "2", "--config", "a=1", "b=2"], 0),
+    (["--config", "a=1", "--config", "b=2"], 1),
+    (["-C", "a=1", "--cores", "1", "--config=b=2"], 1),
+    (["--configfile", "x.yaml", "--configfiles", "y.yaml", "--config", "a=1"], 1),
+    (["--config", "a=1", "-C", "b=2", "--configfile", "x", "--configfile", "y"], 2),
+])
+def test_repeated_options_are_named(argv: list[str], count: int) -> None:
+    messages = repeated_options(argv)
+    assert len(messages) == count
+    if count:
+        assert "keeps only the last one" in messages[0]
+
+
+def test_repeated_config_message_shows_the_one_that_works() -> None:
+    [message] = repeated_options(["--config", "catalog=my cat.csv", "--config", "batch_size=50"])
+    assert "it would ignore: 'catalog=my cat.csv'" in message
+    assert message.endswith("--config 'catalog=my cat.csv' batch_size=50")
 
 
 # --- download settings ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from thumbfeat.dbcatalog import (
     FLAG_COLUMN,
     DatabaseError,
     database_kind,
+    read_query,
     thumbnail_flags,
     write_back,
     write_back_and_log,
@@ -92,3 +93,15 @@ def test_write_back_errors_change_nothing(database: Path, table: str, id_column:
     assert str(database) in str(caught.value)
     with pytest.raises((sqlite3.Error, duckdb.Error)):
         flags_in(database)  # the column was not added
+
+
+def test_numbers_read_as_the_same_text_from_sqlite_and_duckdb(tmp_path: Path) -> None:
+    lite, duck = tmp_path / "n.sqlite", tmp_path / "n.duckdb"
+    with contextlib.closing(sqlite3.connect(lite)) as con, con:
+        con.execute("CREATE TABLE t AS SELECT 2.0, 2.5, 10, 1, NULL")
+    with duckdb.connect(str(duck)) as con:
+        con.execute("CREATE TABLE t AS SELECT 2.0::DOUBLE, 2.5::DOUBLE, 10, true, NULL")
+    rows = {kind: list(read_query(path, "SELECT * FROM t").to_pylist()[0].values())
+            for kind, path in (("sqlite", lite), ("duckdb", duck))}
+    assert rows["sqlite"] == ["2", "2.5", "10", "1", None]
+    assert rows["duckdb"] == ["2", "2.5", "10", "true", None]

@@ -170,6 +170,24 @@ def test_pixel_limit_is_checked_before_any_pixel_data_is_decoded(
     assert "1500x1000" in exc.message
 
 
+def test_bomb_messages_name_max_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = one_bit_png(1_500, 1_000)
+    message = rejection(data, max_pixels=1_000_000).message
+    assert message == "image is 1500x1000 = 1500000 pixels, above max_pixels (1000000)"
+    # max_pixels above Pillow's own limit: Pillow's still applies, and the message says so.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_200_000)
+    message = rejection(data, max_pixels=1_600_000).message
+    assert message == ("image is 1500x1000 = 1500000 pixels, above Pillow's own limit of "
+                       "1200000 pixels, which max_pixels (1600000) cannot raise")
+    # Beyond twice Pillow's limit Pillow refuses while opening; the words are the same.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)
+    assert rejection(data, max_pixels=1_000_000).message == (
+        "image is 1500000 pixels, above max_pixels (1000000)")
+    assert rejection(data, max_pixels=2_000_000).message == (
+        "image is 1500000 pixels, above Pillow's own limit of 500000 pixels, which "
+        "max_pixels (2000000) cannot raise")
+
+
 def test_image_exactly_at_the_pixel_limit_is_accepted() -> None:
     decoded = decode_image(one_bit_png(1_000, 1_000), max_pixels=1_000_000)
     assert decoded.image.size == (1_000, 1_000)

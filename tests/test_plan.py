@@ -15,6 +15,7 @@ from thumbfeat.plan import (
     Batch,
     make_batches,
     plan_work,
+    report_warning,
     requested_image_ids,
     table_rebuild_reason,
 )
@@ -252,3 +253,29 @@ def test_plan_keeps_urls_of_downloads_only(results: Path) -> None:
     plan = plan_work(catalog(), results, batch_size=2)
     assert set(plan.urls) == set(plan.download)
     assert all(url.endswith(f"{i}.jpg") for i, url in plan.urls.items())
+
+
+def test_report_warning_says_when_a_report_would_hold_no_figures(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    table = results / "feature_table.parquet"
+    table.parent.mkdir()
+    table.write_bytes(b"table")
+    assert report_warning(["--cores", "2"], results, table) is None
+    for argv in (["--report", "r.html"], ["--report=r.html", "all"]):
+        message = report_warning(argv, results, table)
+        assert message is not None and "unless its target is report_figures" in message
+    argv = ["report_figures", "--report", "r.html"]
+    missing = report_warning(argv, results, table)
+    assert missing is not None and "figures are missing" in missing
+    for name in layout.REPORT_OUTPUTS.values():
+        path = results / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix:
+            path.write_bytes(b"x")
+        else:
+            path.mkdir()
+    assert report_warning(argv, results, table) is None
+    later = max(p.stat().st_mtime for p in results.rglob("*")) + 10
+    os.utime(table, (later, later))
+    stale = report_warning(argv, results, table)
+    assert stale is not None and "older than" in stale

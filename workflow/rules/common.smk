@@ -11,7 +11,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from thumbfeat import hooks, layout  # noqa: E402
-from thumbfeat.config import ConfigError, validated_config  # noqa: E402
+from thumbfeat.config import ConfigError, ConfigSources, validated_config  # noqa: E402
 from thumbfeat.run import (
     RUN_ERRORS,
     SnakemakeFacts,
@@ -20,8 +20,13 @@ from thumbfeat.run import (
 )  # noqa: E402
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+SOURCES = ConfigSources.of_snakemake(
+    workflow, sys.argv if workflow.is_main_process else []
+)
 try:
-    config.update(validated_config(config, load_configfile(str(CONFIG_SCHEMA))))
+    config.update(
+        validated_config(config, load_configfile(str(CONFIG_SCHEMA)), SOURCES)
+    )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 # Fills in the schema's defaults (the check above has already named any bad value).

@@ -8,29 +8,29 @@ rule report_figures:
         table=RUN.feature_table,
     output:
         sheets=report(
-            directory(layout.report_path(RESULTS, "sheets")),
+            directory(f"{RESULTS}/{layout.REPORT_OUTPUTS['sheets']}"),
             patterns=["{sheet}.png"],
             category="Contact sheets",
             caption="../report/sheets.rst",
         ),
         histograms=report(
-            directory(layout.report_path(RESULTS, "histograms")),
+            directory(f"{RESULTS}/{layout.REPORT_OUTPUTS['histograms']}"),
             patterns=["{feature}.png"],
             category="Histograms",
             caption="../report/histograms.rst",
         ),
         duplicates=report(
-            layout.report_path(RESULTS, "near_duplicates.png"),
+            f"{RESULTS}/{layout.REPORT_OUTPUTS['duplicates']}",
             category="Near duplicates",
             caption="../report/near_duplicates.rst",
         ),
         failures=report(
-            layout.report_path(RESULTS, "failures.html"),
+            f"{RESULTS}/{layout.REPORT_OUTPUTS['failures']}",
             category="Failures",
             caption="../report/failures.rst",
         ),
         statistics=report(
-            layout.report_path(RESULTS, "run_statistics.html"),
+            f"{RESULTS}/{layout.REPORT_OUTPUTS['statistics']}",
             category="Run statistics",
             caption="../report/run_statistics.rst",
         ),

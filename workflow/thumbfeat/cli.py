@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from thumbfeat import layout
-from thumbfeat.catalog import CatalogError, CatalogSpec, load_catalog, read_snapshot_ids
+from thumbfeat.catalog import (
+    SAFE_ID,
+    CatalogError,
+    CatalogSpec,
+    read_snapshot_ids,
+    selected_ids,
+)
 from thumbfeat.failures import read_failures
 from thumbfeat.layout import present_ids
 from thumbfeat.runs import (
@@ -31,10 +37,11 @@ def latest_snapshot(results: Path) -> Path | None:
 def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
     """Done, failed by kind and pending images of a catalog, and what the batch jobs did.
 
-    The catalog is the one given, else the snapshot the last table was built for.
+    The catalog is the one given (its selected ids: URLs are not needed to count), else the
+    snapshot the last table was built for.
     """
     if catalog is not None:
-        ids = list(load_catalog(catalog).ids)
+        ids = selected_ids(catalog)
         source = f"{catalog.path}"
     else:
         snapshot = latest_snapshot(results)
@@ -94,6 +101,42 @@ def batch_rate(folder: Path) -> str | None:
             f"{rate:.1f} images/s per job")
 
 
+def filter_arguments(pairs: Sequence[str]) -> dict[str, str | list[str]]:
+    """``--filter COLUMN=VALUE`` pairs as a row filter; a column given twice means any value."""
+    row_filter: dict[str, str | list[str]] = {}
+    for pair in pairs:
+        column, equals, value = pair.partition("=")
+        if not equals or not column.strip():
+            raise CatalogError(f"--filter {pair!r}: expected COLUMN=VALUE")
+        column = column.strip()
+        if column in row_filter:
+            previous = row_filter[column]
+            row_filter[column] = [*(previous if isinstance(previous, list) else [previous]), value]
+        else:
+            row_filter[column] = value
+    return row_filter
+
+
+def path_report(results: str, image_id: str) -> str:
+    """An image's three paths; an unsafe id, or one the last run's catalog lacks, is an error.
+
+    Without any recorded catalog (before a first run's table) the paths are where the files
+    will be.
+    """
+    if not SAFE_ID.fullmatch(image_id):
+        raise CatalogError(f"image id {image_id!r} is not a safe file name, so no image has it "
+                           "(allowed: letters, digits, '.', '_', '-', starting with a letter, "
+                           "digit or '_', at most 200 characters)")
+    paths = [layout.thumb_path(results, image_id), layout.feature_path(results, image_id),
+             layout.failure_path(results, image_id)]
+    snapshot = latest_snapshot(Path(results))
+    on_disk = any(Path(path).exists() for path in paths)
+    if snapshot is not None and not on_disk and image_id not in set(read_snapshot_ids(snapshot)):
+        raise CatalogError(f"image {image_id!r} is not in the catalog of the last table "
+                           f"({snapshot}) and has no files under {results}")
+    return "\n".join(paths)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thumbfeat", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -103,26 +146,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="count against this catalog file instead of the last table's "
                              "snapshot (e.g. while a first run is under way)")
     status.add_argument("--id-column", default="image_id")
-    status.add_argument("--url-column", default="url")
+    status.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE",
+                        help="count only the rows the workflow's filter keeps (same rule; "
+                             "repeat for more columns, or a column for any of its values)")
     status.add_argument("--catalog-table", default=CatalogSpec.table,
                         help="the table of a database catalog")
+    status.add_argument("--catalog-query", help="the query of a database catalog")
     where = commands.add_parser("path", help="print where an image's files are")
     where.add_argument("image_id")
     where.add_argument("--results", default="results")
     args = parser.parse_args(argv)
-    if args.command == "status":
-        spec = (CatalogSpec(args.catalog, args.id_column, args.url_column,
-                            table=args.catalog_table)
-                if args.catalog is not None else None)
-        try:
+    if args.command == "status" and args.catalog is None and (args.filter or args.catalog_query):
+        parser.error("--filter and --catalog-query apply to --catalog FILE")
+    try:
+        if args.command == "status":
+            spec = (CatalogSpec(args.catalog, args.id_column,
+                                row_filter=filter_arguments(args.filter),
+                                table=args.catalog_table, query=args.catalog_query)
+                    if args.catalog is not None else None)
             print(status_report(args.results, spec))
-        except CatalogError as error:
-            parser.exit(2, f"thumbfeat status: {error}\n")
-    else:
-        for path in (layout.thumb_path(args.results, args.image_id),
-                     layout.feature_path(args.results, args.image_id),
-                     layout.failure_path(args.results, args.image_id)):
-            print(path)
+        else:
+            print(path_report(args.results, args.image_id))
+    except CatalogError as error:
+        parser.exit(2, f"thumbfeat {args.command}: {error}\n")
     return 0
 
 

@@ -8,8 +8,9 @@ paths mean what they expect.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,14 @@ def _coerce(value: Any, schema: Mapping[str, Any], key: str) -> Any:
     allowed = set(types) if isinstance(types, list) else {types}
     if isinstance(value, dict) and "properties" in schema:
         return coerce_to_schema(value, schema, prefix=f"{key}.")
+    if isinstance(value, dict) and isinstance(schema.get("additionalProperties"), Mapping):
+        inner = schema["additionalProperties"]
+        if "properties" in inner:
+            return {name: _coerce(item, inner, f"{key}.{name}") for name, item in value.items()}
+    if isinstance(value, float) and "integer" in allowed and "number" not in allowed:
+        # JSON Schema counts 6.0 as an integer, but Python code given 6.0 fails where it needs
+        # an int: a whole float becomes the int, any other is left for the schema to refuse.
+        return int(value) if value.is_integer() else value
     if not isinstance(value, str):
         return value
     text = value.strip()
@@ -115,6 +124,13 @@ def _coerce(value: Any, schema: Mapping[str, Any], key: str) -> Any:
             return int(text)
         except ValueError:
             pass
+    if "integer" in allowed and "number" not in allowed:
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is not None and number.is_integer():
+            return int(number)
     if "number" in allowed:
         try:
             return float(text)
@@ -140,6 +156,99 @@ def coerce_to_schema(config: Mapping[str, Any], schema: Mapping[str, Any],
         if key in properties:
             coerced[key] = _coerce(value, properties[key], f"{prefix}{key}")
     return coerced
+
+
+def written_filter(path: str | Path) -> object:
+    """The ``filter`` of a config file with every value as the text written there.
+
+    YAML turns ``010`` into 8 and ``1.50`` into 1.5, while ``--config`` hands the same words over
+    as text; reading the file again without typing lets both ways mean the same thing. None when
+    the file has no filter or cannot be read this way (its typed values are used then).
+    """
+    import yaml
+
+    try:
+        content = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return content.get("filter") if isinstance(content, dict) else None
+
+
+def _filter_text(value: object) -> object:
+    """A filter value as text: booleans as true/false, numbers as Python writes them."""
+    if isinstance(value, list):
+        return [_filter_text(item) for item in value]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def filter_as_written(effective: object, written: Sequence[object]) -> object:
+    """The row filter with each value as its text was written, whichever way it came.
+
+    ``effective`` is the filter Snakemake merged; ``written`` are the same filters read as text,
+    in Snakemake's merge order (the workflow's config file, each --configfile, then --config),
+    merged the same way: key by key. A value found in no written layer (set some other way) is
+    turned into text from its type. Anything that is not a mapping is left for the schema check.
+    """
+    if not isinstance(effective, Mapping):
+        return effective
+    merged: dict[str, object] = {}
+    for layer in written:
+        if isinstance(layer, Mapping):
+            merged.update(layer)
+        elif layer is not None:
+            merged = {}
+    return {key: _filter_text(merged.get(key, value)) for key, value in effective.items()}
+
+
+def config_files_in_merge_order(all_files: Sequence[str | Path], cli_files: Sequence[Path],
+                                replace_workflow_config: bool) -> list[Path]:
+    """The workflow's own config files (unless replaced), then those of --configfile, in order.
+
+    Snakemake lists the --configfile files first and appends the workflow's own as it reads
+    them, but applies the command line on top of the workflow's file.
+    """
+    cli = [Path(f).absolute() for f in cli_files]
+    own = [] if replace_workflow_config else [
+        Path(f) for f in all_files if Path(f).absolute() not in cli]
+    return own + cli
+
+
+REPEATABLE_OPTIONS = {"--config": ("--config", "-C"), "--configfile": ("--configfile",
+                                                                       "--configfiles")}
+
+
+def repeated_options(argv: Sequence[str]) -> list[str]:
+    """Messages for --config or --configfile given more than once on the command line.
+
+    Snakemake keeps only the values after the last occurrence, so ``--config catalog=X
+    --config batch_size=50`` would quietly forget the catalog.
+    """
+    messages = []
+    for name, spellings in REPEATABLE_OPTIONS.items():
+        groups: list[list[str]] = []
+        current: list[str] | None = None
+        for arg in argv:
+            flag, _, inline = arg.partition("=")
+            if flag in spellings:
+                current = [inline] if inline else []
+                groups.append(current)
+            elif arg.startswith("-"):
+                current = None
+            elif current is not None:
+                current.append(arg)
+        if len(groups) > 1:
+            lost = shlex.join(v for group in groups[:-1] for v in group) or "(nothing)"
+            messages.append(
+                f"{name} is given {len(groups)} times, but Snakemake keeps only the last one "
+                f"(it would ignore: {lost}); give every value after a single {name}, e.g. "
+                f"{name} {shlex.join(v for group in groups for v in group)}")
+    return messages
 
 
 _TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
@@ -199,12 +308,48 @@ def key_path(parts: Iterable[str | int]) -> str:
     return text
 
 
-def validated_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ConfigSources:
+    """Where Snakemake took the config from: its files in merge order, --config, the command line.
+
+    ``argv`` is empty in a job process: only the command a person typed is checked for options
+    Snakemake would quietly drop.
+    """
+
+    files: Sequence[Path] = ()
+    command_line: Mapping[str, Any] = field(default_factory=dict)
+    argv: Sequence[str] = ()
+
+    @classmethod
+    def of_snakemake(cls, workflow: Any, argv: Sequence[str]) -> ConfigSources:
+        """The sources of a Snakemake workflow object's config (read at parse time)."""
+        settings = workflow.config_settings
+        return cls(
+            files=config_files_in_merge_order(workflow.configfiles, settings.configfiles,
+                                              settings.replace_workflow_config),
+            command_line=dict(settings.config or {}),
+            argv=list(argv[1:]),
+        )
+
+
+def validated_config(config: Mapping[str, Any], schema: Mapping[str, Any],
+                     sources: ConfigSources | None = None) -> dict[str, Any]:
     """The config with command-line strings given their schema types, checked against the schema.
 
+    With ``sources``, a repeated --config or --configfile is refused (Snakemake would keep only
+    the last one), and filter values are taken as the text written, however they were passed.
     Raises ConfigError naming the first key whose value the schema refuses.
     """
-    coerced = coerce_to_schema(config, schema)
+    resolved = dict(config)
+    if sources is not None:
+        repeated = repeated_options(sources.argv)
+        if repeated:
+            raise ConfigError("\n".join(repeated))
+        if "filter" in resolved:
+            written = [written_filter(path) for path in sources.files]
+            written.append(sources.command_line.get("filter"))
+            resolved["filter"] = filter_as_written(resolved["filter"], written)
+    coerced = coerce_to_schema(resolved, schema)
     check_against_schema(coerced, schema)
     return coerced
 

@@ -103,10 +103,13 @@ def _as_text(table: pa.Table) -> pa.Table:
 
 
 def _text(value: object) -> str | None:
+    """A SQLite value as text, floats written as Arrow writes DuckDB's (2.0 is ``2``)."""
     if value is None:
         return None
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
+    if isinstance(value, float):
+        return pa.array([value], type=pa.float64()).cast(pa.string())[0].as_py()
     return str(value)
 
 

@@ -22,7 +22,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -429,20 +429,29 @@ def _classify(exc: requests.exceptions.RequestException,
     return FetchFailure("connection", f"connection failed: {type(exc).__name__}", retryable=True)
 
 
-def _fetch_file(url: str, settings: FetchSettings) -> bytes:
-    """Read a ``file://`` source, only from inside a configured local root."""
-    if not settings.local_file_roots:
-        raise FetchFailure("bad_url", "file:// sources are not allowed by the configuration "
-                           "(set local_file_roots)", retryable=False)
+def local_file_problem(url: str, roots: Sequence[str]) -> str | None:
+    """Why a ``file:`` URL may not be read under ``roots``, or None when it may.
+
+    The same check warns before a run (thumbfeat.catalog.url_warnings) and refuses at fetch time,
+    so a warning names exactly the images that will fail as ``bad_url``.
+    """
+    if not roots:
+        return "file:// sources are not allowed by the configuration (set local_file_roots)"
     parts = urlsplit(url)
     if parts.netloc not in {"", "localhost"}:
-        raise FetchFailure("bad_url", f"file URL names a remote host {parts.hostname!r}",
-                           retryable=False)
+        return f"file URL names a remote host {parts.hostname!r}"
     path = Path(unquote(parts.path)).resolve()
-    roots = [Path(root).resolve() for root in settings.local_file_roots]
-    if not any(path.is_relative_to(root) for root in roots):
-        raise FetchFailure("bad_url", "file is outside the allowed local_file_roots",
-                           retryable=False)
+    if not any(path.is_relative_to(Path(root).resolve()) for root in roots):
+        return "file is outside the allowed local_file_roots"
+    return None
+
+
+def _fetch_file(url: str, settings: FetchSettings) -> bytes:
+    """Read a ``file://`` source, only from inside a configured local root."""
+    problem = local_file_problem(url, settings.local_file_roots)
+    if problem is not None:
+        raise FetchFailure("bad_url", problem, retryable=False)
+    path = Path(unquote(urlsplit(url).path)).resolve()
     try:
         size = path.stat().st_size
         if size > settings.max_bytes:

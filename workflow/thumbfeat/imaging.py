@@ -23,6 +23,7 @@ Guarantees of :func:`decode_image`:
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from io import BytesIO
@@ -111,21 +112,43 @@ def _not_image(data: bytes) -> ImageRejected:
     )
 
 
+def _over_limit(size: str, pixels: int, max_pixels: int) -> ImageRejected:
+    """The rejection of an image of ``pixels`` pixels, naming the limit the user can change.
+
+    ``max_pixels`` is named whenever it is the limit crossed; otherwise it was set above
+    Pillow's own limit, which still applies, and the message says so.
+    """
+    if pixels > max_pixels:
+        limit = f"above max_pixels ({max_pixels})"
+    else:
+        limit = (f"above Pillow's own limit of {Image.MAX_IMAGE_PIXELS} pixels, which "
+                 f"max_pixels ({max_pixels}) cannot raise")
+    return ImageRejected("decompression_bomb", f"image is {size}{pixels} pixels, {limit}")
+
+
 def _bomb(width: int, height: int, max_pixels: int) -> ImageRejected:
     """Build the rejection for images whose header announces too many pixels."""
-    return ImageRejected(
-        "decompression_bomb",
-        f"image is {width}x{height} = {width * height} pixels, above the limit of "
-        f"{max_pixels} pixels",
-    )
+    return _over_limit(f"{width}x{height} = ", width * height, max_pixels)
 
 
-def _open_header(data: bytes) -> Image.Image:
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _pillow_bomb(exc: Exception, max_pixels: int) -> ImageRejected:
+    """Pillow's own refusal, told in the same words as ours when its message gives the size."""
+    found = _PILLOW_PIXELS.search(str(exc))
+    if found is None:
+        return ImageRejected("decompression_bomb", f"image rejected by Pillow (max_pixels is "
+                                                   f"{max_pixels}): {exc}")
+    return _over_limit("", int(found[1]), max_pixels)
+
+
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     """Parse only the header, trying the accepted plugins and nothing else."""
     try:
         return Image.open(BytesIO(data), formats=ACCEPTED_FORMATS)
     except _BOMB_ERRORS as exc:
-        raise ImageRejected("decompression_bomb", f"image rejected by Pillow: {exc}") from exc
+        raise _pillow_bomb(exc, max_pixels) from exc
     except _DECODE_ERRORS as exc:
         # A header we cannot parse is indistinguishable from "not an image at all".
         raise _not_image(data) from exc
@@ -141,15 +164,15 @@ def _check_size(image: Image.Image, max_pixels: int) -> None:
         # Pillow only warns between its limit and twice it; treat its limit as a limit too.
         limit = min(limit, Image.MAX_IMAGE_PIXELS)
     if width * height > limit:
-        raise _bomb(width, height, limit)
+        raise _bomb(width, height, max_pixels)
 
 
-def _load_pixels(image: Image.Image) -> None:
+def _load_pixels(image: Image.Image, max_pixels: int) -> None:
     """Decode all pixel data of the current (first) frame; a short file is an error here."""
     try:
         image.load()
     except _BOMB_ERRORS as exc:
-        raise ImageRejected("decompression_bomb", f"image rejected by Pillow: {exc}") from exc
+        raise _pillow_bomb(exc, max_pixels) from exc
     except _DECODE_ERRORS as exc:
         # The header parsed, so the container is real; failing now means the pixel data is
         # cut short or damaged, which callers treat the same way (a re-download may help).
@@ -184,11 +207,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     """
     if not data:
         raise ImageRejected("not_image", "empty input: 0 bytes")
-    image = _open_header(data)
+    image = _open_header(data, max_pixels)
     with image:
         source_format = image.format or "UNKNOWN"
         source_mode = image.mode
         _check_size(image, max_pixels)
-        _load_pixels(image)
+        _load_pixels(image, max_pixels)
         upright = _upright(image)
     return DecodedImage(image=upright, format=source_format, source_mode=source_mode)

@@ -24,6 +24,16 @@ BATCHES = "batches"
 LOGS = "logs"
 PROGRESS = "logs/progress"
 
+REPORT = "report"
+# What rule report_figures writes under the results folder, by output name.
+REPORT_OUTPUTS = {
+    "sheets": f"{REPORT}/sheets",
+    "histograms": f"{REPORT}/histograms",
+    "duplicates": f"{REPORT}/near_duplicates.png",
+    "failures": f"{REPORT}/failures.html",
+    "statistics": f"{REPORT}/run_statistics.html",
+}
+
 THUMB_SUFFIX = ".img"
 FEATURE_SUFFIX = ".parquet"
 FAILURE_SUFFIX = ".json"
@@ -115,11 +125,6 @@ def warehouse_receipt_path(results: str | Path) -> str:
 def write_back_receipt_path(results: str | Path) -> str:
     """What the last write-back to a database catalog changed."""
     return f"{results}/catalog_write_back.json"
-
-
-def report_path(results: str | Path, name: str) -> str:
-    """A picture or page drawn for the report."""
-    return f"{results}/report/{name}"
 
 
 def is_temporary_name(name: str) -> bool:

@@ -187,3 +187,29 @@ def requested_image_ids(argv: Sequence[str], catalog_ids: Collection[str]) -> se
         if image_id is not None and image_id in catalog_ids:
             wanted.add(image_id)
     return wanted or None
+
+
+REPORT_RULE = "report_figures"
+
+
+def report_warning(argv: Sequence[str], results: str | Path, table: str | Path) -> str | None:
+    """Why a ``snakemake --report`` now would hold no figures, or stale ones; None when fine.
+
+    Snakemake puts in a report only the report files of the jobs needed for its targets, and
+    builds nothing while reporting: without ``report_figures`` as the target, or before that rule
+    has run on the current table, it still says "Report created".
+    """
+    if not any(arg == "--report" or arg.startswith("--report=") for arg in argv):
+        return None
+    how = (f"build them with `snakemake --cores N {REPORT_RULE}`, then report with "
+           f"`snakemake {REPORT_RULE} --report report.html`")
+    if REPORT_RULE not in argv:
+        return f"the report holds no figures unless its target is {REPORT_RULE}: {how}"
+    outputs = [Path(results) / name for name in layout.REPORT_OUTPUTS.values()]
+    missing = [str(path) for path in outputs if not path.exists()]
+    if missing:
+        return f"the report's figures are missing ({', '.join(missing)}): {how}"
+    table_path = Path(table)
+    if table_path.exists() and min(p.stat().st_mtime for p in outputs) < table_path.stat().st_mtime:
+        return f"the report's figures are older than {table_path}: {how}"
+    return None

@@ -25,7 +25,14 @@ from thumbfeat.config import (
     fetch_settings,
     warehouse_settings,
 )
-from thumbfeat.plan import Batch, WorkPlan, plan_work, requested_image_ids, table_rebuild_reason
+from thumbfeat.plan import (
+    Batch,
+    WorkPlan,
+    plan_work,
+    report_warning,
+    requested_image_ids,
+    table_rebuild_reason,
+)
 from thumbfeat.ratelimit import rate_share
 
 # Everything build_run raises for a user's input: the workflow turns these into one clear message.
@@ -159,7 +166,10 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
         context.feature_shard_dirs = layout.existing_shard_dirs(results, layout.FEATURES)
         context.plan = _plan(context, catalog, facts)
         context.messages.append(context.plan.summary())
-        context.warnings.extend(url_warnings(spec.path, context.plan.urls))
+        context.warnings.extend(url_warnings(spec.path, context.plan.urls,
+                                             settings["local_file_roots"]))
+        if warning := report_warning(facts.argv[1:], results, context.feature_table):
+            context.warnings.append(f"snakemake --report: {warning}")
         context.warnings.extend(_thread_cap_warnings(config, facts))
     # Per-host limits hold for the whole run: each batch job gets its share of them.
     settings["rate_share"] = rate_share(context.slots, len(context.plan.batches))
