@@ -257,3 +257,17 @@ def test_a_missing_secret_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> 
 )
 def test_download_mistakes_are_named(download: dict[str, Any], message: str) -> None:
     assert message in problem(download={**DEFAULTS["download"], **download})
+
+
+def test_validated_config_with_sources_reads_filters_as_written_and_refuses_repeats(
+        tmp_path: Path) -> None:
+    from thumbfeat.config import ConfigSources, validated_config
+
+    written = tmp_path / "mine.yaml"
+    written.write_text("filter: {code: 010, flag: yes}\n")
+    config = {**DEFAULTS, "filter": {"code": 8, "flag": True}}  # as YAML typed them
+    sources = ConfigSources(files=[written], command_line={}, argv=["--cores", "1"])
+    assert validated_config(config, SCHEMA, sources)["filter"] == {"code": "010", "flag": "yes"}
+    repeated = ConfigSources(argv=["--config", "catalog=x.csv", "--config", "batch_size=50"])
+    with pytest.raises(ConfigError, match="--config is given 2 times"):
+        validated_config(config, SCHEMA, repeated)

@@ -155,3 +155,25 @@ def test_threads_above_cores_on_a_cluster_are_warned_about(tmp_path: Path) -> No
     local = build_run(config_for(tmp_path, batch_threads=4), REPO, MAIN, {},
                       results=results_of(tmp_path))
     assert local.warnings == []
+
+
+class FakeWorkflow:
+    """What a parse reads of Snakemake's workflow object."""
+
+    def __init__(self, cores: int | None, nodes: int | None, main: bool) -> None:
+        self._cores, self.nodes, self.is_main_process = cores, nodes, main
+
+    @property
+    def cores(self) -> int:
+        from snakemake.exceptions import WorkflowError
+
+        if self._cores is None:
+            raise WorkflowError("Workflow requires a total number of cores to be defined")
+        return self._cores
+
+
+def test_facts_of_a_workflow_without_cores_or_in_a_job() -> None:
+    facts = SnakemakeFacts.of_workflow(FakeWorkflow(None, 20, main=True), ["snakemake"])
+    assert (facts.cores, facts.nodes, facts.is_job) == (None, 20, False)
+    job = SnakemakeFacts.of_workflow(FakeWorkflow(1, None, main=False), ["python", "-m"])
+    assert (job.cores, job.nodes, job.is_job, job.argv) == (1, None, True, ("python", "-m"))

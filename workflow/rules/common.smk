@@ -20,9 +20,7 @@ from thumbfeat.run import (
 )  # noqa: E402
 
 CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-SOURCES = ConfigSources.of_snakemake(
-    workflow, sys.argv if workflow.is_main_process else []
-)
+SOURCES = ConfigSources.of_snakemake(workflow, sys.argv)
 try:
     config.update(
         validated_config(config, load_configfile(str(CONFIG_SCHEMA)), SOURCES)
@@ -32,17 +30,9 @@ except ConfigError as error:
 # Fills in the schema's defaults (the check above has already named any bad value).
 validate(config, schema=str(CONFIG_SCHEMA))
 
+FACTS = SnakemakeFacts.of_workflow(workflow, sys.argv)
 try:
-    cores = workflow.cores
-except WorkflowError:
-    cores = None
-try:
-    RUN = build_run(
-        config,
-        workflow.basedir,
-        SnakemakeFacts(cores, workflow.nodes, not workflow.is_main_process, sys.argv),
-        os.environ,
-    )
+    RUN = build_run(config, workflow.basedir, FACTS, os.environ)
 except RUN_ERRORS as error:
     raise WorkflowError(str(error)) from None
 for message in RUN.messages:

@@ -328,7 +328,7 @@ class ConfigSources:
             files=config_files_in_merge_order(workflow.configfiles, settings.configfiles,
                                               settings.replace_workflow_config),
             command_line=dict(settings.config or {}),
-            argv=list(argv[1:]),
+            argv=list(argv[1:]) if workflow.is_main_process else [],
         )
 
 

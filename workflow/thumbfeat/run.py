@@ -52,6 +52,17 @@ class SnakemakeFacts:
     is_job: bool
     argv: Sequence[str] = ()
 
+    @classmethod
+    def of_workflow(cls, workflow: Any, argv: Sequence[str]) -> SnakemakeFacts:
+        """Read from Snakemake's workflow object while it parses (its public attributes only)."""
+        from snakemake.exceptions import WorkflowError
+
+        try:
+            cores = workflow.cores
+        except WorkflowError:  # no --cores given (a cluster run may give only --jobs)
+            cores = None
+        return cls(cores, workflow.nodes, not workflow.is_main_process, tuple(argv))
+
 
 def job_slots(facts: SnakemakeFacts, threads_per_job: int) -> int:
     """How many batch jobs can run at once: --jobs on a cluster, else local cores over threads.
