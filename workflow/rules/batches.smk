@@ -29,5 +29,7 @@ for batch in PLAN.batches:
             measure=list(batch.feature_ids),
             batch_key=batch.key,
             settings=FETCH_SETTINGS,
+            # The job stops if this process ends (see thumbfeat.lineage).
+            owner_pid=os.getpid(),
         script:
             "../scripts/process_batch.py"

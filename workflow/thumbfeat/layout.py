@@ -23,6 +23,7 @@ PROGRESS = "logs/progress"
 THUMB_SUFFIX = ".img"
 FEATURE_SUFFIX = ".parquet"
 FAILURE_SUFFIX = ".json"
+MANIFEST_SUFFIX = ".json"
 
 SHARD_DIGITS = 2
 SHARDS = tuple(f"{i:0{SHARD_DIGITS}x}" for i in range(16**SHARD_DIGITS))
@@ -62,6 +63,16 @@ def failure_path(results: str | Path, image_id: str) -> str:
 def progress_path(results: str | Path, batch_key: str) -> str:
     """The counts of a running batch job, rewritten at every progress line."""
     return f"{results}/{PROGRESS}/{batch_key}.json"
+
+
+def manifest_keys(results: str | Path) -> list[str]:
+    """The keys of the batch manifests on disk (one directory read), finished jobs' record."""
+    try:
+        names = os.listdir(Path(results) / BATCHES)
+    except FileNotFoundError:
+        return []
+    return [name[: -len(MANIFEST_SUFFIX)] for name in names
+            if name.endswith(MANIFEST_SUFFIX) and not is_temporary_name(name)]
 
 
 def is_temporary_name(name: str) -> bool:
