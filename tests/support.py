@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -62,7 +63,7 @@ class ImageServer:
     the image.
     """
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, port: int = 0) -> None:
         self.delay = delay
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -78,7 +79,7 @@ class ImageServer:
             def do_GET(self) -> None:
                 server.handle(self)
 
-        self.httpd = LoopbackServer(("127.0.0.1", 0), Handler)
+        self.httpd = LoopbackServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -190,6 +191,17 @@ def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = Non
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n"
                              f"{result.stderr[-6000:]}")
     return result
+
+
+def preview(output: str) -> dict[str, object]:
+    """Every number of the plan line, and the table's fate."""
+    match = re.search(r"thumbfeat plan: (\d+) images in the catalog; download: (\d+) to fetch; "
+                      r"features: (\d+) to compute; failed: (\d+) kept as failed"
+                      r"(?:, (\d+) to retry)?; (\d+) batches; table: ([^\n]+)", output)
+    assert match, output
+    return {"catalog": int(match[1]), "download": int(match[2]), "features": int(match[3]),
+            "kept": int(match[4]), "retry": int(match[5] or 0), "batches": int(match[6]),
+            "table": match[7].strip()}
 
 
 def file_times(root: Path, pattern: str) -> dict[str, int]:
