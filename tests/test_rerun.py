@@ -125,7 +125,7 @@ def test_transient_failures_are_retried_by_every_run(tmp_path: Path, server: Ima
     plan = run()
     assert (plan["download"], plan["features"]) == (22, 22)
     assert server.counts["/error/down.jpg"] == 2
-    for attempt in range(3):
+    for _ in range(3):
         before = server.snapshot()
         plan = run()
         assert (plan["retry"], plan["download"], plan["features"], plan["batches"]) == (2, 2, 2, 1)
