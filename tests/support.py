@@ -204,6 +204,22 @@ def preview(output: str) -> dict[str, object]:
             "table": match[7].strip()}
 
 
+# A stand-in for Snakemake: runs a job through a shell that outlives it, as Snakemake runs jobs
+# (the trailing command keeps the shell from replacing itself with the job).
+OWNER = """
+import os, shlex, subprocess, sys
+argv = [a.replace("{owner}", str(os.getpid())) for a in sys.argv[1:]]
+subprocess.run(["sh", "-c", " ".join(shlex.quote(a) for a in argv) + "; true"])
+"""
+
+
+def start_owner(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (``{owner}`` in it becomes the stand-in's pid) under a stand-in owner."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    return subprocess.Popen([sys.executable, "-c", OWNER, *argv], env=env,
+                            start_new_session=True)
+
+
 def file_times(root: Path, pattern: str) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.glob(pattern)}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from thumbfeat import lineage
 
-from tests.support import REPO
+from tests.support import start_owner
 
 # The job: watches its ancestors up to the pid given, reports them, then sleeps; a SIGTERM (what
 # the watch sends) is recorded as "stopped", a sleep to its end as "finished".
@@ -37,22 +37,11 @@ with lineage.stop_when_orphaned(owner, logging.getLogger("job"), interval=0.1):
 open(out, "w").write("finished")
 """
 
-# The stand-in for Snakemake: runs the job through a shell that outlives it (the trailing command
-# keeps the shell from replacing itself with the job).
-OWNER = """
-import os, subprocess, sys
-job, out, seconds = sys.argv[1:4]
-subprocess.run(["sh", "-c", f'"{sys.executable}" {job} {os.getpid()} {out} {seconds}; true'])
-"""
-
-
-def start_owner(tmp_path: Path, seconds: float) -> tuple[subprocess.Popen[bytes], Path]:
+def start_job(tmp_path: Path, seconds: float) -> tuple[subprocess.Popen[bytes], Path]:
     job = tmp_path / "job.py"
     job.write_text(JOB)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(job), str(out), str(seconds)],
-                             env=env, start_new_session=True)
+    owner = start_owner([sys.executable, str(job), "{owner}", str(out), str(seconds)])
     ready = Path(f"{out}.ready")
     deadline = time.monotonic() + 60
     while not ready.exists() or not ready.read_text():
@@ -94,7 +83,7 @@ def test_ancestors_stop_at_the_owner() -> None:
 
 
 def test_job_keeps_running_while_its_owner_lives(tmp_path: Path) -> None:
-    owner, out = start_owner(tmp_path, seconds=1.5)
+    owner, out = start_job(tmp_path, seconds=1.5)
     assert owner.wait(timeout=60) == 0
     assert out.read_text() == "finished"
 
@@ -103,7 +92,7 @@ def test_job_stops_when_its_owner_is_killed_alone(tmp_path: Path) -> None:
     for round_ in range(3):
         folder = tmp_path / f"round{round_}"
         folder.mkdir()
-        owner, out = start_owner(folder, seconds=600)
+        owner, out = start_job(folder, seconds=600)
         chain = Path(f"{out}.ready").read_text().split()
         # The job watches the shell between them and the owner itself.
         assert len(chain) == 2 and chain[-1] == str(owner.pid)

@@ -162,7 +162,7 @@ class Progress:
             atomic.write_bytes(self.state_path, json.dumps(state).encode())
 
     def finish(self) -> None:
-        """The batch's manifest now tells what it did: its running state goes."""
+        """The job ends (its manifest, if written, tells what it did): its running state goes."""
         if self.state_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.state_path)
@@ -339,6 +339,10 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                         if outcome.image_id in to_measure:
                             ready.append(outcome.image_id)
                 progress.tick()
+    except KeyboardInterrupt:
+        # A stopped job no longer runs: `thumbfeat status` must not count it as running.
+        progress.finish()
+        raise
     except OSError as exc:
         raise _local_write_error(exc, logger) from exc
     finally:
