@@ -5,6 +5,8 @@
 # Each per-image file is written atomically, so a killed batch leaves only whole files, and the
 # next plan leaves those out. The partial is written before the manifest, so a batch with a
 # manifest always has its partial.
+# A batch's key names its work and the attempt at it (see thumbfeat.plan): no manifest exists
+# for a planned batch, so Snakemake never skips one the plan announced.
 
 
 for batch in PLAN.batches:
