@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -65,7 +66,7 @@ class ImageServer:
     the image.
     """
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, port: int = 0) -> None:
         self.delay = delay
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -81,7 +82,7 @@ class ImageServer:
             def do_GET(self) -> None:
                 server.handle(self)
 
-        self.httpd = LoopbackServer(("127.0.0.1", 0), Handler)
+        self.httpd = LoopbackServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -204,6 +205,33 @@ def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = Non
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n"
                              f"{result.stderr[-6000:]}")
     return result
+
+
+def preview(output: str) -> dict[str, object]:
+    """Every number of the plan line, and the table's fate."""
+    match = re.search(r"thumbfeat plan: (\d+) images in the catalog; download: (\d+) to fetch; "
+                      r"features: (\d+) to compute; failed: (\d+) kept as failed"
+                      r"(?:, (\d+) to retry)?; (\d+) batches; table: ([^\n]+)", output)
+    assert match, output
+    return {"catalog": int(match[1]), "download": int(match[2]), "features": int(match[3]),
+            "kept": int(match[4]), "retry": int(match[5] or 0), "batches": int(match[6]),
+            "table": match[7].strip()}
+
+
+# A stand-in for Snakemake: runs a job through a shell that outlives it, as Snakemake runs jobs
+# (the trailing command keeps the shell from replacing itself with the job).
+OWNER = """
+import os, shlex, subprocess, sys
+argv = [a.replace("{owner}", str(os.getpid())) for a in sys.argv[1:]]
+subprocess.run(["sh", "-c", " ".join(shlex.quote(a) for a in argv) + "; true"])
+"""
+
+
+def start_owner(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (``{owner}`` in it becomes the stand-in's pid) under a stand-in owner."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    return subprocess.Popen([sys.executable, "-c", OWNER, *argv], env=env,
+                            start_new_session=True)
 
 
 def file_times(root: Path, pattern: str) -> dict[str, int]:

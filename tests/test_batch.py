@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from thumbfeat import layout
+from PIL import Image
+from thumbfeat import layout, lineage
 from thumbfeat.batch import measure_one, process_batch
 from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION
 from thumbfeat.fetch import FetchSettings
 from thumbfeat.rows import read_row
 
-from tests.support import ImageServer
+from tests.support import ImageServer, start_owner
 
 SETTINGS = FetchSettings(concurrency=3, max_attempts=3, backoff_base=0.01, connect_timeout=2.0,
                          read_timeout=5.0, total_timeout=10.0)
@@ -213,3 +218,68 @@ def test_measure_one_with_a_corrupt_thumbnail(tmp_path: Path) -> None:
 def test_measure_one_needs_the_thumbnail(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         measure_one("x", str(tmp_path), MAX_PIXELS)
+
+
+# A batch job as the workflow runs it, with its Snakemake process stood in for by the owner.
+ORPHAN_JOB = """
+import json, logging, os, sys
+from pathlib import Path
+from thumbfeat.batch import process_batch
+from thumbfeat.fetch import FetchSettings
+
+owner, results, items = int(sys.argv[1]), sys.argv[2], json.loads(Path(sys.argv[3]).read_text())
+Path(sys.argv[3] + ".pid").write_text(str(os.getpid()))
+logging.basicConfig(filename=sys.argv[3] + ".log", level=logging.INFO)
+process_batch([tuple(i) for i in items], [i for i, _ in items], results,
+              FetchSettings(concurrency=4), threads=2, max_pixels=10_000_000,
+              manifest_path=f"{results}/batches/k.json",
+              partial_path=f"{results}/batches/k.parquet",
+              batch_key="k", logger=logging.getLogger("job"), progress_interval=0.2,
+              progress_path=f"{results}/logs/progress/k.json", owner_pid=owner)
+"""
+
+
+def test_orphaned_batch_stops_keeping_only_whole_files(tmp_path: Path) -> None:
+    """Its owner killed, a job finishes the downloads in flight, starts no other, writes no
+    manifest or partial, and leaves no running state behind; three times over the same images."""
+    results = tmp_path / "results"
+    script = tmp_path / "job.py"
+    script.write_text(ORPHAN_JOB)
+    server = ImageServer(delay=0.3).start()
+    names = [f"o{i:02d}" for i in range(80)]
+    try:
+        for round_ in range(3):
+            present = layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
+            items = [(n, f"{server.base}/img/{n}.jpg") for n in names if n not in present]
+            listed = tmp_path / f"items{round_}.json"
+            listed.write_text(json.dumps(items))
+            owner = start_owner([sys.executable, str(script), "{owner}", str(results),
+                                 str(listed)])
+            deadline = time.monotonic() + 60
+            while len(layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
+                       ) < len(present) + 8:
+                assert time.monotonic() < deadline and owner.poll() is None
+                time.sleep(0.05)
+            job = int(Path(f"{listed}.pid").read_text())
+            os.kill(owner.pid, signal.SIGKILL)
+            owner.wait(timeout=60)
+            while lineage.read_process(job) is not None:
+                assert time.monotonic() < deadline, "the orphaned job kept running"
+                time.sleep(0.05)
+
+            thumbs = layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
+            assert len(thumbs) < len(names)
+            # Every request made became a whole thumbnail: in-flight downloads finished.
+            assert server.total() == len(thumbs)
+            assert max(server.counts.values()) == 1
+            for name in thumbs:
+                with Image.open(layout.thumb_path(results, name)) as image:
+                    image.load()
+            for name in layout.present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX):
+                assert read_row(layout.feature_path(results, name)).num_rows == 1
+            assert not (results / layout.BATCHES).exists()
+            assert not list((results / layout.PROGRESS).glob("*"))
+            assert not [p for p in results.rglob(".*") if p.is_file()]
+            assert "gone" in Path(f"{listed}.log").read_text()
+    finally:
+        server.stop()

@@ -51,6 +51,23 @@ def test_jobs_keep_their_plan_while_the_disk_changes(tmp_path: Path) -> None:
     assert handover.load(path).plan.batches == plan.batches
 
 
+def test_jobs_keep_the_attempt_of_the_run_that_submitted_them(tmp_path: Path) -> None:
+    """A job of a repeated batch names the manifest its run waits for, not the next one."""
+    results = tmp_path / "results"
+    first = planned(results)
+    for batch in first.batches:
+        (results / layout.BATCHES).mkdir(parents=True, exist_ok=True)
+        (results / layout.BATCHES / f"{batch.key}.json").write_text("{}")
+    repeated = planned(results)
+    assert [b.attempt for b in repeated.batches] == [2] * len(first.batches)
+    path = handover.save(tmp_path / "handover", repeated, "d", slots=2)
+    for batch in repeated.batches:
+        (results / layout.BATCHES / f"{batch.key}.json").write_text("{}")
+    assert [b.attempt for b in planned(results).batches] == [3] * len(first.batches)
+    assert ([b.key for b in handover.load(path).plan.batches]
+            == [b.key for b in repeated.batches])
+
+
 def test_save_names_by_content_and_writes_atomically(tmp_path: Path) -> None:
     plan = planned(tmp_path / "results")
     first = handover.save(tmp_path / "h", plan, "d", slots=2)

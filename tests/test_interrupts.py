@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from thumbfeat import layout
+from thumbfeat import layout, lineage
 
-from tests.support import ImageServer, image_rows, run_snakemake, snakemake_command, write_catalog
+from tests.support import (
+    ImageServer,
+    image_rows,
+    preview,
+    run_snakemake,
+    snakemake_command,
+    write_catalog,
+)
 
 CONCURRENCY = 8
 CORES = 2
@@ -25,6 +34,15 @@ MOST_IN_FLIGHT = CORES * CONCURRENCY
 @pytest.fixture
 def slow_server() -> Iterator[ImageServer]:
     srv = ImageServer(delay=0.15).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def slower_server() -> Iterator[ImageServer]:
+    srv = ImageServer(delay=0.3).start()
     try:
         yield srv
     finally:
@@ -84,3 +102,93 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, slow_server: ImageServe
         assert pq.read_table(layout.feature_path(results, name)).num_rows == 1
     leftovers = [p for p in results.rglob(".*") if p.is_file()]
     assert leftovers == [] or how == "kill-9-group", leftovers
+
+
+def descendants(root: int) -> list[lineage.Process]:
+    """Every live process under ``root``: a run's job shells, jobs and their worker processes."""
+    children: defaultdict[int, list[lineage.Process]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (process := lineage.read_process(int(entry))) is not None:
+            children[process.parent].append(process)
+    found, todo = [], [root]
+    while todo:
+        for child in children[todo.pop()]:
+            found.append(child)
+            todo.append(child.pid)
+    return found
+
+
+def is_batch_job(process: lineage.Process) -> bool:
+    try:
+        return b"process_batch" in Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+ORPHAN_CONCURRENCY = 4
+
+
+def test_jobs_stop_when_the_main_process_alone_is_killed(tmp_path: Path,
+                                                         slower_server: ImageServer) -> None:
+    """kill -9 of the snakemake PID only (as a process viewer does), three times in one run.
+
+    The killed run's jobs notice and stop, keeping what they finished; the rerun started right
+    after `--unlock` does not race them for the same images.
+    """
+    names = [f"o{i:04d}" for i in range(600)]
+    catalog = write_catalog(tmp_path / "catalog.csv", image_rows(slower_server, names))
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"download: {{concurrency: {ORPHAN_CONCURRENCY}}}\n")
+    # Batches that outlast the 10 s allowed after a kill, were their jobs to carry on.
+    config = {"catalog": str(catalog), "batch_size": "300", "local_file_roots": "[]"}
+    results = tmp_path / "results"
+    command = snakemake_command(tmp_path, "--configfile", str(settings), config=config,
+                                cores=CORES)
+
+    def start(log: Path) -> tuple[subprocess.Popen[bytes], float]:
+        with open(log, "wb") as out:
+            return (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True), time.time())
+
+    process, _ = start(tmp_path / "run0.log")
+    kills = 3
+    for round_ in range(1, kills + 1):
+        deadline = time.monotonic() + 120
+        while count_thumbs(results) < 150 * round_:
+            assert process.poll() is None, "the run ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        jobs = descendants(process.pid)
+        assert any(is_batch_job(job) for job in jobs), jobs
+        os.kill(process.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        process.wait(timeout=60)
+        assert count_thumbs(results) < 600
+        run_snakemake(tmp_path, "--unlock", "--configfile", str(settings), config=config)
+        # The rerun starts at once, while any job left over from the killed run would still run.
+        process, started = start(tmp_path / f"run{round_}.log")
+        while alive := [job for job in jobs if lineage.read_process(job.pid) == job]:
+            assert time.monotonic() < killed_at + 10, f"still running after the kill: {alive}"
+            time.sleep(0.1)
+    assert process.wait(timeout=300) == 0, (tmp_path / f"run{kills}.log").read_text()
+
+    # Each kill can leave only its downloads in flight to be asked again.
+    repeated = {path: n for path, n in slower_server.counts.items() if n > 1}
+    assert max(slower_server.counts.values()) <= 2, repeated
+    assert sum(n - 1 for n in repeated.values()) <= kills * CORES * ORPHAN_CONCURRENCY, repeated
+    assert set(slower_server.counts) == {f"/img/{n}.jpg" for n in names}
+    # The last run did what its plan line announced.
+    plan = preview((tmp_path / f"run{kills}.log").read_text())
+    manifests = (json.loads(p.read_text()) for p in (results / layout.BATCHES).glob("*.json"))
+    made = [m for m in manifests if m["started"] >= started]
+    assert plan["batches"] == len(made) > 0
+    assert plan["download"] == sum(m["download"]["images"] for m in made)
+    assert plan["features"] == sum(m["features"]["images"] for m in made)
+
+    table = pq.read_table(results / "feature_table.parquet").to_pylist()
+    assert [row["image_id"] for row in table] == names
+    assert {row["status"] for row in table} == {"ok"}
+    for name in names:
+        with Image.open(layout.thumb_path(results, name)) as image:
+            image.load()
+        assert pq.read_table(layout.feature_path(results, name)).num_rows == 1

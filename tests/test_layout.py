@@ -104,3 +104,14 @@ def test_existing_shard_dirs(tmp_path: Path) -> None:
         f"{results}/thumbs/ff",
     ]
     assert layout.existing_shard_dirs(str(results), layout.FEATURES) == []
+
+
+def test_manifest_keys(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert layout.manifest_keys(results) == []
+    folder = results / layout.BATCHES
+    folder.mkdir(parents=True)
+    for name in ("00001-abc.json", "00001-abc-2.json", "00001-abc.parquet",
+                 ".00002-def.json.1.x.tmp", "table.parquet"):
+        (folder / name).write_text("{}")
+    assert sorted(layout.manifest_keys(results)) == ["00001-abc", "00001-abc-2"]

@@ -13,6 +13,7 @@ from thumbfeat.failures import FailureRecord, read_failure, record_failure
 from thumbfeat.layout import present_ids
 from thumbfeat.plan import (
     Batch,
+    attempts_on_disk,
     make_batches,
     plan_work,
     report_warning,
@@ -171,6 +172,50 @@ def test_batch_keys_follow_members() -> None:
     swapped = Batch(number=2, image_ids=("a",), download_ids=(), feature_ids=("a",))
     assert moved.key != swapped.key
     assert moved.key.startswith("00002-")
+
+
+def test_attempts_on_disk_reads_the_highest_attempt_of_each_work() -> None:
+    keys = ["00001-abc", "00001-abc-2", "00001-abc-3", "00002-def", "00003-fed-7",
+            "not-a-key-x", "table", "00004"]
+    assert attempts_on_disk(keys) == {"00001-abc": 3, "00002-def": 1, "00003-fed": 7}
+    # A gap (a manifest removed by hand) never brings back a key that exists.
+    assert attempts_on_disk(["00001-abc", "00001-abc-3"]) == {"00001-abc": 3}
+
+
+def test_repeated_work_gets_a_new_key_each_time(tmp_path: Path) -> None:
+    """The same images missing again make the same work; its key moves past every manifest."""
+    results = tmp_path / "results"
+    seen = []
+    for _ in range(4):
+        plan = plan_work(catalog(), results, batch_size=4)
+        keys = [b.key for b in plan.batches]
+        assert [b.work_key for b in plan.batches] == [k[:18] for k in keys]
+        assert not set(keys) & set(seen)
+        seen += keys
+        for key in keys:
+            touch(f"{results}/{layout.BATCHES}/{key}.json", b"{}")
+            touch(f"{results}/{layout.BATCHES}/{key}.parquet", b"")
+    assert [b.attempt for b in plan.batches] == [4, 4]
+    assert plan.batches[0].key == plan.batches[0].work_key + "-4"
+    assert sorted(layout.manifest_keys(results)) == sorted(seen)
+
+
+def test_a_batch_without_its_manifest_keeps_its_key(tmp_path: Path) -> None:
+    """A killed job wrote no manifest: the next plan of the same work reuses its key."""
+    results = tmp_path / "results"
+    first = plan_work(catalog(), results, batch_size=6).batches[0]
+    touch(f"{results}/{layout.BATCHES}/{first.key}.parquet", b"")
+    touch(f"{results}/{layout.BATCHES}/.{first.key}.json.123.tmp", b"{")
+    again = plan_work(catalog(), results, batch_size=6).batches[0]
+    assert again.key == first.key and again.attempt == 1
+
+
+def test_a_manifest_of_other_work_changes_no_key(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    first = plan_work(catalog(), results, batch_size=6).batches[0]
+    touch(f"{results}/{layout.BATCHES}/00001-000000000000.json", b"{}")
+    touch(f"{results}/{layout.BATCHES}/00002-{first.key[6:]}.json", b"{}")
+    assert plan_work(catalog(), results, batch_size=6).batches[0].key == first.key
 
 
 def test_requested_image_ids_from_argv() -> None:

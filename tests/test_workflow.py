@@ -13,7 +13,14 @@ import pytest
 from PIL import Image
 from thumbfeat import layout
 
-from tests.support import ImageServer, file_times, image_rows, run_snakemake, write_catalog
+from tests.support import (
+    ImageServer,
+    file_times,
+    image_rows,
+    preview,
+    run_snakemake,
+    write_catalog,
+)
 
 FAST = {"batch_size": "100", "local_file_roots": "[]"}
 
@@ -114,17 +121,6 @@ def test_failures_recorded_not_retried_unless_asked(tmp_path: Path, server: Imag
     assert server.counts["/missing/lost.jpg"] == 2
     assert server.counts["/html/page.jpg"] == 2
     assert len(read_table(tmp_path)) == 5
-
-
-def preview(output: str) -> dict[str, object]:
-    """Every number of the plan line, and the table's fate."""
-    match = re.search(r"thumbfeat plan: (\d+) images in the catalog; download: (\d+) to fetch; "
-                      r"features: (\d+) to compute; failed: (\d+) kept as failed"
-                      r"(?:, (\d+) to retry)?; (\d+) batches; table: ([^\n]+)", output)
-    assert match, output
-    return {"catalog": int(match[1]), "download": int(match[2]), "features": int(match[3]),
-            "kept": int(match[4]), "retry": int(match[5] or 0), "batches": int(match[6]),
-            "table": match[7].strip()}
 
 
 def written(before: dict[str, int], after: dict[str, int]) -> set[str]:

@@ -5,6 +5,8 @@
 # Each per-image file is written atomically, so a killed batch leaves only whole files, and the
 # next plan leaves those out. The partial is written before the manifest, so a batch with a
 # manifest always has its partial.
+# A batch's key names its work and the attempt at it (see thumbfeat.plan): no manifest exists
+# for a planned batch, so Snakemake never skips one the plan announced.
 
 
 for batch in RUN.plan.batches:
@@ -29,5 +31,7 @@ for batch in RUN.plan.batches:
             measure=list(batch.feature_ids),
             batch_key=batch.key,
             settings=RUN.fetch_settings,
+            # The job stops if this process ends (see thumbfeat.lineage).
+            owner_pid=os.getpid(),
         script:
             "../scripts/process_batch.py"

@@ -31,7 +31,7 @@ from typing import Any
 
 import requests
 
-from thumbfeat import atomic, layout
+from thumbfeat import atomic, layout, lineage
 from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION, compute_features
 from thumbfeat.fetch import (
@@ -151,13 +151,14 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                   settings: FetchSettings, *, threads: int, max_pixels: int,
                   manifest_path: str, partial_path: str, batch_key: str,
                   logger: logging.Logger, progress_interval: float = 10.0,
-                  progress_path: str | None = None) -> Progress:
+                  progress_path: str | None = None, owner_pid: int | None = None) -> Progress:
     """Download ``download`` (id, URL pairs) and measure ``measure`` (ids), overlapping the two.
 
     An image in both lists is measured once its download has finished; an image only in
     ``measure`` already has its thumbnail and is ready at once. Both kinds of work in flight are
     bounded (a few tasks per process, twice the download concurrency), so waiting on them stays
-    cheap however large the batch.
+    cheap however large the batch. A job whose Snakemake process (``owner_pid``) ends stops as if
+    cancelled (see thumbfeat.lineage).
     """
     progress = Progress(logger, progress_interval, len(download), len(measure), label=batch_key,
                         state_path=progress_path)
@@ -183,7 +184,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     fetching = 0
 
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), lineage.stop_when_orphaned(owner_pid, logger):
             while True:
                 while fetching < fetch_slots and (source := next(sources, None)) is not None:
                     in_flight.add(fetcher.submit(download_one, session, *source, results,
@@ -212,6 +213,10 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                         if outcome.image_id in to_measure:
                             ready.append(outcome.image_id)
                 progress.tick()
+    except KeyboardInterrupt:
+        # A stopped job no longer runs: `thumbfeat status` must not count it as running.
+        progress.finish()
+        raise
     except OSError as exc:
         raise _local_write_error(exc, logger) from exc
     finally:

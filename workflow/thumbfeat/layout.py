@@ -37,6 +37,7 @@ REPORT_OUTPUTS = {
 THUMB_SUFFIX = ".img"
 FEATURE_SUFFIX = ".parquet"
 FAILURE_SUFFIX = ".json"
+MANIFEST_SUFFIX = ".json"
 
 SHARD_DIGITS = 2
 SHARDS = tuple(f"{i:0{SHARD_DIGITS}x}" for i in range(16**SHARD_DIGITS))
@@ -104,7 +105,7 @@ def table_settings_path(results: str | Path, near_duplicate_distance: int) -> st
 
 def batch_manifest_path(results: str | Path, batch_key: str) -> str:
     """A finished batch's manifest: counts, failures by kind, timing."""
-    return f"{results}/{BATCHES}/{batch_key}.json"
+    return f"{results}/{BATCHES}/{batch_key}{MANIFEST_SUFFIX}"
 
 
 def batch_partial_path(results: str | Path, batch_key: str) -> str:
@@ -125,6 +126,16 @@ def warehouse_receipt_path(results: str | Path) -> str:
 def write_back_receipt_path(results: str | Path) -> str:
     """What the last write-back to a database catalog changed."""
     return f"{results}/catalog_write_back.json"
+
+
+def manifest_keys(results: str | Path) -> list[str]:
+    """The keys of the batch manifests on disk (one directory read), finished jobs' record."""
+    try:
+        names = os.listdir(Path(results) / BATCHES)
+    except FileNotFoundError:
+        return []
+    return [name[: -len(MANIFEST_SUFFIX)] for name in names
+            if name.endswith(MANIFEST_SUFFIX) and not is_temporary_name(name)]
 
 
 def is_temporary_name(name: str) -> bool:

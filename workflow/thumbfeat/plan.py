@@ -4,6 +4,18 @@ The workflow never keeps a queue: each run lists the shard folders once (one dir
 shard, no per-file stat) and compares them with the catalog. An image needs downloading when its
 thumbnail file is missing, and features when its Parquet file is missing. A recorded failure is
 redone when it was transient, or when the user asks for every failure to be retried.
+
+A batch job is known to Snakemake by its manifest (``batches/<key>.json``), so a batch's key must
+name work that has not been done yet, or Snakemake finds the manifest and skips the job. The key
+has two parts. The work part is the batch number and a hash of its download and feature lists;
+the attempt part counts the manifests already on disk for that same work (the same images went
+missing again after a run had rebuilt them, or a transient failure is retried once more). The
+first attempt is keyed ``<number>-<hash>``, later ones ``<number>-<hash>-<attempt>``, one past
+the highest attempt on disk. So a situation that repeats gets a new manifest name every time,
+however often it repeats. The attempt is read from disk like the rest of the plan: a dry run
+writes nothing and computes the same keys as the real run after it, and cluster jobs are handed
+the keys of the run that submitted them (see thumbfeat.handover). Manifests of earlier attempts
+are kept: they are the record of what each run did (`thumbfeat status`, run statistics).
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ import hashlib
 import math
 import os
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -23,20 +35,52 @@ from thumbfeat.failures import FailureRecord, read_failures
 
 @dataclass(frozen=True)
 class Batch:
-    """Images handled by one job; its key (naming its manifest) changes whenever its work does."""
+    """Images handled by one job; its key (naming its manifest) is new for every attempt at it."""
 
     number: int
     image_ids: tuple[str, ...]
     download_ids: tuple[str, ...]
     feature_ids: tuple[str, ...]
+    # 1 for the first job doing this work; one more for each finished job that did it before.
+    attempt: int = 1
 
     @cached_property
-    def key(self) -> str:
+    def work_key(self) -> str:
+        """The batch number and a hash of its work: equal for batches doing the same work."""
         hasher = hashlib.sha1()
         for group in (self.download_ids, self.feature_ids):
             hasher.update("\n".join(group).encode("utf-8"))
             hasher.update(b"\x00")
         return f"{self.number:05d}-{hasher.hexdigest()[:12]}"
+
+    @cached_property
+    def key(self) -> str:
+        """The name of this attempt's manifest and partial table."""
+        return attempt_key(self.work_key, self.attempt)
+
+
+def attempt_key(work_key: str, attempt: int) -> str:
+    """The key of one attempt at some work (the first attempt keeps the bare work key)."""
+    return work_key if attempt == 1 else f"{work_key}-{attempt}"
+
+
+def attempts_on_disk(manifest_keys: Iterable[str]) -> dict[str, int]:
+    """The highest finished attempt of each work key, from the keys of the manifests on disk."""
+    highest: dict[str, int] = {}
+    for key in manifest_keys:
+        number, _, rest = key.partition("-")
+        work_hash, _, attempt = rest.partition("-")
+        if not number.isdigit() or not work_hash or (attempt and not attempt.isdigit()):
+            continue
+        work_key = f"{number}-{work_hash}"
+        highest[work_key] = max(highest.get(work_key, 0), int(attempt) if attempt else 1)
+    return highest
+
+
+def next_attempts(batches: Sequence[Batch], manifest_keys: Iterable[str]) -> list[Batch]:
+    """The batches keyed one attempt past the manifests of the same work already on disk."""
+    done = attempts_on_disk(manifest_keys)
+    return [replace(b, attempt=done.get(b.work_key, 0) + 1) for b in batches]
 
 
 @dataclass
@@ -147,7 +191,8 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
     plan.urls = {i: u for i, u in zip(catalog.ids, catalog.urls, strict=True) if i in download}
     work = len(download | compute)
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)
-    plan.batches = make_batches(ordered, download, compute, size)
+    plan.batches = next_attempts(make_batches(ordered, download, compute, size),
+                                 layout.manifest_keys(results))
     return plan
 
 
