@@ -205,7 +205,9 @@ class Pixels:
     """The prepared views every measure reads: built once per image, never modified.
 
     ``red``/``green``/``blue`` are flat uint8 channel copies (contiguous, so every pass over them
-    is a fast linear scan); ``high``/``low`` are the per-pixel max and min of the three.
+    is a fast linear scan); ``high``/``low`` are the per-pixel max and min of the three and
+    ``chroma`` their difference (HSV's ``V`` and ``S`` numerator), all still 8-bit, since the
+    colour measures below need nothing wider until they sum.
     """
 
     rgb_image: Image.Image
@@ -216,6 +218,7 @@ class Pixels:
     blue: NDArray[np.uint8]
     high: NDArray[np.uint8]
     low: NDArray[np.uint8]
+    chroma: NDArray[np.uint8]
     gray: NDArray[np.uint8]
     gray_histogram: NDArray[np.int64]
     working: NDArray[np.uint8]
@@ -226,6 +229,8 @@ def prepare(decoded: DecodedImage) -> Pixels:
     rgb_image = to_rgb_on_white(decoded.image)
     rgb = np.asarray(rgb_image)
     red, green, blue = (np.ascontiguousarray(rgb[..., c]).reshape(-1) for c in range(3))
+    high = np.maximum(np.maximum(red, green), blue)
+    low = np.minimum(np.minimum(red, green), blue)
     gray_image = rgb_image.convert("L")
     gray = np.asarray(gray_image)
     working_image = to_working_size(gray_image)
@@ -236,8 +241,9 @@ def prepare(decoded: DecodedImage) -> Pixels:
         red=red,
         green=green,
         blue=blue,
-        high=np.maximum(np.maximum(red, green), blue),
-        low=np.minimum(np.minimum(red, green), blue),
+        high=high,
+        low=low,
+        chroma=high - low,
         gray=gray,
         gray_histogram=np.asarray(gray_image.histogram(), dtype=np.int64),
         working=gray if working_image is gray_image else np.asarray(working_image),
@@ -287,22 +293,34 @@ def hsp_weighted_squares(red: NDArray[np.uint8], green: NDArray[np.uint8],
     return total
 
 
+def order_statistics(values: NDArray[np.int32], rank: int) -> tuple[int, int]:
+    """The values of rank ``rank`` and ``rank + 1`` (0-based, clipped to the last) in sorted order.
+
+    A selection (``np.partition``, linear time) instead of a full sort: after it, every value
+    right of ``rank`` is at least the one at ``rank``, so the next rank is their minimum.
+    """
+    parted = np.partition(values, rank)
+    at = int(parted[rank])
+    after = int(parted[rank + 1:].min()) if rank + 1 < parted.size else at
+    return at, after
+
+
 def brightness_percentiles(weighted: NDArray[np.int32],
                            percents: tuple[float, ...]) -> list[float]:
     """Percentiles of per-pixel HSP brightness with numpy's default linear interpolation.
 
-    Brightness is monotonic in the integer weighted square, so the pixels are ordered on the
-    integers and only the few order statistics needed are turned into brightness.
+    Brightness is monotonic in the integer weighted square, so only the two order statistics
+    around each percentile's position are selected on the integers and turned into brightness.
     """
-    ordered = np.sort(weighted, axis=None)
-    last = ordered.size - 1
+    flat = weighted.reshape(-1)
+    last = flat.size - 1
     out = []
     for percent in percents:
         position = percent / 100 * last
         below = math.floor(position)
-        above = min(last, below + 1)
-        low = math.sqrt(int(ordered[below])) * _HSP_SCALE
-        high = math.sqrt(int(ordered[above])) * _HSP_SCALE
+        low_square, high_square = order_statistics(flat, below)
+        low = math.sqrt(low_square) * _HSP_SCALE
+        high = math.sqrt(high_square) * _HSP_SCALE
         out.append(low + (high - low) * (position - below))
     return out
 
@@ -339,18 +357,24 @@ def entropy_bits(histogram: NDArray[np.int64]) -> float:
     return float(-(probabilities * np.log2(probabilities)).sum()) + 0.0
 
 
-def _integer_variance(values: NDArray[Any]) -> float:
-    """Population variance of integer values from exact sums.
+def integer_moments(values: NDArray[Any]) -> tuple[int, int, int]:
+    """Count, sum and sum of squares of integer values, exactly.
 
     The values are small integers, so in float64 every square and every partial sum of squares
     is an exact integer below 2**53: the dot product (BLAS) is exact and faster than int64 sums.
     """
     flat = values.reshape(-1).astype(np.float64)
-    count = flat.size
-    total = int(flat.sum())
-    squares = int(flat @ flat)
-    # Python integers from here on: count * squares can exceed 2**53.
+    return flat.size, int(flat.sum()), int(flat @ flat)
+
+
+def _variance(count: int, total: int, squares: int) -> float:
+    # Python integers: count * squares can exceed 2**53.
     return (count * squares - total * total) / (count * count)
+
+
+def _integer_variance(values: NDArray[Any]) -> float:
+    """Population variance of integer values from exact sums."""
+    return _variance(*integer_moments(values))
 
 
 def laplacian_variance(gray: NDArray[np.uint8]) -> float:
@@ -368,17 +392,28 @@ def laplacian_variance(gray: NDArray[np.uint8]) -> float:
 def sobel_edge_density(gray: NDArray[np.uint8], threshold: float = EDGE_THRESHOLD) -> float:
     """Share of valid (interior) pixels whose Sobel gradient magnitude exceeds ``threshold``.
 
-    float32 holds every intermediate exactly (integers below 2**24), and is the fastest type.
+    Exact in 16-bit integers: the gradients lie within +-1020, and each is clipped to
+    ``cap = floor(threshold) + 1`` before squaring. A clipped component exceeds the threshold on
+    its own, before and after clipping, and unclipped ones are exact, so
+    ``min(|gx|, cap)² + min(|gy|, cap)² > threshold²`` decides exactly as the true magnitude does,
+    with no square root and no sum above 2 cap².
     """
     if gray.ndim != 2 or gray.shape[0] < 3 or gray.shape[1] < 3:
         return 0.0
-    g = gray.astype(np.float32)
+    cap = math.floor(threshold) + 1
+    wide = np.int16 if 2 * cap * cap <= np.iinfo(np.int16).max else np.int32
+    g = gray.astype(wide)
     smoothed_vertically = g[:-2] + 2 * g[1:-1] + g[2:]
     gx = smoothed_vertically[:, 2:] - smoothed_vertically[:, :-2]
     diff_vertically = g[2:] - g[:-2]
     gy = diff_vertically[:, :-2] + 2 * diff_vertically[:, 1:-1] + diff_vertically[:, 2:]
-    # Compare squared magnitudes: exact, and no square root per pixel.
-    strong = (gx * gx + gy * gy) > np.float32(threshold * threshold)
+    total = np.zeros(gx.shape, dtype=wide)
+    for component in (gx, gy):
+        clipped = np.minimum(np.abs(component), wide(cap))
+        clipped *= clipped
+        total += clipped
+    # The sums are integers: "> threshold²" equals "> floor(threshold²)".
+    strong = total > wide(math.floor(threshold * threshold))
     return int(np.count_nonzero(strong)) / strong.size
 
 
@@ -394,48 +429,76 @@ def contrast_and_detail(pixels: Pixels) -> Features:
 # --- colour --------------------------------------------------------------------------------
 
 
-def hue_sixths(pixels: Pixels, chroma: NDArray[np.int16]) -> NDArray[np.int16]:
+def hue_sixths(pixels: Pixels) -> NDArray[np.int16]:
     """HSV hue of every pixel as the integer ``t = hue_degrees * chroma / 60`` (0 <= t < 6 chroma).
 
     Keeping hue as an exact integer numerator makes the 30-degree histogram bins exact. Pixels
-    with chroma 0 get 0 here and must be left out by the caller.
+    with chroma 0 get 0 here and must be left out by the caller. Every pixel takes the formula
+    of the first channel (red, green, blue) holding its maximum, as HSV defines. The formulas
+    are chosen by multiplying with 0/1 masks: selecting with ``np.where`` branches per pixel and
+    is several times slower on photographs, whose maximum channel changes from pixel to pixel.
     """
     red, green, blue = (c.astype(np.int16) for c in (pixels.red, pixels.green, pixels.blue))
-    from_red = green - blue
-    from_red += np.where(from_red < 0, 6 * chroma, 0).astype(np.int16)
-    return np.where(pixels.high == pixels.red, from_red,
-                    np.where(pixels.high == pixels.green, 2 * chroma + blue - red,
-                             4 * chroma + red - green))
+    chroma = pixels.chroma.astype(np.int16)
+    from_red = pixels.high == pixels.red
+    from_green = pixels.high == pixels.green
+    from_green &= ~from_red
+    from_blue = ~(from_red | from_green)
+    sixths = (green - blue) * from_red
+    sixths += (blue - red + 2 * chroma) * from_green
+    sixths += (red - green + 4 * chroma) * from_blue
+    sixths += 6 * chroma * (sixths < 0)  # only a red maximum gives a negative numerator
+    return sixths
+
+
+def clearly_coloured(pixels: Pixels) -> NDArray[np.bool_]:
+    """The pixels with a reliable hue: S > 0.2 and 0.15 < V < 0.95, decided in 8-bit integers."""
+    value_low = math.floor(HUE_VALUE_RANGE[0] * 255) + 1  # V > 0.15  <=>  max >= 39
+    value_high = math.ceil(HUE_VALUE_RANGE[1] * 255) - 1  # V < 0.95  <=>  max <= 242
+    # Unsigned subtraction wraps values below value_low round to the top, so one comparison
+    # tests both ends of the range.
+    in_range = (pixels.high - np.uint8(value_low)) <= np.uint8(value_high - value_low)
+    # S > 0.2  <=>  5 chroma > max  <=>  chroma > max // 5 (integers).
+    saturated = pixels.chroma > pixels.high // np.uint8(round(1 / HUE_MIN_SATURATION))
+    return in_range & saturated
 
 
 def hue_statistics(pixels: Pixels) -> tuple[float | None, list[float] | None]:
-    """Circular mean hue (degrees) and 12-bin hue shares over clearly coloured pixels."""
-    high = pixels.high
-    value_low = math.floor(HUE_VALUE_RANGE[0] * 255) + 1  # V > 0.15  <=>  max >= 39
-    value_high = math.ceil(HUE_VALUE_RANGE[1] * 255) - 1  # V < 0.95  <=>  max <= 242
-    chroma_all = (high - pixels.low).astype(np.int16)
-    # S > 0.2  <=>  5 (max - min) > max, in integers.
-    mask = ((high >= value_low) & (high <= value_high)
-            & (chroma_all * round(1 / HUE_MIN_SATURATION) > high))
+    """Circular mean hue (degrees) and 12-bin hue shares over clearly coloured pixels.
+
+    Computed over all pixels at once (the unselected ones get weight 0 and a bin past the last),
+    which is cheaper than gathering the selected pixels first.
+    """
+    mask = clearly_coloured(pixels)
     selected = int(np.count_nonzero(mask))
     if selected == 0:
         return None, None
-    sixths = hue_sixths(pixels, chroma_all)[mask]
     # hue / 60 degrees. In float32 the quotient of these small integers is within 1e-6 of the
     # true value, far less than the 1/255 that separates a non-integer 2 t / c from an integer,
     # so truncating 2 t / c gives the exact 30-degree bin.
-    sextant = sixths.astype(np.float32) / chroma_all[mask].astype(np.float32)
-    bins = np.bincount((2 * sextant).astype(np.intp), minlength=HUE_BINS)
+    sextant = hue_sixths(pixels).astype(np.float32)
+    sextant /= np.maximum(pixels.chroma, 1).astype(np.float32)
+    bins = (2 * sextant).astype(np.uint8)
+    bins += np.uint8(HUE_BINS) * ~mask  # the unselected pixels land beyond the hue bins
+    # One vectorised comparison per bin: a histogram loop (bincount, Pillow's) stalls on runs of
+    # equal values, which photographs are full of.
+    counts = [int(np.count_nonzero(bins == b)) for b in range(HUE_BINS)]
     # float32 sine and cosine (vectorised, several times faster than float64) summed in float64:
     # the mean direction is accurate to about 1e-4 degrees.
-    radians = sextant * np.float32(math.pi / 3)
-    sin_sum = float(np.sin(radians).sum(dtype=np.float64))
-    cos_sum = float(np.cos(radians).sum(dtype=np.float64))
+    radians = sextant
+    radians *= np.float32(math.pi / 3)
+    weights = mask.astype(np.float32)
+    sums = []
+    for function in (np.sin, np.cos):
+        terms = function(radians)
+        terms *= weights  # exact: a product with 0 or 1
+        sums.append(float(terms.sum(dtype=np.float64)))  # converted in small buffered blocks
+    sin_sum, cos_sum = sums
     if math.hypot(sin_sum, cos_sum) <= 1e-6 * selected:
         mean = None  # the hues cancel out: no mean direction
     else:
         mean = math.degrees(math.atan2(sin_sum, cos_sum)) % 360.0
-    return mean, (bins / selected).tolist()
+    return mean, [count / selected for count in counts[:HUE_BINS]]
 
 
 def colorfulness(pixels: Pixels) -> float:
@@ -447,69 +510,74 @@ def colorfulness(pixels: Pixels) -> float:
     red = pixels.red.astype(np.int16)
     green = pixels.green.astype(np.int16)
     rg = red - green
-    yb2 = red + green - 2 * pixels.blue.astype(np.int16)
-    count = rg.size
-    rg_mean = int(rg.sum(dtype=np.int64)) / count
-    yb_mean = int(yb2.sum(dtype=np.int64)) / (2 * count)
-    rg_var = _integer_variance(rg)
-    yb_var = _integer_variance(yb2) / 4
+    yb2 = red + green
+    yb2 -= 2 * pixels.blue.astype(np.int16)
+    count, rg_total, rg_squares = integer_moments(rg)
+    _, yb2_total, yb2_squares = integer_moments(yb2)
+    rg_mean = rg_total / count
+    yb_mean = yb2_total / (2 * count)
+    rg_var = _variance(count, rg_total, rg_squares)
+    yb_var = _variance(count, yb2_total, yb2_squares) / 4
     return math.sqrt(rg_var + yb_var) + 0.3 * math.sqrt(rg_mean**2 + yb_mean**2)
 
 
 def dominant_colors(pixels: Pixels) -> list[dict[str, object]]:
-    """The most populated cells of a 8x8x8 RGB grid, as mean colour (hex) and pixel share."""
+    """The most populated cells of a 8x8x8 RGB grid, as mean colour (hex) and pixel share.
+
+    Only the few winning cells need their colour sums: each is the cell's base level times its
+    count plus the sum of the low bits of its pixels (see :func:`_low_bit_sums`).
+    """
     shift = 8 - DOMINANT_BITS
-    cells = (((pixels.red >> shift).astype(np.uint16) << (2 * DOMINANT_BITS))
-             | ((pixels.green >> shift).astype(np.uint16) << DOMINANT_BITS)
-             | (pixels.blue >> shift))
-    counts, sums = _cell_counts_and_sums(cells, pixels, 1 << (3 * DOMINANT_BITS))
+    channels = (pixels.red, pixels.green, pixels.blue)
+    cells = (pixels.red >> shift).astype(np.uint16) << (2 * DOMINANT_BITS)
+    cells |= (pixels.green >> shift).astype(np.uint16) << DOMINANT_BITS
+    cells |= pixels.blue >> shift
+    counts = np.bincount(cells, minlength=1 << (3 * DOMINANT_BITS))
     # Stable sort on -count: ties go to the lower cell number, so the result is deterministic.
     top = [int(c) for c in np.argsort(-counts, kind="stable")[:DOMINANT_COLOURS] if counts[c] > 0]
+    low_sums = _low_bit_sums(cells, channels, top, shift)
+    mask = (1 << DOMINANT_BITS) - 1
     out: list[dict[str, object]] = []
-    for cell in top:
+    for cell, sums in zip(top, low_sums, strict=True):
         n = int(counts[cell])
+        levels = ((cell >> (2 * DOMINANT_BITS)) & mask, (cell >> DOMINANT_BITS) & mask, cell & mask)
         # Mean colour rounded half up, in integers: (2 sum + n) // (2 n).
-        colour = "#" + "".join(f"{(2 * int(s[cell]) + n) // (2 * n):02x}" for s in sums)
+        colour = "#" + "".join(f"{(2 * ((level << shift) * n + s) + n) // (2 * n):02x}"
+                               for level, s in zip(levels, sums, strict=True))
         out.append({"color": colour, "share": n / cells.size})
     return out
 
 
-def _cell_counts_and_sums(cells: NDArray[np.uint16], pixels: Pixels,
-                          length: int) -> tuple[NDArray[np.int64], tuple[NDArray[np.int64], ...]]:
-    """Exact pixel count and R, G, B sums per cell, in as few weighted bincounts as fit.
+def _low_bit_sums(cells: NDArray[np.uint16], channels: tuple[NDArray[np.uint8], ...],
+                  top: list[int], shift: int) -> list[list[int]]:
+    """Per chosen cell, the exact sum of each channel's low ``shift`` bits over its pixels.
 
-    A float64 weight holds two small integers exactly as ``high * 2**k + low`` when the per-cell
-    sum of ``low`` fits in ``k`` bits and the packed sum stays below 2**53. For a thumbnail the
-    count packs with blue and red with green, so two passes give all four; large images fall
-    back to one pass per quantity.
+    Computed as a float32 matrix-vector product of the low bits (one row per channel) with a
+    0/1 cell mask: every partial sum is an integer of at most ``(2**shift - 1) * pixels``, exact
+    in float32's 24-bit significand for up to half a million pixels; larger images use float64
+    (exact far beyond).
     """
-    count_bits = max(1, cells.size.bit_length())
-    sum_bits = max(1, (255 * cells.size).bit_length())
-
-    def split(weights: NDArray[np.float64], low_bits: int) -> tuple[NDArray[np.int64], ...]:
-        both = np.bincount(cells, weights=weights, minlength=length).astype(np.int64)
-        return both >> low_bits, both & ((1 << low_bits) - 1)
-
-    if count_bits + sum_bits <= 53 and 2 * sum_bits <= 53:
-        blue, counts = split(pixels.blue * float(1 << count_bits) + 1.0, count_bits)
-        red, green = split(pixels.red * float(1 << sum_bits) + pixels.green, sum_bits)
-        return counts, (red, green, blue)
-    counts = np.bincount(cells, minlength=length).astype(np.int64)
-    red, green, blue = (np.bincount(cells, weights=c, minlength=length).astype(np.int64)
-                        for c in (pixels.red, pixels.green, pixels.blue))
-    return counts, (red, green, blue)
+    exact = np.float32 if ((1 << shift) - 1) * cells.size < (1 << 24) else np.float64
+    low_bits = np.empty((len(channels), cells.size), dtype=exact)
+    for row, channel in zip(low_bits, channels, strict=True):
+        np.bitwise_and(channel, np.uint8((1 << shift) - 1), out=row, casting="unsafe")
+    return [[round(float(s)) for s in low_bits @ (cells == cell).astype(exact)] for cell in top]
 
 
 def colour(pixels: Pixels) -> Features:
-    high = pixels.high
-    chroma = high - pixels.low
-    saturation = np.divide(chroma, high, out=np.zeros(high.shape, dtype=np.float64),
-                           where=high > 0)
+    high, chroma = pixels.high, pixels.chroma
+    # S = chroma / max, 0 for black (where chroma is 0 too, so dividing by 1 gives it).
+    saturation = chroma.astype(np.float64)
+    saturation /= np.maximum(high, 1)
+    saturation_mean = float(saturation.mean())
+    # Population standard deviation from the deviations (no cancellation), summed by BLAS.
+    saturation -= saturation_mean
+    saturation_std = math.sqrt(float(saturation @ saturation) / saturation.size)
     hue_mean, hue_hist = hue_statistics(pixels)
     coloured = int(np.count_nonzero(chroma > GRAYSCALE_CHROMA))
     return {
-        "saturation_mean": float(saturation.mean()),
-        "saturation_std": float(saturation.std()),
+        "saturation_mean": saturation_mean,
+        "saturation_std": saturation_std,
         "value_mean": int(high.sum(dtype=np.int64)) / (high.size * 255),
         "hue_mean": hue_mean,
         "hue_hist": hue_hist,
@@ -523,11 +591,8 @@ def colour(pixels: Pixels) -> Features:
 
 
 def _bits_to_hex(bits: NDArray[np.bool_]) -> str:
-    """Row-major bits, first bit most significant, as 16 hex digits (imagehash's ``str``)."""
-    value = 0
-    for bit in bits.reshape(-1):
-        value = (value << 1) | int(bit)
-    return f"{value:0{bits.size // 4}x}"
+    """Row-major bits, first bit most significant, as hex digits (imagehash's ``str``)."""
+    return np.packbits(bits.reshape(-1)).tobytes().hex()
 
 
 @cache

@@ -140,23 +140,66 @@ MAX_MATRIX_PIXELS = 4_000_000
 image cost more memory than the speed-up is worth."""
 
 
+@lru_cache(maxsize=256)
+def stacked_weights(in_size: int, out_sizes: tuple[int, ...], resample: int) -> NDArray[np.float64]:
+    """The weight matrices of several reductions of one axis side by side, for one product."""
+    stacked = np.hstack([weights(in_size, out, resample) for out in out_sizes])
+    stacked.setflags(write=False)
+    return stacked
+
+
+def _first_passes(plane: NDArray[np.float64], sizes: list[tuple[int, int]], resample: int,
+                  axis: str) -> list[NDArray[np.float64]]:
+    """The first pass (``axis`` "h" or "v") of every resize in ``sizes``, as one matrix product.
+
+    Reading the plane once for all of them is what makes several reductions of one image cheap;
+    a resize that keeps that axis's size skips the pass, as Pillow does.
+    """
+    height, width = plane.shape
+    index = 1 if axis == "v" else 0
+    in_size = height if axis == "v" else width
+    changing = sorted({size[index] for size in sizes if size[index] != in_size})
+    if not changing:
+        return [plane for _ in sizes]
+    stacked = stacked_weights(in_size, tuple(changing), resample)
+    passed = _to_8bit(stacked.T @ plane if axis == "v" else plane @ stacked)
+    starts = dict(zip(changing, np.cumsum([0, *changing[:-1]]).tolist(), strict=True))
+    out = []
+    for size in sizes:
+        out_size = size[index]
+        if out_size == in_size:
+            out.append(plane)
+        elif axis == "v":
+            out.append(passed[starts[out_size]:starts[out_size] + out_size])
+        else:
+            out.append(passed[:, starts[out_size]:starts[out_size] + out_size])
+    return out
+
+
 def resize_gray_like_pillow(gray: NDArray[np.uint8], sizes: list[tuple[int, int]],
                             resample: int) -> list[NDArray[np.uint8]]:
     """``Image.fromarray(gray).resize(size, resample)`` for each size, as uint8 arrays.
 
     Equal to Pillow's output by construction: the matrix path is only taken in the pass order
-    the installed Pillow was seen to use for this exact resize.
+    the installed Pillow was seen to use for this exact resize. The first passes of all resizes
+    in the same order are done as one matrix product.
     """
     height, width = gray.shape
+    orders = [pillow_order(width, height, size, resample) if gray.size <= MAX_MATRIX_PIXELS
+              else None for size in sizes]
+    out: dict[int, NDArray[np.uint8]] = {}
     plane: NDArray[np.float64] | None = None
-    out = []
-    for size in sizes:
-        order = pillow_order(width, height, size, resample) if gray.size <= MAX_MATRIX_PIXELS \
-            else None
-        if order is None:
-            out.append(np.asarray(Image.fromarray(gray).resize(size, resample)))
+    for order in ("hv", "vh"):
+        chosen = [n for n, o in enumerate(orders) if o == order]
+        if not chosen:
             continue
         if plane is None:
             plane = gray.astype(np.float64)
-        out.append(resize_plane(plane, size, resample, order).astype(np.uint8))
-    return out
+        group = [sizes[n] for n in chosen]
+        for n, size, first in zip(chosen, group,
+                                  _first_passes(plane, group, resample, order[0]), strict=True):
+            out[n] = resize_plane(first, size, resample, order[1]).astype(np.uint8)
+    for n, order in enumerate(orders):
+        if order is None:
+            out[n] = np.asarray(Image.fromarray(gray).resize(sizes[n], resample))
+    return [out[n] for n in range(len(sizes))]
