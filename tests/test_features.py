@@ -15,13 +15,14 @@ import PIL
 import pyarrow as pa
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageStat
 from thumbfeat.features import (
     FEATURE_COLUMNS,
     FEATURE_VERSION,
     WORKING_SIZE,
     Pixels,
     compute_features,
+    histogram_variance,
     hue_sixths,
     order_statistics,
     prepare,
@@ -662,3 +663,14 @@ def test_dominant_colours_equal_a_per_cell_loop(seed: int) -> None:
         expected.append({"color": "#" + "".join(f"{v:02x}" for v in mean),
                          "share": counts[cell] / len(cells)})
     assert features_of(Image.fromarray(rgb.reshape(50, 60, 3)))["dominant_colors"] == expected
+
+
+def test_histogram_variance_is_the_same_float_as_imagestat() -> None:
+    rng = np.random.default_rng(12)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 64), dtype=np.uint8)),
+              Image.fromarray((rng.random((48, 64)) < 0.1).astype(np.uint8) * 255),
+              Image.new("L", (64, 48), 77)]
+    images += [checkerboard(64, 3).filter(ImageFilter.FIND_EDGES)]
+    for image in images:
+        histogram = np.asarray(image.histogram(), dtype=np.int64)
+        assert histogram_variance(histogram) == ImageStat.Stat(image).var[0]

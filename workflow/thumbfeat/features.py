@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageFilter, ImageStat
+from PIL import Image, ImageFilter
 from PIL import __version__ as PILLOW_VERSION
 
 from thumbfeat.imaging import DecodedImage
@@ -649,8 +649,19 @@ def cleanvision_blurriness(rgb_image: Image.Image) -> tuple[float, float]:
                                       max(int(rgb_image.height // ratio), 1)))
     gray = rgb_image.convert("L")
     edges = gray.filter(ImageFilter.FIND_EDGES)
-    blurriness = math.sqrt(ImageStat.Stat(edges).var[0])
-    return blurriness, float(np.std(np.asarray(gray.histogram(), dtype=np.float64)))
+    return (math.sqrt(histogram_variance(np.asarray(edges.histogram(), dtype=np.int64))),
+            float(np.std(np.asarray(gray.histogram(), dtype=np.float64))))
+
+
+def histogram_variance(histogram: NDArray[np.int64]) -> float:
+    """Variance of the levels counted in a 256-bin histogram, computed as Pillow's
+    ``ImageStat.Stat(image).var`` does (exact integer sums, then ``(Σx² - (Σx)² / n) / n``),
+    so the result is the same float, without ImageStat's per-bin Python loops."""
+    levels = np.arange(histogram.size, dtype=np.int64)
+    count = int(histogram.sum())
+    total = int(histogram @ levels)
+    squares = int(histogram @ (levels * levels))
+    return (squares - total**2 / count) / count if count else 0.0
 
 
 def blurry_score(blurriness: float, histogram_std: float) -> float:
