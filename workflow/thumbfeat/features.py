@@ -38,9 +38,8 @@ integer type that holds them exactly, select formulas by multiplying with 0/1 ma
 ``np.where``, count small value ranges by comparisons rather than histogram loops (which stall on
 the runs of equal values photographs are full of), and select order statistics rather than sort.
 
-Bump :data:`FEATURE_VERSION` whenever any
-definition or the working-size rule changes, so rows computed under old definitions can be
-recognised.
+Bump :data:`FEATURE_VERSION` whenever any definition or the working-size rule changes, so rows
+computed under old definitions can be recognised.
 """
 
 from __future__ import annotations
