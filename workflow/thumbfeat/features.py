@@ -49,14 +49,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from functools import cache, cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 from PIL import __version__ as PILLOW_VERSION
 
+from thumbfeat import kernels
 from thumbfeat.imaging import DecodedImage
 from thumbfeat.resample import resize_gray_like_pillow
 from thumbfeat.runtime import tune_for_measuring
@@ -146,9 +147,6 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 Features = dict[str, Any]
 
 _WHITE_RGBA = (255, 255, 255, 255)
-# HSP weights scaled to integers: 241 R² + 691 G² + 68 B² is exact in int32 (at most 65,025,000)
-# and orders pixels exactly as the float brightness does.
-_HSP_WEIGHTS = (241, 691, 68)
 # Brightness of a pixel = sqrt(weighted sum) * _HSP_SCALE = sqrt(w / 1000) / 255.
 _HSP_SCALE = 1.0 / (255.0 * math.sqrt(1000.0))
 
@@ -209,14 +207,39 @@ def to_working_size(gray: Image.Image) -> Image.Image:
     return gray.resize(size, Image.Resampling.BOX)
 
 
+class PixelSums(NamedTuple):
+    """What the one compiled pass over the RGB pixels gathers (see :func:`kernels.pixel_sums`)."""
+
+    weighted: NDArray[np.int32]
+    buckets: NDArray[np.int64]
+    integers: NDArray[np.int64]
+    floats: NDArray[np.float64]
+    hue_bins: NDArray[np.int64]
+    cells: NDArray[np.int64]
+    top_cells: NDArray[np.int64]
+    top_cell_sums: NDArray[np.int64]
+
+
+_VALUE_LOW = math.floor(HUE_VALUE_RANGE[0] * 255) + 1  # V > 0.15  <=>  max >= 39
+_VALUE_HIGH = math.ceil(HUE_VALUE_RANGE[1] * 255) - 1  # V < 0.95  <=>  max <= 242
+_SATURATION_DIVISOR = round(1 / HUE_MIN_SATURATION)  # S > 0.2  <=>  chroma > max // 5
+
+
+def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8],
+               blue: NDArray[np.uint8]) -> PixelSums:
+    """Run the compiled light and colour pass with this module's thresholds."""
+    return PixelSums(*kernels.pixel_sums(
+        red, green, blue, kernels.hue_fraction_table(), _VALUE_LOW, _VALUE_HIGH,
+        _SATURATION_DIVISOR, GRAYSCALE_CHROMA, DOMINANT_BITS, DOMINANT_COLOURS))
+
+
 @dataclass(frozen=True)
 class Pixels:
     """The prepared views every measure reads: built once per image, never modified.
 
-    ``red``/``green``/``blue`` are flat uint8 channel copies (contiguous, so every pass over them
-    is a fast linear scan); ``high``/``low`` are the per-pixel max and min of the three and
-    ``chroma`` their difference (HSV's ``V`` and ``S`` numerator), all still 8-bit, since the
-    colour measures below need nothing wider until they sum.
+    ``red``/``green``/``blue`` are flat uint8 channel copies (Pillow's ``split``, contiguous),
+    which the compiled pass reads one element per channel at a time; ``sums`` is what that pass
+    gathers for the light and colour measures.
     """
 
     rgb_image: Image.Image
@@ -225,37 +248,36 @@ class Pixels:
     red: NDArray[np.uint8]
     green: NDArray[np.uint8]
     blue: NDArray[np.uint8]
-    high: NDArray[np.uint8]
-    low: NDArray[np.uint8]
-    chroma: NDArray[np.uint8]
     gray: NDArray[np.uint8]
     gray_histogram: NDArray[np.int64]
     working: NDArray[np.uint8]
+    sums: PixelSums
+
+    @cached_property
+    def chroma(self) -> NDArray[np.uint8]:
+        """Per pixel max(R, G, B) - min(R, G, B), flat (for checks; the measures use ``sums``)."""
+        return np.ptp(self.rgb.reshape(-1, 3), axis=1).astype(np.uint8)
 
 
 def prepare(decoded: DecodedImage) -> Pixels:
-    """Flatten to RGB on white and derive the shared grey image, channels and histogram."""
+    """Flatten to RGB on white, derive the shared grey image, channels and histogram, and run the
+    compiled pass over the RGB pixels."""
     rgb_image = to_rgb_on_white(decoded.image)
-    rgb = np.asarray(rgb_image)
-    red, green, blue = (np.ascontiguousarray(rgb[..., c]).reshape(-1) for c in range(3))
-    high = np.maximum(np.maximum(red, green), blue)
-    low = np.minimum(np.minimum(red, green), blue)
+    red, green, blue = (np.asarray(band).reshape(-1) for band in rgb_image.split())
     gray_image = rgb_image.convert("L")
     gray = np.asarray(gray_image)
     working_image = to_working_size(gray_image)
     return Pixels(
         rgb_image=rgb_image,
         gray_image=gray_image,
-        rgb=rgb,
+        rgb=np.asarray(rgb_image),
         red=red,
         green=green,
         blue=blue,
-        high=high,
-        low=low,
-        chroma=high - low,
         gray=gray,
         gray_histogram=np.asarray(gray_image.histogram(), dtype=np.int64),
         working=gray if working_image is gray_image else np.asarray(working_image),
+        sums=pixel_sums(red, green, blue),
     )
 
 
@@ -286,48 +308,27 @@ def geometry(pixels: Pixels, decoded: DecodedImage, data: bytes) -> Features:
 # --- light ---------------------------------------------------------------------------------
 
 
-def hsp_weighted_squares(red: NDArray[np.uint8], green: NDArray[np.uint8],
-                         blue: NDArray[np.uint8]) -> NDArray[np.int32]:
-    """Per pixel ``241 R² + 691 G² + 68 B²``: 1000 x the HSP brightness squared, exactly.
-
-    Plain int32 arithmetic (vectorised multiplies) beats three table lookups, whose uint8
-    indices numpy would first widen to 64 bits.
-    """
-    total = np.zeros(red.shape, dtype=np.int32)
-    for channel, weight in zip((red, green, blue), _HSP_WEIGHTS, strict=True):
-        squared = channel.astype(np.int32)
-        squared *= squared
-        squared *= weight
-        total += squared
-    return total
-
-
 def order_statistics(values: NDArray[np.int32], rank: int) -> tuple[int, int]:
-    """The values of rank ``rank`` and ``rank + 1`` (0-based, clipped to the last) in sorted order.
-
-    A selection (``np.partition``, linear time) instead of a full sort: after it, every value
-    right of ``rank`` is at least the one at ``rank``, so the next rank is their minimum.
-    """
-    parted = np.partition(values, rank)
-    at = int(parted[rank])
-    after = int(parted[rank + 1:].min()) if rank + 1 < parted.size else at
-    return at, after
+    """The values of rank ``rank`` and ``rank + 1`` (0-based, clipped to the last) in sorted order,
+    of non-negative int32 ``values``: a bucket count, then a sort of one bucket only."""
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    at, after = kernels.ranked_pair(values, kernels.bucket_counts(values), rank)
+    return int(at), int(after)
 
 
-def brightness_percentiles(weighted: NDArray[np.int32],
+def brightness_percentiles(weighted: NDArray[np.int32], buckets: NDArray[np.int64],
                            percents: tuple[float, ...]) -> list[float]:
     """Percentiles of per-pixel HSP brightness with numpy's default linear interpolation.
 
     Brightness is monotonic in the integer weighted square, so only the two order statistics
     around each percentile's position are selected on the integers and turned into brightness.
     """
-    flat = weighted.reshape(-1)
-    last = flat.size - 1
+    last = weighted.size - 1
     out = []
     for percent in percents:
         position = percent / 100 * last
         below = math.floor(position)
-        low_square, high_square = order_statistics(flat, below)
+        low_square, high_square = kernels.ranked_pair(weighted, buckets, below)
         low = math.sqrt(low_square) * _HSP_SCALE
         high = math.sqrt(high_square) * _HSP_SCALE
         out.append(low + (high - low) * (position - below))
@@ -336,9 +337,9 @@ def brightness_percentiles(weighted: NDArray[np.int32],
 
 def light(pixels: Pixels) -> Features:
     """HSP brightness: mean, 5th and 99th percentiles, each in 0..1."""
-    weighted = hsp_weighted_squares(pixels.red, pixels.green, pixels.blue)
-    mean = float(np.sqrt(weighted, dtype=np.float64).mean()) * _HSP_SCALE
-    p05, p99 = brightness_percentiles(weighted, (5.0, 99.0))
+    sums = pixels.sums
+    mean = float(sums.floats[0]) / sums.weighted.size * _HSP_SCALE
+    p05, p99 = brightness_percentiles(sums.weighted, sums.buckets, (5.0, 99.0))
     return {
         "brightness_mean": min(1.0, max(0.0, mean)),
         "brightness_p05": min(1.0, max(0.0, p05)),
@@ -366,24 +367,19 @@ def entropy_bits(histogram: NDArray[np.int64]) -> float:
     return float(-(probabilities * np.log2(probabilities)).sum()) + 0.0
 
 
-def integer_moments(values: NDArray[Any]) -> tuple[int, int, int]:
-    """Count, sum and sum of squares of integer values, exactly.
-
-    The values are small integers, so in float64 every square and every partial sum of squares
-    is an exact integer below 2**53: the dot product (BLAS) is exact and faster than int64 sums.
-    """
-    flat = values.reshape(-1).astype(np.float64)
-    return flat.size, int(flat.sum()), int(flat @ flat)
-
-
 def _variance(count: int, total: int, squares: int) -> float:
     # Python integers: count * squares can exceed 2**53.
     return (count * squares - total * total) / (count * count)
 
 
-def _integer_variance(values: NDArray[Any]) -> float:
-    """Population variance of integer values from exact sums."""
-    return _variance(*integer_moments(values))
+def _has_interior(gray: NDArray[np.uint8]) -> bool:
+    return gray.ndim == 2 and gray.shape[0] >= 3 and gray.shape[1] >= 3
+
+
+def _detail_sums(gray: NDArray[np.uint8], threshold: float) -> tuple[int, int, int, int]:
+    # The Sobel sums are integers: "magnitude > threshold" equals "gx² + gy² > floor(threshold²)".
+    return kernels.detail_sums(np.ascontiguousarray(gray, dtype=np.uint8),
+                               math.floor(threshold * threshold))
 
 
 def laplacian_variance(gray: NDArray[np.uint8]) -> float:
@@ -391,138 +387,76 @@ def laplacian_variance(gray: NDArray[np.uint8]) -> float:
 
     A standard focus measure: blur removes the high-frequency energy the Laplacian responds to.
     """
-    if gray.ndim != 2 or gray.shape[0] < 3 or gray.shape[1] < 3:
+    if not _has_interior(gray):
         return 0.0
-    g = gray.astype(np.int16)
-    laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
-    return _integer_variance(laplacian)
+    count, total, squares, _ = _detail_sums(gray, EDGE_THRESHOLD)
+    return _variance(count, total, squares)
 
 
 def sobel_edge_density(gray: NDArray[np.uint8], threshold: float = EDGE_THRESHOLD) -> float:
-    """Share of valid (interior) pixels whose Sobel gradient magnitude exceeds ``threshold``.
-
-    Exact in 16-bit integers: the gradients lie within +-1020, and each is clipped to
-    ``cap = floor(threshold) + 1`` before squaring. A clipped component exceeds the threshold on
-    its own, before and after clipping, and unclipped ones are exact, so
-    ``min(|gx|, cap)² + min(|gy|, cap)² > threshold²`` decides exactly as the true magnitude does,
-    with no square root and no sum above 2 cap².
-    """
-    if gray.ndim != 2 or gray.shape[0] < 3 or gray.shape[1] < 3:
+    """Share of valid (interior) pixels whose Sobel gradient magnitude exceeds ``threshold``,
+    decided exactly on the integer ``gx² + gy²`` (no square root)."""
+    if not _has_interior(gray):
         return 0.0
-    cap = math.floor(threshold) + 1
-    wide = np.int16 if 2 * cap * cap <= np.iinfo(np.int16).max else np.int32
-    g = gray.astype(wide)
-    smoothed_vertically = g[:-2] + 2 * g[1:-1] + g[2:]
-    gx = smoothed_vertically[:, 2:] - smoothed_vertically[:, :-2]
-    diff_vertically = g[2:] - g[:-2]
-    gy = diff_vertically[:, :-2] + 2 * diff_vertically[:, 1:-1] + diff_vertically[:, 2:]
-    total = np.zeros(gx.shape, dtype=wide)
-    for component in (gx, gy):
-        clipped = np.minimum(np.abs(component), wide(cap))
-        clipped *= clipped
-        total += clipped
-    # The sums are integers: "> threshold²" equals "> floor(threshold²)".
-    strong = total > wide(math.floor(threshold * threshold))
-    return int(np.count_nonzero(strong)) / strong.size
+    count, _, _, strong = _detail_sums(gray, threshold)
+    return strong / count
 
 
 def contrast_and_detail(pixels: Pixels) -> Features:
+    sharpness = edge_density = 0.0
+    if _has_interior(pixels.working):
+        count, total, squares, strong = _detail_sums(pixels.working, EDGE_THRESHOLD)
+        sharpness, edge_density = _variance(count, total, squares), strong / count
     return {
         "contrast_rms": contrast_rms(pixels.gray_histogram),
         "entropy": entropy_bits(pixels.gray_histogram),
-        "sharpness": laplacian_variance(pixels.working),
-        "edge_density": sobel_edge_density(pixels.working),
+        "sharpness": sharpness,
+        "edge_density": edge_density,
     }
 
 
 # --- colour --------------------------------------------------------------------------------
 
 
-def hue_sixths(pixels: Pixels) -> NDArray[np.int16]:
-    """HSV hue of every pixel as the integer ``t = hue_degrees * chroma / 60`` (0 <= t < 6 chroma).
+def hue_sixths(pixels: Pixels) -> NDArray[np.int32]:
+    """HSV hue of every pixel as the integer ``t = hue_degrees * chroma / 60`` (0 <= t < 6 chroma;
+    0 where chroma is 0), computed as the compiled pass does."""
+    return kernels.hue_numerators(pixels.red, pixels.green, pixels.blue)
 
-    Keeping hue as an exact integer numerator makes the 30-degree histogram bins exact. Pixels
-    with chroma 0 get 0 here and must be left out by the caller. Every pixel takes the formula
-    of the first channel (red, green, blue) holding its maximum, as HSV defines. The formulas
-    are chosen by multiplying with 0/1 masks: selecting with ``np.where`` branches per pixel and
-    is several times slower on photographs, whose maximum channel changes from pixel to pixel.
+
+def hue_statistics(sums: PixelSums) -> tuple[float | None, list[float] | None]:
+    """Circular mean hue (degrees) and 12-bin hue shares over clearly coloured pixels
+    (S > 0.2 and 0.15 < V < 0.95, decided in 8-bit integers by the compiled pass).
+
+    The pass sums the cosine and sine of each pixel's angle within its 60-degree sextant, per
+    sextant; rotating those sums by the sextant's angle gives the sums over whole angles.
     """
-    red, green, blue = (c.astype(np.int16) for c in (pixels.red, pixels.green, pixels.blue))
-    chroma = pixels.chroma.astype(np.int16)
-    from_red = pixels.high == pixels.red
-    from_green = pixels.high == pixels.green
-    from_green &= ~from_red
-    from_blue = ~(from_red | from_green)
-    sixths = (green - blue) * from_red
-    sixths += (blue - red + 2 * chroma) * from_green
-    sixths += (red - green + 4 * chroma) * from_blue
-    sixths += 6 * chroma * (sixths < 0)  # only a red maximum gives a negative numerator
-    return sixths
-
-
-def clearly_coloured(pixels: Pixels) -> NDArray[np.bool_]:
-    """The pixels with a reliable hue: S > 0.2 and 0.15 < V < 0.95, decided in 8-bit integers."""
-    value_low = math.floor(HUE_VALUE_RANGE[0] * 255) + 1  # V > 0.15  <=>  max >= 39
-    value_high = math.ceil(HUE_VALUE_RANGE[1] * 255) - 1  # V < 0.95  <=>  max <= 242
-    # Unsigned subtraction wraps values below value_low round to the top, so one comparison
-    # tests both ends of the range.
-    in_range = (pixels.high - np.uint8(value_low)) <= np.uint8(value_high - value_low)
-    # S > 0.2  <=>  5 chroma > max  <=>  chroma > max // 5 (integers).
-    saturated = pixels.chroma > pixels.high // np.uint8(round(1 / HUE_MIN_SATURATION))
-    return in_range & saturated
-
-
-def hue_statistics(pixels: Pixels) -> tuple[float | None, list[float] | None]:
-    """Circular mean hue (degrees) and 12-bin hue shares over clearly coloured pixels.
-
-    Computed over all pixels at once (the unselected ones get weight 0 and a bin past the last),
-    which is cheaper than gathering the selected pixels first.
-    """
-    mask = clearly_coloured(pixels)
-    selected = int(np.count_nonzero(mask))
+    selected = int(sums.integers[kernels.HUE_SELECTED])
     if selected == 0:
         return None, None
-    # hue / 60 degrees. In float32 the quotient of these small integers is within 1e-6 of the
-    # true value, far less than the 1/255 that separates a non-integer 2 t / c from an integer,
-    # so truncating 2 t / c gives the exact 30-degree bin.
-    sextant = hue_sixths(pixels).astype(np.float32)
-    sextant /= np.maximum(pixels.chroma, 1).astype(np.float32)
-    bins = (2 * sextant).astype(np.uint8)
-    bins += np.uint8(HUE_BINS) * ~mask  # the unselected pixels land beyond the hue bins
-    # One vectorised comparison per bin: a histogram loop (bincount, Pillow's) stalls on runs of
-    # equal values, which photographs are full of.
-    counts = [int(np.count_nonzero(bins == b)) for b in range(HUE_BINS)]
-    # float32 sine and cosine (vectorised, several times faster than float64) summed in float64:
-    # the mean direction is accurate to about 1e-4 degrees.
-    radians = sextant
-    radians *= np.float32(math.pi / 3)
-    weights = mask.astype(np.float32)
-    sums = []
-    for function in (np.sin, np.cos):
-        terms = function(radians)
-        terms *= weights  # exact: a product with 0 or 1
-        sums.append(float(terms.sum(dtype=np.float64)))  # converted in small buffered blocks
-    sin_sum, cos_sum = sums
+    sin_sum = cos_sum = 0.0
+    for sextant in range(kernels.SEXTANTS):
+        cos_part, sin_part = sums.floats[3 + 2 * sextant], sums.floats[4 + 2 * sextant]
+        turn = sextant * math.pi / 3
+        cos_sum += cos_part * math.cos(turn) - sin_part * math.sin(turn)
+        sin_sum += sin_part * math.cos(turn) + cos_part * math.sin(turn)
     if math.hypot(sin_sum, cos_sum) <= 1e-6 * selected:
         mean = None  # the hues cancel out: no mean direction
     else:
         mean = math.degrees(math.atan2(sin_sum, cos_sum)) % 360.0
-    return mean, [count / selected for count in counts[:HUE_BINS]]
+    return mean, [int(count) / selected for count in sums.hue_bins]
 
 
-def colorfulness(pixels: Pixels) -> float:
+def colorfulness(sums: PixelSums) -> float:
     """Hasler and Süsstrunk (2003): sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²).
 
     rg = R - G and yb = (R + G)/2 - B, signed (the published formula, without absolute values).
     Moments come from exact integer sums of rg and 2 yb.
     """
-    red = pixels.red.astype(np.int16)
-    green = pixels.green.astype(np.int16)
-    rg = red - green
-    yb2 = red + green
-    yb2 -= 2 * pixels.blue.astype(np.int16)
-    count, rg_total, rg_squares = integer_moments(rg)
-    _, yb2_total, yb2_squares = integer_moments(yb2)
+    count = sums.weighted.size
+    rg_total, rg_squares, yb2_total, yb2_squares = (
+        int(sums.integers[index]) for index in
+        (kernels.RG_SUM, kernels.RG_SQUARES, kernels.YB2_SUM, kernels.YB2_SQUARES))
     rg_mean = rg_total / count
     yb_mean = yb2_total / (2 * count)
     rg_var = _variance(count, rg_total, rg_squares)
@@ -530,69 +464,36 @@ def colorfulness(pixels: Pixels) -> float:
     return math.sqrt(rg_var + yb_var) + 0.3 * math.sqrt(rg_mean**2 + yb_mean**2)
 
 
-def dominant_colors(pixels: Pixels) -> list[dict[str, object]]:
+def dominant_colors(sums: PixelSums) -> list[dict[str, object]]:
     """The most populated cells of a 8x8x8 RGB grid, as mean colour (hex) and pixel share.
 
-    Only the few winning cells need their colour sums: each is the cell's base level times its
-    count plus the sum of the low bits of its pixels (see :func:`_low_bit_sums`).
+    Ties go to the lower cell number, so the result is deterministic.
     """
-    shift = 8 - DOMINANT_BITS
-    channels = (pixels.red, pixels.green, pixels.blue)
-    cells = (pixels.red >> shift).astype(np.uint16) << (2 * DOMINANT_BITS)
-    cells |= (pixels.green >> shift).astype(np.uint16) << DOMINANT_BITS
-    cells |= pixels.blue >> shift
-    counts = np.bincount(cells, minlength=1 << (3 * DOMINANT_BITS))
-    # Stable sort on -count: ties go to the lower cell number, so the result is deterministic.
-    top = [int(c) for c in np.argsort(-counts, kind="stable")[:DOMINANT_COLOURS] if counts[c] > 0]
-    low_sums = _low_bit_sums(cells, channels, top, shift)
-    mask = (1 << DOMINANT_BITS) - 1
     out: list[dict[str, object]] = []
-    for cell, sums in zip(top, low_sums, strict=True):
-        n = int(counts[cell])
-        levels = ((cell >> (2 * DOMINANT_BITS)) & mask, (cell >> DOMINANT_BITS) & mask, cell & mask)
+    for cell, cell_sums in zip(sums.top_cells, sums.top_cell_sums, strict=True):
+        n = int(sums.cells[cell])
+        if n == 0:
+            break
         # Mean colour rounded half up, in integers: (2 sum + n) // (2 n).
-        colour = "#" + "".join(f"{(2 * ((level << shift) * n + s) + n) // (2 * n):02x}"
-                               for level, s in zip(levels, sums, strict=True))
-        out.append({"color": colour, "share": n / cells.size})
+        colour = "#" + "".join(f"{(2 * int(s) + n) // (2 * n):02x}" for s in cell_sums)
+        out.append({"color": colour, "share": n / sums.weighted.size})
     return out
 
 
-def _low_bit_sums(cells: NDArray[np.uint16], channels: tuple[NDArray[np.uint8], ...],
-                  top: list[int], shift: int) -> list[list[int]]:
-    """Per chosen cell, the exact sum of each channel's low ``shift`` bits over its pixels.
-
-    Computed as a float32 matrix-vector product of the low bits (one row per channel) with a
-    0/1 cell mask: every partial sum is an integer of at most ``(2**shift - 1) * pixels``, exact
-    in float32's 24-bit significand for up to half a million pixels; larger images use float64
-    (exact far beyond).
-    """
-    exact = np.float32 if ((1 << shift) - 1) * cells.size < (1 << 24) else np.float64
-    low_bits = np.empty((len(channels), cells.size), dtype=exact)
-    for row, channel in zip(low_bits, channels, strict=True):
-        np.bitwise_and(channel, np.uint8((1 << shift) - 1), out=row, casting="unsafe")
-    return [[round(float(s)) for s in low_bits @ (cells == cell).astype(exact)] for cell in top]
-
-
 def colour(pixels: Pixels) -> Features:
-    high, chroma = pixels.high, pixels.chroma
-    # S = chroma / max, 0 for black (where chroma is 0 too, so dividing by 1 gives it).
-    saturation = chroma.astype(np.float64)
-    saturation /= np.maximum(high, 1)
-    saturation_mean = float(saturation.mean())
-    # Population standard deviation from the deviations (no cancellation), summed by BLAS.
-    saturation -= saturation_mean
-    saturation_std = math.sqrt(float(saturation @ saturation) / saturation.size)
-    hue_mean, hue_hist = hue_statistics(pixels)
-    coloured = int(np.count_nonzero(chroma > GRAYSCALE_CHROMA))
+    sums = pixels.sums
+    count = sums.weighted.size
+    hue_mean, hue_hist = hue_statistics(sums)
     return {
-        "saturation_mean": saturation_mean,
-        "saturation_std": saturation_std,
-        "value_mean": int(high.sum(dtype=np.int64)) / (high.size * 255),
+        "saturation_mean": float(sums.floats[1]),
+        "saturation_std": float(sums.floats[2]),
+        "value_mean": int(sums.integers[kernels.VALUE_SUM]) / (count * 255),
         "hue_mean": hue_mean,
         "hue_hist": hue_hist,
-        "colorfulness": colorfulness(pixels),
-        "is_grayscale_content": coloured <= GRAYSCALE_MAX_COLOURED_SHARE * chroma.size,
-        "dominant_colors": dominant_colors(pixels),
+        "colorfulness": colorfulness(sums),
+        "is_grayscale_content": int(sums.integers[kernels.COLOURED])
+        <= GRAYSCALE_MAX_COLOURED_SHARE * count,
+        "dominant_colors": dominant_colors(sums),
     }
 
 
