@@ -229,7 +229,7 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8],
                blue: NDArray[np.uint8]) -> PixelSums:
     """Run the compiled light and colour pass with this module's thresholds."""
     return PixelSums(*kernels.pixel_sums(
-        red, green, blue, kernels.hue_fraction_table(), _VALUE_LOW, _VALUE_HIGH,
+        red, green, blue, _VALUE_LOW, _VALUE_HIGH,
         _SATURATION_DIVISOR, GRAYSCALE_CHROMA, DOMINANT_BITS, DOMINANT_COLOURS))
 
 
@@ -428,18 +428,13 @@ def hue_statistics(sums: PixelSums) -> tuple[float | None, list[float] | None]:
     """Circular mean hue (degrees) and 12-bin hue shares over clearly coloured pixels
     (S > 0.2 and 0.15 < V < 0.95, decided in 8-bit integers by the compiled pass).
 
-    The pass sums the cosine and sine of each pixel's angle within its 60-degree sextant, per
-    sextant; rotating those sums by the sextant's angle gives the sums over whole angles.
+    The bins are exact (integer hue numerators); the mean direction comes from the float64 sums
+    of the angles' cosines and sines.
     """
     selected = int(sums.integers[kernels.HUE_SELECTED])
     if selected == 0:
         return None, None
-    sin_sum = cos_sum = 0.0
-    for sextant in range(kernels.SEXTANTS):
-        cos_part, sin_part = sums.floats[3 + 2 * sextant], sums.floats[4 + 2 * sextant]
-        turn = sextant * math.pi / 3
-        cos_sum += cos_part * math.cos(turn) - sin_part * math.sin(turn)
-        sin_sum += sin_part * math.cos(turn) + cos_part * math.sin(turn)
+    cos_sum, sin_sum = float(sums.floats[3]), float(sums.floats[4])
     if math.hypot(sin_sum, cos_sum) <= 1e-6 * selected:
         mean = None  # the hues cancel out: no mean direction
     else:

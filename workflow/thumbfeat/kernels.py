@@ -21,7 +21,6 @@ set of argument types each: callers pass C-contiguous arrays of the documented d
 from __future__ import annotations
 
 import math
-from functools import cache
 
 import numpy as np
 from numba import njit
@@ -36,6 +35,12 @@ BUCKET_SHIFT = 12
 the HSP squares), then sort only the values of the one bucket holding the wanted rank."""
 
 SEXTANTS = 6
+
+# Taylor coefficients of sine (x, x³, ... x¹¹) and cosine (1, x², ... x¹²): on |x| <= pi/6 the
+# first omitted terms are below 4e-14 and 2e-15.
+_SIN = tuple((-1) ** j / math.factorial(2 * j + 1) for j in range(6))
+_COS = tuple((-1) ** j / math.factorial(2 * j) for j in range(7))
+_HALF_ROOT3 = math.sqrt(3) / 2
 
 # Layout of the integer results of :func:`pixel_sums`.
 VALUE_SUM = 0  # sum of max(R, G, B)
@@ -85,9 +90,6 @@ def hue_numerators(red: NDArray[np.uint8], green: NDArray[np.uint8],
     return out
 
 
-FRACTION_ROWS = 255 * 256 // 2
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _saturation(red: int, green: int, blue: int) -> float:
     """HSV saturation ``(max - min) / max``, 0 for black."""
@@ -95,25 +97,66 @@ def _saturation(red: int, green: int, blue: int) -> float:
     return (high - min(red, green, blue)) / np.float64(max(high, 1))
 
 
-@cache
-def hue_fraction_table() -> NDArray[np.float64]:
-    """Cosine and sine of ``(pi / 3) * r / c`` for every chroma ``c`` (1..255) and ``r < c``.
+@njit(cache=True, nogil=True, inline="always")
+def _hue_direction(sextant: int, remainder: int, chroma: int) -> tuple[float, float]:
+    """Cosine and sine of the hue angle ``(sextant + remainder / chroma) * 60`` degrees.
 
-    Row ``c (c - 1) / 2 + r``. Summing these per hue sextant and rotating each sextant's sums by
-    its multiple of 60 degrees at the end gives the sums of the hue's cosine and sine, without a
-    sine per pixel (32,640 rows, half a megabyte).
+    The angle is written as the sextant's centre ``(sextant + 1/2) * 60`` plus an offset ``x``
+    within +-30 degrees, whose sine and cosine are short polynomials (no table look-up, no
+    branch, so several pixels go through at once); the centre's cosine and sine are one of a
+    few constants, picked by 0/1 factors.
     """
-    chroma = np.repeat(np.arange(1, 256), np.arange(1, 256))
-    remainder = np.arange(chroma.size) - chroma * (chroma - 1) // 2
-    angle = (math.pi / 3) * (remainder / chroma)
-    table = np.ascontiguousarray(np.stack([np.cos(angle), np.sin(angle)], axis=1))
-    table.setflags(write=False)
-    return table
+    x = (math.pi / 3) * (remainder / np.float64(max(chroma, 1))) - math.pi / 6
+    xx = x * x
+    sin_x = x * (_SIN[0] + xx * (_SIN[1] + xx * (_SIN[2] + xx * (_SIN[3] + xx * (
+        _SIN[4] + xx * _SIN[5])))))
+    cos_x = _COS[0] + xx * (_COS[1] + xx * (_COS[2] + xx * (_COS[3] + xx * (_COS[4] + xx * (
+        _COS[5] + xx * _COS[6])))))
+    in_0, in_1, in_2 = np.float64(sextant == 0), np.float64(sextant == 1), np.float64(sextant == 2)
+    in_3, in_4, in_5 = np.float64(sextant == 3), np.float64(sextant == 4), np.float64(sextant == 5)
+    # Centres at 30, 90, ..., 330 degrees.
+    centre_cos = _HALF_ROOT3 * (in_0 - in_2 - in_3 + in_5)
+    centre_sin = 0.5 * (in_0 + in_2 - in_3 - in_5) + (in_1 - in_4)
+    return (centre_cos * cos_x - centre_sin * sin_x, centre_sin * cos_x + centre_cos * sin_x)
+
+
+@njit(cache=True, nogil=True)
+def _counts(values: NDArray[np.integer], shift: int, size: int) -> NDArray[np.int64]:
+    """How many ``values`` fall in each bucket ``value >> shift`` (0..size-1).
+
+    Alternate values go to two separate tables: photographs hold long runs of equal values,
+    and incrementing one counter again and again waits for each previous increment.
+    """
+    tables = np.zeros((2, size), np.int64)
+    pairs = values.size // 2
+    for i in range(pairs):
+        tables[0, values[2 * i] >> shift] += 1
+        tables[1, values[2 * i + 1] >> shift] += 1
+    if values.size % 2:
+        tables[0, values[-1] >> shift] += 1
+    return tables[0] + tables[1]
+
+
+@njit(cache=True, nogil=True)
+def _member_sums(cell_of: NDArray[np.int32], red: NDArray[np.uint8], green: NDArray[np.uint8],
+                 blue: NDArray[np.uint8], wanted: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Per wanted cell, the R, G, B sums of the pixels in it (one branch-free pass each)."""
+    out = np.zeros((wanted.size, 3), np.int64)
+    for rank in range(wanted.size):
+        cell = np.int32(wanted[rank])
+        red_sum = green_sum = blue_sum = 0
+        for i in range(cell_of.size):
+            member = np.int32(cell_of[i] == cell)
+            red_sum += member * np.int32(red[i])
+            green_sum += member * np.int32(green[i])
+            blue_sum += member * np.int32(blue[i])
+        out[rank, 0], out[rank, 1], out[rank, 2] = red_sum, green_sum, blue_sum
+    return out
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[np.uint8],
-               fractions: NDArray[np.float64], value_low: int, value_high: int,
+               value_low: int, value_high: int,
                saturation_divisor: int, grey_chroma: int, cell_bits: int, top_cells: int
                ) -> tuple[NDArray[np.int32], NDArray[np.int64], NDArray[np.int64],
                           NDArray[np.float64], NDArray[np.int64], NDArray[np.int64],
@@ -126,9 +169,9 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     * ``buckets``: the :func:`bucket_counts` of ``weighted``;
     * ``sums``: the integer sums at the indices named above;
     * ``floats``: the sum of ``sqrt(weighted)``, the mean and standard deviation of
-      saturation ``chroma / max`` (0 for black), then per hue sextant the sums of the fraction
-      table's cosine and sine over the pixels with a reliable hue (``max`` within
-      ``value_low..value_high`` and ``chroma > max // saturation_divisor``);
+      saturation ``chroma / max`` (0 for black), then the sums of the hue angle's cosine and
+      sine over the pixels with a reliable hue (``max`` within ``value_low..value_high`` and
+      ``chroma > max // saturation_divisor``, decided as ``chroma * saturation_divisor > max``);
     * ``hue_bins``: those pixels' counts per 30-degree bin;
     * ``cells``: pixel counts of the colour cells (``cell_bits`` high bits per channel);
     * ``top``: the ``top_cells`` most populated cells, most populated first (ties to the lower
@@ -141,12 +184,12 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     n = red.size
     weighted = np.empty(n, np.int32)
     cell_of = np.empty(n, np.int32)
-    hue_code = np.empty(n, np.int32)
+    hue_bin = np.empty(n, np.uint8)
     shift = 8 - cell_bits
     # Saturation is summed as the offset from the first pixel's, so that a constant colour gives
     # exactly its own saturation and a standard deviation of exactly 0.
     first = _saturation(np.int32(red[0]), np.int32(green[0]), np.int32(blue[0]))
-    roots = saturation = 0.0
+    roots = saturation = hue_cos = hue_sin = 0.0
     value_sum = coloured = rg_sum = rg_squares = yb2_sum = yb2_squares = selected = 0
     for i in range(n):
         r, g, b = np.int32(red[i]), np.int32(green[i]), np.int32(blue[i])
@@ -169,10 +212,12 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         reliable = (np.int32(value_low <= high) * np.int32(high <= value_high)
                     * np.int32(chroma * saturation_divisor > high))
         selected += reliable
-        # 30-degree bin in the low 4 bits (12 = no reliable hue), table row and sextant above.
-        code = (((sextant * FRACTION_ROWS + chroma * (chroma - 1) // 2 + remainder) << 4)
-                | (2 * sextant + np.int32(2 * remainder >= chroma)))
-        hue_code[i] = reliable * code + (1 - reliable) * 12
+        # Bin 12: no reliable hue.
+        hue_bin[i] = reliable * (2 * sextant + np.int32(2 * remainder >= chroma)) + (
+            1 - reliable) * 12
+        direction_cos, direction_sin = _hue_direction(sextant, remainder, chroma)
+        hue_cos += reliable * direction_cos
+        hue_sin += reliable * direction_sin
     saturation_mean = first + saturation / n
     deviations = 0.0
     for i in range(n):
@@ -180,35 +225,11 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         gap -= saturation_mean
         deviations += gap * gap
 
-    buckets = np.zeros((65_025_000 >> BUCKET_SHIFT) + 1, np.int64)
-    cells = np.zeros(1 << (3 * cell_bits), np.int64)
-    hue_bins = np.zeros(2 * SEXTANTS + 1, np.int64)
-    floats = np.zeros(3 + 2 * SEXTANTS, np.float64)
-    for i in range(n):
-        buckets[weighted[i] >> BUCKET_SHIFT] += 1
-        cells[cell_of[i]] += 1
-        code = hue_code[i]
-        hue_bins[code & 15] += 1
-        if code != 12:
-            place = code >> 4
-            sextant = place // FRACTION_ROWS
-            row = place - sextant * FRACTION_ROWS
-            floats[3 + 2 * sextant] += fractions[row, 0]
-            floats[4 + 2 * sextant] += fractions[row, 1]
-
+    buckets = _counts(weighted, BUCKET_SHIFT, (65_025_000 >> BUCKET_SHIFT) + 1)
+    cells = _counts(cell_of, 0, 1 << (3 * cell_bits))
+    hue_bins = _counts(hue_bin, 0, 2 * SEXTANTS + 1)
     top = np.argsort(-cells, kind="mergesort")[:top_cells]
-    cell_sums = np.zeros((top.size, 3), np.int64)
-    for rank in range(top.size):
-        wanted = top[rank]
-        if cells[wanted] == 0:
-            continue
-        r_sum = g_sum = b_sum = 0
-        for i in range(n):
-            member = np.int32(cell_of[i] == wanted)
-            r_sum += member * np.int32(red[i])
-            g_sum += member * np.int32(green[i])
-            b_sum += member * np.int32(blue[i])
-        cell_sums[rank, 0], cell_sums[rank, 1], cell_sums[rank, 2] = r_sum, g_sum, b_sum
+    cell_sums = _member_sums(cell_of, red, green, blue, top)
 
     sums = np.zeros(INTEGER_SUMS, np.int64)
     sums[VALUE_SUM] = value_sum
@@ -218,9 +239,7 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     sums[YB2_SUM] = yb2_sum
     sums[YB2_SQUARES] = yb2_squares
     sums[HUE_SELECTED] = selected
-    floats[0] = roots
-    floats[1] = saturation_mean
-    floats[2] = math.sqrt(deviations / n)
+    floats = np.array([roots, saturation_mean, math.sqrt(deviations / n), hue_cos, hue_sin])
     return weighted, buckets, sums, floats, hue_bins[:2 * SEXTANTS], cells, top, cell_sums
 
 
