@@ -545,13 +545,23 @@ def hashes(pixels: Pixels) -> Features:
 # --- flags (CleanVision's definitions and default thresholds) ------------------------------
 
 
-def cleanvision_blurriness(rgb_image: Image.Image) -> tuple[float, float]:
+def cleanvision_blurriness(pixels: Pixels) -> tuple[float, float]:
     """CleanVision's raw blur inputs: sqrt(var(FIND_EDGES)) and std of the 256-bin histogram,
-    on the image shrunk (Pillow's default ``resize`` filter) to at most 64 px per side."""
+    on the image shrunk (Pillow's default ``resize`` filter, bicubic) to at most 64 px per side.
+
+    Pillow resizes each channel of an RGB image with the same 8-bit arithmetic as a greyscale
+    image, so the channels are shrunk one by one as :mod:`thumbfeat.resample` does (equal to
+    Pillow's result, and several times faster).
+    """
+    rgb_image = pixels.rgb_image
     ratio = max(rgb_image.width, rgb_image.height) / BLURRY_MAX_RESOLUTION
     if ratio > 1:
-        rgb_image = rgb_image.resize((max(int(rgb_image.width // ratio), 1),
-                                      max(int(rgb_image.height // ratio), 1)))
+        size = (max(int(rgb_image.width // ratio), 1), max(int(rgb_image.height // ratio), 1))
+        shape = (rgb_image.height, rgb_image.width)
+        channels = [resize_gray_like_pillow(channel.reshape(shape), [size],
+                                            Image.Resampling.BICUBIC)[0]
+                    for channel in (pixels.red, pixels.green, pixels.blue)]
+        rgb_image = Image.fromarray(np.dstack(channels), "RGB")
     gray = rgb_image.convert("L")
     edges = gray.filter(ImageFilter.FIND_EDGES)
     return (math.sqrt(histogram_variance(np.asarray(edges.histogram(), dtype=np.int64))),
@@ -584,7 +594,7 @@ def flags(pixels: Pixels, found: Features) -> Features:
     return {
         "is_dark": found["brightness_p99"] < DARK_THRESHOLD,
         "is_light": 1 - found["brightness_p05"] < LIGHT_THRESHOLD,
-        "is_blurry": blurry_score(*cleanvision_blurriness(pixels.rgb_image)) < BLURRY_THRESHOLD,
+        "is_blurry": blurry_score(*cleanvision_blurriness(pixels)) < BLURRY_THRESHOLD,
         "is_low_information": min(1.0, LOW_INFORMATION_NORMALIZING * rgb_entropy)
         < LOW_INFORMATION_THRESHOLD,
         "is_odd_aspect_ratio": min(width / height, height / width) < ODD_ASPECT_THRESHOLD,

@@ -315,3 +315,31 @@ def detail_sums(gray: NDArray[np.uint8], strong_above: int) -> tuple[int, int, i
             if gx * gx + gy * gy > strong_above:
                 strong += 1
     return (height - 2) * (width - 2), total, squares, strong
+
+
+@njit(cache=True, nogil=True)
+def combine_rows(source: NDArray[np.uint8], starts: NDArray[np.int64],
+                 coefficients: NDArray[np.int32], precision_bits: int) -> NDArray[np.uint8]:
+    """One pass of Pillow's 8-bit convolution resize, along the first axis of ``source``.
+
+    Output row ``m`` is ``(2**(p-1) + sum_k coefficients[m, k] * source[starts[m] + k]) >> p``
+    clipped to 0..255, per element, with ``p = precision_bits`` and int32 sums as in Pillow
+    (zero coefficients pad short windows and are skipped). Whole rows are combined at a time,
+    so the compiler processes many elements per instruction; a horizontal pass is done on the
+    transposed image.
+    """
+    rows, length = coefficients.shape[0], source.shape[1]
+    out = np.empty((rows, length), np.uint8)
+    sums = np.empty(length, np.int32)
+    for row in range(rows):
+        sums[:] = np.int32(1 << (precision_bits - 1))
+        for tap in range(coefficients.shape[1]):
+            weight = coefficients[row, tap]
+            if weight == 0:
+                continue
+            line = source[starts[row] + tap]
+            for j in range(length):
+                sums[j] += weight * np.int32(line[j])
+        for j in range(length):
+            out[row, j] = min(max(sums[j] >> precision_bits, 0), 255)
+    return out

@@ -30,8 +30,9 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from thumbfeat.kernels import combine_rows
+
 _PRECISION_BITS = 22
-_HALF = float(1 << (_PRECISION_BITS - 1))
 _ONE = float(1 << _PRECISION_BITS)
 
 
@@ -96,23 +97,59 @@ def weights(in_size: int, out_size: int, resample: int) -> NDArray[np.float64]:
     return matrix
 
 
-def _to_8bit(sums: NDArray[np.float64]) -> NDArray[np.float64]:
-    return np.clip(np.floor((sums + _HALF) / _ONE), 0.0, 255.0)
+@lru_cache(maxsize=512)
+def taps(in_size: int, out_size: int, resample: int) -> tuple[NDArray[np.int64], NDArray[np.int32]]:
+    """:func:`weights` as windows: per output, the first source index and the integer weights
+    from there on (rows padded with zeros to the widest window)."""
+    matrix = weights(in_size, out_size, resample)
+    starts = np.zeros(out_size, dtype=np.int64)
+    windows = []
+    for out in range(out_size):
+        used = np.flatnonzero(matrix[:, out])
+        first, stop = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
+        starts[out] = first
+        windows.append(matrix[first:stop, out])
+    coefficients = np.zeros((out_size, max(1, *(w.size for w in windows))), dtype=np.int32)
+    for out, window in enumerate(windows):
+        coefficients[out, :window.size] = window
+    starts.setflags(write=False)
+    coefficients.setflags(write=False)
+    return starts, coefficients
 
 
-def resize_plane(plane: NDArray[np.float64], size: tuple[int, int], resample: int,
-                 order: str = "hv") -> NDArray[np.float64]:
-    """Resize one 8-bit plane (given as float64) to ``size`` = (width, height).
+def _pass(source: NDArray[np.uint8], in_size: int, out_size: int,
+          resample: int) -> NDArray[np.uint8]:
+    """Resize along the first axis of ``source`` (see :func:`kernels.combine_rows`)."""
+    starts, coefficients = taps(in_size, out_size, resample)
+    return combine_rows(source, starts, coefficients, _PRECISION_BITS)
 
-    ``order`` is ``"hv"`` (horizontal pass first, Pillow's classic order) or ``"vh"``.
+
+def _transposed(plane: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    return np.ascontiguousarray(plane.T)
+
+
+def resize_plane(plane: NDArray[np.uint8], size: tuple[int, int], resample: int,
+                 order: str = "hv", transposed: NDArray[np.uint8] | None = None
+                 ) -> NDArray[np.uint8]:
+    """Resize one 8-bit plane to ``size`` = (width, height), as Pillow does.
+
+    ``order`` is ``"hv"`` (horizontal pass first, Pillow's classic order) or ``"vh"``. A pass
+    whose size does not change is skipped, as in Pillow. ``transposed`` may hold
+    ``plane.T`` (contiguous) when several sizes are made from one plane.
     """
     height, width = plane.shape
     out_width, out_height = size
-    for axis in order:
-        if axis == "h" and out_width != width:
-            plane = _to_8bit(plane @ weights(width, out_width, resample))
-        elif axis == "v" and out_height != height:
-            plane = _to_8bit(weights(height, out_height, resample).T @ plane)
+    if order == "hv":
+        if out_width != width:
+            across = transposed if transposed is not None else _transposed(plane)
+            plane = _transposed(_pass(across, width, out_width, resample))
+        if out_height != height:
+            plane = _pass(np.ascontiguousarray(plane), height, out_height, resample)
+        return plane
+    if out_height != height:
+        plane = _pass(np.ascontiguousarray(plane), height, out_height, resample)
+    if out_width != width:
+        plane = _transposed(_pass(_transposed(plane), width, out_width, resample))
     return plane
 
 
@@ -128,78 +165,36 @@ def pillow_order(width: int, height: int, size: tuple[int, int], resample: int) 
     rng = np.random.default_rng([width, height, *size, resample])
     probe = rng.integers(0, 256, (height, width), dtype=np.uint8)
     expected = np.asarray(Image.fromarray(probe).resize(size, resample))
-    plane = probe.astype(np.float64)
     for order in ("hv", "vh"):
-        if np.array_equal(resize_plane(plane, size, resample, order), expected):
+        if np.array_equal(resize_plane(probe, size, resample, order), expected):
             return order
     return None
 
 
 MAX_MATRIX_PIXELS = 4_000_000
-"""Larger images are resized by Pillow itself: the dense weights and float64 copy of a very large
-image cost more memory than the speed-up is worth."""
-
-
-@lru_cache(maxsize=256)
-def stacked_weights(in_size: int, out_sizes: tuple[int, ...], resample: int) -> NDArray[np.float64]:
-    """The weight matrices of several reductions of one axis side by side, for one product."""
-    stacked = np.hstack([weights(in_size, out, resample) for out in out_sizes])
-    stacked.setflags(write=False)
-    return stacked
-
-
-def _first_passes(plane: NDArray[np.float64], sizes: list[tuple[int, int]], resample: int,
-                  axis: str) -> list[NDArray[np.float64]]:
-    """The first pass (``axis`` "h" or "v") of every resize in ``sizes``, as one matrix product.
-
-    Reading the plane once for all of them is what makes several reductions of one image cheap;
-    a resize that keeps that axis's size skips the pass, as Pillow does.
-    """
-    height, width = plane.shape
-    index = 1 if axis == "v" else 0
-    in_size = height if axis == "v" else width
-    changing = sorted({size[index] for size in sizes if size[index] != in_size})
-    if not changing:
-        return [plane for _ in sizes]
-    stacked = stacked_weights(in_size, tuple(changing), resample)
-    passed = _to_8bit(stacked.T @ plane if axis == "v" else plane @ stacked)
-    starts = dict(zip(changing, np.cumsum([0, *changing[:-1]]).tolist(), strict=True))
-    out = []
-    for size in sizes:
-        out_size = size[index]
-        if out_size == in_size:
-            out.append(plane)
-        elif axis == "v":
-            out.append(passed[starts[out_size]:starts[out_size] + out_size])
-        else:
-            out.append(passed[:, starts[out_size]:starts[out_size] + out_size])
-    return out
+"""Larger images are resized by Pillow itself: the probe that confirms the pass order costs as
+much as a resize, and large images are rare here."""
 
 
 def resize_gray_like_pillow(gray: NDArray[np.uint8], sizes: list[tuple[int, int]],
                             resample: int) -> list[NDArray[np.uint8]]:
     """``Image.fromarray(gray).resize(size, resample)`` for each size, as uint8 arrays.
 
-    Equal to Pillow's output by construction: the matrix path is only taken in the pass order
-    the installed Pillow was seen to use for this exact resize. The first passes of all resizes
-    in the same order are done as one matrix product.
+    Equal to Pillow's output by construction: the compiled path is only taken in the pass order
+    the installed Pillow was seen to use for this exact resize. Resizes going horizontally first
+    share one transposed copy of the plane.
     """
     height, width = gray.shape
-    orders = [pillow_order(width, height, size, resample) if gray.size <= MAX_MATRIX_PIXELS
-              else None for size in sizes]
-    out: dict[int, NDArray[np.uint8]] = {}
-    plane: NDArray[np.float64] | None = None
-    for order in ("hv", "vh"):
-        chosen = [n for n, o in enumerate(orders) if o == order]
-        if not chosen:
-            continue
-        if plane is None:
-            plane = gray.astype(np.float64)
-        group = [sizes[n] for n in chosen]
-        for n, size, first in zip(chosen, group,
-                                  _first_passes(plane, group, resample, order[0]), strict=True):
-            out[n] = resize_plane(first, size, resample, order[1]).astype(np.uint8)
-    for n, order in enumerate(orders):
+    gray = np.ascontiguousarray(gray, dtype=np.uint8)
+    transposed = None
+    out = []
+    for size in sizes:
+        order = (pillow_order(width, height, size, resample) if gray.size <= MAX_MATRIX_PIXELS
+                 else None)
         if order is None:
-            out[n] = np.asarray(Image.fromarray(gray).resize(sizes[n], resample))
-    return [out[n] for n in range(len(sizes))]
+            out.append(np.asarray(Image.fromarray(gray).resize(size, resample)))
+            continue
+        if order == "hv" and size[0] != width and transposed is None:
+            transposed = _transposed(gray)
+        out.append(resize_plane(gray, size, resample, order, transposed))
+    return out
