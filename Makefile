@@ -12,6 +12,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/thumbfeat warm
 	touch $@
 
 run: $(VENV)/.installed

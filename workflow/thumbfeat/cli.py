@@ -108,8 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = commands.add_parser("path", help="print where an image's files are")
     where.add_argument("image_id")
     where.add_argument("--results", default="results")
+    commands.add_parser("warm", help="compile the feature kernels now (done once per machine; "
+                                     "batch jobs then load them)")
     args = parser.parse_args(argv)
-    if args.command == "status":
+    if args.command == "warm":
+        from thumbfeat.features import warm_kernels
+
+        print(f"feature kernels ready in {warm_kernels():.1f} s")
+    elif args.command == "status":
         spec = (CatalogSpec(args.catalog, args.id_column, args.url_column,
                             table=args.catalog_table)
                 if args.catalog is not None else None)

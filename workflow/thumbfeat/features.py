@@ -620,6 +620,20 @@ MEASURES: tuple[tuple[str, Measure], ...] = (
 brightness percentiles). The benchmark times each one separately."""
 
 
+def warm_kernels() -> float:
+    """Measure one small synthetic image so that every compiled kernel is built (or loaded from
+    the cache of compiled code); returns the seconds it took.
+
+    The first process on a machine pays the compilation (several seconds) and stores the result;
+    ``thumbfeat warm`` does this at install time so that batch jobs only load it.
+    """
+    started = time.perf_counter()
+    ramp = np.arange(96 * 80 * 3, dtype=np.uint32).reshape(80, 96, 3) * 2654435761 % 256
+    image = Image.fromarray(ramp.astype(np.uint8), "RGB")
+    compute_features(DecodedImage(image=image, format="PNG", source_mode="RGB"), b"")
+    return time.perf_counter() - started
+
+
 def compute_features(decoded: DecodedImage, data: bytes, *,
                      timings: dict[str, float] | None = None,
                      clock: Callable[[], float] = time.perf_counter) -> Features:

@@ -138,15 +138,17 @@ def _counts(values: NDArray[np.integer], shift: int, size: int) -> NDArray[np.in
 
 
 @njit(cache=True, nogil=True)
-def _member_sums(cell_of: NDArray[np.int32], red: NDArray[np.uint8], green: NDArray[np.uint8],
-                 blue: NDArray[np.uint8], wanted: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Per wanted cell, the R, G, B sums of the pixels in it (one branch-free pass each)."""
+def _member_sums(cell_of: NDArray[np.int32], cell_mask: int, red: NDArray[np.uint8],
+                 green: NDArray[np.uint8], blue: NDArray[np.uint8],
+                 wanted: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Per wanted cell, the R, G, B sums of the pixels whose ``cell_of & cell_mask`` is that cell
+    (one branch-free pass each)."""
     out = np.zeros((wanted.size, 3), np.int64)
     for rank in range(wanted.size):
         cell = np.int32(wanted[rank])
         red_sum = green_sum = blue_sum = 0
         for i in range(cell_of.size):
-            member = np.int32(cell_of[i] == cell)
+            member = np.int32(cell_of[i] & cell_mask == cell)
             red_sum += member * np.int32(red[i])
             green_sum += member * np.int32(green[i])
             blue_sum += member * np.int32(blue[i])
@@ -184,7 +186,6 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     n = red.size
     weighted = np.empty(n, np.int32)
     cell_of = np.empty(n, np.int32)
-    hue_bin = np.empty(n, np.uint8)
     shift = 8 - cell_bits
     # Saturation is summed as the offset from the first pixel's, so that a constant colour gives
     # exactly its own saturation and a standard deviation of exactly 0.
@@ -207,14 +208,16 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         rg_squares += rg * rg
         yb2_sum += yb2
         yb2_squares += yb2 * yb2
-        cell_of[i] = ((r >> shift) << (2 * cell_bits)) | ((g >> shift) << cell_bits) | (b >> shift)
         sextant, remainder = _hue_parts(r, g, b, high, chroma)
         reliable = (np.int32(value_low <= high) * np.int32(high <= value_high)
                     * np.int32(chroma * saturation_divisor > high))
         selected += reliable
         # Bin 12: no reliable hue.
-        hue_bin[i] = reliable * (2 * sextant + np.int32(2 * remainder >= chroma)) + (
-            1 - reliable) * 12
+        hue_bin = reliable * (2 * sextant + np.int32(2 * remainder >= chroma)) + (
+            1 - reliable) * 2 * SEXTANTS
+        # The colour cell in the low bits, the hue bin above: one count gives both tallies.
+        cell_of[i] = (hue_bin << (3 * cell_bits)) | ((r >> shift) << (2 * cell_bits)) | (
+            (g >> shift) << cell_bits) | (b >> shift)
         direction_cos, direction_sin = _hue_direction(sextant, remainder, chroma)
         hue_cos += reliable * direction_cos
         hue_sin += reliable * direction_sin
@@ -226,10 +229,13 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         deviations += gap * gap
 
     buckets = _counts(weighted, BUCKET_SHIFT, (65_025_000 >> BUCKET_SHIFT) + 1)
-    cells = _counts(cell_of, 0, 1 << (3 * cell_bits))
-    hue_bins = _counts(hue_bin, 0, 2 * SEXTANTS + 1)
+    cell_count = 1 << (3 * cell_bits)
+    tallies = _counts(cell_of, 0, (2 * SEXTANTS + 1) * cell_count).reshape(
+        2 * SEXTANTS + 1, cell_count)
+    cells = tallies.sum(axis=0)
+    hue_bins = tallies.sum(axis=1)
     top = np.argsort(-cells, kind="mergesort")[:top_cells]
-    cell_sums = _member_sums(cell_of, red, green, blue, top)
+    cell_sums = _member_sums(cell_of, cell_count - 1, red, green, blue, top)
 
     sums = np.zeros(INTEGER_SUMS, np.int64)
     sums[VALUE_SUM] = value_sum
