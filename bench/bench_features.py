@@ -24,9 +24,11 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import io  # noqa: E402
 import math  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import types  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -85,6 +87,29 @@ def features_at(revision: str) -> types.ModuleType:
                                    f"{revision}:{PACKAGE}/features.py")
     finally:
         sys.modules["thumbfeat.resample"] = installed
+
+
+FIRST_CALL = """
+import time
+started = time.perf_counter()
+from thumbfeat.features import warm_kernels
+warm_kernels()
+print(time.perf_counter() - started)
+"""
+
+
+def first_call(cache_dir: str | None) -> tuple[float, float]:
+    """Wall and CPU seconds of importing the feature code and measuring one image in a fresh
+    process: with the compiled kernels' usual cache, or compiling into an empty ``cache_dir``."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "workflow")}
+    if cache_dir is not None:
+        environment["NUMBA_CACHE_DIR"] = cache_dir
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run([sys.executable, "-c", FIRST_CALL], cwd=ROOT, env=environment,
+                            check=True, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return float(result.stdout.split()[-1]), cpu
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -185,14 +210,18 @@ def main() -> None:
             samples.append(time.perf_counter() - started)
         decode_ms.append(statistics.median(samples) * 1000)
 
+    first_call(None)  # fills the usual cache if it was empty
+    with tempfile.TemporaryDirectory() as empty:
+        first_calls = {"cached": first_call(None), "compiling": first_call(empty)}
     lines = section(args, implementations, timings, decode_ms, worst,
-                    (load_before, load_after), len(decoded))
+                    (load_before, load_after), len(decoded), first_calls)
     publish(args.report, lines)
 
 
 def section(args: argparse.Namespace, implementations: dict[str, types.ModuleType],
             timings: Timings, decode_ms: list[float], worst: dict[str, float],
-            loads: tuple[tuple[float, ...], tuple[float, ...]], images: int) -> list[str]:
+            loads: tuple[tuple[float, ...], tuple[float, ...]], images: int,
+            first_calls: dict[str, tuple[float, float]]) -> list[str]:
     labels = list(implementations)
     header = "| step |"
     rule = "| --- |"
@@ -238,12 +267,21 @@ def section(args: argparse.Namespace, implementations: dict[str, types.ModuleTyp
         f"For scale, decoding one of these JPEGs (not part of the feature set) takes "
         f"{statistics.median(decode_ms):.2f} ms (wall median).",
         "",
-        "Steps: `prepare` flattens to RGB and derives the grey image, channels, max, min and "
-        "histogram; `geometry` includes both SHA-256 digests; `light` the HSP brightness and "
-        "percentiles; `contrast_detail` contrast, entropy, Laplacian and Sobel; `colour` HSV, "
-        "hue, colourfulness, greyscale test and dominant colours; `hashes` the three Lanczos "
-        "reductions and aHash, dHash, pHash; `flags` the CleanVision flags (its own 64 px "
-        "reduction); `provenance` the library versions.",
+        "First call in a fresh process (importing the feature code and measuring one small "
+        "image; not in the table): {:.2f} s wall, {:.2f} s CPU with the compiled kernels in "
+        "their cache (once per batch job: its measuring processes are forked after it); "
+        "{:.1f} s wall, {:.1f} s CPU compiling them into an empty cache (once per machine, "
+        "at install time with `thumbfeat warm`).".format(*first_calls["cached"],
+                                                           *first_calls["compiling"]),
+        "",
+        "Steps: `prepare` flattens to RGB and derives the grey image, channels and histogram "
+        "(in the after column it also runs the compiled pass that gathers every light and "
+        "colour sum, so `light` and `colour` are left with selecting percentiles and "
+        "arithmetic on sums); `geometry` includes both SHA-256 digests; `light` the HSP "
+        "brightness and percentiles; `contrast_detail` contrast, entropy, Laplacian and Sobel; "
+        "`colour` HSV, hue, colourfulness, greyscale test and dominant colours; `hashes` the "
+        "three Lanczos reductions and aHash, dHash, pHash; `flags` the CleanVision flags (its "
+        "own 64 px reduction); `provenance` the library versions.",
         "",
     ]
     if args.before:

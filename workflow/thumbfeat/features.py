@@ -31,12 +31,12 @@ Integer sums are used wherever a measure is a mean or variance of integer-valued
 results are exact and independent of summation order (``docs/feature-table.md`` lists the few
 floating-point columns and their tolerances).
 
-Speed: a thumbnail is measured in about a hundred whole-image numpy passes, each costing a few
-microseconds per 100,000 pixels when it streams 8- or 16-bit integers and several times more when
-it writes float64 temporaries or branches per pixel. So the measures keep pixels in the narrowest
-integer type that holds them exactly, select formulas by multiplying with 0/1 masks rather than
-``np.where``, count small value ranges by comparisons rather than histogram loops (which stall on
-the runs of equal values photographs are full of), and select order statistics rather than sort.
+Speed: written as numpy expressions, the measures took about a hundred whole-image passes, each
+writing a temporary array. Instead, :mod:`thumbfeat.kernels` gathers the inputs of the light and
+colour measures in one compiled pass over the RGB channels (while preparing the pixels), the
+Laplacian and Sobel sums in one pass over the grey image, and does Pillow's resizes for the
+hashes and the blur flag as compiled row combinations; what remains here turns sums, counts and
+small tables into columns.
 
 Bump :data:`FEATURE_VERSION` whenever any definition or the working-size rule changes, so rows
 computed under old definitions can be recognised.

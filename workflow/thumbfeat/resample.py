@@ -1,11 +1,11 @@
-"""Pillow's 8-bit convolution resize, reproduced bit for bit as matrix products.
+"""Pillow's 8-bit convolution resize, reproduced bit for bit by compiled loops.
 
 The image hashes must equal those of the ``imagehash`` package, which shrinks images with Pillow's
 ``resize(..., LANCZOS)``, and the blurry flag follows CleanVision, which shrinks with Pillow's
 default ``BICUBIC``. Pillow does each of those reductions as a scalar loop over every source pixel
-(about 0.25 ms per reduction of a 320x240 image); expressing the same arithmetic as a matrix
-product lets BLAS do it several times faster, and three reductions of one image share the
-conversion of its pixels.
+(about 0.25 ms per reduction of a 320x240 image). Here each pass adds whole rows of pixels times
+one weight at a time (:func:`thumbfeat.kernels.combine_rows`), which the compiler turns into
+instructions handling many pixels at once; a horizontal pass runs on the transposed image.
 
 Pillow's algorithm (``libImaging/Resample.c``), followed exactly:
 
@@ -16,8 +16,7 @@ Pillow's algorithm (``libImaging/Resample.c``), followed exactly:
   ``(2**21 + sum(pixel * weight)) >> 22`` clipped to 0..255, so the intermediate image is 8-bit;
 * a pass whose size does not change is skipped.
 
-Integer weights times 8-bit pixels, summed over a few hundred source pixels, stay far below 2**53,
-so float64 matrix products compute these sums exactly.
+The sums are int32, as in Pillow.
 """
 
 from __future__ import annotations
