@@ -127,14 +127,27 @@ def _counts(values: NDArray[np.integer], shift: int, size: int) -> NDArray[np.in
     Alternate values go to two separate tables: photographs hold long runs of equal values,
     and incrementing one counter again and again waits for each previous increment.
     """
-    tables = np.zeros((2, size), np.int64)
+    tables = np.zeros((2, size), np.int32)  # a count per pixel at most: int32 is ample
     pairs = values.size // 2
     for i in range(pairs):
         tables[0, values[2 * i] >> shift] += 1
         tables[1, values[2 * i + 1] >> shift] += 1
     if values.size % 2:
         tables[0, values[-1] >> shift] += 1
-    return tables[0] + tables[1]
+    return tables[0].astype(np.int64) + tables[1]
+
+
+@njit(cache=True, nogil=True)
+def _largest(counts: NDArray[np.int64], wanted: int) -> NDArray[np.int64]:
+    """Indices of the ``wanted`` largest counts, largest first, ties to the lower index."""
+    chosen = np.full(min(wanted, counts.size), -1, np.int64)
+    for rank in range(chosen.size):
+        best = -1
+        for index in range(counts.size):
+            if (best < 0 or counts[index] > counts[best]) and index not in chosen[:rank]:
+                best = index
+        chosen[rank] = best
+    return chosen
 
 
 @njit(cache=True, nogil=True)
@@ -232,9 +245,13 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     cell_count = 1 << (3 * cell_bits)
     tallies = _counts(cell_of, 0, (2 * SEXTANTS + 1) * cell_count).reshape(
         2 * SEXTANTS + 1, cell_count)
-    cells = tallies.sum(axis=0)
-    hue_bins = tallies.sum(axis=1)
-    top = np.argsort(-cells, kind="mergesort")[:top_cells]
+    cells = np.zeros(cell_count, np.int64)
+    hue_bins = np.zeros(2 * SEXTANTS + 1, np.int64)
+    for hue in range(2 * SEXTANTS + 1):
+        for cell in range(cell_count):
+            cells[cell] += tallies[hue, cell]
+            hue_bins[hue] += tallies[hue, cell]
+    top = _largest(cells, top_cells)
     cell_sums = _member_sums(cell_of, cell_count - 1, red, green, blue, top)
 
     sums = np.zeros(INTEGER_SUMS, np.int64)
