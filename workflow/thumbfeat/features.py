@@ -237,8 +237,8 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8],
 class Pixels:
     """The prepared views every measure reads: built once per image, never modified.
 
-    ``red``/``green``/``blue`` are flat uint8 channel copies (Pillow's ``split``, contiguous),
-    which the compiled pass reads one element per channel at a time; ``sums`` is what that pass
+    ``red``/``green``/``blue`` are flat uint8 channel copies (contiguous), which the compiled
+    pass reads one element per channel at a time; ``sums`` is what that pass
     gathers for the light and colour measures.
     """
 
@@ -263,14 +263,15 @@ def prepare(decoded: DecodedImage) -> Pixels:
     """Flatten to RGB on white, derive the shared grey image, channels and histogram, and run the
     compiled pass over the RGB pixels."""
     rgb_image = to_rgb_on_white(decoded.image)
-    red, green, blue = (np.asarray(band).reshape(-1) for band in rgb_image.split())
+    rgb = np.ascontiguousarray(np.asarray(rgb_image))
+    red, green, blue = kernels.split_channels(rgb)
     gray_image = rgb_image.convert("L")
     gray = np.asarray(gray_image)
     working_image = to_working_size(gray_image)
     return Pixels(
         rgb_image=rgb_image,
         gray_image=gray_image,
-        rgb=np.asarray(rgb_image),
+        rgb=rgb,
         red=red,
         green=green,
         blue=blue,
