@@ -1,21 +1,25 @@
-"""Compiled per-pixel loops for the feature set: one pass over the RGB pixels, one over the grey.
+"""Compiled per-pixel loops for the feature set (numba compiles them to machine code).
 
-Written as numpy expressions, the light and colour measures take about a hundred whole-image
-passes, each writing a temporary array; here each pixel is read once and every measure's inputs
-are accumulated together (numba compiles these loops to machine code). The loops only gather
-sums, counts and small tables; :mod:`thumbfeat.features` turns them into columns.
+Written as numpy expressions, the light and colour measures took about a hundred whole-image
+passes, each writing a temporary array; here one pass over the RGB channels accumulates every
+measure's inputs together, followed by a few counting passes over small per-pixel codes. Another
+pass gathers the Laplacian and Sobel sums of the grey image, and :func:`combine_rows` does the
+passes of Pillow's resize for :mod:`thumbfeat.resample`. The loops only gather sums, counts and
+small tables; :mod:`thumbfeat.features` turns them into columns.
 
 Exactness: every accumulator that the column definitions require to be exact is an integer
 (counts, sums and sums of squares of integer pixel values), so it does not depend on the order in
-which pixels are visited. Only two sums are floating point: the square roots behind
-``brightness_mean`` (summed per image row, then the row sums added, which keeps the rounding error
-near ``(width + height) * 2**-53`` relative) and the hue direction's sines and cosines.
+which pixels are visited. The floating-point sums (square roots for ``brightness_mean``,
+saturation, the hue direction's cosines and sines) may be added in any order the compiler likes
+(``fastmath={"reassoc"}``, which lets it add several pixels per instruction); they stay within
+the tolerances of ``docs/feature-table.md`` whatever the order.
 
 Compilation: ``cache=True`` stores the machine code next to this module (or, where that folder is
 not writable, in numba's per-user cache), so only the first process on a machine compiles; later
 processes load it. Numba writes cache files under a temporary name and renames them, so processes
-compiling at the same time do not corrupt each other's files. The kernels are compiled for one
-set of argument types each: callers pass C-contiguous arrays of the documented dtypes.
+compiling at the same time do not corrupt each other's files. Integer arithmetic is int64 in
+numba whatever the operand types, which the sums rely on. Each kernel is compiled once per set of
+argument types (read-only and writable arrays count as different types).
 """
 
 from __future__ import annotations
