@@ -17,6 +17,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip uninstall --quiet --yes snakemake-executor-plugin-slurm \
 		snakemake-executor-plugin-slurm-jobstep snakemake-executor-plugin-cluster-generic
+	$(BIN)/thumbfeat warm
 	touch $@
 
 $(CLUSTER_VENV)/.installed: pyproject.toml

@@ -15,12 +15,18 @@ import PIL
 import pyarrow as pa
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageStat
 from thumbfeat.features import (
     FEATURE_COLUMNS,
     FEATURE_VERSION,
     WORKING_SIZE,
+    Pixels,
     compute_features,
+    histogram_variance,
+    hue_sixths,
+    order_statistics,
+    prepare,
+    sobel_edge_density,
     to_rgb_on_white,
 )
 from thumbfeat.imaging import DecodedImage, decode_image
@@ -548,3 +554,122 @@ def test_low_information_uses_the_entropy_of_the_rgb_histogram() -> None:
                                            ((340, 1000), True), ((100, 100), False)])
 def test_odd_aspect_ratio_flag(size: tuple[int, int], odd: bool) -> None:
     assert features_of(Image.new("RGB", size, (9, 9, 9)))["is_odd_aspect_ratio"] is odd
+
+
+# --- the fast computations against straightforward formulas ----------------------------------
+
+
+def prepared(image: Image.Image) -> Pixels:
+    return prepare(wrap(image))
+
+
+def tricky_rgb(seed: int) -> Image.Image:
+    """Random pixels plus many ties (two or three equal channels, black, white, grey runs)."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    rgb[:10, :, 1] = rgb[:10, :, 0]  # red == green
+    rgb[10:20, :, 2] = rgb[10:20, :, 1]  # green == blue
+    rgb[20:25] = rgb[20:25, :, :1]  # grey
+    rgb[25:27] = 0
+    rgb[27:29] = 255
+    return Image.fromarray(rgb)
+
+
+def test_order_statistics_equal_sorting() -> None:
+    rng = np.random.default_rng(4)
+    for values in (rng.integers(0, 65_000_000, 999, dtype=np.int32),
+                   rng.integers(0, 3, 500, dtype=np.int32),  # nearly all ties
+                   np.array([7], dtype=np.int32)):
+        ordered = np.sort(values)
+        ranks = {0, 1, values.size // 2, values.size - 2, values.size - 1}
+        for rank in (r for r in ranks if 0 <= r < values.size):
+            above = ordered[min(rank + 1, values.size - 1)]
+            assert order_statistics(values, rank) == (ordered[rank], above)
+
+
+@pytest.mark.parametrize("threshold", [100, 25, 100.5, 0.5, 200])
+def test_sobel_in_integers_equals_the_float_magnitude(threshold: float) -> None:
+    # 200 exceeds the 16-bit path (2 * 201² > 32767): the 32-bit path must agree too.
+    rng = np.random.default_rng(int(threshold * 2))
+    noise = rng.integers(0, 256, (50, 70), dtype=np.uint8)
+    steps = np.repeat(rng.integers(0, 256, (50, 7), dtype=np.uint8), 10, axis=1)
+    for gray in (noise, steps, np.full((5, 5), 9, dtype=np.uint8)):
+        windows = sliding_window_view(gray.astype(np.float64), (3, 3))
+        kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
+        magnitude = np.hypot(np.einsum("ijkl,kl->ij", windows, kx),
+                             np.einsum("ijkl,kl->ij", windows, kx.T))
+        expected = float((magnitude > threshold).mean())
+        assert sobel_edge_density(gray, threshold) == expected
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hue_numerators_equal_colorsys(seed: int) -> None:
+    image = tricky_rgb(seed)
+    pixels = prepared(image)
+    hsv = colorsys_hsv(image)
+    chroma = pixels.chroma.astype(np.float64)
+    coloured = chroma > 0
+    sixths = hue_sixths(pixels)
+    assert sixths.min() >= 0 and np.all(sixths < np.maximum(6 * chroma, 1))
+    np.testing.assert_allclose(sixths[coloured] / chroma[coloured], hsv[coloured, 0] * 6,
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_colour_statistics_equal_plain_formulas(seed: int) -> None:
+    """Documented tolerances: saturation within 1e-12 relative of numpy's mean and std,
+    hue_mean within 1e-4 degrees of a float64 computation, everything else exactly equal."""
+    image = tricky_rgb(seed)
+    rgb = np.asarray(image).reshape(-1, 3)
+    result = features_of(image)
+    high, low = rgb.max(axis=1).astype(np.float64), rgb.min(axis=1).astype(np.float64)
+    saturation = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
+    assert result["saturation_mean"] == pytest.approx(saturation.mean(), rel=1e-12, abs=1e-15)
+    assert result["saturation_std"] == pytest.approx(saturation.std(), rel=1e-12, abs=1e-15)
+    hsv = colorsys_hsv(image)
+    selected = (hsv[:, 1] > 0.2) & (hsv[:, 2] > 0.15) & (hsv[:, 2] < 0.95)
+    angles = np.radians(hsv[selected, 0] * 360)
+    mean = math.degrees(math.atan2(np.sin(angles).sum(), np.cos(angles).sum())) % 360
+    gap = abs(result["hue_mean"] - mean)
+    assert min(gap, 360 - gap) < 1e-4
+    bins = np.minimum(np.floor(hsv[selected, 0] * 12 + 1e-9), 11).astype(int)
+    assert result["hue_hist"] == (np.bincount(bins, minlength=12) / selected.sum()).tolist()
+    assert result["value_mean"] == pytest.approx(high.mean() / 255, rel=1e-15)
+
+
+def test_saturation_std_of_a_constant_colour_has_no_cancellation_error() -> None:
+    # Deviations from the mean are squared, not the mean of squares minus the squared mean,
+    # which would leave an error near sqrt(1e-16) = 1e-8 here.
+    assert features_of(Image.new("RGB", (50, 40), (200, 40, 90)))["saturation_std"] < 1e-15
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dominant_colours_equal_a_per_cell_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    # A few strong colours with noise, so cells are large and means are not cell centres.
+    centres = rng.integers(0, 256, (6, 3))
+    labels = rng.integers(0, 6, 3000) ** 2 % 6
+    rgb = np.clip(centres[labels] + rng.integers(-20, 21, (3000, 3)), 0, 255).astype(np.uint8)
+    cells = [tuple(int(v) >> 5 for v in pixel) for pixel in rgb]
+    counts: dict[tuple[int, ...], int] = {}
+    for cell in cells:
+        counts[cell] = counts.get(cell, 0) + 1
+    order = sorted(counts, key=lambda c: (-counts[c], c[0] * 64 + c[1] * 8 + c[2]))[:3]
+    expected = []
+    for cell in order:
+        members = rgb[[c == cell for c in cells]].astype(int)
+        mean = [math.floor(v + 0.5) for v in members.sum(axis=0) / len(members)]
+        expected.append({"color": "#" + "".join(f"{v:02x}" for v in mean),
+                         "share": counts[cell] / len(cells)})
+    assert features_of(Image.fromarray(rgb.reshape(50, 60, 3)))["dominant_colors"] == expected
+
+
+def test_histogram_variance_is_the_same_float_as_imagestat() -> None:
+    rng = np.random.default_rng(12)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 64), dtype=np.uint8)),
+              Image.fromarray((rng.random((48, 64)) < 0.1).astype(np.uint8) * 255),
+              Image.new("L", (64, 48), 77)]
+    images += [checkerboard(64, 3).filter(ImageFilter.FIND_EDGES)]
+    for image in images:
+        histogram = np.asarray(image.histogram(), dtype=np.int64)
+        assert histogram_variance(histogram) == ImageStat.Stat(image).var[0]

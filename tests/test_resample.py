@@ -59,3 +59,17 @@ def test_very_large_images_fall_back_to_pillow() -> None:
     plane[::7, ::5] = 255
     (ours,) = resize_gray_like_pillow(plane, [(8, 8)], Image.Resampling.LANCZOS)
     assert np.array_equal(ours, np.asarray(Image.fromarray(plane).resize((8, 8), 1)))
+
+
+@pytest.mark.parametrize("resample", FILTERS)
+def test_many_sizes_in_one_call_share_first_passes_and_equal_pillow(resample: int) -> None:
+    # Repeated sizes, sizes keeping one side, and both pass orders (tall and wide reductions
+    # of one plane) in a single call: each result must still be Pillow's.
+    plane = np.random.default_rng(11).integers(0, 256, (300, 280), dtype=np.uint8)
+    sizes = [(8, 8), (9, 8), (8, 8), (280, 40), (32, 300), (280, 300), (3, 250), (250, 3),
+             (32, 32)]
+    orders = {pillow_order(280, 300, size, resample) for size in sizes}
+    got = resize_gray_like_pillow(plane, sizes, resample)
+    for size, ours in zip(sizes, got, strict=True):
+        assert np.array_equal(ours, np.asarray(Image.fromarray(plane).resize(size, resample))), size
+    assert orders <= {"hv", "vh"}

@@ -33,7 +33,7 @@ import requests
 
 from thumbfeat import atomic, layout, lineage
 from thumbfeat.failures import read_failure, record_failure
-from thumbfeat.features import FEATURE_VERSION, compute_features
+from thumbfeat.features import FEATURE_VERSION, compute_features, warm_kernels
 from thumbfeat.fetch import (
     FetchSettings,
     fetch_with_retries,
@@ -172,6 +172,9 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     ready: deque[str] = deque(i for i in measure if i not in downloading)
     rows: list[Row] = []
     workers = max(1, threads)
+    if measure:
+        # Loaded once here, the compiled feature kernels are inherited by every forked process.
+        warm_kernels()
     measurer: Executor = (ProcessPoolExecutor(max_workers=workers) if threads > 1 or download
                           else InlineExecutor())
     # Fork the measuring processes now, before any download thread exists.

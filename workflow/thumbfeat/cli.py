@@ -155,9 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = commands.add_parser("path", help="print where an image's files are")
     where.add_argument("image_id")
     where.add_argument("--results", default="results")
+    commands.add_parser("warm", help="compile the feature kernels now (done once per machine; "
+                                     "batch jobs then load them)")
     args = parser.parse_args(argv)
     if args.command == "status" and args.catalog is None and (args.filter or args.catalog_query):
         parser.error("--filter and --catalog-query apply to --catalog FILE")
+    if args.command == "warm":
+        from thumbfeat.features import warm_kernels
+
+        print(f"feature kernels ready in {warm_kernels():.1f} s")
+        return 0
     try:
         if args.command == "status":
             spec = (CatalogSpec(args.catalog, args.id_column,

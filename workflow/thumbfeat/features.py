@@ -28,9 +28,18 @@ used as they are; they are never enlarged. The hashes and the blurry flag bring 
 sizes (8x8, 9x8, 32x32; 64 px), as their reference implementations do.
 
 Integer sums are used wherever a measure is a mean or variance of integer-valued pixels, so those
-results are exact and independent of summation order. Bump :data:`FEATURE_VERSION` whenever any
-definition or the working-size rule changes, so rows computed under old definitions can be
-recognised.
+results are exact and independent of summation order (``docs/feature-table.md`` lists the few
+floating-point columns and their tolerances).
+
+Speed: written as numpy expressions, the measures took about a hundred whole-image passes, each
+writing a temporary array. Instead, :mod:`thumbfeat.kernels` gathers the inputs of the light and
+colour measures in one compiled pass over the RGB channels (while preparing the pixels), the
+Laplacian and Sobel sums in one pass over the grey image, and does Pillow's resizes for the
+hashes and the blur flag as compiled row combinations; what remains here turns sums, counts and
+small tables into columns.
+
+Bump :data:`FEATURE_VERSION` whenever any definition or the working-size rule changes, so rows
+computed under old definitions can be recognised.
 """
 
 from __future__ import annotations
@@ -40,15 +49,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from functools import cache, cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
-from PIL import Image, ImageFilter, ImageStat
+from PIL import Image, ImageFilter
 from PIL import __version__ as PILLOW_VERSION
 
+from thumbfeat import kernels
 from thumbfeat.imaging import DecodedImage
 from thumbfeat.resample import resize_gray_like_pillow
 from thumbfeat.runtime import tune_for_measuring
@@ -150,9 +160,6 @@ FEATURE_COLUMNS: tuple[str, ...] = tuple(field.name for field in FEATURE_FIELDS)
 Features = dict[str, Any]
 
 _WHITE_RGBA = (255, 255, 255, 255)
-# HSP weights scaled to integers: 241 R² + 691 G² + 68 B² is exact in int32 (at most 65,025,000)
-# and orders pixels exactly as the float brightness does.
-_HSP_WEIGHTS = (241, 691, 68)
 # Brightness of a pixel = sqrt(weighted sum) * _HSP_SCALE = sqrt(w / 1000) / 255.
 _HSP_SCALE = 1.0 / (255.0 * math.sqrt(1000.0))
 
@@ -213,12 +220,39 @@ def to_working_size(gray: Image.Image) -> Image.Image:
     return gray.resize(size, Image.Resampling.BOX)
 
 
+class PixelSums(NamedTuple):
+    """What the one compiled pass over the RGB pixels gathers (see :func:`kernels.pixel_sums`)."""
+
+    weighted: NDArray[np.int32]
+    buckets: NDArray[np.int64]
+    integers: NDArray[np.int64]
+    floats: NDArray[np.float64]
+    hue_bins: NDArray[np.int64]
+    cells: NDArray[np.int64]
+    top_cells: NDArray[np.int64]
+    top_cell_sums: NDArray[np.int64]
+
+
+_VALUE_LOW = math.floor(HUE_VALUE_RANGE[0] * 255) + 1  # V > 0.15  <=>  max >= 39
+_VALUE_HIGH = math.ceil(HUE_VALUE_RANGE[1] * 255) - 1  # V < 0.95  <=>  max <= 242
+_SATURATION_DIVISOR = round(1 / HUE_MIN_SATURATION)  # S > 0.2  <=>  chroma > max // 5
+
+
+def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8],
+               blue: NDArray[np.uint8]) -> PixelSums:
+    """Run the compiled light and colour pass with this module's thresholds."""
+    return PixelSums(*kernels.pixel_sums(
+        red, green, blue, _VALUE_LOW, _VALUE_HIGH,
+        _SATURATION_DIVISOR, GRAYSCALE_CHROMA, DOMINANT_BITS, DOMINANT_COLOURS))
+
+
 @dataclass(frozen=True)
 class Pixels:
     """The prepared views every measure reads: built once per image, never modified.
 
-    ``red``/``green``/``blue`` are flat uint8 channel copies (contiguous, so every pass over them
-    is a fast linear scan); ``high``/``low`` are the per-pixel max and min of the three.
+    ``red``/``green``/``blue`` are flat uint8 channel copies (contiguous), which the compiled
+    pass reads one element per channel at a time; ``sums`` is what that pass
+    gathers for the light and colour measures.
     """
 
     rgb_image: Image.Image
@@ -227,18 +261,23 @@ class Pixels:
     red: NDArray[np.uint8]
     green: NDArray[np.uint8]
     blue: NDArray[np.uint8]
-    high: NDArray[np.uint8]
-    low: NDArray[np.uint8]
     gray: NDArray[np.uint8]
     gray_histogram: NDArray[np.int64]
     working: NDArray[np.uint8]
+    sums: PixelSums
+
+    @cached_property
+    def chroma(self) -> NDArray[np.uint8]:
+        """Per pixel max(R, G, B) - min(R, G, B), flat (for checks; the measures use ``sums``)."""
+        return np.ptp(self.rgb.reshape(-1, 3), axis=1).astype(np.uint8)
 
 
 def prepare(decoded: DecodedImage) -> Pixels:
-    """Flatten to RGB on white and derive the shared grey image, channels and histogram."""
+    """Flatten to RGB on white, derive the shared grey image, channels and histogram, and run the
+    compiled pass over the RGB pixels."""
     rgb_image = to_rgb_on_white(decoded.image)
-    rgb = np.asarray(rgb_image)
-    red, green, blue = (np.ascontiguousarray(rgb[..., c]).reshape(-1) for c in range(3))
+    rgb = np.ascontiguousarray(np.asarray(rgb_image))
+    red, green, blue = kernels.split_channels(rgb)
     gray_image = rgb_image.convert("L")
     gray = np.asarray(gray_image)
     working_image = to_working_size(gray_image)
@@ -249,11 +288,10 @@ def prepare(decoded: DecodedImage) -> Pixels:
         red=red,
         green=green,
         blue=blue,
-        high=np.maximum(np.maximum(red, green), blue),
-        low=np.minimum(np.minimum(red, green), blue),
         gray=gray,
         gray_histogram=np.asarray(gray_image.histogram(), dtype=np.int64),
         working=gray if working_image is gray_image else np.asarray(working_image),
+        sums=pixel_sums(red, green, blue),
     )
 
 
@@ -284,47 +322,38 @@ def geometry(pixels: Pixels, decoded: DecodedImage, data: bytes) -> Features:
 # --- light ---------------------------------------------------------------------------------
 
 
-def hsp_weighted_squares(red: NDArray[np.uint8], green: NDArray[np.uint8],
-                         blue: NDArray[np.uint8]) -> NDArray[np.int32]:
-    """Per pixel ``241 R² + 691 G² + 68 B²``: 1000 x the HSP brightness squared, exactly.
-
-    Plain int32 arithmetic (vectorised multiplies) beats three table lookups, whose uint8
-    indices numpy would first widen to 64 bits.
-    """
-    total = np.zeros(red.shape, dtype=np.int32)
-    for channel, weight in zip((red, green, blue), _HSP_WEIGHTS, strict=True):
-        squared = channel.astype(np.int32)
-        squared *= squared
-        squared *= weight
-        total += squared
-    return total
+def order_statistics(values: NDArray[np.int32], rank: int) -> tuple[int, int]:
+    """The values of rank ``rank`` and ``rank + 1`` (0-based, clipped to the last) in sorted order,
+    of non-negative int32 ``values``: a bucket count, then a sort of one bucket only."""
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    at, after = kernels.ranked_pair(values, kernels.bucket_counts(values), rank)
+    return int(at), int(after)
 
 
-def brightness_percentiles(weighted: NDArray[np.int32],
+def brightness_percentiles(weighted: NDArray[np.int32], buckets: NDArray[np.int64],
                            percents: tuple[float, ...]) -> list[float]:
     """Percentiles of per-pixel HSP brightness with numpy's default linear interpolation.
 
-    Brightness is monotonic in the integer weighted square, so the pixels are ordered on the
-    integers and only the few order statistics needed are turned into brightness.
+    Brightness is monotonic in the integer weighted square, so only the two order statistics
+    around each percentile's position are selected on the integers and turned into brightness.
     """
-    ordered = np.sort(weighted, axis=None)
-    last = ordered.size - 1
+    last = weighted.size - 1
     out = []
     for percent in percents:
         position = percent / 100 * last
         below = math.floor(position)
-        above = min(last, below + 1)
-        low = math.sqrt(int(ordered[below])) * _HSP_SCALE
-        high = math.sqrt(int(ordered[above])) * _HSP_SCALE
+        low_square, high_square = kernels.ranked_pair(weighted, buckets, below)
+        low = math.sqrt(low_square) * _HSP_SCALE
+        high = math.sqrt(high_square) * _HSP_SCALE
         out.append(low + (high - low) * (position - below))
     return out
 
 
 def light(pixels: Pixels) -> Features:
     """HSP brightness: mean, 5th and 99th percentiles, each in 0..1."""
-    weighted = hsp_weighted_squares(pixels.red, pixels.green, pixels.blue)
-    mean = float(np.sqrt(weighted, dtype=np.float64).mean()) * _HSP_SCALE
-    p05, p99 = brightness_percentiles(weighted, (5.0, 99.0))
+    sums = pixels.sums
+    mean = float(sums.floats[0]) / sums.weighted.size * _HSP_SCALE
+    p05, p99 = brightness_percentiles(sums.weighted, sums.buckets, (5.0, 99.0))
     return {
         "brightness_mean": min(1.0, max(0.0, mean)),
         "brightness_p05": min(1.0, max(0.0, p05)),
@@ -352,18 +381,19 @@ def entropy_bits(histogram: NDArray[np.int64]) -> float:
     return float(-(probabilities * np.log2(probabilities)).sum()) + 0.0
 
 
-def _integer_variance(values: NDArray[Any]) -> float:
-    """Population variance of integer values from exact sums.
-
-    The values are small integers, so in float64 every square and every partial sum of squares
-    is an exact integer below 2**53: the dot product (BLAS) is exact and faster than int64 sums.
-    """
-    flat = values.reshape(-1).astype(np.float64)
-    count = flat.size
-    total = int(flat.sum())
-    squares = int(flat @ flat)
-    # Python integers from here on: count * squares can exceed 2**53.
+def _variance(count: int, total: int, squares: int) -> float:
+    # Python integers: count * squares can exceed 2**53.
     return (count * squares - total * total) / (count * count)
+
+
+def _has_interior(gray: NDArray[np.uint8]) -> bool:
+    return gray.ndim == 2 and gray.shape[0] >= 3 and gray.shape[1] >= 3
+
+
+def _detail_sums(gray: NDArray[np.uint8], threshold: float) -> tuple[int, int, int, int]:
+    # The Sobel sums are integers: "magnitude > threshold" equals "gx² + gy² > floor(threshold²)".
+    return kernels.detail_sums(np.ascontiguousarray(gray, dtype=np.uint8),
+                               math.floor(threshold * threshold))
 
 
 def laplacian_variance(gray: NDArray[np.uint8]) -> float:
@@ -371,164 +401,108 @@ def laplacian_variance(gray: NDArray[np.uint8]) -> float:
 
     A standard focus measure: blur removes the high-frequency energy the Laplacian responds to.
     """
-    if gray.ndim != 2 or gray.shape[0] < 3 or gray.shape[1] < 3:
+    if not _has_interior(gray):
         return 0.0
-    g = gray.astype(np.int16)
-    laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
-    return _integer_variance(laplacian)
+    count, total, squares, _ = _detail_sums(gray, EDGE_THRESHOLD)
+    return _variance(count, total, squares)
 
 
 def sobel_edge_density(gray: NDArray[np.uint8], threshold: float = EDGE_THRESHOLD) -> float:
-    """Share of valid (interior) pixels whose Sobel gradient magnitude exceeds ``threshold``.
-
-    float32 holds every intermediate exactly (integers below 2**24), and is the fastest type.
-    """
-    if gray.ndim != 2 or gray.shape[0] < 3 or gray.shape[1] < 3:
+    """Share of valid (interior) pixels whose Sobel gradient magnitude exceeds ``threshold``,
+    decided exactly on the integer ``gx² + gy²`` (no square root)."""
+    if not _has_interior(gray):
         return 0.0
-    g = gray.astype(np.float32)
-    smoothed_vertically = g[:-2] + 2 * g[1:-1] + g[2:]
-    gx = smoothed_vertically[:, 2:] - smoothed_vertically[:, :-2]
-    diff_vertically = g[2:] - g[:-2]
-    gy = diff_vertically[:, :-2] + 2 * diff_vertically[:, 1:-1] + diff_vertically[:, 2:]
-    # Compare squared magnitudes: exact, and no square root per pixel.
-    strong = (gx * gx + gy * gy) > np.float32(threshold * threshold)
-    return int(np.count_nonzero(strong)) / strong.size
+    count, _, _, strong = _detail_sums(gray, threshold)
+    return strong / count
 
 
 def contrast_and_detail(pixels: Pixels) -> Features:
+    sharpness = edge_density = 0.0
+    if _has_interior(pixels.working):
+        count, total, squares, strong = _detail_sums(pixels.working, EDGE_THRESHOLD)
+        sharpness, edge_density = _variance(count, total, squares), strong / count
     return {
         "contrast_rms": contrast_rms(pixels.gray_histogram),
         "entropy": entropy_bits(pixels.gray_histogram),
-        "sharpness": laplacian_variance(pixels.working),
-        "edge_density": sobel_edge_density(pixels.working),
+        "sharpness": sharpness,
+        "edge_density": edge_density,
     }
 
 
 # --- colour --------------------------------------------------------------------------------
 
 
-def hue_sixths(pixels: Pixels, chroma: NDArray[np.int16]) -> NDArray[np.int16]:
-    """HSV hue of every pixel as the integer ``t = hue_degrees * chroma / 60`` (0 <= t < 6 chroma).
+def hue_sixths(pixels: Pixels) -> NDArray[np.int32]:
+    """HSV hue of every pixel as the integer ``t = hue_degrees * chroma / 60`` (0 <= t < 6 chroma;
+    0 where chroma is 0), computed as the compiled pass does."""
+    return kernels.hue_numerators(pixels.red, pixels.green, pixels.blue)
 
-    Keeping hue as an exact integer numerator makes the 30-degree histogram bins exact. Pixels
-    with chroma 0 get 0 here and must be left out by the caller.
+
+def hue_statistics(sums: PixelSums) -> tuple[float | None, list[float] | None]:
+    """Circular mean hue (degrees) and 12-bin hue shares over clearly coloured pixels
+    (S > 0.2 and 0.15 < V < 0.95, decided in 8-bit integers by the compiled pass).
+
+    The bins are exact (integer hue numerators); the mean direction comes from the float64 sums
+    of the angles' cosines and sines.
     """
-    red, green, blue = (c.astype(np.int16) for c in (pixels.red, pixels.green, pixels.blue))
-    from_red = green - blue
-    from_red += np.where(from_red < 0, 6 * chroma, 0).astype(np.int16)
-    return np.where(pixels.high == pixels.red, from_red,
-                    np.where(pixels.high == pixels.green, 2 * chroma + blue - red,
-                             4 * chroma + red - green))
-
-
-def hue_statistics(pixels: Pixels) -> tuple[float | None, list[float] | None]:
-    """Circular mean hue (degrees) and 12-bin hue shares over clearly coloured pixels."""
-    high = pixels.high
-    value_low = math.floor(HUE_VALUE_RANGE[0] * 255) + 1  # V > 0.15  <=>  max >= 39
-    value_high = math.ceil(HUE_VALUE_RANGE[1] * 255) - 1  # V < 0.95  <=>  max <= 242
-    chroma_all = (high - pixels.low).astype(np.int16)
-    # S > 0.2  <=>  5 (max - min) > max, in integers.
-    mask = ((high >= value_low) & (high <= value_high)
-            & (chroma_all * round(1 / HUE_MIN_SATURATION) > high))
-    selected = int(np.count_nonzero(mask))
+    selected = int(sums.integers[kernels.HUE_SELECTED])
     if selected == 0:
         return None, None
-    sixths = hue_sixths(pixels, chroma_all)[mask]
-    # hue / 60 degrees. In float32 the quotient of these small integers is within 1e-6 of the
-    # true value, far less than the 1/255 that separates a non-integer 2 t / c from an integer,
-    # so truncating 2 t / c gives the exact 30-degree bin.
-    sextant = sixths.astype(np.float32) / chroma_all[mask].astype(np.float32)
-    bins = np.bincount((2 * sextant).astype(np.intp), minlength=HUE_BINS)
-    # float32 sine and cosine (vectorised, several times faster than float64) summed in float64:
-    # the mean direction is accurate to about 1e-4 degrees.
-    radians = sextant * np.float32(math.pi / 3)
-    sin_sum = float(np.sin(radians).sum(dtype=np.float64))
-    cos_sum = float(np.cos(radians).sum(dtype=np.float64))
+    cos_sum, sin_sum = float(sums.floats[3]), float(sums.floats[4])
     if math.hypot(sin_sum, cos_sum) <= 1e-6 * selected:
         mean = None  # the hues cancel out: no mean direction
     else:
         mean = math.degrees(math.atan2(sin_sum, cos_sum)) % 360.0
-    return mean, (bins / selected).tolist()
+    return mean, [int(count) / selected for count in sums.hue_bins]
 
 
-def colorfulness(pixels: Pixels) -> float:
+def colorfulness(sums: PixelSums) -> float:
     """Hasler and Süsstrunk (2003): sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²).
 
     rg = R - G and yb = (R + G)/2 - B, signed (the published formula, without absolute values).
     Moments come from exact integer sums of rg and 2 yb.
     """
-    red = pixels.red.astype(np.int16)
-    green = pixels.green.astype(np.int16)
-    rg = red - green
-    yb2 = red + green - 2 * pixels.blue.astype(np.int16)
-    count = rg.size
-    rg_mean = int(rg.sum(dtype=np.int64)) / count
-    yb_mean = int(yb2.sum(dtype=np.int64)) / (2 * count)
-    rg_var = _integer_variance(rg)
-    yb_var = _integer_variance(yb2) / 4
+    count = sums.weighted.size
+    rg_total, rg_squares, yb2_total, yb2_squares = (
+        int(sums.integers[index]) for index in
+        (kernels.RG_SUM, kernels.RG_SQUARES, kernels.YB2_SUM, kernels.YB2_SQUARES))
+    rg_mean = rg_total / count
+    yb_mean = yb2_total / (2 * count)
+    rg_var = _variance(count, rg_total, rg_squares)
+    yb_var = _variance(count, yb2_total, yb2_squares) / 4
     return math.sqrt(rg_var + yb_var) + 0.3 * math.sqrt(rg_mean**2 + yb_mean**2)
 
 
-def dominant_colors(pixels: Pixels) -> list[dict[str, object]]:
-    """The most populated cells of a 8x8x8 RGB grid, as mean colour (hex) and pixel share."""
-    shift = 8 - DOMINANT_BITS
-    cells = (((pixels.red >> shift).astype(np.uint16) << (2 * DOMINANT_BITS))
-             | ((pixels.green >> shift).astype(np.uint16) << DOMINANT_BITS)
-             | (pixels.blue >> shift))
-    counts, sums = _cell_counts_and_sums(cells, pixels, 1 << (3 * DOMINANT_BITS))
-    # Stable sort on -count: ties go to the lower cell number, so the result is deterministic.
-    top = [int(c) for c in np.argsort(-counts, kind="stable")[:DOMINANT_COLOURS] if counts[c] > 0]
+def dominant_colors(sums: PixelSums) -> list[dict[str, object]]:
+    """The most populated cells of a 8x8x8 RGB grid, as mean colour (hex) and pixel share.
+
+    Ties go to the lower cell number, so the result is deterministic.
+    """
     out: list[dict[str, object]] = []
-    for cell in top:
-        n = int(counts[cell])
+    for cell, cell_sums in zip(sums.top_cells, sums.top_cell_sums, strict=True):
+        n = int(sums.cells[cell])
+        if n == 0:
+            break
         # Mean colour rounded half up, in integers: (2 sum + n) // (2 n).
-        colour = "#" + "".join(f"{(2 * int(s[cell]) + n) // (2 * n):02x}" for s in sums)
-        out.append({"color": colour, "share": n / cells.size})
+        colour = "#" + "".join(f"{(2 * int(s) + n) // (2 * n):02x}" for s in cell_sums)
+        out.append({"color": colour, "share": n / sums.weighted.size})
     return out
 
 
-def _cell_counts_and_sums(cells: NDArray[np.uint16], pixels: Pixels,
-                          length: int) -> tuple[NDArray[np.int64], tuple[NDArray[np.int64], ...]]:
-    """Exact pixel count and R, G, B sums per cell, in as few weighted bincounts as fit.
-
-    A float64 weight holds two small integers exactly as ``high * 2**k + low`` when the per-cell
-    sum of ``low`` fits in ``k`` bits and the packed sum stays below 2**53. For a thumbnail the
-    count packs with blue and red with green, so two passes give all four; large images fall
-    back to one pass per quantity.
-    """
-    count_bits = max(1, cells.size.bit_length())
-    sum_bits = max(1, (255 * cells.size).bit_length())
-
-    def split(weights: NDArray[np.float64], low_bits: int) -> tuple[NDArray[np.int64], ...]:
-        both = np.bincount(cells, weights=weights, minlength=length).astype(np.int64)
-        return both >> low_bits, both & ((1 << low_bits) - 1)
-
-    if count_bits + sum_bits <= 53 and 2 * sum_bits <= 53:
-        blue, counts = split(pixels.blue * float(1 << count_bits) + 1.0, count_bits)
-        red, green = split(pixels.red * float(1 << sum_bits) + pixels.green, sum_bits)
-        return counts, (red, green, blue)
-    counts = np.bincount(cells, minlength=length).astype(np.int64)
-    red, green, blue = (np.bincount(cells, weights=c, minlength=length).astype(np.int64)
-                        for c in (pixels.red, pixels.green, pixels.blue))
-    return counts, (red, green, blue)
-
-
 def colour(pixels: Pixels) -> Features:
-    high = pixels.high
-    chroma = high - pixels.low
-    saturation = np.divide(chroma, high, out=np.zeros(high.shape, dtype=np.float64),
-                           where=high > 0)
-    hue_mean, hue_hist = hue_statistics(pixels)
-    coloured = int(np.count_nonzero(chroma > GRAYSCALE_CHROMA))
+    sums = pixels.sums
+    count = sums.weighted.size
+    hue_mean, hue_hist = hue_statistics(sums)
     return {
-        "saturation_mean": float(saturation.mean()),
-        "saturation_std": float(saturation.std()),
-        "value_mean": int(high.sum(dtype=np.int64)) / (high.size * 255),
+        "saturation_mean": float(sums.floats[1]),
+        "saturation_std": float(sums.floats[2]),
+        "value_mean": int(sums.integers[kernels.VALUE_SUM]) / (count * 255),
         "hue_mean": hue_mean,
         "hue_hist": hue_hist,
-        "colorfulness": colorfulness(pixels),
-        "is_grayscale_content": coloured <= GRAYSCALE_MAX_COLOURED_SHARE * chroma.size,
-        "dominant_colors": dominant_colors(pixels),
+        "colorfulness": colorfulness(sums),
+        "is_grayscale_content": int(sums.integers[kernels.COLOURED])
+        <= GRAYSCALE_MAX_COLOURED_SHARE * count,
+        "dominant_colors": dominant_colors(sums),
     }
 
 
@@ -536,11 +510,8 @@ def colour(pixels: Pixels) -> Features:
 
 
 def _bits_to_hex(bits: NDArray[np.bool_]) -> str:
-    """Row-major bits, first bit most significant, as 16 hex digits (imagehash's ``str``)."""
-    value = 0
-    for bit in bits.reshape(-1):
-        value = (value << 1) | int(bit)
-    return f"{value:0{bits.size // 4}x}"
+    """Row-major bits, first bit most significant, as hex digits (imagehash's ``str``)."""
+    return np.packbits(bits.reshape(-1)).tobytes().hex()
 
 
 @cache
@@ -588,17 +559,38 @@ def hashes(pixels: Pixels) -> Features:
 # --- flags (CleanVision's definitions and default thresholds) ------------------------------
 
 
-def cleanvision_blurriness(rgb_image: Image.Image) -> tuple[float, float]:
+def cleanvision_blurriness(pixels: Pixels) -> tuple[float, float]:
     """CleanVision's raw blur inputs: sqrt(var(FIND_EDGES)) and std of the 256-bin histogram,
-    on the image shrunk (Pillow's default ``resize`` filter) to at most 64 px per side."""
+    on the image shrunk (Pillow's default ``resize`` filter, bicubic) to at most 64 px per side.
+
+    Pillow resizes each channel of an RGB image with the same 8-bit arithmetic as a greyscale
+    image, so the channels are shrunk one by one as :mod:`thumbfeat.resample` does (equal to
+    Pillow's result, and several times faster).
+    """
+    rgb_image = pixels.rgb_image
     ratio = max(rgb_image.width, rgb_image.height) / BLURRY_MAX_RESOLUTION
     if ratio > 1:
-        rgb_image = rgb_image.resize((max(int(rgb_image.width // ratio), 1),
-                                      max(int(rgb_image.height // ratio), 1)))
+        size = (max(int(rgb_image.width // ratio), 1), max(int(rgb_image.height // ratio), 1))
+        shape = (rgb_image.height, rgb_image.width)
+        channels = [resize_gray_like_pillow(channel.reshape(shape), [size],
+                                            Image.Resampling.BICUBIC)[0]
+                    for channel in (pixels.red, pixels.green, pixels.blue)]
+        rgb_image = Image.fromarray(np.dstack(channels), "RGB")
     gray = rgb_image.convert("L")
     edges = gray.filter(ImageFilter.FIND_EDGES)
-    blurriness = math.sqrt(ImageStat.Stat(edges).var[0])
-    return blurriness, float(np.std(np.asarray(gray.histogram(), dtype=np.float64)))
+    return (math.sqrt(histogram_variance(np.asarray(edges.histogram(), dtype=np.int64))),
+            float(np.std(np.asarray(gray.histogram(), dtype=np.float64))))
+
+
+def histogram_variance(histogram: NDArray[np.int64]) -> float:
+    """Variance of the levels counted in a 256-bin histogram, computed as Pillow's
+    ``ImageStat.Stat(image).var`` does (exact integer sums, then ``(Σx² - (Σx)² / n) / n``),
+    so the result is the same float, without ImageStat's per-bin Python loops."""
+    levels = np.arange(histogram.size, dtype=np.int64)
+    count = int(histogram.sum())
+    total = int(histogram @ levels)
+    squares = int(histogram @ (levels * levels))
+    return (squares - total**2 / count) / count if count else 0.0
 
 
 def blurry_score(blurriness: float, histogram_std: float) -> float:
@@ -616,7 +608,7 @@ def flags(pixels: Pixels, found: Features) -> Features:
     return {
         "is_dark": found["brightness_p99"] < DARK_THRESHOLD,
         "is_light": 1 - found["brightness_p05"] < LIGHT_THRESHOLD,
-        "is_blurry": blurry_score(*cleanvision_blurriness(pixels.rgb_image)) < BLURRY_THRESHOLD,
+        "is_blurry": blurry_score(*cleanvision_blurriness(pixels)) < BLURRY_THRESHOLD,
         "is_low_information": min(1.0, LOW_INFORMATION_NORMALIZING * rgb_entropy)
         < LOW_INFORMATION_THRESHOLD,
         "is_odd_aspect_ratio": min(width / height, height / width) < ODD_ASPECT_THRESHOLD,
@@ -640,6 +632,20 @@ MEASURES: tuple[tuple[str, Measure], ...] = (
 )
 """The measures in the order they run; later ones may read earlier results (the flags read the
 brightness percentiles). The benchmark times each one separately."""
+
+
+def warm_kernels() -> float:
+    """Measure one small synthetic image so that every compiled kernel is built (or loaded from
+    the cache of compiled code); returns the seconds it took.
+
+    The first process on a machine pays the compilation (several seconds) and stores the result;
+    ``thumbfeat warm`` does this at install time so that batch jobs only load it.
+    """
+    started = time.perf_counter()
+    ramp = np.arange(96 * 80 * 3, dtype=np.uint32).reshape(80, 96, 3) * 2654435761 % 256
+    image = Image.fromarray(ramp.astype(np.uint8), "RGB")
+    compute_features(DecodedImage(image=image, format="PNG", source_mode="RGB"), b"")
+    return time.perf_counter() - started
 
 
 def compute_features(decoded: DecodedImage, data: bytes, *,

@@ -1,11 +1,11 @@
-"""Pillow's 8-bit convolution resize, reproduced bit for bit as matrix products.
+"""Pillow's 8-bit convolution resize, reproduced bit for bit by compiled loops.
 
 The image hashes must equal those of the ``imagehash`` package, which shrinks images with Pillow's
 ``resize(..., LANCZOS)``, and the blurry flag follows CleanVision, which shrinks with Pillow's
 default ``BICUBIC``. Pillow does each of those reductions as a scalar loop over every source pixel
-(about 0.25 ms per reduction of a 320x240 image); expressing the same arithmetic as a matrix
-product lets BLAS do it several times faster, and three reductions of one image share the
-conversion of its pixels.
+(about 0.25 ms per reduction of a 320x240 image). Here each pass adds whole rows of pixels times
+one weight at a time (:func:`thumbfeat.kernels.combine_rows`), which the compiler turns into
+instructions handling many pixels at once; a horizontal pass runs on the transposed image.
 
 Pillow's algorithm (``libImaging/Resample.c``), followed exactly:
 
@@ -16,8 +16,7 @@ Pillow's algorithm (``libImaging/Resample.c``), followed exactly:
   ``(2**21 + sum(pixel * weight)) >> 22`` clipped to 0..255, so the intermediate image is 8-bit;
 * a pass whose size does not change is skipped.
 
-Integer weights times 8-bit pixels, summed over a few hundred source pixels, stay far below 2**53,
-so float64 matrix products compute these sums exactly.
+The sums are int32, as in Pillow.
 """
 
 from __future__ import annotations
@@ -30,8 +29,9 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from thumbfeat.kernels import combine_rows
+
 _PRECISION_BITS = 22
-_HALF = float(1 << (_PRECISION_BITS - 1))
 _ONE = float(1 << _PRECISION_BITS)
 
 
@@ -96,23 +96,59 @@ def weights(in_size: int, out_size: int, resample: int) -> NDArray[np.float64]:
     return matrix
 
 
-def _to_8bit(sums: NDArray[np.float64]) -> NDArray[np.float64]:
-    return np.clip(np.floor((sums + _HALF) / _ONE), 0.0, 255.0)
+@lru_cache(maxsize=512)
+def taps(in_size: int, out_size: int, resample: int) -> tuple[NDArray[np.int64], NDArray[np.int32]]:
+    """:func:`weights` as windows: per output, the first source index and the integer weights
+    from there on (rows padded with zeros to the widest window)."""
+    matrix = weights(in_size, out_size, resample)
+    starts = np.zeros(out_size, dtype=np.int64)
+    windows = []
+    for out in range(out_size):
+        used = np.flatnonzero(matrix[:, out])
+        first, stop = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
+        starts[out] = first
+        windows.append(matrix[first:stop, out])
+    coefficients = np.zeros((out_size, max(1, *(w.size for w in windows))), dtype=np.int32)
+    for out, window in enumerate(windows):
+        coefficients[out, :window.size] = window
+    starts.setflags(write=False)
+    coefficients.setflags(write=False)
+    return starts, coefficients
 
 
-def resize_plane(plane: NDArray[np.float64], size: tuple[int, int], resample: int,
-                 order: str = "hv") -> NDArray[np.float64]:
-    """Resize one 8-bit plane (given as float64) to ``size`` = (width, height).
+def _pass(source: NDArray[np.uint8], in_size: int, out_size: int,
+          resample: int) -> NDArray[np.uint8]:
+    """Resize along the first axis of ``source`` (see :func:`kernels.combine_rows`)."""
+    starts, coefficients = taps(in_size, out_size, resample)
+    return combine_rows(source, starts, coefficients, _PRECISION_BITS)
 
-    ``order`` is ``"hv"`` (horizontal pass first, Pillow's classic order) or ``"vh"``.
+
+def _transposed(plane: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    return np.ascontiguousarray(plane.T)
+
+
+def resize_plane(plane: NDArray[np.uint8], size: tuple[int, int], resample: int,
+                 order: str = "hv", transposed: NDArray[np.uint8] | None = None
+                 ) -> NDArray[np.uint8]:
+    """Resize one 8-bit plane to ``size`` = (width, height), as Pillow does.
+
+    ``order`` is ``"hv"`` (horizontal pass first, Pillow's classic order) or ``"vh"``. A pass
+    whose size does not change is skipped, as in Pillow. ``transposed`` may hold
+    ``plane.T`` (contiguous) when several sizes are made from one plane.
     """
     height, width = plane.shape
     out_width, out_height = size
-    for axis in order:
-        if axis == "h" and out_width != width:
-            plane = _to_8bit(plane @ weights(width, out_width, resample))
-        elif axis == "v" and out_height != height:
-            plane = _to_8bit(weights(height, out_height, resample).T @ plane)
+    if order == "hv":
+        if out_width != width:
+            across = transposed if transposed is not None else _transposed(plane)
+            plane = _transposed(_pass(across, width, out_width, resample))
+        if out_height != height:
+            plane = _pass(np.ascontiguousarray(plane), height, out_height, resample)
+        return plane
+    if out_height != height:
+        plane = _pass(np.ascontiguousarray(plane), height, out_height, resample)
+    if out_width != width:
+        plane = _transposed(_pass(_transposed(plane), width, out_width, resample))
     return plane
 
 
@@ -128,35 +164,36 @@ def pillow_order(width: int, height: int, size: tuple[int, int], resample: int) 
     rng = np.random.default_rng([width, height, *size, resample])
     probe = rng.integers(0, 256, (height, width), dtype=np.uint8)
     expected = np.asarray(Image.fromarray(probe).resize(size, resample))
-    plane = probe.astype(np.float64)
     for order in ("hv", "vh"):
-        if np.array_equal(resize_plane(plane, size, resample, order), expected):
+        if np.array_equal(resize_plane(probe, size, resample, order), expected):
             return order
     return None
 
 
 MAX_MATRIX_PIXELS = 4_000_000
-"""Larger images are resized by Pillow itself: the dense weights and float64 copy of a very large
-image cost more memory than the speed-up is worth."""
+"""Larger images are resized by Pillow itself: the probe that confirms the pass order costs as
+much as a resize, and large images are rare here."""
 
 
 def resize_gray_like_pillow(gray: NDArray[np.uint8], sizes: list[tuple[int, int]],
                             resample: int) -> list[NDArray[np.uint8]]:
     """``Image.fromarray(gray).resize(size, resample)`` for each size, as uint8 arrays.
 
-    Equal to Pillow's output by construction: the matrix path is only taken in the pass order
-    the installed Pillow was seen to use for this exact resize.
+    Equal to Pillow's output by construction: the compiled path is only taken in the pass order
+    the installed Pillow was seen to use for this exact resize. Resizes going horizontally first
+    share one transposed copy of the plane.
     """
     height, width = gray.shape
-    plane: NDArray[np.float64] | None = None
+    gray = np.ascontiguousarray(gray, dtype=np.uint8)
+    transposed = None
     out = []
     for size in sizes:
-        order = pillow_order(width, height, size, resample) if gray.size <= MAX_MATRIX_PIXELS \
-            else None
+        order = (pillow_order(width, height, size, resample) if gray.size <= MAX_MATRIX_PIXELS
+                 else None)
         if order is None:
             out.append(np.asarray(Image.fromarray(gray).resize(size, resample)))
             continue
-        if plane is None:
-            plane = gray.astype(np.float64)
-        out.append(resize_plane(plane, size, resample, order).astype(np.uint8))
+        if order == "hv" and size[0] != width and transposed is None:
+            transposed = _transposed(gray)
+        out.append(resize_plane(gray, size, resample, order, transposed))
     return out

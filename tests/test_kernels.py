@@ -1,0 +1,177 @@
+"""Tests for thumbfeat.kernels: the compiled passes against plain numpy formulas."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from thumbfeat import kernels
+
+from tests.support import REPO
+
+# Thresholds as thumbfeat.features passes them: V in 39..242, S > 0.2, greyscale chroma 10,
+# 3 bits per channel for the colour cells, the 3 largest cells.
+ARGUMENTS = (39, 242, 5, 10, 3, 3)
+
+
+def channels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    flat = rgb.reshape(-1, 3)
+    return tuple(np.ascontiguousarray(flat[:, c]) for c in range(3))  # type: ignore[return-value]
+
+
+def tricky(seed: int, pixels: int = 5000) -> np.ndarray:
+    """Random pixels plus ties between channels, black, white and grey, as (N, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (pixels, 3), dtype=np.uint8)
+    rgb[:500, 1] = rgb[:500, 0]
+    rgb[500:1000, 2] = rgb[500:1000, 1]
+    rgb[1000:1300] = rgb[1000:1300, :1]
+    rgb[1300:1400] = 0
+    rgb[1400:1500] = 255
+    rgb[1500:1600] = rgb[1500]  # a run of one colour
+    return rgb
+
+
+def plain_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue in degrees (NaN for grey), saturation and value, in float64 the textbook way."""
+    values = rgb.astype(np.float64)
+    high, low = values.max(axis=1), values.min(axis=1)
+    chroma = high - low
+    red, green, blue = values.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hue = np.where(high == red, ((green - blue) / chroma) % 6,
+                       np.where(high == green, (blue - red) / chroma + 2,
+                                (red - green) / chroma + 4)) * 60
+        saturation = np.where(high > 0, chroma / high, 0.0)
+    hue[chroma == 0] = np.nan
+    return hue, saturation, high / 255
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pixel_sums_equal_plain_formulas(seed: int) -> None:
+    rgb = tricky(seed)
+    weighted, buckets, sums, floats, hue_bins, cells, top, top_sums = kernels.pixel_sums(
+        *channels(rgb), *ARGUMENTS)
+    wide = rgb.astype(np.int64)
+    red, green, blue = wide.T
+    expected_weighted = 241 * red**2 + 691 * green**2 + 68 * blue**2
+    assert np.array_equal(weighted, expected_weighted)
+    assert np.array_equal(buckets, np.bincount(expected_weighted >> kernels.BUCKET_SHIFT,
+                                               minlength=buckets.size))
+    assert floats[0] == pytest.approx(np.sqrt(expected_weighted).sum(), rel=1e-13)
+    high, low = wide.max(axis=1), wide.min(axis=1)
+    rg, yb2 = red - green, red + green - 2 * blue
+    assert sums.tolist() == [high.sum(), ((high - low) > 10).sum(), rg.sum(), (rg**2).sum(),
+                             yb2.sum(), (yb2**2).sum(), sums[kernels.HUE_SELECTED]]
+    hue, saturation, value = plain_hsv(rgb)
+    assert floats[1] == pytest.approx(saturation.mean(), rel=1e-12)
+    assert floats[2] == pytest.approx(saturation.std(), rel=1e-12)
+    reliable = (saturation > 0.2) & (value > 0.15) & (value < 0.95)
+    assert sums[kernels.HUE_SELECTED] == reliable.sum()
+    angles = np.radians(hue[reliable])
+    assert floats[3] == pytest.approx(np.cos(angles).sum(), abs=1e-9)
+    assert floats[4] == pytest.approx(np.sin(angles).sum(), abs=1e-9)
+    # Exact bins: the hue numerator is an integer, so compare 2 t / chroma in integers.
+    chroma = high - low
+    numerators = kernels.hue_numerators(*channels(rgb)).astype(np.int64)
+    expected_bins = np.bincount((2 * numerators[reliable]) // chroma[reliable], minlength=12)
+    assert np.array_equal(hue_bins, expected_bins)
+    cell_of = (red >> 5) * 64 + (green >> 5) * 8 + (blue >> 5)
+    counts = np.bincount(cell_of, minlength=512)
+    assert np.array_equal(cells, counts)
+    assert top.tolist() == np.argsort(-counts, kind="stable")[:3].tolist()
+    for cell, cell_sums in zip(top, top_sums, strict=True):
+        assert cell_sums.tolist() == wide[cell_of == cell].sum(axis=0).tolist()
+
+
+def test_exact_results_do_not_depend_on_pixel_order() -> None:
+    rgb = tricky(5, pixels=20_000)
+    shuffled = rgb[np.random.default_rng(9).permutation(len(rgb))]
+    first = kernels.pixel_sums(*channels(rgb), *ARGUMENTS)
+    second = kernels.pixel_sums(*channels(shuffled), *ARGUMENTS)
+    for name, a, b in zip(("weighted", "buckets", "sums", "floats", "hue_bins", "cells", "top",
+                           "top_sums"), first, second, strict=True):
+        if name == "weighted":
+            assert np.array_equal(np.sort(a), np.sort(b))
+        elif name == "floats":
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9)
+        else:
+            assert np.array_equal(a, b), name
+
+
+def test_a_constant_colour_has_exactly_zero_saturation_spread() -> None:
+    rgb = np.tile(np.array([[200, 40, 90]], dtype=np.uint8), (3001, 1))
+    floats = kernels.pixel_sums(*channels(rgb), *ARGUMENTS)[3]
+    assert floats[1] == 160 / 200
+    assert floats[2] == 0.0
+
+
+def test_hue_direction_polynomials_are_accurate_for_every_hue() -> None:
+    worst = 0.0
+    for chroma in (1, 2, 3, 7, 100, 254, 255):
+        for sextant in range(6):
+            for remainder in range(chroma):
+                angle = math.radians((sextant + remainder / chroma) * 60)
+                cos, sin = kernels._hue_direction(sextant, remainder, chroma)
+                worst = max(worst, abs(cos - math.cos(angle)), abs(sin - math.sin(angle)))
+    assert worst < 1e-13
+
+
+def test_ranked_pair_across_bucket_edges() -> None:
+    edge = 1 << kernels.BUCKET_SHIFT
+    cases = [
+        np.array([edge - 1, edge, edge + 1, 5 * edge, 0], dtype=np.int32),  # empty buckets between
+        np.array([3 * edge] * 7 + [3 * edge - 1], dtype=np.int32),  # ties inside one bucket
+        np.random.default_rng(2).integers(0, 65_025_001, 4001, dtype=np.int32),
+        np.array([42], dtype=np.int32),
+    ]
+    for values in cases:
+        ordered = np.sort(values)
+        buckets = kernels.bucket_counts(values)
+        for rank in range(values.size):
+            expected = (ordered[rank], ordered[min(rank + 1, values.size - 1)])
+            assert kernels.ranked_pair(values, buckets, rank) == expected
+
+
+def test_detail_sums_equal_numpy() -> None:
+    gray = np.random.default_rng(4).integers(0, 256, (37, 53), dtype=np.uint8)
+    g = gray.astype(np.int64)
+    laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
+    vertical = g[:-2] + 2 * g[1:-1] + g[2:]
+    gx = vertical[:, 2:] - vertical[:, :-2]
+    across = g[2:] - g[:-2]
+    gy = across[:, :-2] + 2 * across[:, 1:-1] + across[:, 2:]
+    expected = (laplacian.size, laplacian.sum(), (laplacian**2).sum(),
+                (gx**2 + gy**2 > 10_000).sum())
+    assert kernels.detail_sums(gray, 10_000) == expected
+
+
+WARM = """
+import json
+from thumbfeat import features, kernels
+seconds = features.warm_kernels()
+kernels_used = (kernels.pixel_sums, kernels.ranked_pair, kernels.detail_sums,
+                kernels.combine_rows)
+print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels_used),
+                  "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels_used)}))
+"""
+
+
+def warm_in_a_fresh_process() -> dict[str, int]:
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    result = subprocess.run([sys.executable, "-c", WARM], capture_output=True, text=True,
+                            env=environment, cwd=REPO, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_fresh_process_loads_the_compiled_kernels_instead_of_compiling() -> None:
+    warm_in_a_fresh_process()  # may compile, if nothing was cached yet
+    for _ in range(2):
+        stats = warm_in_a_fresh_process()
+        assert stats["misses"] == 0
+        assert stats["hits"] >= 4

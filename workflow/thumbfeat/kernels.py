@@ -1,0 +1,389 @@
+"""Compiled per-pixel loops for the feature set (numba compiles them to machine code).
+
+Written as numpy expressions, the light and colour measures took about a hundred whole-image
+passes, each writing a temporary array; here one pass over the RGB channels accumulates every
+measure's inputs together, followed by a few counting passes over small per-pixel codes. Another
+pass gathers the Laplacian and Sobel sums of the grey image, and :func:`combine_rows` does the
+passes of Pillow's resize for :mod:`thumbfeat.resample`. The loops only gather sums, counts and
+small tables; :mod:`thumbfeat.features` turns them into columns.
+
+Exactness: every accumulator that the column definitions require to be exact is an integer
+(counts, sums and sums of squares of integer pixel values), so it does not depend on the order in
+which pixels are visited. The floating-point sums (square roots for ``brightness_mean``,
+saturation, the hue direction's cosines and sines) may be added in any order the compiler likes
+(``fastmath={"reassoc"}``, which lets it add several pixels per instruction); they stay within
+the tolerances of ``docs/feature-table.md`` whatever the order.
+
+Compilation: ``cache=True`` stores the machine code next to this module (or, where that folder is
+not writable, in numba's per-user cache), so only the first process on a machine compiles; later
+processes load it. Numba writes cache files under a temporary name and renames them, so processes
+compiling at the same time do not corrupt each other's files. Integer arithmetic is int64 in
+numba whatever the operand types, which the sums rely on. Each kernel is compiled once per set of
+argument types (read-only and writable arrays count as different types).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+HSP_WEIGHTS = (241, 691, 68)
+"""HSP weights scaled to integers: ``241 R² + 691 G² + 68 B²`` is exact in int32 (at most
+65,025,000) and orders pixels exactly as the float brightness does."""
+
+BUCKET_SHIFT = 12
+"""Order statistics first count values by ``value >> BUCKET_SHIFT`` (at most 15,876 buckets for
+the HSP squares), then sort only the values of the one bucket holding the wanted rank."""
+
+SEXTANTS = 6
+
+# Taylor coefficients of sine (x, x³, ... x¹¹) and cosine (1, x², ... x¹²): on |x| <= pi/6 the
+# first omitted terms are below 4e-14 and 2e-15.
+_SIN = tuple((-1) ** j / math.factorial(2 * j + 1) for j in range(6))
+_COS = tuple((-1) ** j / math.factorial(2 * j) for j in range(7))
+_HALF_ROOT3 = math.sqrt(3) / 2
+
+# Layout of the integer results of :func:`pixel_sums`.
+VALUE_SUM = 0  # sum of max(R, G, B)
+COLOURED = 1  # pixels whose chroma exceeds the greyscale limit
+RG_SUM = 2  # sum of R - G
+RG_SQUARES = 3
+YB2_SUM = 4  # sum of R + G - 2 B
+YB2_SQUARES = 5
+HUE_SELECTED = 6  # pixels with a reliable hue
+INTEGER_SUMS = 7
+
+
+@njit(cache=True, nogil=True)
+def split_channels(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], NDArray[np.uint8],
+                                                    NDArray[np.uint8]]:
+    """The channels of a C-contiguous (height, width, 3) uint8 image as three flat arrays
+    (several times faster than Pillow's ``split`` followed by copies into numpy)."""
+    interleaved = rgb.reshape(-1)
+    pixels = interleaved.size // 3
+    red = np.empty(pixels, np.uint8)
+    green = np.empty(pixels, np.uint8)
+    blue = np.empty(pixels, np.uint8)
+    for i in range(pixels):
+        red[i] = interleaved[3 * i]
+        green[i] = interleaved[3 * i + 1]
+        blue[i] = interleaved[3 * i + 2]
+    return red, green, blue
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _hue_parts(red: int, green: int, blue: int, high: int, chroma: int) -> tuple[int, int]:
+    """HSV hue as sextant ``k`` (0..5) and remainder ``r`` (0 <= r < chroma): the hue is
+    ``(k + r / chroma) * 60`` degrees. Meaningless when chroma is 0.
+
+    HSV takes the formula of the first channel (red, green, blue) holding the maximum: hue
+    ``base + d / chroma`` sixths, base 0, 2 or 4, with ``d`` (-chroma..chroma) the difference of
+    the other two channels. Written without branches (0/1 factors), so the compiler can process
+    several pixels per instruction.
+    """
+    from_red = np.int32(high == red)
+    from_green = np.int32(high == green) * (1 - from_red)
+    from_blue = 1 - from_red - from_green
+    base = 2 * from_green + 4 * from_blue
+    offset = from_red * (green - blue) + from_green * (blue - red) + from_blue * (red - green)
+    below = np.int32(offset < 0)
+    whole = np.int32(offset == chroma)
+    sextant = base - below + whole
+    sextant += 6 * np.int32(sextant < 0)  # a red maximum with green < blue: the last sextant
+    return sextant, offset + chroma * (below - whole)
+
+
+@njit(cache=True, nogil=True)
+def hue_numerators(red: NDArray[np.uint8], green: NDArray[np.uint8],
+                   blue: NDArray[np.uint8]) -> NDArray[np.int32]:
+    """Per pixel the hue as the integer ``hue_degrees * chroma / 60`` (0 <= t < 6 chroma; 0
+    where chroma is 0), from the same arithmetic as :func:`pixel_sums`."""
+    out = np.zeros(red.size, np.int32)
+    for i in range(red.size):
+        r, g, b = np.int32(red[i]), np.int32(green[i]), np.int32(blue[i])
+        high = max(r, g, b)
+        chroma = high - min(r, g, b)
+        sextant, remainder = _hue_parts(r, g, b, high, chroma)
+        out[i] = (sextant * chroma + remainder) * np.int32(chroma > 0)
+    return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _saturation(red: int, green: int, blue: int) -> float:
+    """HSV saturation ``(max - min) / max``, 0 for black."""
+    high = max(red, green, blue)
+    return (high - min(red, green, blue)) / np.float64(max(high, 1))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _hue_direction(sextant: int, remainder: int, chroma: int) -> tuple[float, float]:
+    """Cosine and sine of the hue angle ``(sextant + remainder / chroma) * 60`` degrees.
+
+    The angle is written as the sextant's centre ``(sextant + 1/2) * 60`` plus an offset ``x``
+    within +-30 degrees, whose sine and cosine are short polynomials (no table look-up, no
+    branch, so several pixels go through at once); the centre's cosine and sine are one of a
+    few constants, picked by 0/1 factors.
+    """
+    x = (math.pi / 3) * (remainder / np.float64(max(chroma, 1))) - math.pi / 6
+    xx = x * x
+    sin_x = x * (_SIN[0] + xx * (_SIN[1] + xx * (_SIN[2] + xx * (_SIN[3] + xx * (
+        _SIN[4] + xx * _SIN[5])))))
+    cos_x = _COS[0] + xx * (_COS[1] + xx * (_COS[2] + xx * (_COS[3] + xx * (_COS[4] + xx * (
+        _COS[5] + xx * _COS[6])))))
+    in_0, in_1, in_2 = np.float64(sextant == 0), np.float64(sextant == 1), np.float64(sextant == 2)
+    in_3, in_4, in_5 = np.float64(sextant == 3), np.float64(sextant == 4), np.float64(sextant == 5)
+    # Centres at 30, 90, ..., 330 degrees.
+    centre_cos = _HALF_ROOT3 * (in_0 - in_2 - in_3 + in_5)
+    centre_sin = 0.5 * (in_0 + in_2 - in_3 - in_5) + (in_1 - in_4)
+    return (centre_cos * cos_x - centre_sin * sin_x, centre_sin * cos_x + centre_cos * sin_x)
+
+
+@njit(cache=True, nogil=True)
+def _counts(values: NDArray[np.integer], shift: int, size: int) -> NDArray[np.int64]:
+    """How many ``values`` fall in each bucket ``value >> shift`` (0..size-1).
+
+    Alternate values go to two separate tables: photographs hold long runs of equal values,
+    and incrementing one counter again and again waits for each previous increment.
+    """
+    tables = np.zeros((2, size), np.int32)  # a count per pixel at most: int32 is ample
+    pairs = values.size // 2
+    for i in range(pairs):
+        tables[0, values[2 * i] >> shift] += 1
+        tables[1, values[2 * i + 1] >> shift] += 1
+    if values.size % 2:
+        tables[0, values[-1] >> shift] += 1
+    return tables[0].astype(np.int64) + tables[1]
+
+
+@njit(cache=True, nogil=True)
+def _largest(counts: NDArray[np.int64], wanted: int) -> NDArray[np.int64]:
+    """Indices of the ``wanted`` largest counts, largest first, ties to the lower index."""
+    chosen = np.full(min(wanted, counts.size), -1, np.int64)
+    for rank in range(chosen.size):
+        best = -1
+        for index in range(counts.size):
+            if (best < 0 or counts[index] > counts[best]) and index not in chosen[:rank]:
+                best = index
+        chosen[rank] = best
+    return chosen
+
+
+@njit(cache=True, nogil=True)
+def _member_sums(cell_of: NDArray[np.int32], cell_mask: int, red: NDArray[np.uint8],
+                 green: NDArray[np.uint8], blue: NDArray[np.uint8],
+                 wanted: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Per wanted cell, the R, G, B sums of the pixels whose ``cell_of & cell_mask`` is that cell
+    (one branch-free pass each)."""
+    out = np.zeros((wanted.size, 3), np.int64)
+    for rank in range(wanted.size):
+        cell = np.int32(wanted[rank])
+        red_sum = green_sum = blue_sum = 0
+        for i in range(cell_of.size):
+            member = np.int32(cell_of[i] & cell_mask == cell)
+            red_sum += member * np.int32(red[i])
+            green_sum += member * np.int32(green[i])
+            blue_sum += member * np.int32(blue[i])
+        out[rank, 0], out[rank, 1], out[rank, 2] = red_sum, green_sum, blue_sum
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[np.uint8],
+               value_low: int, value_high: int,
+               saturation_divisor: int, grey_chroma: int, cell_bits: int, top_cells: int
+               ) -> tuple[NDArray[np.int32], NDArray[np.int64], NDArray[np.int64],
+                          NDArray[np.float64], NDArray[np.int64], NDArray[np.int64],
+                          NDArray[np.int64], NDArray[np.int64]]:
+    """The light and colour inputs of one image, from its flat uint8 channels.
+
+    Returns, in order:
+
+    * ``weighted``: per pixel the HSP square ``241 R² + 691 G² + 68 B²`` (int32);
+    * ``buckets``: the :func:`bucket_counts` of ``weighted``;
+    * ``sums``: the integer sums at the indices named above;
+    * ``floats``: the sum of ``sqrt(weighted)``, the mean and standard deviation of
+      saturation ``chroma / max`` (0 for black), then the sums of the hue angle's cosine and
+      sine over the pixels with a reliable hue (``max`` within ``value_low..value_high`` and
+      ``chroma > max // saturation_divisor``, decided as ``chroma * saturation_divisor > max``);
+    * ``hue_bins``: those pixels' counts per 30-degree bin;
+    * ``cells``: pixel counts of the colour cells (``cell_bits`` high bits per channel);
+    * ``top``: the ``top_cells`` most populated cells, most populated first (ties to the lower
+      cell number), and ``cell_sums``: their R, G, B sums.
+
+    The first loop has no branches or scattered writes, so it is vectorised; the counting
+    loops follow. The float sums may be added in any order (``reassoc``): they are within the
+    documented tolerances either way, and every exact result is an integer.
+    """
+    n = red.size
+    weighted = np.empty(n, np.int32)
+    cell_of = np.empty(n, np.int32)
+    shift = 8 - cell_bits
+    # Saturation is summed as the offset from the first pixel's, so that a constant colour gives
+    # exactly its own saturation and a standard deviation of exactly 0.
+    first = _saturation(np.int32(red[0]), np.int32(green[0]), np.int32(blue[0]))
+    roots = saturation = hue_cos = hue_sin = 0.0
+    value_sum = coloured = rg_sum = rg_squares = yb2_sum = yb2_squares = selected = 0
+    for i in range(n):
+        r, g, b = np.int32(red[i]), np.int32(green[i]), np.int32(blue[i])
+        square = HSP_WEIGHTS[0] * r * r + HSP_WEIGHTS[1] * g * g + HSP_WEIGHTS[2] * b * b
+        weighted[i] = square
+        roots += math.sqrt(np.float64(square))
+        high = max(r, g, b)
+        chroma = high - min(r, g, b)
+        saturation += chroma / np.float64(max(high, 1)) - first
+        value_sum += high
+        coloured += np.int32(chroma > grey_chroma)
+        rg = r - g
+        yb2 = r + g - 2 * b
+        rg_sum += rg
+        rg_squares += rg * rg
+        yb2_sum += yb2
+        yb2_squares += yb2 * yb2
+        sextant, remainder = _hue_parts(r, g, b, high, chroma)
+        reliable = (np.int32(value_low <= high) * np.int32(high <= value_high)
+                    * np.int32(chroma * saturation_divisor > high))
+        selected += reliable
+        # Bin 12: no reliable hue.
+        hue_bin = reliable * (2 * sextant + np.int32(2 * remainder >= chroma)) + (
+            1 - reliable) * 2 * SEXTANTS
+        # The colour cell in the low bits, the hue bin above: one count gives both tallies.
+        cell_of[i] = (hue_bin << (3 * cell_bits)) | ((r >> shift) << (2 * cell_bits)) | (
+            (g >> shift) << cell_bits) | (b >> shift)
+        direction_cos, direction_sin = _hue_direction(sextant, remainder, chroma)
+        hue_cos += reliable * direction_cos
+        hue_sin += reliable * direction_sin
+    saturation_mean = first + saturation / n
+    deviations = 0.0
+    for i in range(n):
+        gap = _saturation(np.int32(red[i]), np.int32(green[i]), np.int32(blue[i]))
+        gap -= saturation_mean
+        deviations += gap * gap
+
+    buckets = _counts(weighted, BUCKET_SHIFT, (65_025_000 >> BUCKET_SHIFT) + 1)
+    cell_count = 1 << (3 * cell_bits)
+    tallies = _counts(cell_of, 0, (2 * SEXTANTS + 1) * cell_count).reshape(
+        2 * SEXTANTS + 1, cell_count)
+    cells = np.zeros(cell_count, np.int64)
+    hue_bins = np.zeros(2 * SEXTANTS + 1, np.int64)
+    for hue in range(2 * SEXTANTS + 1):
+        for cell in range(cell_count):
+            cells[cell] += tallies[hue, cell]
+            hue_bins[hue] += tallies[hue, cell]
+    top = _largest(cells, top_cells)
+    cell_sums = _member_sums(cell_of, cell_count - 1, red, green, blue, top)
+
+    sums = np.zeros(INTEGER_SUMS, np.int64)
+    sums[VALUE_SUM] = value_sum
+    sums[COLOURED] = coloured
+    sums[RG_SUM] = rg_sum
+    sums[RG_SQUARES] = rg_squares
+    sums[YB2_SUM] = yb2_sum
+    sums[YB2_SQUARES] = yb2_squares
+    sums[HUE_SELECTED] = selected
+    floats = np.array([roots, saturation_mean, math.sqrt(deviations / n), hue_cos, hue_sin])
+    return weighted, buckets, sums, floats, hue_bins[:2 * SEXTANTS], cells, top, cell_sums
+
+
+@njit(cache=True, nogil=True)
+def bucket_counts(values: NDArray[np.int32]) -> NDArray[np.int64]:
+    """How many of the non-negative ``values`` fall in each bucket ``value >> BUCKET_SHIFT``."""
+    top = 0
+    for value in values:
+        top = max(top, value)
+    counts = np.zeros((top >> BUCKET_SHIFT) + 1, np.int64)
+    for value in values:
+        counts[value >> BUCKET_SHIFT] += 1
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _bucket_minimum(values: NDArray[np.int32], bucket: int) -> int:
+    smallest = np.iinfo(np.int32).max
+    for value in values:
+        if value >> BUCKET_SHIFT == bucket and value < smallest:
+            smallest = value
+    return smallest
+
+
+@njit(cache=True, nogil=True)
+def ranked_pair(values: NDArray[np.int32], buckets: NDArray[np.int64], rank: int
+                ) -> tuple[int, int]:
+    """The values of rank ``rank`` and ``rank + 1`` (0-based, clipped to the last) in sorted
+    order, given the :func:`bucket_counts` of ``values``: only the wanted bucket is sorted."""
+    seen = 0
+    bucket = 0
+    while seen + buckets[bucket] <= rank:
+        seen += buckets[bucket]
+        bucket += 1
+    members = np.empty(buckets[bucket], np.int32)
+    found = 0
+    for value in values:
+        if value >> BUCKET_SHIFT == bucket:
+            members[found] = value
+            found += 1
+    members.sort()
+    at = members[rank - seen]
+    if rank + 1 >= values.size:
+        return at, at
+    if rank + 1 - seen < members.size:
+        return at, members[rank + 1 - seen]
+    following = bucket + 1
+    while buckets[following] == 0:
+        following += 1
+    return at, _bucket_minimum(values, following)
+
+
+@njit(cache=True, nogil=True)
+def detail_sums(gray: NDArray[np.uint8], strong_above: int) -> tuple[int, int, int, int]:
+    """Over the interior pixels of a 2-D uint8 image (at least 3x3): their count, the sum and sum
+    of squares of the 4-neighbour Laplacian, and how many have a squared Sobel magnitude
+    ``gx² + gy²`` above ``strong_above`` (all exact integers)."""
+    height, width = gray.shape
+    total = squares = strong = 0
+    for y in range(1, height - 1):
+        above, row, below = gray[y - 1], gray[y], gray[y + 1]
+        for x in range(1, width - 1):
+            centre = np.int32(row[x])
+            up, down = np.int32(above[x]), np.int32(below[x])
+            left, right = np.int32(row[x - 1]), np.int32(row[x + 1])
+            laplacian = up + down + left + right - 4 * centre
+            total += laplacian
+            squares += laplacian * laplacian
+            up_left, up_right = np.int32(above[x - 1]), np.int32(above[x + 1])
+            down_left, down_right = np.int32(below[x - 1]), np.int32(below[x + 1])
+            gx = up_right + 2 * right + down_right - up_left - 2 * left - down_left
+            gy = down_left + 2 * down + down_right - up_left - 2 * up - up_right
+            if gx * gx + gy * gy > strong_above:
+                strong += 1
+    return (height - 2) * (width - 2), total, squares, strong
+
+
+@njit(cache=True, nogil=True)
+def combine_rows(source: NDArray[np.uint8], starts: NDArray[np.int64],
+                 coefficients: NDArray[np.int32], precision_bits: int) -> NDArray[np.uint8]:
+    """One pass of Pillow's 8-bit convolution resize, along the first axis of ``source``.
+
+    Output row ``m`` is ``(2**(p-1) + sum_k coefficients[m, k] * source[starts[m] + k]) >> p``
+    clipped to 0..255, per element, with ``p = precision_bits`` and int32 sums as in Pillow
+    (zero coefficients pad short windows and are skipped). Whole rows are combined at a time,
+    so the compiler processes many elements per instruction; a horizontal pass is done on the
+    transposed image.
+    """
+    rows, length = coefficients.shape[0], source.shape[1]
+    out = np.empty((rows, length), np.uint8)
+    sums = np.empty(length, np.int32)
+    for row in range(rows):
+        sums[:] = np.int32(1 << (precision_bits - 1))
+        for tap in range(coefficients.shape[1]):
+            weight = coefficients[row, tap]
+            if weight == 0:
+                continue
+            line = source[starts[row] + tap]
+            for j in range(length):
+                sums[j] += weight * np.int32(line[j])
+        for j in range(length):
+            out[row, j] = min(max(sums[j] >> precision_bits, 0), 255)
+    return out
