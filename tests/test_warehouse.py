@@ -87,10 +87,10 @@ def test_reloading_the_same_table_changes_nothing(tmp_path: Path) -> None:
     assert loads[0][3] == loads[1][3]
 
 
-def test_changed_added_and_removed_images(tmp_path: Path) -> None:
+def test_changed_added_and_removed_images_when_pruning(tmp_path: Path) -> None:
     db = tmp_path / "w.duckdb"
     first = rows_for([f"i{n}" for n in range(10)])
-    load_warehouse(write_table(tmp_path / "t.parquet", first), db)
+    load_warehouse(write_table(tmp_path / "t.parquet", first), db, prune=True)
 
     second = [dict(row) for row in first[2:]]  # i0, i1 left the catalog
     second[0]["brightness_mean"] = 0.99  # i2 was measured again
@@ -98,7 +98,7 @@ def test_changed_added_and_removed_images(tmp_path: Path) -> None:
                                          feature_version="1")
     second += rows_for(["new1", "new2"])
     source = write_table(tmp_path / "t.parquet", second)
-    result = load_warehouse(source, db)
+    result = load_warehouse(source, db, prune=True)
     assert (result.inserted, result.updated, result.deleted, result.unchanged) == (2, 2, 2, 6)
     assert differences(db, source) == (0, 0)
     got = dict(query(db, f"SELECT image_id, status FROM {TABLE}"))
@@ -107,7 +107,7 @@ def test_changed_added_and_removed_images(tmp_path: Path) -> None:
     assert query(db, f"SELECT brightness_mean FROM {TABLE} WHERE image_id = 'i2'") == [(0.99,)]
 
 
-def test_new_columns_rebuild_the_table(tmp_path: Path) -> None:
+def test_new_columns_rebuild_the_table_when_pruning(tmp_path: Path) -> None:
     db = tmp_path / "w.duckdb"
     rows = rows_for(["a", "b", "c"])
     load_warehouse(write_table(tmp_path / "t.parquet", rows), db)
@@ -122,7 +122,7 @@ def test_new_columns_rebuild_the_table(tmp_path: Path) -> None:
     wider = wider.filter(pa.array([True, True, False]))  # and c leaves
     source = tmp_path / "t2.parquet"
     pq.write_table(wider, source)
-    result = load_warehouse(source, db)
+    result = load_warehouse(source, db, prune=True)
     assert result.rebuilt
     assert (result.inserted, result.updated, result.deleted) == (0, 2, 1)
     assert [r[0] for r in query(db, f"DESCRIBE {TABLE}")] == wider.schema.names
@@ -130,7 +130,7 @@ def test_new_columns_rebuild_the_table(tmp_path: Path) -> None:
                      f"WHERE table_name = '{TABLE}' AND column_name = 'width'") == [("BIGINT",)]
     assert differences(db, source) == (0, 0)
     # Still keyed by image_id after the rebuild: a plain reload is an upsert again.
-    again = load_warehouse(source, db)
+    again = load_warehouse(source, db, prune=True)
     assert not again.rebuilt and again.unchanged == 2
     with duckdb.connect(str(db)) as con, pytest.raises(duckdb.ConstraintException):
         con.execute(f"INSERT INTO {TABLE} (image_id, status) VALUES ('a', 'ok')")
@@ -173,13 +173,14 @@ KILLED_LOAD = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     warehouse._record = die
-    warehouse.load_warehouse(sys.argv[1], sys.argv[2])
+    warehouse.load_warehouse(sys.argv[1], sys.argv[2], prune=sys.argv[4] == "prune")
 """)
 
 
-def killed_load(source: Path, db: Path) -> None:
+def killed_load(source: Path, db: Path, *, prune: bool = False) -> None:
     result = subprocess.run([sys.executable, "-c", KILLED_LOAD, str(source), str(db),
-                             str(REPO / "workflow")], capture_output=True, text=True, timeout=120)
+                             str(REPO / "workflow"), "prune" if prune else "accumulate"],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == -9, result.stderr
 
 
@@ -189,11 +190,13 @@ def test_a_killed_load_keeps_the_previous_warehouse(tmp_path: Path) -> None:
     load_warehouse(old, db)
     new = write_table(tmp_path / "new.parquet",
                       rows_for([f"i{n}" for n in range(25, 90)], brightness=0.1))
-    killed_load(new, db)
-    assert differences(db, old) == (0, 0)
-    assert query(db, f"SELECT count(*) FROM {LOADS}") == [(1,)]
+    # Killed three times over: each time the warehouse is the one before the load.
+    for _ in range(3):
+        killed_load(new, db, prune=True)
+        assert differences(db, old) == (0, 0)
+        assert query(db, f"SELECT count(*) FROM {LOADS}") == [(1,)]
     # The next load starts from the intact warehouse and completes.
-    result = load_warehouse(new, db)
+    result = load_warehouse(new, db, prune=True)
     # Of the 25 kept images, the 5 failed ones have no measured value to change.
     assert (result.inserted, result.updated, result.deleted, result.unchanged) == (40, 20, 25, 5)
     assert differences(db, new) == (0, 0)

@@ -15,6 +15,7 @@ from thumbfeat.catalog import CatalogError, load_catalog, url_warnings  # noqa: 
 from thumbfeat.config import (  # noqa: E402
     RESULTS,
     ConfigError,
+    catalog_key,
     catalog_spec,
     check_against_schema,
     coerce_to_schema,
@@ -68,6 +69,8 @@ validate(config, schema=str(CONFIG_SCHEMA))
 try:
     CATALOG_SPEC = catalog_spec(config, workflow.basedir)
     FETCH_SETTINGS = asdict(fetch_settings(config, workflow.basedir))
+    # The catalog table's key column: checked before any work, as a write-back needs it.
+    CATALOG_KEY = catalog_key(config, CATALOG_SPEC) if HANDED is None else None
     if HANDED is None:
         CATALOG = load_catalog(CATALOG_SPEC)
 except (CatalogError, ConfigError) as error:
