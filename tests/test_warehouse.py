@@ -1,7 +1,9 @@
-"""Tests for thumbfeat.warehouse: upserts by image id, schema changes, deletions, crash safety."""
+"""Tests for thumbfeat.warehouse: accumulating and pruning upserts, keys, duplicate groups, rows
+read from disk, schema changes, crash safety, receipts."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -11,8 +13,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from thumbfeat import layout
 from thumbfeat import table as feature_table
-from thumbfeat.warehouse import LOADS, TABLE, WarehouseError, load_warehouse
+from thumbfeat.dbcatalog import CatalogKey
+from thumbfeat.warehouse import LOADS, TABLE, Target, WarehouseError, load_warehouse
 
 from tests.support import REPO
 
@@ -230,3 +234,123 @@ def test_a_warehouse_held_open_elsewhere_is_reported(tmp_path: Path) -> None:
     finally:
         holder.communicate("", timeout=60)
     assert load_warehouse(source, db).unchanged == 1
+
+
+def hashed_rows(ids: list[str], phashes: list[str]) -> list[dict[str, object]]:
+    """Measured rows carrying the hashes the duplicate groups are computed from."""
+    rows = rows_for(ids)
+    for row, phash in zip(rows, phashes, strict=True):
+        row.update(status="ok", error_kind=None, error=None, retryable=None, phash=phash,
+                   pixels_sha256=f"px-{phash}")
+    return rows
+
+
+def test_images_leaving_the_table_stay_by_default(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    everything = rows_for([f"i{n}" for n in range(10)])
+    load_warehouse(write_table(tmp_path / "t.parquet", everything), db)
+    # The next selection is "what is left": two of the images, one of them re-measured.
+    left = [dict(everything[3]), dict(everything[4])]
+    left[0]["brightness_mean"] = 0.77
+    for _ in range(3):
+        result = load_warehouse(write_table(tmp_path / "t.parquet", left), db)
+        assert result.deleted == 0
+        assert query(db, f"SELECT count(*) FROM {TABLE}") == [(10,)]
+    assert query(db, f"SELECT brightness_mean FROM {TABLE} WHERE image_id = 'i3'") == [(0.77,)]
+    assert differences(db, write_table(tmp_path / "all.parquet", [
+        *everything[:3], left[0], *everything[4:]])) == (0, 0)
+
+
+def test_loading_in_pieces_gives_the_warehouse_of_one_load(tmp_path: Path) -> None:
+    # i0 and i7 are near duplicates (1 bit apart), i3 and i5 exact duplicates of each other.
+    phashes = [f"{n:016x}" for n in range(100, 1100, 100)]
+    phashes[7] = f"{int(phashes[0], 16) ^ 1:016x}"
+    rows = hashed_rows([f"i{n}" for n in range(10)], phashes)
+    rows[5]["pixels_sha256"] = rows[3]["pixels_sha256"]
+    whole = tmp_path / "whole.duckdb"
+    load_warehouse(write_table(tmp_path / "all.parquet", rows), whole)
+    pieces = tmp_path / "pieces.duckdb"
+    for number, part in enumerate((rows[:4], rows[4:6], rows[6:], rows[2:8])):
+        load_warehouse(write_table(tmp_path / f"part{number}.parquet", part), pieces)
+    # NaN is not equal to itself in Python: compare its text.
+    everything = (f"SELECT * REPLACE (CAST(sharpness AS VARCHAR) AS sharpness) FROM {TABLE} "
+                  "ORDER BY image_id")
+    assert query(pieces, everything) == query(whole, everything)
+    groups = dict(query(pieces, f"SELECT image_id, near_duplicate_group FROM {TABLE}"))
+    assert groups["i0"] == groups["i7"] == "i0"
+    exact = dict(query(pieces, f"SELECT image_id, exact_duplicate_group FROM {TABLE}"))
+    assert exact["i3"] == exact["i5"] == "i3" and exact["i0"] is None
+
+
+def write_on_disk(results: Path, rows: list[dict[str, object]]) -> None:
+    for row in rows:
+        feature_table.write_row(layout.feature_path(results, str(row["image_id"])), row)
+
+
+def test_rows_on_disk_fill_the_warehouse_unless_pruning(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    rows = rows_for([f"i{n}" for n in range(12)])
+    write_on_disk(results, rows)
+    source = write_table(tmp_path / "t.parquet", rows[:3])
+    db = tmp_path / "w.duckdb"
+    first = load_warehouse(source, db, results=results)
+    assert (first.rows, first.inserted, first.from_files) == (12, 12, 9)
+    assert differences(db, write_table(tmp_path / "all.parquet", rows)) == (0, 0)
+    # Known rows are not read again; a deleted warehouse is built again from the disk.
+    assert load_warehouse(source, db, results=results).from_files == 0
+    for _ in range(3):
+        db.unlink()
+        assert load_warehouse(source, db, results=results).from_files == 9
+        assert query(db, f"SELECT count(*) FROM {TABLE}") == [(12,)]
+    pruned = load_warehouse(source, db, results=results, prune=True)
+    assert (pruned.deleted, pruned.from_files) == (9, 0)
+    assert differences(db, source) == (0, 0)
+
+
+def test_an_integer_catalog_key_stays_an_integer(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE dim_image (image_sk INTEGER PRIMARY KEY, title VARCHAR)")
+        con.execute("INSERT INTO dim_image SELECT i, 'photo ' || i FROM range(1, 6) t(i)")
+    key = CatalogKey("image_sk", "INTEGER")
+    source = write_table(tmp_path / "t.parquet", rows_for(["1", "2", "3", "4"]))
+    load_warehouse(source, db, key=key)
+    assert query(db, "SELECT column_name, data_type FROM information_schema.columns "
+                     f"WHERE table_name = '{TABLE}' ORDER BY ordinal_position LIMIT 2") == [
+        ("image_sk", "INTEGER"), ("status", "VARCHAR")]
+    joined = query(db, f"SELECT image_sk, title, status FROM dim_image JOIN {TABLE} "
+                       "USING (image_sk) ORDER BY image_sk")
+    assert joined == [(1, "photo 1", "ok"), (2, "photo 2", "ok"), (3, "photo 3", "ok"),
+                      (4, "photo 4", "ok")]
+    # An id the key cannot hold stops the load, naming the setting, and changes nothing.
+    bad = write_table(tmp_path / "bad.parquet", rows_for(["5", "x9"]))
+    with pytest.raises(WarehouseError, match="'x9' is not a INTEGER value.*catalog_key"):
+        load_warehouse(bad, db, key=key)
+    assert query(db, f"SELECT count(*) FROM {TABLE}") == [(4,)]
+
+
+def test_a_new_key_type_rebuilds_and_keeps_every_row(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    load_warehouse(write_table(tmp_path / "t.parquet", rows_for(["1", "2", "3"])), db)
+    later = write_table(tmp_path / "t2.parquet", rows_for(["3", "4"]))
+    result = load_warehouse(later, db, key=CatalogKey("image_id", "BIGINT"))
+    assert result.rebuilt and (result.inserted, result.updated, result.deleted) == (1, 1, 0)
+    assert query(db, f"SELECT image_id FROM {TABLE} ORDER BY 1") == [(1,), (2,), (3,), (4,)]
+    # Text ids an integer key cannot hold are never dropped: the load stops instead.
+    load_warehouse(write_table(tmp_path / "t3.parquet", rows_for(["a"])), tmp_path / "x.duckdb")
+    with pytest.raises(WarehouseError, match="cannot hold.*warehouse.table"):
+        load_warehouse(later, tmp_path / "x.duckdb", key=CatalogKey("image_id", "BIGINT"))
+    assert query(tmp_path / "x.duckdb", f"SELECT image_id FROM {TABLE}") == [("a",)]
+
+
+def test_receipts_are_named_by_the_warehouse_they_describe(tmp_path: Path) -> None:
+    default = Target("results/warehouse.duckdb")
+    same = Target("results/../results/warehouse.duckdb")
+    others = [Target(str(tmp_path / "elsewhere.duckdb")),
+              Target("results/warehouse.duckdb", table="other"),
+              Target("results/warehouse.duckdb", key=CatalogKey("image_sk", "INTEGER")),
+              Target("results/warehouse.duckdb", prune=True)]
+    assert same.receipt_path("results") == default.receipt_path("results")
+    paths = {t.receipt_path("results") for t in [default, *others]}
+    assert len(paths) == 5
+    assert Target.from_dict(dataclasses.asdict(others[2])) == others[2]

@@ -132,8 +132,9 @@ def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str,
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None) -> int:
-    row = con.execute(sql, params or []).fetchone()
-    return int(row[0]) if row else 0
+    # fetchall, not fetchone: an unfinished result blocks registering Arrow tables afterwards.
+    rows = con.execute(sql, params or []).fetchall()
+    return int(rows[0][0]) if rows else 0
 
 
 def _stage(con: duckdb.DuckDBPyConnection, source: Path, key: CatalogKey) -> None:
@@ -147,10 +148,10 @@ def _stage(con: duckdb.DuckDBPyConnection, source: Path, key: CatalogKey) -> Non
                              "set catalog_key to another column, or rename it in catalog_query")
     uncastable = con.execute(
         f"SELECT {quote(KEY)} FROM source_rows WHERE {quote(KEY)} IS NOT NULL AND "
-        f"TRY_CAST({quote(KEY)} AS {key.sql_type}) IS NULL LIMIT 1").fetchone()
+        f"TRY_CAST({quote(KEY)} AS {key.sql_type}) IS NULL LIMIT 1").fetchall()
     if uncastable:
         raise WarehouseError(
-            f"{source}: image id {uncastable[0]!r} is not a {key.sql_type} value like the catalog "
+            f"{source}: image id {uncastable[0][0]!r} is not a {key.sql_type} value like the catalog "
             f"key {key.column!r}; set catalog_key to the column the catalog query reads its ids "
             "from")
     con.execute(f"CREATE OR REPLACE TEMP TABLE incoming AS SELECT CAST({quote(KEY)} AS "
@@ -244,7 +245,7 @@ def _rebuild(con: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str
     except duckdb.ConversionException as exc:
         raise WarehouseError(
             f"table {table!r} holds {existing[0][0]!r} values that the new key {columns[0][0]!r} "
-            f"({columns[0][1]}) cannot hold: {exc}. Load into a new table (warehouse.table), or "
+            f"({columns[0][1]}) cannot hold ({str(exc).splitlines()[0]}). Load into a new table (warehouse.table), or "
             "set warehouse.prune to drop the rows the feature table does not hold") from exc
     kept = f"SELECT * FROM old_rows WHERE {key} NOT IN (SELECT {key} FROM incoming)"
     existed = _count(con, "SELECT count(*) FROM old_rows")
