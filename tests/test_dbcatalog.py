@@ -17,8 +17,8 @@ from thumbfeat.dbcatalog import (
     database_kind,
     find_catalog_key,
     thumbnail_flags,
-    write_back,
     warehouse_type,
+    write_back,
     write_back_and_log,
 )
 

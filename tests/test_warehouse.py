@@ -324,7 +324,7 @@ def test_an_integer_catalog_key_stays_an_integer(tmp_path: Path) -> None:
                       (4, "photo 4", "ok")]
     # An id the key cannot hold stops the load, naming the setting, and changes nothing.
     bad = write_table(tmp_path / "bad.parquet", rows_for(["5", "x9"]))
-    with pytest.raises(WarehouseError, match="'x9' is not a INTEGER value.*catalog_key"):
+    with pytest.raises(WarehouseError, match=r"'x9' is not a INTEGER value.*catalog_key"):
         load_warehouse(bad, db, key=key)
     assert query(db, f"SELECT count(*) FROM {TABLE}") == [(4,)]
 
@@ -338,7 +338,7 @@ def test_a_new_key_type_rebuilds_and_keeps_every_row(tmp_path: Path) -> None:
     assert query(db, f"SELECT image_id FROM {TABLE} ORDER BY 1") == [(1,), (2,), (3,), (4,)]
     # Text ids an integer key cannot hold are never dropped: the load stops instead.
     load_warehouse(write_table(tmp_path / "t3.parquet", rows_for(["a"])), tmp_path / "x.duckdb")
-    with pytest.raises(WarehouseError, match="cannot hold.*warehouse.table"):
+    with pytest.raises(WarehouseError, match=r"cannot hold.*warehouse\.table"):
         load_warehouse(later, tmp_path / "x.duckdb", key=CatalogKey("image_id", "BIGINT"))
     assert query(tmp_path / "x.duckdb", f"SELECT image_id FROM {TABLE}") == [("a",)]
 

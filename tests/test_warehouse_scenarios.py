@@ -37,6 +37,17 @@ def disagreements(workdir: Path) -> tuple[int, int]:
     return counts[0][0], counts[1][0]  # type: ignore[index]
 
 
+def missing_from_warehouse(workdir: Path) -> int:
+    """Rows of feature_table.parquet the warehouse does not hold as they are (all columns)."""
+    table = workdir / "results" / "feature_table.parquet"
+    columns = ", ".join(f'"{c}"' for c in pq.read_schema(table).names)
+    with duckdb.connect(str(workdir / "results" / "warehouse.duckdb"), read_only=True) as con:
+        row = con.execute(f"SELECT count(*) FROM (SELECT {columns} FROM read_parquet('{table}') "
+                          f"EXCEPT ALL SELECT {columns} FROM {TABLE})").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def loads(workdir: Path) -> list[tuple[object, ...]]:
     with duckdb.connect(str(workdir / "results" / "warehouse.duckdb"), read_only=True) as con:
         return con.execute("SELECT rows, inserted, updated, deleted, unchanged "
@@ -68,23 +79,36 @@ def test_warehouse_follows_reruns_and_catalog_changes(tmp_path: Path,
         con.execute("CREATE TABLE my_notes AS SELECT 'w001' AS image_id, 'nice' AS note")
 
     # The catalog changes: five images leave, ten arrive, and the failed image gets a URL that
-    # works (retried on request): its row is replaced.
+    # works (retried on request): its row is replaced. The five that left stay in the warehouse.
     rows = [*image_rows(server, names[5:]), ("lost", f"{server.base}/img/lost.jpg")]
     write_catalog(catalog, rows)
     run_snakemake(tmp_path, config={**config, "retry_failed": "true"})
     got = warehouse_rows(tmp_path)
-    assert [r[0] for r in got] == sorted([*names[5:], "lost"])
+    assert [r[0] for r in got] == sorted([*names, "lost"])
     assert {status for _, status in got} == {"ok"}
-    assert disagreements(tmp_path) == (0, 0)
-    assert loads(tmp_path)[-1] == (36, 10, 1, 5, 25)
+    assert missing_from_warehouse(tmp_path) == 0
+    assert loads(tmp_path)[-1] == (36, 10, 1, 0, 25)
     with duckdb.connect(str(tmp_path / "results" / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT note FROM my_notes").fetchall() == [("nice",)]
 
-    # A deleted warehouse is built again from the table by a plain run.
-    (tmp_path / "results" / "warehouse.duckdb").unlink()
+    # Pruning mirrors the table: a run with prune set loads again (another receipt) and deletes
+    # the five; switching back to accumulating brings them back from their files on disk.
+    pruning = {**config, "warehouse": "{prune: true}"}
+    run_snakemake(tmp_path, config=pruning)
+    assert [r[0] for r in warehouse_rows(tmp_path)] == sorted([*names[5:], "lost"])
+    assert disagreements(tmp_path) == (0, 0)
+    assert loads(tmp_path)[-1] == (36, 0, 0, 5, 36)
     run_snakemake(tmp_path, config=config)
     assert warehouse_rows(tmp_path) == got
-    assert disagreements(tmp_path) == (0, 0)
+
+    # A deleted warehouse is built again by a plain run, from the table and the rows on disk;
+    # pruning, from the table alone. Three times over.
+    for settings, expected in ((config, got), (pruning, got[:1] + got[6:]),
+                               (config, got)):
+        (tmp_path / "results" / "warehouse.duckdb").unlink()
+        run_snakemake(tmp_path, config=settings)
+        assert warehouse_rows(tmp_path) == expected
+        assert missing_from_warehouse(tmp_path) == 0
 
 
 def dim_image(kind: str, path: Path, server: ImageServer) -> Path:
@@ -126,7 +150,8 @@ def test_database_catalog_with_query_and_write_back(tmp_path: Path, server: Imag
     options = ["--configfile", str(settings)]
 
     run_snakemake(tmp_path, *options, config=FAST)
-    pool = sorted([*(str(i) for i in range(1, 13) if i % 4 != 0), "99"])
+    # The warehouse key keeps the catalog key's integer type.
+    pool = sorted([*(i for i in range(1, 13) if i % 4 != 0), 99])
     assert [r[0] for r in warehouse_rows(tmp_path)] == pool
     assert disagreements(tmp_path) == (0, 0)
     flags = dict(execute(database, "SELECT image_id, thumb_downloaded FROM dim_image"))
@@ -142,7 +167,7 @@ def test_database_catalog_with_query_and_write_back(tmp_path: Path, server: Imag
     before = server.total()
     run_snakemake(tmp_path, *options, config=FAST)
     assert server.total() - before == 1
-    assert "4" in {r[0] for r in warehouse_rows(tmp_path)}
+    assert 4 in {r[0] for r in warehouse_rows(tmp_path)}
     assert disagreements(tmp_path) == (0, 0)
     assert execute(database, "SELECT thumb_downloaded FROM dim_image WHERE image_id = 4") in (
         [(True,)], [(1,)])

@@ -112,6 +112,25 @@ def receipt(target: Target, result: LoadResult) -> dict[str, object]:
     return {**target.describe(), **result.as_dict()}
 
 
+def write_receipt(path: str | Path, target: Target, result: LoadResult) -> None:
+    """Write the load's receipt, and withdraw the receipts of other settings (another key or
+    pruning) for the same database table: this load changed that table, so a run with those
+    settings must load it again rather than find its receipt up to date."""
+    out = Path(path)
+    atomic.write_bytes(out, json.dumps(receipt(target, result), indent=2).encode())
+    described = target.describe()
+    for other in out.parent.glob("*.json"):
+        if other == out:
+            continue
+        try:
+            earlier = json.loads(other.read_text())
+        except (OSError, ValueError):
+            continue
+        if (earlier.get("database"), earlier.get("table")) == (described["database"],
+                                                               described["table"]):
+            other.unlink(missing_ok=True)
+
+
 def file_digest(path: str | Path) -> str:
     """A content hash of the loaded file, recorded with each load to tell which table it was."""
     hasher = hashlib.sha256()
@@ -151,9 +170,9 @@ def _stage(con: duckdb.DuckDBPyConnection, source: Path, key: CatalogKey) -> Non
         f"TRY_CAST({quote(KEY)} AS {key.sql_type}) IS NULL LIMIT 1").fetchall()
     if uncastable:
         raise WarehouseError(
-            f"{source}: image id {uncastable[0][0]!r} is not a {key.sql_type} value like the catalog "
-            f"key {key.column!r}; set catalog_key to the column the catalog query reads its ids "
-            "from")
+            f"{source}: image id {uncastable[0][0]!r} is not a {key.sql_type} value like the "
+            f"catalog key {key.column!r}; set catalog_key to the column the catalog query reads "
+            "its ids from")
     con.execute(f"CREATE OR REPLACE TEMP TABLE incoming AS SELECT CAST({quote(KEY)} AS "
                 f"{key.sql_type}) AS {quote(key.column)}, * EXCLUDE ({quote(KEY)}) "
                 "FROM source_rows")
@@ -245,8 +264,9 @@ def _rebuild(con: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str
     except duckdb.ConversionException as exc:
         raise WarehouseError(
             f"table {table!r} holds {existing[0][0]!r} values that the new key {columns[0][0]!r} "
-            f"({columns[0][1]}) cannot hold ({str(exc).splitlines()[0]}). Load into a new table (warehouse.table), or "
-            "set warehouse.prune to drop the rows the feature table does not hold") from exc
+            f"({columns[0][1]}) cannot hold ({str(exc).splitlines()[0]}). Load into a new "
+            "table (warehouse.table), or set warehouse.prune to drop the rows the feature "
+            "table does not hold") from exc
     kept = f"SELECT * FROM old_rows WHERE {key} NOT IN (SELECT {key} FROM incoming)"
     existed = _count(con, "SELECT count(*) FROM old_rows")
     left_out = _count(con, f"SELECT count(*) FROM ({kept})")
