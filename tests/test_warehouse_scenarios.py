@@ -4,6 +4,7 @@ SQLite files, images from a loopback server."""
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from thumbfeat.warehouse import Target, file_digest
 
 from tests.support import ImageServer, image_rows, run_snakemake, write_catalog
 
@@ -188,3 +190,61 @@ def test_write_back_needs_a_database_catalog(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "'catalog_write_back' applies to database catalogs" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def table_equals_warehouse(workdir: Path, database: Path, table: str = TABLE) -> bool:
+    """The warehouse table holds exactly the rows of feature_table.parquet, every column."""
+    parquet = workdir / "results" / "feature_table.parquet"
+    columns = ", ".join(f'"{c}"' for c in pq.read_schema(parquet).names)
+    with duckdb.connect(str(database), read_only=True) as con:
+        source = f"SELECT {columns} FROM read_parquet('{parquet}')"
+        loaded = f"SELECT {columns} FROM {table}"
+        one = con.execute(f"SELECT count(*) FROM ({source} EXCEPT ALL {loaded})").fetchone()
+        two = con.execute(f"SELECT count(*) FROM ({loaded} EXCEPT ALL {source})").fetchone()
+    return one == two == (0,)
+
+
+def test_switching_warehouses_never_leaves_one_stale(tmp_path: Path, server: ImageServer) -> None:
+    names = [f"s{i:03d}" for i in range(32)]
+    first = write_catalog(tmp_path / "first.csv", image_rows(server, names[:26]))
+    # The second catalog is smaller, and 6 of its images are new.
+    second = write_catalog(tmp_path / "second.csv", image_rows(server, names[12:]))
+    default = tmp_path / "results" / "warehouse.duckdb"
+    elsewhere = tmp_path / "elsewhere.duckdb"
+
+    def run(catalog: Path, **warehouse: object) -> None:
+        settings = tmp_path / "switch.yaml"
+        settings.write_text(yaml.safe_dump({"catalog": str(catalog),
+                                            "warehouse": {"prune": True, **warehouse}}))
+        run_snakemake(tmp_path, "--configfile", str(settings), config=FAST)
+
+    # Mirroring warehouses: each switch back leaves the default one equal to the table. Twice
+    # over, the second time with the catalogs the other way round.
+    for catalog, other in ((first, second), (second, first)):
+        run(catalog)
+        assert table_equals_warehouse(tmp_path, default)
+        run(other, path=str(elsewhere))
+        assert table_equals_warehouse(tmp_path, elsewhere)
+        run(other)
+        assert table_equals_warehouse(tmp_path, default)
+
+    # The receipt names the warehouse it describes and the table it loaded.
+    receipt_path = tmp_path / Target(str(default), prune=True).receipt_path("results")
+    receipt = json.loads(receipt_path.read_text())
+    assert receipt["database"] == str(default.resolve())
+    assert (receipt["table"], receipt["key"], receipt["prune"]) == (TABLE, "image_id", True)
+    assert receipt["source_digest"] == file_digest(tmp_path / "results" / "feature_table.parquet")
+
+    # A new table name creates that table, equal to the feature table, and leaves the other;
+    # back to the first name, that table is loaded again.
+    run(second, table="features_v2")
+    assert table_equals_warehouse(tmp_path, default, "features_v2")
+    assert table_equals_warehouse(tmp_path, default) is False
+    run(second)
+    assert table_equals_warehouse(tmp_path, default)
+
+    # Accumulating again: the default warehouse holds every image measured, the table's rows
+    # among them as they are.
+    run(second, prune=False)
+    assert missing_from_warehouse(tmp_path) == 0
+    assert [r[0] for r in warehouse_rows(tmp_path)] == names
