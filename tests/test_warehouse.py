@@ -354,3 +354,14 @@ def test_receipts_are_named_by_the_warehouse_they_describe(tmp_path: Path) -> No
     paths = {t.receipt_path("results") for t in [default, *others]}
     assert len(paths) == 5
     assert Target.from_dict(dataclasses.asdict(others[2])) == others[2]
+
+
+def test_a_new_distance_regroups_rows_that_did_not_change(tmp_path: Path) -> None:
+    # i1 is 3 bits from i0: near duplicates at distance 6, not at distance 2.
+    phashes = ["00000000000000f0", "00000000000000f7", "ffff000000000000"]
+    source = write_table(tmp_path / "t.parquet", hashed_rows(["i0", "i1", "i2"], phashes))
+    db = tmp_path / "w.duckdb"
+    group = f"SELECT image_id, near_duplicate_group FROM {TABLE} ORDER BY 1"
+    for distance, expected in ((6, "i0"), (2, None), (6, "i0")):
+        load_warehouse(source, db, near_duplicate_distance=distance)
+        assert query(db, group) == [("i0", expected), ("i1", expected), ("i2", None)]
