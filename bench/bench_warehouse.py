@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from thumbfeat.table import ROW_SCHEMA  # noqa: E402
+from thumbfeat.duplicates import DEFAULT_MAX_DISTANCE  # noqa: E402
+from thumbfeat.table import ROW_SCHEMA, with_duplicate_groups  # noqa: E402
 
 from bench.common import machine, publish, summary  # noqa: E402
 
@@ -65,7 +66,8 @@ def synthetic(rows: int, seed: int, ids: list[str]) -> pa.Table:
 
 def make_tables(rows: int, folder: Path) -> dict[str, Path]:
     ids = [f"img{i:08d}" for i in range(rows)]
-    base = synthetic(rows, 1, ids)
+    # Grouped as the workflow's table is (its metadata records the distance).
+    base = with_duplicate_groups(synthetic(rows, 1, ids), DEFAULT_MAX_DISTANCE)
     pq.write_table(base, folder / "base.parquet")
     # 10% of rows re-measured, 1% dropped, 1% appended.
     index = np.arange(rows)
@@ -74,7 +76,8 @@ def make_tables(rows: int, folder: Path) -> dict[str, Path]:
     changed = base.set_column(base.schema.get_field_index("brightness_mean"), "brightness_mean",
                               pa.array(brightness)).filter(pa.array(index % 100 != 7))
     extra = synthetic(rows // 100, 2, [f"new{i:08d}" for i in range(rows // 100)])
-    changed_table = pa.concat_tables([changed, extra])
+    changed_table = with_duplicate_groups(pa.concat_tables([changed, extra]),
+                                          DEFAULT_MAX_DISTANCE)
     pq.write_table(changed_table, folder / "changed.parquet")
     # A column a later feature version might add (a name not in the current schema).
     wider = changed_table.append_column("future_score",

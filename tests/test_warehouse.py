@@ -37,8 +37,10 @@ def rows_for(ids: list[str], *, brightness: float = 0.5) -> list[dict[str, objec
     return rows
 
 
-def write_table(path: Path, rows: list[dict[str, object]]) -> Path:
-    feature_table.write_rows(path, rows)
+def write_table(path: Path, rows: list[dict[str, object]], distance: int = 6) -> Path:
+    """A feature table as the workflow assembles it: rows plus their duplicate groups."""
+    built = pa.Table.from_pylist(rows, schema=feature_table.ROW_SCHEMA)
+    pq.write_table(feature_table.with_duplicate_groups(built, distance), path)
     return path
 
 
@@ -359,9 +361,16 @@ def test_receipts_are_named_by_the_warehouse_they_describe(tmp_path: Path) -> No
 def test_a_new_distance_regroups_rows_that_did_not_change(tmp_path: Path) -> None:
     # i1 is 3 bits from i0: near duplicates at distance 6, not at distance 2.
     phashes = ["00000000000000f0", "00000000000000f7", "ffff000000000000"]
-    source = write_table(tmp_path / "t.parquet", hashed_rows(["i0", "i1", "i2"], phashes))
-    db = tmp_path / "w.duckdb"
+    db, pruned = tmp_path / "w.duckdb", tmp_path / "pruned.duckdb"
+    load_warehouse(write_table(tmp_path / "o.parquet", rows_for(["other"])), db)
     group = f"SELECT image_id, near_duplicate_group FROM {TABLE} ORDER BY 1"
+    rows = hashed_rows(["i0", "i1", "i2"], phashes)
     for distance, expected in ((6, "i0"), (2, None), (6, "i0")):
+        source = write_table(tmp_path / "t.parquet", rows, distance)
+        # The warehouse also holds an image the table does not: it regroups itself.
         load_warehouse(source, db, near_duplicate_distance=distance)
-        assert query(db, group) == [("i0", expected), ("i1", expected), ("i2", None)]
+        assert query(db, group) == [("i0", expected), ("i1", expected), ("i2", None),
+                                    ("other", None)]
+        # Mirroring the table, it takes the table's groups.
+        load_warehouse(source, pruned, near_duplicate_distance=distance, prune=True)
+        assert query(pruned, group) == [("i0", expected), ("i1", expected), ("i2", None)]

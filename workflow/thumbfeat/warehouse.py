@@ -36,6 +36,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from thumbfeat import atomic, layout
 from thumbfeat.dbcatalog import CatalogKey, quote
@@ -45,7 +46,7 @@ from thumbfeat.duplicates import (
     extend_near_duplicate_groups,
     near_duplicate_groups,
 )
-from thumbfeat.table import GROUP_COLUMNS, read_rows
+from thumbfeat.table import DISTANCE_KEY, GROUP_COLUMNS, read_rows
 
 TABLE = "feature_image_visual"
 LOADS = "thumbfeat_loads"
@@ -130,6 +131,15 @@ def write_receipt(path: str | Path, target: Target, result: LoadResult) -> None:
         if (earlier.get("database"), earlier.get("table")) == (described["database"],
                                                                described["table"]):
             other.unlink(missing_ok=True)
+
+
+def grouped_distance(source: Path) -> int | None:
+    """The near-duplicate distance the feature table's groups were made with (its metadata)."""
+    metadata = pq.read_schema(source).metadata or {}
+    try:
+        return int(metadata[DISTANCE_KEY])
+    except (KeyError, ValueError):
+        return None
 
 
 def file_digest(path: str | Path) -> str:
@@ -280,10 +290,27 @@ def _rebuild(con: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str
     return inserted, total - inserted, left_out if prune else 0
 
 
+HASH_COLUMNS = ("pixels_sha256", "phash")
+
+
+def _rehashed(con: duckdb.DuckDBPyConnection, table: str, key: str,
+              names: set[str]) -> int:
+    """How many changed rows have other hashes than the warehouse's: only they (and removed
+    rows) can split or move duplicate groups; new rows only join them."""
+    if not set(HASH_COLUMNS) <= names:
+        return 0
+    differs = " OR ".join(f"c.{quote(n)} IS DISTINCT FROM t.{quote(n)}" for n in HASH_COLUMNS)
+    return _count(con, f"SELECT count(*) FROM changed AS c JOIN {quote(table)} AS t "
+                       f"ON c.{key} = t.{key} WHERE {differs}")
+
+
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str, str]],
-            prune: bool) -> tuple[int, int, int]:
-    """Write only new and changed rows (group labels aside: they are recomputed after), and
-    delete rows the table does not hold when pruning; same columns both sides."""
+            prune: bool) -> tuple[int, int, int, int]:
+    """Write only new and changed rows (group labels aside: they are settled after), and
+    delete rows the table does not hold when pruning; same columns both sides.
+
+    Returns (inserted, updated, deleted, updated rows whose hashes changed).
+    """
     target, key = quote(table), quote(columns[0][0])
     compared = ", ".join(quote(name) for name, _ in columns if name not in GROUP_COLUMNS)
     con.execute("CREATE OR REPLACE TEMP TABLE changed AS SELECT * FROM incoming WHERE "
@@ -292,13 +319,14 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str,
     inserted = _count(con, f"SELECT count(*) FROM changed WHERE {key} NOT IN "
                            f"(SELECT {key} FROM {target})")
     updated = _count(con, "SELECT count(*) FROM changed") - inserted
+    rehashed = _rehashed(con, table, key, {name for name, _ in columns})
     con.execute(f"INSERT OR REPLACE INTO {target} SELECT * FROM changed")
     deleted = 0
     if prune:
         deleted = _count(con, f"DELETE FROM {target} WHERE {key} NOT IN "
                               f"(SELECT {key} FROM incoming)")
-    # ``changed`` is kept until the groups are updated: with only new rows it says which.
-    return inserted, updated, deleted
+    # ``changed`` is kept until the groups are settled: it says which rows are new or moved.
+    return inserted, updated, deleted, rehashed
 
 
 GROUPINGS = "thumbfeat_groupings"
@@ -313,24 +341,46 @@ def _grouped_with(con: duckdb.DuckDBPyConnection, table: str) -> int | None:
     return int(found[0][0]) if found else None
 
 
-def _regroup(con: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str, str]],
-             near_duplicate_distance: int, *, rows_changed: bool, only_added: bool) -> None:
-    """Recompute the duplicate groups over every row of the warehouse table, as the feature
-    table computes them over its rows; only rows whose labels change are written.
+def _record_grouping(con: duckdb.DuckDBPyConnection, table: str, distance: int) -> None:
+    con.execute(f"INSERT OR REPLACE INTO {quote(GROUPINGS)} VALUES (?, ?)", [table, distance])
 
-    Skipped when no row changed and the groups were made with this distance. When rows were only
-    added, the earlier near-duplicate groups are extended with the new rows' edges (the same
-    result for a fraction of the work, as in the table's own assembly).
+
+def _copy_groups(con: duckdb.DuckDBPyConnection, table: str, key: str) -> None:
+    """Take the table's own group labels, where they differ from the warehouse's."""
+    exact, near = (quote(name) for name in GROUP_COLUMNS)
+    con.execute(f"UPDATE {quote(table)} AS t SET {exact} = i.{exact}, {near} = i.{near} "
+                f"FROM incoming AS i WHERE t.{key} = i.{key} AND "
+                f"(t.{exact} IS DISTINCT FROM i.{exact} OR t.{near} IS DISTINCT FROM i.{near})")
+
+
+def _regroup(con: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str, str]],
+             near_duplicate_distance: int, *, table_rows: int, table_distance: int | None,
+             rows_changed: bool, only_joined: bool) -> None:
+    """Make the duplicate groups describe every row of the warehouse table, as the feature
+    table's describe its own rows; only rows whose labels change are written.
+
+    When the warehouse holds exactly the table's images and the table was grouped with this
+    distance (pruning, or a selection that never shrank), the table's labels are taken as they
+    are. Otherwise the groups are recomputed over all rows, unless no row changed and they were
+    made with this distance. When rows were only added, or changed without new hashes, the
+    earlier near-duplicate groups are extended with those rows' edges: the same result for a
+    fraction of the work, as in the table's own assembly.
     """
     names = {name for name, _ in columns}
-    if not {*GROUP_COLUMNS, "pixels_sha256", "phash"} <= names:
-        return
-    same_distance = _grouped_with(con, table) == near_duplicate_distance
-    if same_distance and not rows_changed:
+    if not {*GROUP_COLUMNS, *HASH_COLUMNS} <= names:
         return
     key = quote(columns[0][0])
+    stored = _grouped_with(con, table)
+    if (table_distance == near_duplicate_distance
+            and _count(con, f"SELECT count(*) FROM {quote(table)}") == table_rows):
+        _copy_groups(con, table, key)
+        _record_grouping(con, table, near_duplicate_distance)
+        return
+    same_distance = stored == near_duplicate_distance
+    if same_distance and not rows_changed:
+        return
     exact, near = (quote(name) for name in GROUP_COLUMNS)
-    extend = same_distance and only_added
+    extend = same_distance and only_joined
     added = (f"{key} IN (SELECT {key} FROM changed)" if extend else "false")
     current = _arrow(con, f"SELECT CAST({key} AS VARCHAR) AS id, pixels_sha256, phash, "
                           f"{near} AS near, {added} AS added FROM {quote(table)}")
@@ -354,8 +404,7 @@ def _regroup(con: duckdb.DuckDBPyConnection, table: str, columns: list[tuple[str
                     f"AND (t.{exact} IS DISTINCT FROM g.exact OR t.{near} IS DISTINCT FROM g.near)")
     finally:
         con.unregister("regrouped")
-    con.execute(f"INSERT OR REPLACE INTO {quote(GROUPINGS)} VALUES (?, ?)",
-                [table, near_duplicate_distance])
+    _record_grouping(con, table, near_duplicate_distance)
 
 
 _LOAD_COLUMNS = ("loaded_at TIMESTAMPTZ, source VARCHAR, source_digest VARCHAR, rows BIGINT, "
@@ -393,11 +442,14 @@ def load_into(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = TABL
         rebuilt = existing != columns
         if rebuilt:
             inserted, updated, deleted = _rebuild(con, table, columns, existing, prune)
+            rehashed = updated
         else:
-            inserted, updated, deleted = _upsert(con, table, columns, prune)
+            inserted, updated, deleted, rehashed = _upsert(con, table, columns, prune)
         _regroup(con, table, columns, near_duplicate_distance,
+                 table_rows=_count(con, "SELECT count(*) FROM incoming") - from_files,
+                 table_distance=grouped_distance(source),
                  rows_changed=rebuilt or bool(inserted or updated or deleted),
-                 only_added=not rebuilt and not updated and not deleted)
+                 only_joined=not rebuilt and not rehashed and not deleted)
         con.execute("DROP TABLE IF EXISTS changed")
         rows = _count(con, "SELECT count(*) FROM incoming")
         result = LoadResult(
