@@ -12,10 +12,13 @@ import pytest
 from thumbfeat import layout
 from thumbfeat.dbcatalog import (
     FLAG_COLUMN,
+    CatalogKey,
     DatabaseError,
     database_kind,
+    find_catalog_key,
     read_query,
     thumbnail_flags,
+    warehouse_type,
     write_back,
     write_back_and_log,
 )
@@ -105,3 +108,35 @@ def test_numbers_read_as_the_same_text_from_sqlite_and_duckdb(tmp_path: Path) ->
             for kind, path in (("sqlite", lite), ("duckdb", duck))}
     assert rows["sqlite"] == ["2", "2.5", "10", "1", None]
     assert rows["duckdb"] == ["2", "2.5", "10", "true", None]
+
+
+def test_the_catalog_key_keeps_its_type(database: Path) -> None:
+    key = find_catalog_key(database, "dim_image", "image_id", None, write_back=True)
+    # SQLite declares INTEGER loosely: any declared integer is a BIGINT in the warehouse.
+    assert key == CatalogKey("image_id", "BIGINT" if database.suffix == ".sqlite" else "INTEGER")
+    assert find_catalog_key(database, "dim_image", "id", "url", write_back=False) == CatalogKey(
+        "url", "VARCHAR")
+    # Nothing asks for a key and the table does not hold the ids: the warehouse keys by text.
+    assert find_catalog_key(database, "dim_image", "image_id_alias", None,
+                            write_back=False) is None
+    assert find_catalog_key(database, "photos", "image_id", None, write_back=False) is None
+
+
+@pytest.mark.parametrize(("table", "id_column", "catalog_key", "message"), [
+    ("dim_image", "image", None,
+     "'catalog_write_back': table 'dim_image' has no column 'image' .* set catalog_key"),
+    ("dim_image", "image", "sk", "'catalog_key': table 'dim_image' has no column 'sk'; "
+                                 "its columns are image_id, url, vote_pool_flag"),
+    ("photos", "image_id", None, "'catalog_write_back' needs the table 'photos'.*catalog_table"),
+])
+def test_a_write_back_that_cannot_land_is_refused(database: Path, table: str, id_column: str,
+                                                  catalog_key: str | None, message: str) -> None:
+    with pytest.raises(DatabaseError, match=message):
+        find_catalog_key(database, table, id_column, catalog_key, write_back=True)
+
+
+def test_warehouse_types_of_key_columns() -> None:
+    assert warehouse_type("int", "sqlite") == "BIGINT"
+    assert warehouse_type("TEXT", "sqlite") == "VARCHAR"
+    assert warehouse_type("UBIGINT", "duckdb") == "UBIGINT"
+    assert warehouse_type("DECIMAL(18,3)", "duckdb") == "VARCHAR"

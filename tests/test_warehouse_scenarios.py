@@ -4,6 +4,7 @@ SQLite files, images from a loopback server."""
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from thumbfeat.warehouse import Target, file_digest
 
 from tests.support import ImageServer, image_rows, run_snakemake, write_catalog
 
@@ -35,6 +37,17 @@ def disagreements(workdir: Path) -> tuple[int, int]:
         assert con.execute(f"SELECT count(*) FROM {TABLE}").fetchone() == con.execute(
             f"SELECT count(*) FROM read_parquet('{table}')").fetchone()
     return counts[0][0], counts[1][0]  # type: ignore[index]
+
+
+def missing_from_warehouse(workdir: Path) -> int:
+    """Rows of feature_table.parquet the warehouse does not hold as they are (all columns)."""
+    table = workdir / "results" / "feature_table.parquet"
+    columns = ", ".join(f'"{c}"' for c in pq.read_schema(table).names)
+    with duckdb.connect(str(workdir / "results" / "warehouse.duckdb"), read_only=True) as con:
+        row = con.execute(f"SELECT count(*) FROM (SELECT {columns} FROM read_parquet('{table}') "
+                          f"EXCEPT ALL SELECT {columns} FROM {TABLE})").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def loads(workdir: Path) -> list[tuple[object, ...]]:
@@ -68,23 +81,36 @@ def test_warehouse_follows_reruns_and_catalog_changes(tmp_path: Path,
         con.execute("CREATE TABLE my_notes AS SELECT 'w001' AS image_id, 'nice' AS note")
 
     # The catalog changes: five images leave, ten arrive, and the failed image gets a URL that
-    # works (retried on request): its row is replaced.
+    # works (retried on request): its row is replaced. The five that left stay in the warehouse.
     rows = [*image_rows(server, names[5:]), ("lost", f"{server.base}/img/lost.jpg")]
     write_catalog(catalog, rows)
     run_snakemake(tmp_path, config={**config, "retry_failed": "true"})
     got = warehouse_rows(tmp_path)
-    assert [r[0] for r in got] == sorted([*names[5:], "lost"])
+    assert [r[0] for r in got] == sorted([*names, "lost"])
     assert {status for _, status in got} == {"ok"}
-    assert disagreements(tmp_path) == (0, 0)
-    assert loads(tmp_path)[-1] == (36, 10, 1, 5, 25)
+    assert missing_from_warehouse(tmp_path) == 0
+    assert loads(tmp_path)[-1] == (36, 10, 1, 0, 25)
     with duckdb.connect(str(tmp_path / "results" / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT note FROM my_notes").fetchall() == [("nice",)]
 
-    # A deleted warehouse is built again from the table by a plain run.
-    (tmp_path / "results" / "warehouse.duckdb").unlink()
+    # Pruning mirrors the table: a run with prune set loads again (another receipt) and deletes
+    # the five; switching back to accumulating brings them back from their files on disk.
+    pruning = {**config, "warehouse": "{prune: true}"}
+    run_snakemake(tmp_path, config=pruning)
+    assert [r[0] for r in warehouse_rows(tmp_path)] == sorted([*names[5:], "lost"])
+    assert disagreements(tmp_path) == (0, 0)
+    assert loads(tmp_path)[-1] == (36, 0, 0, 5, 36)
     run_snakemake(tmp_path, config=config)
     assert warehouse_rows(tmp_path) == got
-    assert disagreements(tmp_path) == (0, 0)
+
+    # A deleted warehouse is built again by a plain run, from the table and the rows on disk;
+    # pruning, from the table alone. Three times over.
+    for settings, expected in ((config, got), (pruning, got[:1] + got[6:]),
+                               (config, got)):
+        (tmp_path / "results" / "warehouse.duckdb").unlink()
+        run_snakemake(tmp_path, config=settings)
+        assert warehouse_rows(tmp_path) == expected
+        assert missing_from_warehouse(tmp_path) == 0
 
 
 def dim_image(kind: str, path: Path, server: ImageServer) -> Path:
@@ -126,7 +152,8 @@ def test_database_catalog_with_query_and_write_back(tmp_path: Path, server: Imag
     options = ["--configfile", str(settings)]
 
     run_snakemake(tmp_path, *options, config=FAST)
-    pool = sorted([*(str(i) for i in range(1, 13) if i % 4 != 0), "99"])
+    # The warehouse key keeps the catalog key's integer type.
+    pool = sorted([*(i for i in range(1, 13) if i % 4 != 0), 99])
     assert [r[0] for r in warehouse_rows(tmp_path)] == pool
     assert disagreements(tmp_path) == (0, 0)
     flags = dict(execute(database, "SELECT image_id, thumb_downloaded FROM dim_image"))
@@ -142,7 +169,7 @@ def test_database_catalog_with_query_and_write_back(tmp_path: Path, server: Imag
     before = server.total()
     run_snakemake(tmp_path, *options, config=FAST)
     assert server.total() - before == 1
-    assert "4" in {r[0] for r in warehouse_rows(tmp_path)}
+    assert 4 in {r[0] for r in warehouse_rows(tmp_path)}
     assert disagreements(tmp_path) == (0, 0)
     assert execute(database, "SELECT thumb_downloaded FROM dim_image WHERE image_id = 4") in (
         [(True,)], [(1,)])
@@ -163,3 +190,61 @@ def test_write_back_needs_a_database_catalog(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "'catalog_write_back' applies to database catalogs" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def table_equals_warehouse(workdir: Path, database: Path, table: str = TABLE) -> bool:
+    """The warehouse table holds exactly the rows of feature_table.parquet, every column."""
+    parquet = workdir / "results" / "feature_table.parquet"
+    columns = ", ".join(f'"{c}"' for c in pq.read_schema(parquet).names)
+    with duckdb.connect(str(database), read_only=True) as con:
+        source = f"SELECT {columns} FROM read_parquet('{parquet}')"
+        loaded = f"SELECT {columns} FROM {table}"
+        one = con.execute(f"SELECT count(*) FROM ({source} EXCEPT ALL {loaded})").fetchone()
+        two = con.execute(f"SELECT count(*) FROM ({loaded} EXCEPT ALL {source})").fetchone()
+    return one == two == (0,)
+
+
+def test_switching_warehouses_never_leaves_one_stale(tmp_path: Path, server: ImageServer) -> None:
+    names = [f"s{i:03d}" for i in range(32)]
+    first = write_catalog(tmp_path / "first.csv", image_rows(server, names[:26]))
+    # The second catalog is smaller, and 6 of its images are new.
+    second = write_catalog(tmp_path / "second.csv", image_rows(server, names[12:]))
+    default = tmp_path / "results" / "warehouse.duckdb"
+    elsewhere = tmp_path / "elsewhere.duckdb"
+
+    def run(catalog: Path, **warehouse: object) -> None:
+        settings = tmp_path / "switch.yaml"
+        settings.write_text(yaml.safe_dump({"catalog": str(catalog),
+                                            "warehouse": {"prune": True, **warehouse}}))
+        run_snakemake(tmp_path, "--configfile", str(settings), config=FAST)
+
+    # Mirroring warehouses: each switch back leaves the default one equal to the table. Twice
+    # over, the second time with the catalogs the other way round.
+    for catalog, other in ((first, second), (second, first)):
+        run(catalog)
+        assert table_equals_warehouse(tmp_path, default)
+        run(other, path=str(elsewhere))
+        assert table_equals_warehouse(tmp_path, elsewhere)
+        run(other)
+        assert table_equals_warehouse(tmp_path, default)
+
+    # The receipt names the warehouse it describes and the table it loaded.
+    receipt_path = tmp_path / Target(str(default), prune=True).receipt_path("results")
+    receipt = json.loads(receipt_path.read_text())
+    assert receipt["database"] == str(default.resolve())
+    assert (receipt["table"], receipt["key"], receipt["prune"]) == (TABLE, "image_id", True)
+    assert receipt["source_digest"] == file_digest(tmp_path / "results" / "feature_table.parquet")
+
+    # A new table name creates that table, equal to the feature table, and leaves the other;
+    # back to the first name, that table is loaded again.
+    run(second, table="features_v2")
+    assert table_equals_warehouse(tmp_path, default, "features_v2")
+    assert table_equals_warehouse(tmp_path, default) is False
+    run(second)
+    assert table_equals_warehouse(tmp_path, default)
+
+    # Accumulating again: the default warehouse holds every image measured, the table's rows
+    # among them as they are.
+    run(second, prune=False)
+    assert missing_from_warehouse(tmp_path) == 0
+    assert [r[0] for r in warehouse_rows(tmp_path)] == names

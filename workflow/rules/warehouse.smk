@@ -1,4 +1,6 @@
-# The feature table loaded into a DuckDB warehouse (upserted by image_id), and for database
+from thumbfeat.warehouse import TEXT_KEY, Target  # noqa: E402
+
+# The feature table loaded into a DuckDB warehouse (upserted by image key), and for database
 # catalogs the optional thumb_downloaded flag written back to the catalog table.
 #
 # Snakemake deletes a job's existing outputs before running it, which would throw away the very
@@ -10,8 +12,14 @@
 # (Flagging the database update() would keep it too, but Snakemake would copy the whole file to a
 # backup before every load and copy that back over it after a failed job, racing DuckDB's own
 # transaction log; the transaction already leaves a failed load without effect.)
+# The receipt is named by the warehouse it describes (file, table, key, pruning): pointing the
+# warehouse elsewhere and back, or at another table, asks for a receipt that is missing or older
+# than the table, so the load runs again.
 WAREHOUSE = RUN.warehouse
-WAREHOUSE_RECEIPT = layout.warehouse_receipt_path(RESULTS)
+WAREHOUSE_TARGET = Target(
+    WAREHOUSE.path, WAREHOUSE.table, RUN.catalog_key or TEXT_KEY, WAREHOUSE.prune
+)
+WAREHOUSE_RECEIPT = WAREHOUSE_TARGET.receipt_path(RESULTS)
 WAREHOUSE_CREATED = [] if os.path.exists(WAREHOUSE.path) else [WAREHOUSE.path]
 WRITE_BACK_RECEIPT = layout.write_back_receipt_path(RESULTS)
 WAREHOUSE_TARGETS = []
@@ -38,6 +46,9 @@ rule warehouse:
         RUN.log("warehouse"),
     conda:
         "../../envs/thumbfeat.yaml"
+    params:
+        target=WAREHOUSE_TARGET.as_dict(),
+        near_duplicate_distance=config["near_duplicate_distance"],
     script:
         "../scripts/load_warehouse.py"
 
@@ -58,6 +69,8 @@ rule catalog_write_back:
     params:
         database=str(RUN.catalog_spec.path),
         table=RUN.catalog_spec.table,
-        id_column=RUN.catalog_spec.id_column,
+        id_column=(
+            RUN.catalog_key.column if RUN.catalog_key else RUN.catalog_spec.id_column
+        ),
     script:
         "../scripts/write_back.py"

@@ -16,7 +16,7 @@ from typing import Any
 
 from thumbfeat import layout
 from thumbfeat.catalog import CatalogSpec
-from thumbfeat.dbcatalog import DEFAULT_TABLE, SUFFIXES
+from thumbfeat.dbcatalog import DEFAULT_TABLE, SUFFIXES, CatalogKey, DatabaseError, find_catalog_key
 from thumbfeat.fetch import FetchSettings
 
 
@@ -51,11 +51,23 @@ def catalog_spec(config: Mapping[str, Any], basedir: str | Path) -> CatalogSpec:
         query=config.get("catalog_query") or None,
     )
     if not spec.is_database:
-        for key in ("catalog_query", "catalog_write_back"):
+        for key in ("catalog_query", "catalog_write_back", "catalog_key"):
             if config.get(key):
                 raise ConfigError(f"config key {key!r} applies to database catalogs "
                                   f"({', '.join(sorted(SUFFIXES))}), not to {spec.path}")
     return spec
+
+
+def catalog_key(config: Mapping[str, Any], spec: CatalogSpec) -> CatalogKey | None:
+    """The column of a database catalog's table holding the ids (see dbcatalog.find_catalog_key)."""
+    if not spec.is_database:
+        return None
+    try:
+        return find_catalog_key(spec.path, spec.table, spec.id_column,
+                                config.get("catalog_key") or None,
+                                write_back=bool(config.get("catalog_write_back")))
+    except DatabaseError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ class WarehouseSettings:
     enabled: bool = True
     path: str = f"{layout.RESULTS}/warehouse.duckdb"
     table: str = "feature_image_visual"
+    # Mirror the table (delete rows of images it does not hold) instead of accumulating.
+    prune: bool = False
 
 
 def warehouse_settings(config: Mapping[str, Any]) -> WarehouseSettings:

@@ -10,6 +10,11 @@ table, adding the column when it is missing: true for each selected image whose 
 and is non-empty (an empty thumbnail marks a failed download), false for the other selected images.
 Rows outside the selection are not touched, only rows whose flag changes are written, and the whole
 update is one transaction, so it can be repeated at will.
+
+Rows are matched by the catalog key: the column of the catalog table that holds the image ids
+(``catalog_key``, default ``id_column``). It is looked up when the workflow is parsed, so a
+write-back that could not find its rows stops the run before any download, and its type is what
+the warehouse key takes (an integer key stays an integer there).
 """
 
 from __future__ import annotations
@@ -147,6 +152,83 @@ def read_query(path: Path, query: str) -> pa.Table:
                             f"{', '.join(repeated)} more than once; name them apart with AS\n"
                             f"  query: {query}")
     return table
+
+
+# --- the catalog key ----------------------------------------------------------------------------
+
+# Key types the warehouse keeps as they are; any other type is kept as text there.
+_KEY_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT",
+                        "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT", "VARCHAR", "UUID"})
+
+
+@dataclass(frozen=True)
+class CatalogKey:
+    """The column of the catalog table holding the image ids, and its type in DuckDB terms."""
+
+    column: str
+    sql_type: str
+
+
+def warehouse_type(declared: str, kind: str) -> str:
+    """The DuckDB type a catalog key column keeps in the warehouse.
+
+    SQLite declares types loosely (its INTEGER affinity covers ``INT``, ``BIGINT`` ...), so any
+    declared integer is a BIGINT; types that do not name an id faithfully are kept as text.
+    """
+    upper = declared.strip().upper()
+    if kind == "sqlite":
+        return "BIGINT" if "INT" in upper else "VARCHAR"
+    return upper if upper in _KEY_TYPES else "VARCHAR"
+
+
+def _column_types(path: Path, table: str) -> dict[str, str]:
+    """Name to DuckDB type of each column of ``table`` (empty when there is no such table)."""
+    kind = database_kind(path)
+    try:
+        if kind == "sqlite":
+            with _sqlite(path, read_only=True) as con:
+                found = [(row[1], row[2] or "") for row in
+                         con.execute(f"PRAGMA table_info({quote(table)})").fetchall()]
+        else:
+            with _duckdb(path, read_only=True) as con:
+                found = con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = ? AND table_schema = current_schema() "
+                    "ORDER BY ordinal_position", [table]).fetchall()
+    except (sqlite3.Error, duckdb.Error) as exc:
+        raise DatabaseError(f"{path}: cannot read the columns of table {table!r}: {exc}") from exc
+    return {name: warehouse_type(declared, kind) for name, declared in found}
+
+
+def find_catalog_key(path: Path, table: str, id_column: str, catalog_key: str | None, *,
+                     write_back: bool) -> CatalogKey | None:
+    """The catalog key, checked against the table before any work is done.
+
+    ``catalog_key`` names the column when the catalog query renames it (``SELECT source_id AS
+    image_id``); otherwise ``id_column`` is looked for in ``table``. None when neither is asked
+    for and the table does not hold the ids (a query reading another table or a view): the
+    warehouse then keys rows by text ids. A write-back without a key cannot land, so it is refused
+    here rather than after every image was fetched.
+    """
+    column = catalog_key or id_column
+    columns = _column_types(path, table)
+    if column in columns:
+        return CatalogKey(column, columns[column])
+    if not catalog_key and not write_back:
+        return None
+    if not columns:
+        setting = "catalog_key" if catalog_key else "catalog_write_back"
+        raise DatabaseError(f"{path}: config key {setting!r} needs the table {table!r}, which "
+                            "does not exist; set catalog_table to the table holding the images")
+    listed = ", ".join(columns)
+    if catalog_key:
+        raise DatabaseError(f"{path}: config key 'catalog_key': table {table!r} has no column "
+                            f"{catalog_key!r}; its columns are {listed}")
+    raise DatabaseError(
+        f"{path}: config key 'catalog_write_back': table {table!r} has no column {id_column!r} "
+        f"(the id_column) to match images by; when catalog_query renames the id column "
+        f"(... AS {id_column}), set catalog_key to the column of {table!r} it comes from. "
+        f"Its columns are {listed}")
 
 
 # --- writing back ------------------------------------------------------------------------------

@@ -118,9 +118,16 @@ def log_path(results: str | Path, name: str) -> str:
     return f"{results}/{LOGS}/{name}.log"
 
 
-def warehouse_receipt_path(results: str | Path) -> str:
-    """What the last warehouse load changed (the warehouse rule's declared output)."""
-    return f"{results}/warehouse.load.json"
+WAREHOUSE_RECEIPTS = "warehouse-loads"
+
+
+def warehouse_receipt_path(results: str | Path, target_digest: str) -> str:
+    """What the last load into one warehouse target changed (the warehouse rule's output).
+
+    Named by a digest of the target (file, table, key, pruning): loading elsewhere and back asks
+    for a receipt that is missing or older than the table, so the load runs again.
+    """
+    return f"{results}/{WAREHOUSE_RECEIPTS}/{target_digest}.json"
 
 
 def write_back_receipt_path(results: str | Path) -> str:

@@ -21,10 +21,12 @@ from thumbfeat.catalog import Catalog, CatalogError, CatalogSpec, load_catalog, 
 from thumbfeat.config import (
     ConfigError,
     WarehouseSettings,
+    catalog_key,
     catalog_spec,
     fetch_settings,
     warehouse_settings,
 )
+from thumbfeat.dbcatalog import CatalogKey
 from thumbfeat.plan import (
     Batch,
     WorkPlan,
@@ -90,6 +92,8 @@ class RunContext:
     fetch_settings: dict[str, Any]
     warehouse: WarehouseSettings
     handed: handover.HandedPlan | None = None
+    # The catalog table's column holding the ids (database catalogs): the warehouse keeps its type.
+    catalog_key: CatalogKey | None = None
     # Listed once per parse: the preview and the table rule's inputs use the same folders.
     feature_shard_dirs: list[str] = field(default_factory=list)
     # Lines for the person starting the run: the plan, then warnings.
@@ -167,12 +171,15 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
             fetch_settings=settings, warehouse=warehouse_settings(config), handed=handed,
         )
     else:
+        # Checked before any work, as a write-back needs it.
+        key = catalog_key(config, spec)
         catalog = load_catalog(spec)
         slots = job_slots(facts, config["batch_threads"])
         context = RunContext(
             config=config, results=results, catalog_spec=spec, catalog=catalog,
             catalog_digest=catalog.digest(), plan=WorkPlan(catalog_size=len(catalog)),
             slots=slots, fetch_settings=settings, warehouse=warehouse_settings(config),
+            catalog_key=key,
         )
         context.feature_shard_dirs = layout.existing_shard_dirs(results, layout.FEATURES)
         context.plan = _plan(context, catalog, facts)
