@@ -19,10 +19,18 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+sys.path.insert(0, str(REPO / "workflow"))
+
+from thumbfeat.thumbnail import thumbnail_settings  # noqa: E402
+
+TAG = thumbnail_settings(yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+                         ["thumbnail"]).tag
+"""The thumbnail settings folder of the default config, where a default run writes."""
 
 
 def make_jpeg(name: str, size: tuple[int, int] = (320, 240)) -> bytes:

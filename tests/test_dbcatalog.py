@@ -19,7 +19,7 @@ from thumbfeat.dbcatalog import (
     write_back_and_log,
 )
 
-from tests.support import duckdb_catalog, sqlite_catalog
+from tests.support import TAG, duckdb_catalog, sqlite_catalog
 
 LOGGER = logging.getLogger("tests.dbcatalog")
 
@@ -48,7 +48,7 @@ def test_database_kind_reads_the_file_not_the_name(tmp_path: Path) -> None:
 def test_thumbnail_flags_follow_the_files(tmp_path: Path) -> None:
     results = tmp_path / "results"
     for image_id, data in (("ok", b"jpeg"), ("failed", b"")):
-        path = Path(layout.thumb_path(results, image_id))
+        path = Path(layout.thumb_path(results, image_id, TAG))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     assert thumbnail_flags(results, ["ok", "failed", "pending"]) == {

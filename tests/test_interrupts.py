@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 from thumbfeat import layout
 
-from tests.support import ImageServer, image_rows, run_snakemake, snakemake_command, write_catalog
+from tests.support import (
+    TAG,
+    ImageServer,
+    image_rows,
+    run_snakemake,
+    snakemake_command,
+    write_catalog,
+)
 
 CONCURRENCY = 8
 CORES = 2
@@ -79,8 +86,8 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, slow_server: ImageServe
     assert [row["image_id"] for row in table] == names
     assert {row["status"] for row in table} == {"ok"}
     for name in names:
-        with Image.open(layout.thumb_path(results, name)) as image:
+        with Image.open(layout.thumb_path(results, name, TAG)) as image:
             image.load()
-        assert pq.read_table(layout.feature_path(results, name)).num_rows == 1
+        assert pq.read_table(layout.feature_path(results, name, TAG)).num_rows == 1
     leftovers = [p for p in results.rglob(".*") if p.is_file()]
     assert leftovers == [] or how == "kill-9-group", leftovers

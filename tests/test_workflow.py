@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from thumbfeat import layout
 
-from tests.support import ImageServer, file_times, image_rows, run_snakemake, write_catalog
+from tests.support import TAG, ImageServer, file_times, image_rows, run_snakemake, write_catalog
 
 FAST = {"batch_size": "100", "local_file_roots": "[]"}
 
@@ -52,17 +52,17 @@ def test_fresh_rerun_repair_and_append(tmp_path: Path, server: ImageServer) -> N
     # a request; feature files are recomputed from the thumbnails on disk.
     results = tmp_path / "results"
     for name in names[10:17]:
-        Path(layout.thumb_path(results, name)).unlink()
+        Path(layout.thumb_path(results, name, TAG)).unlink()
     for name in names[100:105]:
-        Path(layout.feature_path(results, name)).unlink()
+        Path(layout.feature_path(results, name, TAG)).unlink()
     before = server.snapshot()
     run_snakemake(tmp_path, config=config)
     delta = server.snapshot() - before
     assert sum(delta.values()) == 7
     assert set(delta) == {f"/img/{n}.jpg" for n in names[10:17]}
     for name in names[10:17] + names[100:105]:
-        assert Path(layout.thumb_path(results, name)).stat().st_size > 0
-        assert Path(layout.feature_path(results, name)).exists()
+        assert Path(layout.thumb_path(results, name, TAG)).stat().st_size > 0
+        assert Path(layout.feature_path(results, name, TAG)).exists()
 
     # Appending rows fetches exactly the new images.
     write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
@@ -150,10 +150,10 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
     table = results / "feature_table.parquet"
     # Half done: 30 images lost both files, 15 their feature file; the flaky ones failed for now.
     for name in names[:30]:
-        Path(layout.thumb_path(results, name)).unlink()
-        Path(layout.feature_path(results, name)).unlink()
+        Path(layout.thumb_path(results, name, TAG)).unlink()
+        Path(layout.feature_path(results, name, TAG)).unlink()
     for name in names[30:45]:
-        Path(layout.feature_path(results, name)).unlink()
+        Path(layout.feature_path(results, name, TAG)).unlink()
 
     before = server.snapshot()
     files_before = file_times(tmp_path, "**/*")
@@ -192,7 +192,7 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
     assert preview_then_run() == ({"catalog": 125, "download": 0, "features": 0, "kept": 3,
                                    "retry": 0, "batches": 0, "table": "up to date"}, False)
     # A feature shard folder changed (say a file of an image outside the catalog was removed).
-    shard = Path(layout.feature_path(results, names[50])).parent
+    shard = Path(layout.feature_path(results, names[50], TAG)).parent
     os.utime(shard, ns=(table.stat().st_mtime_ns + 10**9,) * 2)
     shown, rebuilt = preview_then_run()
     assert shown["table"] == "will be rebuilt (feature files changed since it was written)"
@@ -209,7 +209,7 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
 def test_one_requested_file_builds_just_it(tmp_path: Path, server: ImageServer) -> None:
     names = [f"q{i:03d}" for i in range(50)]
     catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
-    target = layout.feature_path("results", "q007")
+    target = layout.feature_path("results", "q007", TAG)
     run_snakemake(tmp_path, target, config={**FAST, "catalog": str(catalog)})
     assert server.total() == 1
     assert (tmp_path / target).exists()

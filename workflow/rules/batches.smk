@@ -29,5 +29,6 @@ for batch in PLAN.batches:
             measure=list(batch.feature_ids),
             batch_key=batch.key,
             settings=FETCH_SETTINGS,
+            thumbnails=asdict(THUMBNAIL),
         script:
             "../scripts/process_batch.py"

@@ -22,6 +22,7 @@ from thumbfeat.config import (  # noqa: E402
     rate_share,
     warehouse_settings,
 )
+from thumbfeat.thumbnail import thumbnail_settings  # noqa: E402
 from thumbfeat.plan import (  # noqa: E402
     plan_work,
     requested_image_ids,
@@ -68,6 +69,7 @@ validate(config, schema=str(CONFIG_SCHEMA))
 try:
     CATALOG_SPEC = catalog_spec(config, workflow.basedir)
     FETCH_SETTINGS = asdict(fetch_settings(config, workflow.basedir))
+    THUMBNAIL = thumbnail_settings(config["thumbnail"])
     if HANDED is None:
         CATALOG = load_catalog(CATALOG_SPEC)
 except (CatalogError, ConfigError) as error:
@@ -77,12 +79,17 @@ CATALOG_DIGEST = CATALOG.digest() if HANDED is None else HANDED.catalog_digest
 CATALOG_SNAPSHOT = f"{RESULTS}/catalog/{CATALOG_DIGEST}.parquet"
 FEATURE_TABLE = f"{RESULTS}/feature_table.parquet"
 # Listed once per parse: the preview and the table rule's inputs use the same folders.
-FEATURE_SHARD_DIRS = layout.existing_shard_dirs(RESULTS, layout.FEATURES)
+# Thumbnails and rows of these thumbnail settings live in their own folders (see thumbfeat.layout).
+TAG = THUMBNAIL.tag
+FEATURE_SHARD_DIRS = layout.existing_shard_dirs(
+    RESULTS, layout.stage_dir(layout.FEATURES, TAG)
+)
 if HANDED is None:
     REQUESTED_IDS = requested_image_ids(sys.argv, CATALOG.ids)
     PLAN = plan_work(
         CATALOG,
         RESULTS,
+        tag=TAG,
         batch_size=None if config["batch_size"] == "auto" else config["batch_size"],
         slots=job_slots(workflow, config["batch_threads"]),
         retry_failed=config["retry_failed"],

@@ -5,8 +5,9 @@ from thumbfeat.table import settings_marker as table_settings_marker  # noqa: E4
 # digest of the selected ids and URLs, so a new selection is a missing file), when a batch ran, or
 # when a feature shard folder changed since the table was written (a row file was added or
 # removed by any means: a folder's time changes on every rename into it). The settings marker is
-# named by the near-duplicate distance, so changing that setting also rebuilds the table.
-TABLE_SETTINGS = table_settings_marker(RESULTS, config["near_duplicate_distance"])
+# named by the near-duplicate distance and the thumbnail settings, so changing either also rebuilds
+# the table.
+TABLE_SETTINGS = table_settings_marker(RESULTS, config["near_duplicate_distance"], TAG)
 
 
 # On a cluster the table is assembled by the submitting process itself: it reads partial tables
@@ -32,5 +33,6 @@ rule feature_table:
         digest=CATALOG_DIGEST,
         spec=asdict(CATALOG_SPEC),
         near_duplicate_distance=config["near_duplicate_distance"],
+        tag=TAG,
     script:
         "../scripts/feature_table.py"

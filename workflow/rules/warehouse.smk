@@ -59,5 +59,6 @@ rule catalog_write_back:
         database=str(CATALOG_SPEC.path),
         table=CATALOG_SPEC.table,
         id_column=CATALOG_SPEC.id_column,
+        tag=TAG,
     script:
         "../scripts/write_back.py"

@@ -9,6 +9,7 @@ from thumbfeat import layout
 from thumbfeat.batch import process_batch
 from thumbfeat.config import RESULTS, job_logger
 from thumbfeat.fetch import FetchSettings
+from thumbfeat.thumbnail import ThumbnailSettings
 
 smk = snakemake  # noqa: F821
 process_batch(
@@ -16,6 +17,7 @@ process_batch(
     smk.params.measure,
     RESULTS,
     FetchSettings(**smk.params.settings),
+    thumbnails=ThumbnailSettings(**smk.params.thumbnails),
     threads=smk.threads,
     max_pixels=smk.config["max_pixels"],
     manifest_path=smk.output.manifest,

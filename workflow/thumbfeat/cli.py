@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -27,10 +28,27 @@ def latest_snapshot(results: Path) -> Path | None:
     return snapshots[-1] if snapshots else None
 
 
-def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
+def latest_tag(results: Path) -> str:
+    """The thumbnail settings most recently written to (those of the latest run), else the
+    default settings'."""
+    root = Path(results) / layout.THUMBS
+    try:
+        folders = [e for e in os.scandir(root) if e.is_dir() and e.name not in layout.SHARD_SET]
+    except FileNotFoundError:
+        folders = []
+    if folders:
+        return max(folders, key=lambda e: e.stat().st_mtime).name
+    from thumbfeat.thumbnail import default_settings  # numpy and Pillow: only when needed
+
+    return default_settings().tag
+
+
+def status_report(results: Path, catalog: CatalogSpec | None = None,
+                  tag: str | None = None) -> str:
     """Done, failed by kind and pending images of a catalog, and what the batch jobs did.
 
-    The catalog is the one given, else the snapshot the last table was built for.
+    The catalog is the one given, else the snapshot the last table was built for; the thumbnail
+    settings those given, else those of the latest run.
     """
     if catalog is not None:
         ids = list(load_catalog(catalog).ids)
@@ -45,14 +63,18 @@ def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
         ids = read_snapshot_ids(snapshot)
         source = f"snapshot {snapshot.name}"
     wanted = set(ids)
-    rows = present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX) & wanted
-    thumbs = present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX) & wanted
+    tag = tag or latest_tag(results)
+    rows = present_ids(results, layout.stage_dir(layout.FEATURES, tag),
+                       layout.FEATURE_SUFFIX) & wanted
+    thumbs = present_ids(results, layout.stage_dir(layout.THUMBS, tag),
+                         layout.THUMB_SUFFIX) & wanted
     # A record counts only beside its (empty) thumbnail: without one the image is pending again.
     failures = {i: r for i, r in read_failures(results, wanted).items() if i in thumbs}
     kinds = Counter(record.kind for record in failures.values())
     retry = sum(record.retryable for record in failures.values())
     lines = [
         f"catalog: {len(ids)} images ({source})",
+        f"thumbnails: {tag}",
         f"downloaded: {len(thumbs) - len(failures)} ok, {len(failures)} failed, "
         f"{len(wanted) - len(thumbs)} pending",
         f"features: {len(rows)} done, {len(wanted) - len(rows)} pending",
@@ -106,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--catalog-table", default=CatalogSpec.table,
                         help="the table of a database catalog")
     where = commands.add_parser("path", help="print where an image's files are")
+    for command in (status, where):
+        command.add_argument("--thumbnails", metavar="SETTINGS",
+                             help="the thumbnail settings folder to look at (default: the one "
+                                  "written last, e.g. 512px-jpeg-q85)")
     where.add_argument("image_id")
     where.add_argument("--results", default="results")
     args = parser.parse_args(argv)
@@ -114,12 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                             table=args.catalog_table)
                 if args.catalog is not None else None)
         try:
-            print(status_report(args.results, spec))
+            print(status_report(args.results, spec, args.thumbnails))
         except CatalogError as error:
             parser.exit(2, f"thumbfeat status: {error}\n")
     else:
-        for path in (layout.thumb_path(args.results, args.image_id),
-                     layout.feature_path(args.results, args.image_id),
+        tag = args.thumbnails or latest_tag(Path(args.results))
+        for path in (layout.thumb_path(args.results, args.image_id, tag),
+                     layout.feature_path(args.results, args.image_id, tag),
                      layout.failure_path(args.results, args.image_id)):
             print(path)
     return 0

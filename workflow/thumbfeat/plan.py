@@ -48,6 +48,8 @@ class WorkPlan:
     features: list[str] = field(default_factory=list)
     failed_kept: dict[str, FailureRecord] = field(default_factory=dict)
     failed_retried: dict[str, FailureRecord] = field(default_factory=dict)
+    # Images to download whose thumbnails exist, made with other thumbnail settings.
+    other_settings: list[str] = field(default_factory=list)
     batches: list[Batch] = field(default_factory=list)
     # URLs of the images to download, and only those: a finished catalog costs no lookup table.
     urls: dict[str, str] = field(default_factory=dict)
@@ -62,6 +64,8 @@ class WorkPlan:
         parts = [
             f"{self.catalog_size} images in the catalog",
             f"download: {len(self.download)} to fetch",
+            *([f"thumbnails: {len(self.other_settings)} made with other settings, to fetch again"]
+              if self.other_settings else []),
             f"features: {len(self.features)} to compute",
             f"failed: {kept} kept as failed" + (f", {retried} to retry" if retried else ""),
             f"{len(self.batches)} batches",
@@ -116,20 +120,22 @@ def auto_batch_size(work: int, slots: int) -> int:
     return max(AUTO_BATCH_MIN, math.ceil(work / batches))
 
 
-def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
+def plan_work(catalog: Catalog, results: str | Path, *, tag: str, batch_size: int | None,
               slots: int = 1, retry_failed: bool = False,
               only: Collection[str] | None = None) -> WorkPlan:
     """Compare the catalog with the disk and say what each stage still has to do.
 
     ``batch_size`` None sizes batches for ``slots`` jobs running at once (see auto_batch_size).
     ``only`` restricts the work to the given ids (when the user asks for particular files).
+    ``tag`` names the thumbnail settings: only thumbnails and rows made with them count as done.
     """
     ids: Iterable[str] = catalog.ids
     if only is not None:
         ids = [i for i in catalog.ids if i in only]
     wanted = set(ids) if only is not None else set(catalog.ids)
-    thumbs = layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
-    features = layout.present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX)
+    thumbs = layout.present_ids(results, layout.stage_dir(layout.THUMBS, tag), layout.THUMB_SUFFIX)
+    features = layout.present_ids(results, layout.stage_dir(layout.FEATURES, tag),
+                                  layout.FEATURE_SUFFIX)
     failures = read_failures(results, wanted)
     plan = WorkPlan(catalog_size=len(catalog))
     redo: set[str] = set()
@@ -144,6 +150,9 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
     ordered = [i for i in catalog.ids if i in wanted]
     plan.download = [i for i in ordered if i in download]
     plan.features = [i for i in ordered if i in compute]
+    if download - redo:
+        elsewhere = layout.thumbs_made_elsewhere(results, tag)
+        plan.other_settings = [i for i in plan.download if i in elsewhere and i not in redo]
     plan.urls = {i: u for i, u in zip(catalog.ids, catalog.urls, strict=True) if i in download}
     work = len(download | compute)
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)

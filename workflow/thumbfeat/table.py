@@ -50,6 +50,13 @@ ROW_SCHEMA = pa.schema(
         pa.field("source_mode", pa.string()),
         pa.field("sha256", pa.string()),
         pa.field("pixels_sha256", pa.string()),
+        # the source as downloaded, and the settings its thumbnail was made with
+        pa.field("source_width", pa.int32()),
+        pa.field("source_height", pa.int32()),
+        pa.field("source_bytes", pa.int64()),
+        pa.field("source_format", pa.string()),
+        pa.field("source_sha256", pa.string()),
+        pa.field("thumbnail_settings", pa.string()),
         # light
         pa.field("brightness_mean", pa.float64()),
         pa.field("brightness_p05", pa.float64()),
@@ -248,7 +255,7 @@ def with_duplicate_groups(built: pa.Table, near_duplicate_distance: int,
     return built.replace_schema_metadata({DISTANCE_KEY: str(near_duplicate_distance).encode()})
 
 
-def _shard_folder_times(results: str) -> dict[str, int]:
+def _shard_folder_times(results: str, tag: str) -> dict[str, int]:
     """Modification time (ns) of each feature shard folder.
 
     Per-image files are only ever renamed into place, which updates their folder's time after the
@@ -257,14 +264,15 @@ def _shard_folder_times(results: str) -> dict[str, int]:
     times = {}
     for shard in layout.SHARDS:
         try:
-            times[shard] = os.stat(f"{results}/{layout.FEATURES}/{shard}").st_mtime_ns
+            times[shard] = os.stat(
+                f"{results}/{layout.stage_dir(layout.FEATURES, tag)}/{shard}").st_mtime_ns
         except FileNotFoundError:
             continue
     return times
 
 
 def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path, *,
-                   threads: int = 8, workers: int = 1,
+                   tag: str, threads: int = 8, workers: int = 1,
                    near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> Assembled:
     """Build the feature table: one row per catalog image, in catalog order, written atomically.
 
@@ -273,19 +281,23 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
     file is read; files are only looked at in shard folders changed since their partial. The
     per-image files stay the truth; partials only save opening them one by one. A missing
     per-image file means the work list and the disk disagree: an error, not a shorter table.
+    Only rows measured from thumbnails made with the settings ``tag`` are taken, so rows of two
+    settings never mix.
     """
     partials = _read_partials(results)
     newest: dict[str, tuple[int, int, int]] = {}
     for number, (mtime, _, partial) in enumerate(partials):
+        made_with = partial.column("thumbnail_settings").to_pylist()
         for row, image_id in enumerate(partial.column("image_id").to_pylist()):
-            newest[image_id] = (mtime, number, row)
+            if made_with[row] == tag:
+                newest[image_id] = (mtime, number, row)
     offsets = [0]
     for _, _, partial in partials:
         offsets.append(offsets[-1] + partial.num_rows)
     take: list[int] = []
     to_read: list[str] = []
     missing: list[str] = []
-    folder_times = _shard_folder_times(results)
+    folder_times = _shard_folder_times(results, tag)
     for image_id in image_ids:
         hit = newest.get(image_id)
         if hit is not None and folder_times.get(layout.shard_of(image_id), hit[0]) < hit[0]:
@@ -294,7 +306,7 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
             # file times tick coarsely, and a change in the partial's own tick may follow it.)
             take.append(offsets[hit[1]] + hit[2])
             continue
-        path = layout.feature_path(results, image_id)
+        path = layout.feature_path(results, image_id, tag)
         try:
             file_mtime = os.stat(path).st_mtime_ns
         except FileNotFoundError:
@@ -342,14 +354,15 @@ def _keep_as_cache(table_path: str | Path, results: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def settings_marker(results: str, near_duplicate_distance: int) -> str:
-    """The file recording the settings the table was grouped with.
+def settings_marker(results: str, near_duplicate_distance: int, tag: str) -> str:
+    """The file recording the settings the table was grouped and its rows measured with.
 
     Its name carries the settings, so changing one makes the workflow ask for a file that does
     not exist, which rebuilds the table (Snakemake's own parameter tracking is off: metadata is
     dropped for speed).
     """
-    return f"{results}/table-settings/near-duplicate-distance-{near_duplicate_distance}.json"
+    return (f"{results}/table-settings/near-duplicate-distance-{near_duplicate_distance}"
+            f"-thumbnails-{tag}.json")
 
 
 def write_settings_marker(path: str | Path, near_duplicate_distance: int) -> None:
@@ -363,11 +376,12 @@ def write_settings_marker(path: str | Path, near_duplicate_distance: int) -> Non
 
 
 def assemble_and_log(image_ids: Sequence[str], results: str, out_path: str | Path, *,
-                     threads: int, logger: logging.Logger, workers: int = 1,
+                     tag: str, threads: int, logger: logging.Logger, workers: int = 1,
                      near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> pa.Table:
     """Build the table for ``image_ids`` and log its outcome counts and where rows came from."""
     started = time.monotonic()
-    assembled = assemble_table(image_ids, results, out_path, threads=threads, workers=workers,
+    assembled = assemble_table(image_ids, results, out_path, tag=tag, threads=threads,
+                               workers=workers,
                                near_duplicate_distance=near_duplicate_distance)
     statuses = Counter(assembled.table.column("status").to_pylist())
     logger.info("feature table: %d rows (%s) in %.2f s; %d rows from %d partial tables, "
