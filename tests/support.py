@@ -64,10 +64,10 @@ class LoopbackServer(ThreadingHTTPServer):
 class ImageServer:
     """A loopback HTTP server with a behaviour per path prefix, counting every request.
 
-    ``/img/<name>.jpg`` serves a real JPEG; ``/missing/`` answers 404, ``/gone/`` 410, ``/html/``
-    an HTML page labelled image/jpeg, ``/error/`` 500 forever, ``/flaky/<n>/`` 503 for the first n
-    requests of that path and then the image, ``/ratelimit/`` 429 with Retry-After 1 once and then
-    the image.
+    ``/img/<name>.jpg`` serves a real JPEG; ``/file/<name>`` the bytes put in ``files[name]``;
+    ``/missing/`` answers 404, ``/gone/`` 410, ``/html/`` an HTML page labelled image/jpeg,
+    ``/error/`` 500 forever, ``/flaky/<n>/`` 503 for the first n requests of that path and then
+    the image, ``/ratelimit/`` 429 with Retry-After 1 once and then the image.
     """
 
     def __init__(self, delay: float = 0.0) -> None:
@@ -75,6 +75,8 @@ class ImageServer:
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.cache: dict[str, bytes] = {}
+        # Bytes served as they are at /file/<name>, for tests that need particular images.
+        self.files: dict[str, bytes] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -138,6 +140,8 @@ class ImageServer:
         kind = parts[0]
         if kind == "img":
             self.send(handler, 200, self.image(name), "image/jpeg")
+        elif kind == "file" and parts[-1] in self.files:
+            self.send(handler, 200, self.files[parts[-1]], "application/octet-stream")
         elif kind == "missing":
             self.send(handler, 404, b"not here", "text/plain")
         elif kind == "gone":

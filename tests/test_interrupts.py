@@ -39,7 +39,7 @@ def slow_server() -> Iterator[ImageServer]:
 
 
 def count_thumbs(results: Path) -> int:
-    return sum(1 for _ in (results / layout.THUMBS).glob("*/*.img"))
+    return sum(1 for _ in (results / layout.THUMBS / TAG).glob("*/*.img"))
 
 
 @pytest.mark.parametrize("how", ["kill-9-group", "sigterm", "sigint-group"])

@@ -15,7 +15,8 @@ from thumbfeat import layout
 
 from tests.support import TAG, ImageServer, file_times, image_rows, run_snakemake, write_catalog
 
-FAST = {"batch_size": "100", "local_file_roots": "[]"}
+# Fewer connections than the default: the loopback server is one Python process.
+FAST = {"batch_size": "100", "local_file_roots": "[]", "download": "{concurrency: 16}"}
 
 
 def read_table(workdir: Path) -> list[dict[str, object]]:

@@ -16,7 +16,7 @@ for batch in PLAN.batches:
             manifest=batch_manifest(batch),
             partial=batch_partial(batch),
         log:
-            f"{RESULTS}/{layout.LOGS}/batches/{batch.key}.log",
+            f"{RESULTS}/{layout.LOGS}/batches/{batch_name(batch)}.log",
         conda:
             "../../envs/thumbfeat.yaml"
         threads: config["batch_threads"]
@@ -27,7 +27,7 @@ for batch in PLAN.batches:
         params:
             sources=[(i, PLAN.urls[i]) for i in batch.download_ids],
             measure=list(batch.feature_ids),
-            batch_key=batch.key,
+            batch_key=batch_name(batch),
             settings=FETCH_SETTINGS,
             thumbnails=asdict(THUMBNAIL),
         script:

@@ -144,12 +144,17 @@ def url_of_image(image_id, shard):
         raise WorkflowError(f"image {image_id!r} is not in the catalog") from None
 
 
+def batch_name(batch):
+    """The batch's key and the thumbnail settings: the same work under other settings is new."""
+    return f"{batch.key}-{TAG}"
+
+
 def batch_manifest(batch):
-    return f"{RESULTS}/{layout.BATCHES}/{batch.key}.json"
+    return f"{RESULTS}/{layout.BATCHES}/{batch_name(batch)}.json"
 
 
 def batch_partial(batch):
-    return f"{RESULTS}/{layout.BATCHES}/{batch.key}.parquet"
+    return f"{RESULTS}/{layout.BATCHES}/{batch_name(batch)}.parquet"
 
 
 onstart:
