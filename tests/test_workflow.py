@@ -242,17 +242,23 @@ def test_bad_catalog_stops_before_any_work(tmp_path: Path, catalog_text: str,
 def test_bundled_demo_runs_from_any_directory(tmp_path: Path) -> None:
     run_snakemake(tmp_path)
     rows = {r["image_id"]: r for r in read_table(tmp_path)}
-    assert len(rows) == 15
+    assert len(rows) == 16
     failed = {i: r["error_kind"] for i, r in rows.items() if r["status"] == "failed"}
     assert failed == {"missing_photo": "not_found", "broken_text": "not_image",
                       "cut_photo": "truncated"}
     # A real PNG served under a .jpg name is accepted: the bytes decide.
     assert rows["clock_blur"]["format"] == "PNG"
     log = (tmp_path / "results" / "logs" / "feature_table.log").read_text()
-    assert "15 rows (failed 3, ok 12)" in log
+    assert "16 rows (failed 3, ok 13)" in log
+    # The large photo is kept as a thumbnail of 512 px; the small ones as served.
+    large = rows["coffee_large"]
+    assert (large["width"], large["height"], large["format"]) == (512, 341, "JPEG")
+    assert (large["source_width"], large["source_height"]) == (3000, 2000)
+    assert large["file_bytes"] < large["source_bytes"] // 10
+    assert rows["coffee"]["sha256"] == rows["coffee"]["source_sha256"]
 
     filtered = run_snakemake(tmp_path, config={"filter": "{vote_pool_flag: true}"})
-    assert "14 images in the catalog" in filtered.stdout + filtered.stderr
+    assert "15 images in the catalog" in filtered.stdout + filtered.stderr
     assert "brick" not in {r["image_id"] for r in read_table(tmp_path)}
 
 
