@@ -256,3 +256,21 @@ def test_plan_keeps_urls_of_downloads_only(results: Path) -> None:
     plan = plan_work(catalog(), results, tag=TAG, batch_size=2)
     assert set(plan.urls) == set(plan.download)
     assert all(url.endswith(f"{i}.jpg") for i, url in plan.urls.items())
+
+
+def test_thumbnails_of_other_settings_are_counted_to_fetch_again(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for image_id in ("a", "b", "c"):
+        touch(layout.thumb_path(results, image_id, "256px-webp-q80"), b"webp")
+        touch(layout.feature_path(results, image_id, "256px-webp-q80"), b"row")
+    touch(layout.thumb_path(results, "c", TAG), b"jpeg")
+    touch(layout.feature_path(results, "c", TAG), b"row")
+    plan = plan_work(catalog(("a", "b", "c", "d")), results, tag=TAG, batch_size=10)
+    assert plan.download == ["a", "b", "d"]
+    assert plan.other_settings == ["a", "b"]
+    assert plan.features == ["a", "b", "d"]
+    assert "thumbnails: 2 made with other settings, to fetch again" in plan.summary()
+    # Back to the other settings: their files are all there, nothing to do.
+    back = plan_work(catalog(("a", "b", "c")), results, tag="256px-webp-q80", batch_size=10)
+    assert (back.download, back.features, back.other_settings) == ([], [], [])
+    assert "made with other settings" not in back.summary()
