@@ -56,6 +56,10 @@ from thumbfeat.thumbnail import (
 
 Row = dict[str, object]
 
+READY_BYTES = 128 * 2**20
+"""At most this many fetched bytes wait for a measuring process before downloads pause (50 camera
+photos): memory stays bounded when the network outpaces the processes."""
+
 
 class LocalWriteError(OSError):
     """The results folder cannot be written (disk full, no permission): the run must stop."""
@@ -376,6 +380,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     # Fetched images waiting for a process: enough to keep every process busy, few enough that
     # downloads faster than the processes do not pile images up in memory.
     ready_limit = max(fetch_slots, 64 * workers)
+    queued_bytes = 0
     fetching = 0
     tag = thumbnails.tag
 
@@ -383,6 +388,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
         with sigterm_as_interrupt():
             while True:
                 while (fetching < fetch_slots and len(ready) < ready_limit
+                       and queued_bytes < READY_BYTES
                        and (source := next(sources, None)) is not None):
                     in_flight.add(fetcher.submit(download_one, session, *source, results,
                                                  settings, tag, limiter, secrets))
@@ -390,6 +396,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                 while ready and len(measuring) < 2 * workers:
                     size = max(1, min(16, len(ready) // (2 * workers)))
                     chunk = [ready.popleft() for _ in range(min(size, len(ready)))]
+                    queued_bytes -= sum(len(work.data or b"") for work in chunk)
                     future = measurer.submit(finish_many, chunk, results, thumbnails, max_pixels)
                     measuring.add(future)
                     in_flight.add(future)
@@ -412,6 +419,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                     wanted = outcome.image_id in to_measure
                     if data is not None:
                         ready.append(Work(outcome.image_id, data, outcome, wanted))
+                        queued_bytes += len(data)
                         continue
                     progress.download.add(outcome)
                     if wanted:
