@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from thumbfeat import layout
+from thumbfeat.batch import images_held
 
 from tests.support import (
     TAG,
@@ -25,8 +26,9 @@ from tests.support import (
 
 CONCURRENCY = 8
 CORES = 2
-# Download jobs take one core each, so at most CORES batches download at once.
-MOST_IN_FLIGHT = CORES * CONCURRENCY
+# Download jobs take one core each, so at most CORES batches download at once; each holds its
+# downloads in flight and the fetched images its measuring process has not stored yet.
+MOST_IN_FLIGHT = CORES * images_held(CONCURRENCY, 1)
 
 
 @pytest.fixture

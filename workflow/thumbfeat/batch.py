@@ -59,6 +59,22 @@ Row = dict[str, object]
 READY_BYTES = 128 * 2**20
 """At most this many fetched bytes wait for a measuring process before downloads pause (50 camera
 photos): memory stays bounded when the network outpaces the processes."""
+QUEUED_PER_PROCESS = 16
+"""Fetched images waiting for a measuring process, per process: enough to keep it busy, few enough
+that a killed job loses little (fetched bytes live in memory until their thumbnail is written)."""
+TASKS_PER_PROCESS = 2
+TASK_IMAGES = 8
+"""Tasks handed to each process at once, of at most this many images: one task runs while the
+next waits, and handing over a task costs little per image."""
+
+
+def images_held(concurrency: int, processes: int) -> int:
+    """The most fetched images a batch job holds unstored: what it loses, at most, when killed.
+
+    Downloads in flight, images queued for the processes, and those in the processes' tasks.
+    """
+    return (max(1, concurrency) + QUEUED_PER_PROCESS * processes
+            + TASKS_PER_PROCESS * TASK_IMAGES * processes)
 
 
 class LocalWriteError(OSError):
@@ -377,9 +393,6 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     measuring: set[Future[Any]] = set()
     sources = iter(download)
     fetch_slots = max(1, settings.concurrency) * 2
-    # Fetched images waiting for a process: enough to keep every process busy, few enough that
-    # downloads faster than the processes do not pile images up in memory.
-    ready_limit = max(fetch_slots, 64 * workers)
     queued_bytes = 0
     fetching = 0
     tag = thumbnails.tag
@@ -387,14 +400,14 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     try:
         with sigterm_as_interrupt():
             while True:
-                while (fetching < fetch_slots and len(ready) < ready_limit
+                while (fetching < fetch_slots and len(ready) < QUEUED_PER_PROCESS * workers
                        and queued_bytes < READY_BYTES
                        and (source := next(sources, None)) is not None):
                     in_flight.add(fetcher.submit(download_one, session, *source, results,
                                                  settings, tag, limiter, secrets))
                     fetching += 1
-                while ready and len(measuring) < 2 * workers:
-                    size = max(1, min(16, len(ready) // (2 * workers)))
+                while ready and len(measuring) < TASKS_PER_PROCESS * workers:
+                    size = max(1, min(TASK_IMAGES, len(ready) // (TASKS_PER_PROCESS * workers)))
                     chunk = [ready.popleft() for _ in range(min(size, len(ready)))]
                     queued_bytes -= sum(len(work.data or b"") for work in chunk)
                     future = measurer.submit(finish_many, chunk, results, thumbnails, max_pixels)
