@@ -169,16 +169,16 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
 
     # The next run does exactly that: one request per image to fetch, those thumbnails and
     # feature files written and no others, the kept failures untouched, the table rewritten.
-    thumbs_before = file_times(results, "thumbs/*/*")
-    rows_before = file_times(results, "features/*/*")
+    thumbs_before = file_times(results, "thumbs/*/*/*")
+    rows_before = file_times(results, "features/*/*/*")
     table_before = table.stat().st_mtime_ns
     run_snakemake(tmp_path, config=config)
     delta = server.snapshot() - before
     expected_fetch = set(names[:30]) | set(flaky)
     assert sum(delta.values()) == 32
     assert {p.rsplit("/", 1)[-1].removesuffix(".jpg") for p in delta} == expected_fetch
-    assert written(thumbs_before, file_times(results, "thumbs/*/*")) == expected_fetch
-    assert written(rows_before, file_times(results, "features/*/*")) == (
+    assert written(thumbs_before, file_times(results, "thumbs/*/*/*")) == expected_fetch
+    assert written(rows_before, file_times(results, "features/*/*/*")) == (
         expected_fetch | set(names[30:45]))
     assert table.stat().st_mtime_ns != table_before
 
@@ -214,8 +214,11 @@ def test_one_requested_file_builds_just_it(tmp_path: Path, server: ImageServer) 
     run_snakemake(tmp_path, target, config={**FAST, "catalog": str(catalog)})
     assert server.total() == 1
     assert (tmp_path / target).exists()
-    built = list((tmp_path / "results" / "features").glob("*/*.parquet"))
+    built = list((tmp_path / "results" / "features").glob("*/*/*.parquet"))
     assert [p.name for p in built] == ["q007.parquet"]
+    # One download made its thumbnail and its row: one decode, no second job.
+    thumbs = list((tmp_path / "results" / "thumbs").glob("*/*/*.img"))
+    assert [p.name for p in thumbs] == ["q007.img"]
     assert not (tmp_path / "results" / "feature_table.parquet").exists()
 
 
