@@ -45,10 +45,10 @@ from thumbfeat.fetch import (
     make_session,
     secret_values,
 )
-from thumbfeat.imaging import ImageRejected, decode_image
+from thumbfeat.imaging import DecodedImage, ImageRejected, decode_image
 from thumbfeat.ratelimit import HostLimiter
 from thumbfeat.thumbnail import (
-    Thumbnail,
+    SourceFacts,
     ThumbnailSettings,
     make_thumbnail,
     stored_source_facts,
@@ -241,10 +241,12 @@ def download_one(session: requests.Session, image_id: str, url: str, results: st
     return Outcome(image_id, True, attempts=fetched.attempts, size=len(data)), data
 
 
-def _row_of(image_id: str, thumb: Thumbnail, tag: str) -> Row:
-    features = compute_features(thumb.decoded, thumb.data)
-    return table.ok_row(image_id, {**features, **thumb.source.columns(),
-                                   "thumbnail_settings": tag}, FEATURE_VERSION)
+def _row_of(image_id: str, decoded: DecodedImage, data: bytes, source: SourceFacts,
+            tag: str) -> Row:
+    """The row of a thumbnail (its pixels and bytes), with the facts of its source."""
+    features = compute_features(decoded, data)
+    return table.ok_row(image_id, {**features, **source.columns(), "thumbnail_settings": tag},
+                        FEATURE_VERSION)
 
 
 def _failed_row(image_id: str, kind: str, error: str, retryable: bool, tag: str) -> Row:
@@ -280,7 +282,7 @@ def store_one(image_id: str, data: bytes, fetched: Outcome, results: str,
     stored = Outcome(image_id, True, attempts=fetched.attempts, size=len(data))
     if not measure:
         return stored, None, None
-    row = _row_of(image_id, thumb, tag)
+    row = _row_of(image_id, thumb.decoded, thumb.data, thumb.source, tag)
     table.write_row(layout.feature_path(results, image_id, tag), row)
     return stored, Outcome(image_id, True, size=len(thumb.data)), row
 
@@ -312,8 +314,7 @@ def measure_one(image_id: str, results: str, tag: str, max_pixels: int) -> tuple
             row = _failed_row(image_id, rejected.kind, rejected.message, False, tag)
             outcome = Outcome(image_id, False, rejected.kind, rejected.message)
         else:
-            thumb = Thumbnail(data, decoded, stored_source_facts(data, decoded), made=False)
-            row = _row_of(image_id, thumb, tag)
+            row = _row_of(image_id, decoded, data, stored_source_facts(data, decoded), tag)
             outcome = Outcome(image_id, True, size=len(data))
     table.write_row(layout.feature_path(results, image_id, tag), row)
     return outcome, row
