@@ -309,4 +309,4 @@ def test_duplicate_groups_and_regrouping_without_remeasuring(tmp_path: Path) -> 
     assert near["astronaut-lossless"] == "astronaut"  # identical pixels, identical hash
     assert near["astronaut-small"] is None
     markers = sorted(p.name for p in (tmp_path / "results" / "table-settings").iterdir())
-    assert markers == ["near-duplicate-distance-0.json"]
+    assert markers == [f"near-duplicate-distance-0-thumbnails-{TAG}.json"]
