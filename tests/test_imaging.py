@@ -227,6 +227,6 @@ def test_a_reduced_decode_reports_the_whole_size_upright() -> None:
     out = BytesIO()
     Image.new("RGB", (2400, 1600), (10, 20, 30)).save(out, "JPEG", exif=exif.tobytes())
     decoded = decode_image(out.getvalue(), max_side=300)
-    # 1/4 of 2400x1600 is the smallest DCT scale keeping 300 px; then turned upright.
-    assert decoded.image.size == (400, 600)
+    # 1/8 of 2400x1600 still has 300 px on its longest side; then it is turned upright.
+    assert decoded.image.size == (200, 300)
     assert decoded.source_size == (1600, 2400)
