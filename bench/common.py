@@ -47,6 +47,8 @@ def write_catalog(path: Path, names: list[str], base: str) -> None:
 class Measured:
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float = 0.0
+    """User and system CPU of the command and every process it waited for."""
 
 
 def measure(command: list[str], cwd: Path, *, check: bool = True) -> Measured:
@@ -69,7 +71,7 @@ def measure(command: list[str], cwd: Path, *, check: bool = True) -> Measured:
     if check and os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
     peak_kb = int(peak_file.read_text().split()[-1]) if gnu_time else usage.ru_maxrss
-    return Measured(seconds, peak_kb / 1024)
+    return Measured(seconds, peak_kb / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def free_port() -> int:
@@ -157,3 +159,59 @@ def update_report(report: Path, section: str) -> None:
         if not skipping:
             kept.append(line)
     report.write_text("\n".join(kept).rstrip() + "\n\n" + section)
+
+
+DEMO_PHOTOS = ("astronaut", "coffee", "chelsea_cat", "rocket", "hubble", "retina", "china",
+               "flower")
+"""Colour photos of the demo catalog: the seeds of the large benchmark photos."""
+
+
+def camera_photo(source: Path, size: tuple[int, int], seed: int, quality: int = 90) -> bytes:
+    """A large JPEG made from a small real photo: a crop upscaled to ``size``, with sensor grain.
+
+    The grain (uniform in -8..8, per pixel and channel) makes it compress like a camera file
+    (about 2-3 MB at 12 MP) instead of like a smooth upscale; the seed picks the crop, a mirror
+    and the grain, so every photo is distinct.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    with Image.open(source) as image:
+        picture = image.convert("RGB")
+    width, height = size
+    # The largest crop of the photo with the target's ratio, shifted and trimmed at random.
+    scale = min(picture.width / width, picture.height / height) * rng.uniform(0.8, 1.0)
+    crop_w, crop_h = max(8, int(width * scale)), max(8, int(height * scale))
+    left = int(rng.integers(0, picture.width - crop_w + 1))
+    top = int(rng.integers(0, picture.height - crop_h + 1))
+    picture = picture.crop((left, top, left + crop_w, top + crop_h))
+    if rng.random() < 0.5:
+        picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    big = np.asarray(picture.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    grain = rng.integers(-8, 9, size=big.shape, dtype=np.int8)
+    pixels = np.clip(big + grain, 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _write_photos(args: tuple[Path, list[str], tuple[int, int]]) -> None:
+    folder, names, size = args
+    for name in names:
+        path = folder / f"{name}.jpg"
+        if not path.exists():
+            seed = int(name.lstrip("p"))
+            source = ROOT / "config" / "demo" / "images" / f"{DEMO_PHOTOS[seed % 8]}.jpg"
+            path.write_bytes(camera_photo(source, size, seed))
+
+
+def generate_photos(folder: Path, names: list[str], cores: int,
+                    size: tuple[int, int] = (4000, 3000)) -> None:
+    """Camera-like JPEGs ``p<number>.jpg`` made from the demo's photos (kept between runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = [(folder, names[i::cores], size) for i in range(cores)]
+    with ProcessPoolExecutor(max_workers=cores) as pool:
+        list(pool.map(_write_photos, chunks))

@@ -43,6 +43,7 @@ from thumbfeat.catalog import CatalogSpec, load_catalog, write_snapshot  # noqa:
 from thumbfeat.rows import ROW_SCHEMA, failed_row, write_row  # noqa: E402
 from thumbfeat.rowscan import jemalloc_library  # noqa: E402
 from thumbfeat.table import assemble_table, write_settings_marker  # noqa: E402
+from thumbfeat.thumbnail import thumbnail_settings  # noqa: E402
 
 from bench.common import (  # noqa: E402
     Measured,
@@ -94,19 +95,20 @@ def steady_state(results: Path, catalog: Path, thumb_source: Path) -> None:
     row_source = results.parent / "row-source.parquet"
     write_row(row_source, failed_row("x", "synthetic", "synthetic", retryable=False,
                                      feature_version="synthetic"))
+    tag = default_config_tag()
     # One source file per shard folder: a file system allows only so many links to one file.
     for shard in layout.SHARDS:
         for stage, source, suffix in ((layout.THUMBS, thumb_source, layout.THUMB_SUFFIX),
                                       (layout.FEATURES, row_source, layout.FEATURE_SUFFIX)):
-            folder = results / stage / shard
+            folder = results / layout.stage_dir(stage, tag) / shard
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, results.parent / f"source-{stage}-{shard}{suffix}")
     for image_id in ids:
         shard = layout.shard_of(image_id)
         os.link(results.parent / f"source-thumbs-{shard}{layout.THUMB_SUFFIX}",
-                layout.thumb_path(results, image_id))
+                layout.thumb_path(results, image_id, tag))
         os.link(results.parent / f"source-features-{shard}{layout.FEATURE_SUFFIX}",
-                layout.feature_path(results, image_id))
+                layout.feature_path(results, image_id, tag))
     digest = selected.digest()
     write_snapshot(spec, results / "catalog" / f"{digest}.parquet", expected_digest=digest,
                    logger=logging.getLogger("bench"))
@@ -117,7 +119,13 @@ def steady_state(results: Path, catalog: Path, thumb_source: Path) -> None:
     pq.write_table(pa.table(columns, schema=ROW_SCHEMA), results / "feature_table.parquet")
     distance = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())[
         "near_duplicate_distance"]
-    write_settings_marker(layout.table_settings_path(str(results), distance), distance)
+    write_settings_marker(layout.table_settings_path(str(results), distance, tag), distance)
+
+
+def default_config_tag() -> str:
+    """The thumbnail settings folder of the default config (where the workflow looks)."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return thumbnail_settings(config["thumbnail"]).tag
 
 
 def profile_dry_run(workdir: Path, catalog: Path, cores: int, out: Path) -> list[str]:
@@ -240,14 +248,15 @@ def real_state(work: Path, names: list[str], base: str, args: argparse.Namespace
         out = work / "scratch-table.parquet"
         started = time.perf_counter()
         # As the table job runs it: its threads (the cores here) as scan workers.
-        assembled = assemble_table(ids, str(workdir / "results"), out, workers=args.cores)
+        assembled = assemble_table(ids, str(workdir / "results"), out, tag=default_config_tag(),
+                                   workers=args.cores)
         scratch.append(time.perf_counter() - started)
         assert assembled.rows_from_files == len(ids)
     cached = []
     for _ in range(args.repeats):
         started = time.perf_counter()
         assemble_table(ids, str(workdir / "results"), work / "scratch-table.parquet",
-                       workers=args.cores)
+                       tag=default_config_tag(), workers=args.cores)
         cached.append(time.perf_counter() - started)
     return [
         f"### Real downloads: {n:,} images",

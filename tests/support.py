@@ -20,6 +20,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +28,13 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 # The cluster profiles run from the environment that holds the executor plugins (make cluster-env).
 CLUSTER_SNAKEMAKE = str(REPO / ".venv-cluster" / "bin" / "snakemake")
 CLUSTER_PROFILES = {"slurm", "cluster-generic"}
+sys.path.insert(0, str(REPO / "workflow"))
+
+from thumbfeat.thumbnail import thumbnail_settings  # noqa: E402
+
+TAG = thumbnail_settings(yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+                         ["thumbnail"]).tag
+"""The thumbnail settings folder of the default config, where a default run writes."""
 
 
 def make_jpeg(name: str, size: tuple[int, int] = (320, 240)) -> bytes:
@@ -60,10 +68,10 @@ class LoopbackServer(ThreadingHTTPServer):
 class ImageServer:
     """A loopback HTTP server with a behaviour per path prefix, counting every request.
 
-    ``/img/<name>.jpg`` serves a real JPEG; ``/missing/`` answers 404, ``/gone/`` 410, ``/html/``
-    an HTML page labelled image/jpeg, ``/error/`` 500 forever, ``/flaky/<n>/`` 503 for the first n
-    requests of that path and then the image, ``/ratelimit/`` 429 with Retry-After 1 once and then
-    the image.
+    ``/img/<name>.jpg`` serves a real JPEG; ``/file/<name>`` the bytes put in ``files[name]``;
+    ``/missing/`` answers 404, ``/gone/`` 410, ``/html/`` an HTML page labelled image/jpeg,
+    ``/error/`` 500 forever, ``/flaky/<n>/`` 503 for the first n requests of that path and then
+    the image, ``/ratelimit/`` 429 with Retry-After 1 once and then the image.
     """
 
     def __init__(self, delay: float = 0.0, port: int = 0) -> None:
@@ -71,6 +79,8 @@ class ImageServer:
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.cache: dict[str, bytes] = {}
+        # Bytes served as they are at /file/<name>, for tests that need particular images.
+        self.files: dict[str, bytes] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -134,6 +144,8 @@ class ImageServer:
         kind = parts[0]
         if kind == "img":
             self.send(handler, 200, self.image(name), "image/jpeg")
+        elif kind == "file" and parts[-1] in self.files:
+            self.send(handler, 200, self.files[parts[-1]], "application/octet-stream")
         elif kind == "missing":
             self.send(handler, 404, b"not here", "text/plain")
         elif kind == "gone":

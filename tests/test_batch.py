@@ -20,12 +20,15 @@ from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION
 from thumbfeat.fetch import FetchSettings
 from thumbfeat.rows import read_row
+from thumbfeat.thumbnail import ThumbnailSettings
 
 from tests.support import ImageServer, start_owner
 
 SETTINGS = FetchSettings(concurrency=3, max_attempts=3, backoff_base=0.01, connect_timeout=2.0,
                          read_timeout=5.0, total_timeout=10.0)
 MAX_PIXELS = 10_000_000
+THUMBNAILS = ThumbnailSettings(max_side=512, format="jpeg", quality=85, only_if_larger=True)
+TAG = THUMBNAILS.tag
 OK_IDS = ["a", "b", "c", "d", "f"]
 FAILED_IDS = {"m": "http_status", "h": "not_image"}
 
@@ -65,7 +68,8 @@ def items_for(server: ImageServer) -> list[tuple[str, str]]:
 def download(server: ImageServer, results: Path) -> tuple[list[object], dict, list[str]]:
     logger, lines = make_logger("download")
     manifest_path = results / layout.BATCHES / "00001-key.json"
-    progress = process_batch(items_for(server), [], str(results), SETTINGS, threads=1,
+    progress = process_batch(items_for(server), [], str(results), SETTINGS,
+                             thumbnails=THUMBNAILS, threads=1,
                              max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
                              partial_path=str(results / layout.BATCHES / "00001-key.parquet"),
                              batch_key="00001-key", logger=logger, progress_interval=0.0)
@@ -79,13 +83,13 @@ def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
     by_id = {o.image_id: o for o in outcomes}  # type: ignore[attr-defined]
     assert sorted(by_id) == sorted([*OK_IDS, *FAILED_IDS])
     for image_id in OK_IDS:
-        thumb = Path(layout.thumb_path(results, image_id))
+        thumb = Path(layout.thumb_path(results, image_id, TAG))
         assert thumb.read_bytes() == server.image(image_id), image_id
         assert not Path(layout.failure_path(results, image_id)).exists()
         assert by_id[image_id].ok
     assert by_id["f"].attempts == 2
     for image_id, kind in FAILED_IDS.items():
-        assert Path(layout.thumb_path(results, image_id)).read_bytes() == b""
+        assert Path(layout.thumb_path(results, image_id, TAG)).read_bytes() == b""
         record = read_failure(layout.failure_path(results, image_id))
         assert record is not None
         assert (record.image_id, record.kind, record.retryable) == (image_id, kind, False)
@@ -108,7 +112,7 @@ def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
 
 
 def rows_of(results: Path, ids: list[str]) -> dict[str, dict[str, object]]:
-    return {i: read_row(layout.feature_path(results, i)).to_pylist()[0] for i in ids}
+    return {i: read_row(layout.feature_path(results, i, TAG)).to_pylist()[0] for i in ids}
 
 
 def test_feature_batch_after_download(server: ImageServer, tmp_path: Path) -> None:
@@ -123,7 +127,8 @@ def test_feature_batch_after_download(server: ImageServer, tmp_path: Path) -> No
         logger, lines = make_logger(f"features{threads}")
         manifest_path = results / layout.BATCHES / "00002-key.json"
         partial_path = results / layout.BATCHES / "00002-key.parquet"
-        progress = process_batch([], ids, str(results), SETTINGS, threads=threads,
+        progress = process_batch([], ids, str(results), SETTINGS,
+                             thumbnails=THUMBNAILS, threads=threads,
                                  max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
                                  partial_path=str(partial_path), batch_key="00002-key",
                                  logger=logger, progress_interval=0.0)
@@ -162,12 +167,13 @@ def test_feature_batch_after_download(server: ImageServer, tmp_path: Path) -> No
 def test_successful_retry_removes_the_failure_record(server: ImageServer,
                                                      tmp_path: Path) -> None:
     results = tmp_path / "results"
-    record_failure(str(results), "a", "timeout", "slow", True)
+    record_failure(str(results), "a", "timeout", "slow", True, TAG)
     logger, _ = make_logger("retry")
-    process_batch([("a", f"{server.base}/img/a.jpg")], [], str(results), SETTINGS, threads=1,
+    process_batch([("a", f"{server.base}/img/a.jpg")], [], str(results), SETTINGS,
+                             thumbnails=THUMBNAILS, threads=1,
                   max_pixels=MAX_PIXELS, manifest_path=str(tmp_path / "m.json"),
                   partial_path=str(tmp_path / "m.parquet"), batch_key="k", logger=logger)
-    assert Path(layout.thumb_path(results, "a")).read_bytes() == server.image("a")
+    assert Path(layout.thumb_path(results, "a", TAG)).read_bytes() == server.image("a")
     assert not Path(layout.failure_path(results, "a")).exists()
 
 
@@ -175,7 +181,8 @@ def test_fetch_and_measure_in_one_batch(server: ImageServer, tmp_path: Path) -> 
     results = tmp_path / "results"
     ids = [i for i, _ in items_for(server)]
     logger, _ = make_logger("both")
-    progress = process_batch(items_for(server), ids, str(results), SETTINGS, threads=2,
+    progress = process_batch(items_for(server), ids, str(results), SETTINGS,
+                             thumbnails=THUMBNAILS, threads=2,
                              max_pixels=MAX_PIXELS, manifest_path=str(tmp_path / "m.json"),
                              partial_path=str(tmp_path / "m.parquet"), batch_key="k",
                              logger=logger)
@@ -188,28 +195,28 @@ def test_fetch_and_measure_in_one_batch(server: ImageServer, tmp_path: Path) -> 
 def thumbnail_on_disk(tmp_path: Path, image_id: str, data: bytes) -> str:
     """A results folder holding just one thumbnail with ``data``."""
     results = str(tmp_path / "results")
-    Path(layout.thumb_path(results, image_id)).parent.mkdir(parents=True)
-    Path(layout.thumb_path(results, image_id)).write_bytes(data)
+    Path(layout.thumb_path(results, image_id, TAG)).parent.mkdir(parents=True)
+    Path(layout.thumb_path(results, image_id, TAG)).write_bytes(data)
     return results
 
 
 def test_measure_one_without_a_record(tmp_path: Path) -> None:
     results = thumbnail_on_disk(tmp_path, "x", b"")
-    outcome, _ = measure_one("x", results, MAX_PIXELS)
+    outcome, _ = measure_one("x", results, TAG, MAX_PIXELS)
     assert not outcome.ok
     assert outcome.kind == "unknown"
     assert outcome.retryable
     record = read_failure(layout.failure_path(results, "x"))
     assert record is not None and record.retryable
-    row = read_row(layout.feature_path(results, "x")).to_pylist()[0]
+    row = read_row(layout.feature_path(results, "x", TAG)).to_pylist()[0]
     assert (row["status"], row["error_kind"], row["retryable"]) == ("failed", "unknown", True)
 
 
 def test_measure_one_with_a_corrupt_thumbnail(tmp_path: Path) -> None:
     results = thumbnail_on_disk(tmp_path, "x", b"\x89PNG not really")
-    outcome, _ = measure_one("x", results, MAX_PIXELS)
+    outcome, _ = measure_one("x", results, TAG, MAX_PIXELS)
     assert not outcome.ok
-    row = read_row(layout.feature_path(results, "x")).to_pylist()[0]
+    row = read_row(layout.feature_path(results, "x", TAG)).to_pylist()[0]
     assert row["status"] == "failed"
     assert row["error_kind"] == outcome.kind
     assert row["retryable"] is False
@@ -226,12 +233,16 @@ import json, logging, os, sys
 from pathlib import Path
 from thumbfeat.batch import process_batch
 from thumbfeat.fetch import FetchSettings
+from thumbfeat.thumbnail import ThumbnailSettings
 
 owner, results, items = int(sys.argv[1]), sys.argv[2], json.loads(Path(sys.argv[3]).read_text())
 Path(sys.argv[3] + ".pid").write_text(str(os.getpid()))
 logging.basicConfig(filename=sys.argv[3] + ".log", level=logging.INFO)
 process_batch([tuple(i) for i in items], [i for i, _ in items], results,
-              FetchSettings(concurrency=4), threads=2, max_pixels=10_000_000,
+              FetchSettings(concurrency=4),
+              thumbnails=ThumbnailSettings(max_side=512, format="jpeg", quality=85,
+                                           only_if_larger=True),
+              threads=2, max_pixels=10_000_000,
               manifest_path=f"{results}/batches/k.json",
               partial_path=f"{results}/batches/k.parquet",
               batch_key="k", logger=logging.getLogger("job"), progress_interval=0.2,
@@ -273,13 +284,14 @@ def test_orphaned_batch_stops_keeping_only_whole_files(tmp_path: Path) -> None:
             assert server.total() == len(thumbs)
             assert max(server.counts.values()) == 1
             for name in thumbs:
-                with Image.open(layout.thumb_path(results, name)) as image:
+                with Image.open(layout.thumb_path(results, name, TAG)) as image:
                     image.load()
             for name in layout.present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX):
-                assert read_row(layout.feature_path(results, name)).num_rows == 1
+                assert read_row(layout.feature_path(results, name, TAG)).num_rows == 1
             assert not (results / layout.BATCHES).exists()
             assert not list((results / layout.PROGRESS).glob("*"))
             assert not [p for p in results.rglob(".*") if p.is_file()]
             assert "gone" in Path(f"{listed}.log").read_text()
     finally:
         server.stop()
+        measure_one("x", str(tmp_path), TAG, MAX_PIXELS)

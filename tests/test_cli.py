@@ -12,6 +12,8 @@ import pytest
 from thumbfeat import layout
 from thumbfeat.cli import main
 
+from tests.support import TAG
+
 IDS = ["a", "b", "c", "d", "e", "f"]
 
 
@@ -24,7 +26,7 @@ def fail(results: Path, image_id: str, kind: str, retryable: bool) -> None:
     record = {"image_id": image_id, "kind": kind, "error": "x", "retryable": retryable,
               "recorded_at": "2024-01-01T00:00:00+0000"}
     touch(layout.failure_path(results, image_id), json.dumps(record).encode())
-    touch(layout.thumb_path(results, image_id))
+    touch(layout.thumb_path(results, image_id, TAG))
 
 
 def status(results: Path, capsys: pytest.CaptureFixture[str]) -> str:
@@ -40,17 +42,17 @@ def results(tmp_path: Path) -> Path:
     snapshot.parent.mkdir(parents=True)
     pq.write_table(pa.table({"image_id": IDS, "url": [f"http://h/{i}" for i in IDS]}), snapshot)
     for image_id in ("a", "b", "c"):
-        touch(layout.thumb_path(out, image_id), b"jpeg")
+        touch(layout.thumb_path(out, image_id, TAG), b"jpeg")
     fail(out, "d", "http_status", retryable=False)
     fail(out, "e", "timeout", retryable=True)
     for image_id in ("a", "b", "d"):
-        touch(layout.feature_path(out, image_id), b"row")
+        touch(layout.feature_path(out, image_id, TAG), b"row")
     # Files of images outside the catalog, and temporary files, are not counted.
-    touch(layout.thumb_path(out, "old"), b"jpeg")
-    touch(layout.feature_path(out, "old"), b"row")
+    touch(layout.thumb_path(out, "old", TAG), b"jpeg")
+    touch(layout.feature_path(out, "old", TAG), b"row")
     fail(out, "old2", "http_status", retryable=True)
-    touch(str(Path(layout.thumb_path(out, "f")).with_name(".f.img")), b"jp")
-    touch(str(Path(layout.feature_path(out, "c")).with_name(".c.parquet.1.ab.tmp")), b"r")
+    touch(str(Path(layout.thumb_path(out, "f", TAG)).with_name(".f.img")), b"jp")
+    touch(str(Path(layout.feature_path(out, "c", TAG)).with_name(".c.parquet.1.ab.tmp")), b"r")
     return out
 
 
@@ -171,7 +173,7 @@ def test_status_without_failures(tmp_path: Path, capsys: pytest.CaptureFixture[s
     snapshot = results / "catalog" / "d.parquet"
     snapshot.parent.mkdir(parents=True)
     pq.write_table(pa.table({"image_id": ["a", "b"], "url": ["u", "v"]}), snapshot)
-    touch(layout.thumb_path(results, "a"), b"jpeg")
+    touch(layout.thumb_path(results, "a", TAG), b"jpeg")
     out = status(results, capsys)
     assert "downloaded: 1 ok, 0 failed, 1 pending" in out
     assert "features: 0 done, 2 pending" in out
@@ -180,15 +182,17 @@ def test_status_without_failures(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_path_prints_three_paths(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["path", "img7", "--results", "out"]) == 0
+    assert main(["path", "img7", "--results", "out"]) == 0  # no results: default settings
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        layout.thumb_path("out", "img7"),
-        layout.feature_path("out", "img7"),
+        layout.thumb_path("out", "img7", TAG),
+        layout.feature_path("out", "img7", TAG),
         layout.failure_path("out", "img7"),
     ]
     shard = layout.shard_of("img7")
-    assert lines[0] == f"out/thumbs/{shard}/img7.img"
+    assert lines[0] == f"out/thumbs/{TAG}/{shard}/img7.img"
+    assert main(["path", "img7", "--results", "out", "--thumbnails", "original"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"out/thumbs/original/{shard}/img7.img"
 
 
 def test_path_defaults_to_results(capsys: pytest.CaptureFixture[str]) -> None:
@@ -216,7 +220,7 @@ def test_path_refuses_ids_the_last_catalog_lacks(results: Path,
     # Ids of the catalog, and ids that still have files (an older catalog's), are shown.
     for image_id in ("f", "old"):
         assert main(["path", image_id, "--results", str(results)]) == 0
-        assert capsys.readouterr().out.splitlines()[0] == layout.thumb_path(results, image_id)
+        assert capsys.readouterr().out.splitlines()[0] == layout.thumb_path(results, image_id, TAG)
 
 
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:

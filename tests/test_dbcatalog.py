@@ -23,7 +23,7 @@ from thumbfeat.dbcatalog import (
     write_back_and_log,
 )
 
-from tests.support import duckdb_catalog, sqlite_catalog
+from tests.support import TAG, duckdb_catalog, sqlite_catalog
 
 LOGGER = logging.getLogger("tests.dbcatalog")
 
@@ -52,10 +52,12 @@ def test_database_kind_reads_the_file_not_the_name(tmp_path: Path) -> None:
 def test_thumbnail_flags_follow_the_files(tmp_path: Path) -> None:
     results = tmp_path / "results"
     for image_id, data in (("ok", b"jpeg"), ("failed", b"")):
-        path = Path(layout.thumb_path(results, image_id))
+        path = Path(layout.thumb_path(results, image_id, TAG))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    assert thumbnail_flags(results, ["ok", "failed", "pending"]) == {
+    # Only thumbnails of the settings asked about count.
+    assert thumbnail_flags(results, ["ok"], "original") == {"ok": False}
+    assert thumbnail_flags(results, ["ok", "failed", "pending"], TAG) == {
         "ok": True, "failed": False, "pending": False}
 
 
@@ -80,7 +82,7 @@ def test_write_back_reports_ids_not_in_the_table(database: Path, caplog:
     results = database.parent / "results"
     with caplog.at_level(logging.INFO, logger=LOGGER.name):
         result = write_back_and_log(database, "dim_image", "image_id", ["7", "elsewhere"],
-                                    results, logger=LOGGER)
+                                    results, tag=TAG, logger=LOGGER)
     assert (result.selected, result.matched, result.changed) == (2, 1, 1)
     assert "1 selected image ids have no row" in caplog.text
     assert flags_in(database)[7] is False

@@ -11,15 +11,17 @@ from thumbfeat import handover, layout
 from thumbfeat.catalog import Catalog
 from thumbfeat.plan import WorkPlan, plan_work
 
+from tests.support import TAG
+
 IDS = tuple(f"img{i:02d}" for i in range(10))
 
 
 def planned(results: Path) -> WorkPlan:
     catalog = Catalog(source=Path("cat.csv"), ids=IDS, urls=tuple(f"http://h/{i}.jpg" for i in IDS))
-    done = Path(layout.thumb_path(results, "img03"))
+    done = Path(layout.thumb_path(results, "img03", TAG))
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_bytes(b"jpeg")
-    return plan_work(catalog, results, batch_size=4)
+    return plan_work(catalog, results, tag=TAG, batch_size=4)
 
 
 def test_round_trip_keeps_batches_keys_urls_and_slots(tmp_path: Path) -> None:
@@ -42,8 +44,8 @@ def test_jobs_keep_their_plan_while_the_disk_changes(tmp_path: Path) -> None:
     plan = planned(results)
     path = handover.save(tmp_path / "handover", plan, "d", slots=2)
     for image_id in plan.batches[0].image_ids:
-        for target in (layout.thumb_path(results, image_id),
-                       layout.feature_path(results, image_id)):
+        for target in (layout.thumb_path(results, image_id, TAG),
+                       layout.feature_path(results, image_id, TAG)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             Path(target).write_bytes(b"x")
     replanned = planned(results)

@@ -11,7 +11,13 @@ from io import BytesIO
 import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
-from thumbfeat.imaging import ACCEPTED_FORMATS, DecodedImage, ImageRejected, decode_image
+from thumbfeat.imaging import (
+    ACCEPTED_FORMATS,
+    DecodedImage,
+    ImageRejected,
+    decode_image,
+    draft_size,
+)
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -223,3 +229,22 @@ def test_animated_images_use_the_first_frame(fmt: str) -> None:
     assert decoded.format == fmt
     red, _green, blue = decoded.image.convert("RGB").getpixel((8, 8))
     assert red > 200 and blue < 60
+
+
+def test_draft_size_asks_for_no_less_than_the_longest_side() -> None:
+    assert draft_size((4000, 3000), 512) == (512, 384)
+    assert draft_size((3000, 4000), 512) == (384, 512)
+    assert draft_size((1, 4000), 256) == (1, 256)
+    assert draft_size((512, 300), 512) is None
+    assert draft_size((100, 80), 512) is None
+
+
+def test_a_reduced_decode_reports_the_whole_size_upright() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = BytesIO()
+    Image.new("RGB", (2400, 1600), (10, 20, 30)).save(out, "JPEG", exif=exif.tobytes())
+    decoded = decode_image(out.getvalue(), max_side=300)
+    # 1/8 of 2400x1600 still has 300 px on its longest side; then it is turned upright.
+    assert decoded.image.size == (200, 300)
+    assert decoded.source_size == (1600, 2400)

@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from thumbfeat import layout, lineage
+from thumbfeat.batch import images_held
 
 from tests.support import (
+    TAG,
     ImageServer,
     image_rows,
     preview,
@@ -27,8 +29,9 @@ from tests.support import (
 
 CONCURRENCY = 8
 CORES = 2
-# Download jobs take one core each, so at most CORES batches download at once.
-MOST_IN_FLIGHT = CORES * CONCURRENCY
+# Download jobs take one core each, so at most CORES batches download at once; each holds its
+# downloads in flight and the fetched images its measuring process has not stored yet.
+MOST_IN_FLIGHT = CORES * images_held(CONCURRENCY, 1)
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def slower_server() -> Iterator[ImageServer]:
 
 
 def count_thumbs(results: Path) -> int:
-    return sum(1 for _ in (results / layout.THUMBS).glob("*/*.img"))
+    return sum(1 for _ in (results / layout.THUMBS / TAG).glob("*/*.img"))
 
 
 @pytest.mark.parametrize("how", ["kill-9-group", "sigterm", "sigint-group"])
@@ -97,9 +100,9 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, slow_server: ImageServe
     assert [row["image_id"] for row in table] == names
     assert {row["status"] for row in table} == {"ok"}
     for name in names:
-        with Image.open(layout.thumb_path(results, name)) as image:
+        with Image.open(layout.thumb_path(results, name, TAG)) as image:
             image.load()
-        assert pq.read_table(layout.feature_path(results, name)).num_rows == 1
+        assert pq.read_table(layout.feature_path(results, name, TAG)).num_rows == 1
     leftovers = [p for p in results.rglob(".*") if p.is_file()]
     assert leftovers == [] or how == "kill-9-group", leftovers
 
@@ -189,6 +192,6 @@ def test_jobs_stop_when_the_main_process_alone_is_killed(tmp_path: Path,
     assert [row["image_id"] for row in table] == names
     assert {row["status"] for row in table} == {"ok"}
     for name in names:
-        with Image.open(layout.thumb_path(results, name)) as image:
+        with Image.open(layout.thumb_path(results, name, TAG)) as image:
             image.load()
-        assert pq.read_table(layout.feature_path(results, name)).num_rows == 1
+        assert pq.read_table(layout.feature_path(results, name, TAG)).num_rows == 1

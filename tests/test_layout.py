@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from thumbfeat import layout
 
+from tests.support import TAG
+
 
 def test_shard_of_is_stable_and_two_hex_digits() -> None:
     for image_id in ("a", "000001", "IMG_0001.tif", "x" * 200):
@@ -38,17 +40,20 @@ def test_shard_constants() -> None:
 
 def test_per_image_paths() -> None:
     shard = layout.shard_of("img7")
-    assert layout.thumb_path("results", "img7") == f"results/thumbs/{shard}/img7.img"
-    assert layout.feature_path("results", "img7") == f"results/features/{shard}/img7.parquet"
+    assert layout.thumb_path("results", "img7", "256px-png") == (
+        f"results/thumbs/256px-png/{shard}/img7.img")
+    assert layout.feature_path("results", "img7", "256px-png") == (
+        f"results/features/256px-png/{shard}/img7.parquet")
     assert layout.failure_path("results", "img7") == f"results/failed/{shard}/img7.json"
     # A Path for the results folder gives the same strings.
-    assert layout.thumb_path(Path("/data/out"), "img7") == f"/data/out/thumbs/{shard}/img7.img"
+    assert layout.thumb_path(Path("/data/out"), "img7", "original") == (
+        f"/data/out/thumbs/original/{shard}/img7.img")
 
 
 def test_image_id_of_target_reads_layout_paths() -> None:
     for image_id in ("img7", "007", "a.b-c_d", "_x", "photo.img", "v1.parquet"):
-        for path in (layout.thumb_path("results", image_id),
-                     layout.feature_path("results", image_id)):
+        for path in (layout.thumb_path("results", image_id, TAG),
+                     layout.feature_path("results", image_id, TAG)):
             for candidate in (path, path.removeprefix("results/"), f"/abs/dir/{path}"):
                 assert layout.image_id_of_target(candidate) == image_id, candidate
 
@@ -63,18 +68,21 @@ WRONG_SHARD = next(s for s in layout.SHARDS if s != layout.shard_of("x1"))
         "results/batches/00001-abc.json",
         "results/feature_table.parquet",
         "results/catalog/0123456789abcdef.parquet",
-        "results/features/ab/x1.json",
-        "results/features/zz/x1.parquet",
-        "results/features/abc/x1.parquet",
-        "results/features/x1.parquet",
-        "results/features/ab/.x1.parquet",
-        "results/features/ab/x1.parquet.1234.ab12cd34.tmp",
-        "results/features/ab/sub/x1.parquet",
-        "results/myfeatures/ab/x1.parquet",
-        "results/thumbs/ab/.img",
-        f"results/thumbs/{layout.shard_of('x1')}/x1.parquet",
-        f"results/features/{layout.shard_of('x1')}/x1.img",
-        f"results/features/{WRONG_SHARD}/x1.parquet",
+        "results/features/t/ab/x1.json",
+        "results/features/t/zz/x1.parquet",
+        "results/features/t/abc/x1.parquet",
+        "results/features/t/x1.parquet",
+        "results/features/t/ab/.x1.parquet",
+        "results/features/t/ab/x1.parquet.1234.ab12cd34.tmp",
+        "results/features/t/ab/sub/x1.parquet",
+        "results/myfeatures/t/ab/x1.parquet",
+        "results/thumbs/t/ab/.img",
+        f"results/thumbs/t/{layout.shard_of('x1')}/x1.parquet",
+        f"results/features/t/{layout.shard_of('x1')}/x1.img",
+        f"results/features/t/{WRONG_SHARD}/x1.parquet",
+        # Before thumbnail settings had folders: no such file is built any more.
+        f"results/features/{layout.shard_of('x1')}/x1.parquet",
+        f"results/thumbs/{layout.shard_of('x1')}/x1.img",
         "all",
         "--cores",
     ],
@@ -115,3 +123,20 @@ def test_manifest_keys(tmp_path: Path) -> None:
                  ".00002-def.json.1.x.tmp", "table.parquet"):
         (folder / name).write_text("{}")
     assert sorted(layout.manifest_keys(results)) == ["00001-abc", "00001-abc-2"]
+
+
+def test_thumbs_made_elsewhere(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert layout.thumbs_made_elsewhere(results, "512px-jpeg-q85") == set()
+    for image_id, tag in (("a", "512px-jpeg-q85"), ("b", "256px-webp-q80"), ("c", "original"),
+                          ("a", "original")):
+        path = Path(layout.thumb_path(results, image_id, tag))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    # A thumbnail written before settings had folders, and a temporary file.
+    legacy = results / layout.THUMBS / layout.shard_of("d") / "d.img"
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    legacy.write_bytes(b"x")
+    (legacy.parent / ".e.img.1.ab.tmp").write_bytes(b"x")
+    assert layout.thumbs_made_elsewhere(results, "512px-jpeg-q85") == {"a", "b", "c", "d"}
+    assert layout.thumbs_made_elsewhere(results, "original") == {"a", "b", "d"}

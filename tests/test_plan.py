@@ -21,6 +21,8 @@ from thumbfeat.plan import (
     table_rebuild_reason,
 )
 
+from tests.support import TAG
+
 IDS = ("a", "b", "c", "d", "e", "f")
 
 
@@ -38,29 +40,29 @@ def write_failure(results: Path, image_id: str, kind: str, retryable: bool) -> N
     record = {"image_id": image_id, "kind": kind, "error": f"{kind} happened",
               "retryable": retryable, "recorded_at": "2024-01-01T00:00:00+0000"}
     touch(layout.failure_path(results, image_id), json.dumps(record).encode())
-    touch(layout.thumb_path(results, image_id))
+    touch(layout.thumb_path(results, image_id, TAG))
 
 
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     """a: done; b: downloaded only; c: failed for good; d: failed for now; e: temp files; f: new."""
     out = tmp_path / "results"
-    touch(layout.thumb_path(out, "a"), b"jpeg")
-    touch(layout.feature_path(out, "a"), b"row")
-    touch(layout.thumb_path(out, "b"), b"jpeg")
+    touch(layout.thumb_path(out, "a", TAG), b"jpeg")
+    touch(layout.feature_path(out, "a", TAG), b"row")
+    touch(layout.thumb_path(out, "b", TAG), b"jpeg")
     write_failure(out, "c", "http_status", retryable=False)
-    touch(layout.feature_path(out, "c"), b"row")
+    touch(layout.feature_path(out, "c", TAG), b"row")
     write_failure(out, "d", "timeout", retryable=True)
-    touch(layout.feature_path(out, "d"), b"row")
-    touch(str(Path(layout.thumb_path(out, "e")).with_name(".e.img")), b"jpeg")
-    touch(str(Path(layout.thumb_path(out, "e")).with_name(".e.img.123.abcd1234.tmp")), b"jp")
-    touch(str(Path(layout.feature_path(out, "e")).with_name(".e.parquet")), b"row")
+    touch(layout.feature_path(out, "d", TAG), b"row")
+    touch(str(Path(layout.thumb_path(out, "e", TAG)).with_name(".e.img")), b"jpeg")
+    touch(str(Path(layout.thumb_path(out, "e", TAG)).with_name(".e.img.123.abcd1234.tmp")), b"jp")
+    touch(str(Path(layout.feature_path(out, "e", TAG)).with_name(".e.parquet")), b"row")
     write_failure(out, "zzz", "http_status", retryable=True)  # not in the catalog
     return out
 
 
 def test_empty_results_means_everything_to_do(tmp_path: Path) -> None:
-    plan = plan_work(catalog(), tmp_path / "results", batch_size=4)
+    plan = plan_work(catalog(), tmp_path / "results", tag=TAG, batch_size=4)
     assert plan.catalog_size == 6
     assert plan.download == list(IDS)
     assert plan.features == list(IDS)
@@ -70,7 +72,7 @@ def test_empty_results_means_everything_to_do(tmp_path: Path) -> None:
 
 
 def test_files_on_disk_are_skipped(results: Path) -> None:
-    plan = plan_work(catalog(), results, batch_size=2)
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=2)
     assert plan.download == ["d", "e", "f"]
     assert plan.features == ["b", "d", "e", "f"]
     assert set(plan.failed_kept) == {"c"}
@@ -85,20 +87,22 @@ def test_files_on_disk_are_skipped(results: Path) -> None:
 
 def test_empty_files_count_as_present(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    touch(layout.thumb_path(results, "a"))
-    touch(layout.feature_path(results, "a"))
-    plan = plan_work(catalog(("a",)), results, batch_size=10)
+    touch(layout.thumb_path(results, "a", TAG))
+    touch(layout.feature_path(results, "a", TAG))
+    plan = plan_work(catalog(("a",)), results, tag=TAG, batch_size=10)
     assert plan.download == [] and plan.features == [] and plan.batches == []
 
 
 def test_temporary_files_are_ignored(results: Path) -> None:
-    assert "e" not in present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
-    assert "e" not in present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX)
-    assert present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX) == {"a", "b", "c", "d", "zzz"}
+    thumbs = layout.stage_dir(layout.THUMBS, TAG)
+    assert "e" not in present_ids(results, thumbs, layout.THUMB_SUFFIX)
+    assert "e" not in present_ids(results, layout.stage_dir(layout.FEATURES, TAG),
+                                  layout.FEATURE_SUFFIX)
+    assert present_ids(results, thumbs, layout.THUMB_SUFFIX) == {"a", "b", "c", "d", "zzz"}
 
 
 def test_retry_failed_redoes_permanent_failures(results: Path) -> None:
-    plan = plan_work(catalog(), results, batch_size=10, retry_failed=True)
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=10, retry_failed=True)
     assert plan.download == ["c", "d", "e", "f"]
     assert plan.features == ["b", "c", "d", "e", "f"]
     assert plan.failed_kept == {}
@@ -107,11 +111,11 @@ def test_retry_failed_redoes_permanent_failures(results: Path) -> None:
 
 def test_failure_record_written_by_the_batch_is_understood(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    record_failure(str(results), "a", "not_image", "bytes are HTML", False)
-    record_failure(str(results), "b", "connection", "refused", True)
+    record_failure(str(results), "a", "not_image", "bytes are HTML", False, TAG)
+    record_failure(str(results), "b", "connection", "refused", True, TAG)
     assert read_failure(layout.failure_path(results, "a")) == FailureRecord(
         "a", "not_image", "bytes are HTML", False)
-    plan = plan_work(catalog(("a", "b")), results, batch_size=10)
+    plan = plan_work(catalog(("a", "b")), results, tag=TAG, batch_size=10)
     assert plan.download == ["b"]
     assert plan.features == ["a", "b"]
     assert set(plan.failed_kept) == {"a"}
@@ -124,24 +128,24 @@ def test_unreadable_failure_record_is_ignored(tmp_path: Path) -> None:
     assert read_failure(layout.failure_path(results, "a")) is None
     assert read_failure(layout.failure_path(results, "b")) is None
     assert read_failure(layout.failure_path(results, "missing")) is None
-    plan = plan_work(catalog(("a", "b")), results, batch_size=10)
+    plan = plan_work(catalog(("a", "b")), results, tag=TAG, batch_size=10)
     assert plan.failed_kept == {} and plan.failed_retried == {}
     assert plan.download == ["a", "b"]
 
 
 def test_only_restricts_the_work(results: Path) -> None:
-    plan = plan_work(catalog(), results, batch_size=10, only={"f", "b", "not-in-catalog"})
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=10, only={"f", "b", "not-in-catalog"})
     assert plan.catalog_size == 6
     assert plan.download == ["f"]
     assert plan.features == ["b", "f"]
     assert [b.image_ids for b in plan.batches] == [("b", "f")]
     assert plan.failed_retried == {}
 
-    kept = plan_work(catalog(), results, batch_size=10, only={"c"})
+    kept = plan_work(catalog(), results, tag=TAG, batch_size=10, only={"c"})
     assert kept.download == [] and kept.features == [] and kept.batches == []
     assert set(kept.failed_kept) == {"c"}
 
-    retried = plan_work(catalog(), results, batch_size=10, only={"d"})
+    retried = plan_work(catalog(), results, tag=TAG, batch_size=10, only={"d"})
     assert retried.download == ["d"] and retried.features == ["d"]
 
 
@@ -220,25 +224,25 @@ def test_a_manifest_of_other_work_changes_no_key(tmp_path: Path) -> None:
 
 def test_requested_image_ids_from_argv() -> None:
     ids = {"x1", "x2", "x3"}
-    x1 = layout.feature_path("results", "x1")
+    x1 = layout.feature_path("results", "x1", TAG)
     argv = ["snakemake", "--cores", "2", x1,
-            layout.thumb_path("elsewhere", "x2").removeprefix("elsewhere/"),
-            layout.feature_path("results", "unknown"),
+            layout.thumb_path("elsewhere", "x2", TAG).removeprefix("elsewhere/"),
+            layout.feature_path("results", "unknown", TAG),
             "results/feature_table.parquet", "all", "--config", "catalog=x3.csv"]
     assert requested_image_ids(argv, ids) == {"x1", "x2"}
     assert requested_image_ids(["snakemake", "--cores", "2"], ids) is None
-    assert requested_image_ids(["snakemake", layout.feature_path("results", "nope")],
+    assert requested_image_ids(["snakemake", layout.feature_path("results", "nope", TAG)],
                                ids) is None
     # The first token is the program itself.
     assert requested_image_ids([x1], ids) is None
 
 
 def test_summary_mentions_the_counts(results: Path) -> None:
-    summary = plan_work(catalog(), results, batch_size=2).summary()
+    summary = plan_work(catalog(), results, tag=TAG, batch_size=2).summary()
     for part in ("6 images", "download: 3", "features: 4", "1 kept as failed", "1 to retry",
                  "2 batches"):
         assert part in summary, summary
-    empty = plan_work(catalog(), results, batch_size=2, only={"a"}).summary()
+    empty = plan_work(catalog(), results, tag=TAG, batch_size=2, only={"a"}).summary()
     assert "to retry" not in empty
     assert "0 batches" in empty
 
@@ -261,7 +265,7 @@ def test_table_rebuild_reason_follows_snakemake_rules(tmp_path: Path) -> None:
     os.utime(shard, (200, 200))
     assert (table_rebuild_reason(table, snapshot, [], [shard])
             == "feature files changed since it was written")
-    summary = plan_work(catalog(), tmp_path / "results", batch_size=2)
+    summary = plan_work(catalog(), tmp_path / "results", tag=TAG, batch_size=2)
     assert "table" not in summary.summary()
     summary.table_reason = ""
     assert summary.summary().endswith("; table: up to date")
@@ -288,14 +292,14 @@ def test_auto_batch_size_gives_each_slot_whole_rounds() -> None:
 def test_plan_without_a_batch_size_sizes_batches_for_the_slots(tmp_path: Path) -> None:
     catalog = Catalog(source=tmp_path / "c.csv", ids=tuple(f"i{n:04d}" for n in range(1000)),
                       urls=tuple(f"http://h/{n}.jpg" for n in range(1000)))
-    plan = plan_work(catalog, tmp_path / "results", batch_size=None, slots=2)
+    plan = plan_work(catalog, tmp_path / "results", tag=TAG, batch_size=None, slots=2)
     assert [len(b.image_ids) for b in plan.batches] == [500, 500]
-    plan = plan_work(catalog, tmp_path / "results", batch_size=None, slots=1)
+    plan = plan_work(catalog, tmp_path / "results", tag=TAG, batch_size=None, slots=1)
     assert [len(b.image_ids) for b in plan.batches] == [1000]
 
 
 def test_plan_keeps_urls_of_downloads_only(results: Path) -> None:
-    plan = plan_work(catalog(), results, batch_size=2)
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=2)
     assert set(plan.urls) == set(plan.download)
     assert all(url.endswith(f"{i}.jpg") for i, url in plan.urls.items())
 
@@ -324,3 +328,21 @@ def test_report_warning_says_when_a_report_would_hold_no_figures(tmp_path: Path)
     os.utime(table, (later, later))
     stale = report_warning(argv, results, table)
     assert stale is not None and "older than" in stale
+
+
+def test_thumbnails_of_other_settings_are_counted_to_fetch_again(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for image_id in ("a", "b", "c"):
+        touch(layout.thumb_path(results, image_id, "256px-webp-q80"), b"webp")
+        touch(layout.feature_path(results, image_id, "256px-webp-q80"), b"row")
+    touch(layout.thumb_path(results, "c", TAG), b"jpeg")
+    touch(layout.feature_path(results, "c", TAG), b"row")
+    plan = plan_work(catalog(("a", "b", "c", "d")), results, tag=TAG, batch_size=10)
+    assert plan.download == ["a", "b", "d"]
+    assert plan.other_settings == ["a", "b"]
+    assert plan.features == ["a", "b", "d"]
+    assert "thumbnails: 2 made with other settings, to fetch again" in plan.summary()
+    # Back to the other settings: their files are all there, nothing to do.
+    back = plan_work(catalog(("a", "b", "c")), results, tag="256px-webp-q80", batch_size=10)
+    assert (back.download, back.features, back.other_settings) == ([], [], [])
+    assert "made with other settings" not in back.summary()

@@ -27,7 +27,15 @@ from thumbfeat.report import (
 from thumbfeat.rows import ROW_SCHEMA, failed_row, ok_row
 from thumbfeat.runs import parse_manifest
 
-from tests.support import REPO, ImageServer, image_rows, make_jpeg, run_snakemake, write_catalog
+from tests.support import (
+    REPO,
+    TAG,
+    ImageServer,
+    image_rows,
+    make_jpeg,
+    run_snakemake,
+    write_catalog,
+)
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -99,7 +107,7 @@ def test_build_report_skips_absent_features(tmp_path: Path,
     results = tmp_path / "results"
     rows = rows_table({"near_duplicate_group": ["a", "a", "c", "c", None]})
     for image_id in "abcd":
-        path = Path(layout.thumb_path(results, image_id))
+        path = Path(layout.thumb_path(results, image_id, TAG))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(make_jpeg(image_id, (64, 48)))
     table_path = tmp_path / "table.parquet"

@@ -18,7 +18,7 @@ from PIL import Image
 from thumbfeat import layout
 from thumbfeat.cli import status_report
 
-from tests.support import ImageServer, image_rows, preview, run_snakemake, write_catalog
+from tests.support import TAG, ImageServer, image_rows, preview, run_snakemake, write_catalog
 
 FAST = {"batch_size": "100", "local_file_roots": "[]"}
 
@@ -69,13 +69,13 @@ def test_thumbnails_deleted_again_are_fetched_again(tmp_path: Path, server: Imag
     lost = names[5:12]
     for _ in range(3):
         for name in lost:
-            Path(layout.thumb_path(results, name)).unlink()
+            Path(layout.thumb_path(results, name, TAG)).unlink()
         before = server.snapshot()
         plan = run_as_planned(tmp_path, config=config)
         assert (plan["download"], plan["features"], plan["batches"]) == (7, 0, 1)
         assert server.snapshot() - before == {f"/img/{n}.jpg": 1 for n in lost}
         for name in lost:
-            with Image.open(layout.thumb_path(results, name)) as image:
+            with Image.open(layout.thumb_path(results, name, TAG)) as image:
                 image.load()
         status = status_lines(results)
         assert status["downloaded"] == "40 ok, 0 failed, 0 pending", status
@@ -101,7 +101,7 @@ def test_feature_files_deleted_again_are_rebuilt(tmp_path: Path, server: ImageSe
         assert plan["table"].startswith("will be rebuilt")
         assert server.total() == requests
         for name in names:
-            assert pq.read_table(layout.feature_path(results, name)).num_rows == 1
+            assert pq.read_table(layout.feature_path(results, name, TAG)).num_rows == 1
         assert rows_by_id(tmp_path) == first_rows
         status = status_lines(results)
         assert status["features"] == "40 done, 0 pending", status

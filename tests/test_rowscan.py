@@ -9,6 +9,8 @@ import pytest
 from thumbfeat import layout, rowscan, table
 from thumbfeat.rows import ROW_SCHEMA, failed_row, ok_row, read_row, write_row
 
+from tests.support import TAG
+
 
 def write_files(results: Path, count: int) -> list[str]:
     """Rows in an order that is neither name nor shard order, ok and failed mixed."""
@@ -19,8 +21,8 @@ def write_files(results: Path, count: int) -> list[str]:
         else:
             row = failed_row(image_id, "timeout", "slow", retryable=True,
                                    feature_version="2")
-        write_row(layout.feature_path(results, image_id), row)
-    return [layout.feature_path(results, i) for i in ids]
+        write_row(layout.feature_path(results, image_id, TAG), row)
+    return [layout.feature_path(results, i, TAG) for i in ids]
 
 
 @pytest.mark.parametrize("with_jemalloc", [True, False])
@@ -74,7 +76,7 @@ def test_the_table_from_files_alone_is_the_same_with_workers(
     results = tmp_path / "results"
     paths = write_files(results, 600)
     ids = [Path(p).stem for p in paths]
-    one = table.assemble_table(ids, str(results), tmp_path / "one.parquet").table
+    one = table.assemble_table(ids, str(results), tmp_path / "one.parquet", tag=TAG).table
     for partial in (results / layout.BATCHES).glob("*.parquet"):
         partial.unlink()
     monkeypatch.setattr(rowscan, "WORKER_MIN_FILES", 0)
@@ -86,7 +88,8 @@ def test_the_table_from_files_alone_is_the_same_with_workers(
         return real_popen(command, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr(rowscan.subprocess, "Popen", counting_popen)
-    assembled = table.assemble_table(ids, str(results), tmp_path / "two.parquet", workers=2)
+    assembled = table.assemble_table(ids, str(results), tmp_path / "two.parquet", tag=TAG,
+                                     workers=2)
     assert len(started) == 2
     assert assembled.rows_from_files == len(ids)
     assert assembled.table.equals(one)

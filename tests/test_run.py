@@ -18,7 +18,7 @@ from thumbfeat.run import (
     job_slots,
 )
 
-from tests.support import REPO, write_catalog
+from tests.support import REPO, TAG, write_catalog
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 DEFAULTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -39,7 +39,7 @@ def results_of(tmp_path: Path) -> str:
 
 def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
     results = results_of(tmp_path)
-    done = Path(layout.thumb_path(results, "img03"))
+    done = Path(layout.thumb_path(results, "img03", TAG))
     done.parent.mkdir(parents=True)
     done.write_bytes(b"jpeg")
     run = build_run(config_for(tmp_path), REPO, MAIN, {}, results=results)
@@ -64,7 +64,7 @@ def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
 
 def test_per_image_targets_on_the_command_line_scope_the_plan(tmp_path: Path) -> None:
     results = results_of(tmp_path)
-    target = layout.feature_path(results, "img05")
+    target = layout.feature_path(results, "img05", TAG)
     facts = SnakemakeFacts(cores=1, nodes=None, is_job=False, argv=("snakemake", target))
     run = build_run(config_for(tmp_path), REPO, facts, {}, results=results)
     assert run.plan.features == ["img05"]
@@ -81,8 +81,8 @@ def test_cluster_job_follows_the_handed_plan_without_reading_the_catalog(tmp_pat
     assert Path(handed_path).exists()
     # The job runs elsewhere: the catalog file is gone there, and the disk has moved on.
     (tmp_path / "catalog.csv").unlink()
-    Path(layout.thumb_path(results, "img00")).parent.mkdir(parents=True, exist_ok=True)
-    Path(layout.thumb_path(results, "img00")).write_bytes(b"done meanwhile")
+    Path(layout.thumb_path(results, "img00", TAG)).parent.mkdir(parents=True, exist_ok=True)
+    Path(layout.thumb_path(results, "img00", TAG)).write_bytes(b"done meanwhile")
     job_config = {**main.config}
     job_config["catalog"] = str(tmp_path)  # any existing path: the job never reads it
     job = build_run(job_config, REPO, SnakemakeFacts(cores=1, nodes=None, is_job=True),

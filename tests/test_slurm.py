@@ -20,6 +20,7 @@ from thumbfeat import layout
 
 from tests.support import (
     REPO,
+    TAG,
     ImageServer,
     image_rows,
     run_snakemake,
@@ -76,7 +77,7 @@ def read_table(workdir: Path) -> list[dict[str, object]]:
 
 
 def thumbs_present(results: Path, names: list[str]) -> set[str]:
-    return {n for n in names if Path(layout.thumb_path(results, n)).exists()}
+    return {n for n in names if Path(layout.thumb_path(results, n, TAG)).exists()}
 
 
 pytestmark = pytest.mark.slurm
@@ -129,7 +130,7 @@ def test_one_requested_file_is_built_by_cluster_jobs(
     names = [f"o{i:02d}" for i in range(6)]
     catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
     config = {"catalog": str(catalog), "local_file_roots": "[]"}
-    target = layout.feature_path("results", "o03")
+    target = layout.feature_path("results", "o03", TAG)
 
     run_snakemake(tmp_path, *cluster_args(2), target, config=config)
 

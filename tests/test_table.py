@@ -19,6 +19,9 @@ from thumbfeat.features import compute_features
 from thumbfeat.imaging import decode_image
 from thumbfeat.rows import ROW_SCHEMA, failed_row, ok_row, read_row, write_partial, write_row
 from thumbfeat.rowscan import MANY_FILES, read_rows
+from thumbfeat.thumbnail import facts_of_download
+
+from tests.support import TAG
 
 
 def _real_features() -> dict[str, object]:
@@ -27,7 +30,11 @@ def _real_features() -> dict[str, object]:
     buffer = BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     data = buffer.getvalue()
-    return compute_features(decode_image(data), data)
+    decoded = decode_image(data)
+    # As a batch writes them: with the facts of the download, measured from a thumbnail made
+    # with the default settings.
+    return {**compute_features(decoded, data), **facts_of_download(data, decoded).columns(),
+            "thumbnail_settings": TAG}
 
 
 FEATURES = _real_features()
@@ -36,10 +43,11 @@ FEATURES = _real_features()
 def write_rows(results: Path, ids: list[str]) -> list[str]:
     paths = []
     for n, image_id in enumerate(ids):
-        path = layout.feature_path(results, image_id)
+        path = layout.feature_path(results, image_id, TAG)
         if n % 3 == 2:
             row = failed_row(image_id, "timeout", "slow", retryable=True,
                                    feature_version="1")
+            row["thumbnail_settings"] = TAG
         else:
             row = ok_row(image_id, {**FEATURES, "width": n + 1}, "1")
         write_row(path, row)
@@ -53,7 +61,7 @@ def test_assemble_table_keeps_catalog_order(tmp_path: Path, threads: int) -> Non
     results = tmp_path / "results"
     write_rows(results, ids)
     out = results / "feature_table.parquet"
-    assembled = table.assemble_table(ids, str(results), out, threads=threads)
+    assembled = table.assemble_table(ids, str(results), out, tag=TAG, threads=threads)
     assert assembled.table.column("image_id").to_pylist() == ids
     assert assembled.rows_from_files == 40
     on_disk = pq.read_table(out)
@@ -65,7 +73,7 @@ def test_assemble_table_keeps_catalog_order(tmp_path: Path, threads: int) -> Non
 
 def test_assemble_table_of_nothing(tmp_path: Path) -> None:
     out = tmp_path / "feature_table.parquet"
-    assembled = table.assemble_table([], str(tmp_path), out)
+    assembled = table.assemble_table([], str(tmp_path), out, tag=TAG)
     assert assembled.table.num_rows == 0
     assert pq.read_table(out).schema.equals(ROW_SCHEMA)
 
@@ -79,7 +87,7 @@ def test_assemble_table_names_a_missing_file(tmp_path: Path) -> None:
     Path(paths[1]).unlink()
     out = tmp_path / "feature_table.parquet"
     with pytest.raises(FileNotFoundError) as caught:
-        table.assemble_table(ids, str(results), out)
+        table.assemble_table(ids, str(results), out, tag=TAG)
     assert paths[1] in str(caught.value)
     assert not out.exists()
 
@@ -97,15 +105,16 @@ def test_rows_come_from_the_newest_source(tmp_path: Path) -> None:
         set_mtime(path, base)
     older = results / layout.BATCHES / "older.parquet"
     newer = results / layout.BATCHES / "newer.parquet"
-    write_partial(older, [ok_row("a", {"width": 100}, "1"),
-                                ok_row("b", {"width": 100}, "1")])
-    write_partial(newer, [ok_row("a", {"width": 200}, "1")])
+    made = {"thumbnail_settings": TAG}
+    write_partial(older, [ok_row("a", {"width": 100, **made}, "1"),
+                                ok_row("b", {"width": 100, **made}, "1")])
+    write_partial(newer, [ok_row("a", {"width": 200, **made}, "1")])
     set_mtime(older, base + 10)
     set_mtime(newer, base + 20)
     # "b" was rewritten after every partial (a job stopped before writing its partial).
     set_mtime(paths[1], base + 30)
     out = results / "feature_table.parquet"
-    assembled = table.assemble_table(ids, str(results), out)
+    assembled = table.assemble_table(ids, str(results), out, tag=TAG)
     widths = dict(zip(ids, assembled.table.column("width").to_pylist(), strict=True))
     assert widths["a"] == 200
     assert widths["b"] == read_row(paths[1]).column("width")[0].as_py()
@@ -114,7 +123,7 @@ def test_rows_come_from_the_newest_source(tmp_path: Path) -> None:
     # The new table is kept as the cache; the partials it covers are gone.
     remaining = sorted(p.name for p in (results / layout.BATCHES).glob("*.parquet"))
     assert remaining == [table.TABLE_CACHE]
-    again = table.assemble_table(ids, str(results), out)
+    again = table.assemble_table(ids, str(results), out, tag=TAG)
     assert again.table.equals(assembled.table)
     assert (again.rows_from_partials, again.rows_from_files) == (3, 0)
 
@@ -129,7 +138,7 @@ def test_assemble_from_snapshot(tmp_path: Path, caplog: pytest.LogCaptureFixture
     out = results / "feature_table.parquet"
     logger = logging.getLogger("tests.table")
     with caplog.at_level(logging.INFO, logger="tests.table"):
-        built = table.assemble_and_log(read_snapshot_ids(snapshot), str(results), out,
+        built = table.assemble_and_log(read_snapshot_ids(snapshot), str(results), out, tag=TAG,
                                        threads=2, logger=logger)
     assert built.column("image_id").to_pylist() == ids
     assert "3 rows" in caplog.text
@@ -144,9 +153,9 @@ def _assemble_rows(tmp_path: Path, rows: list[dict[str, object]],
                    distance: int) -> pa.Table:
     results = tmp_path / "results"
     for row in rows:
-        write_row(layout.feature_path(results, str(row["image_id"])), row)
+        write_row(layout.feature_path(results, str(row["image_id"]), TAG), row)
     out = results / "feature_table.parquet"
-    table.assemble_table([str(r["image_id"]) for r in rows], str(results), out,
+    table.assemble_table([str(r["image_id"]) for r in rows], str(results), out, tag=TAG,
                          near_duplicate_distance=distance)
     return pq.read_table(out)
 
@@ -212,13 +221,13 @@ def test_only_files_in_shard_folders_changed_since_their_partial_are_looked_at(
     write_partial(partial, [read_row(p).to_pylist()[0] for p in paths])
     base = partial.stat().st_mtime_ns
     for shard in {layout.shard_of(i) for i in ids}:
-        set_mtime(results / layout.FEATURES / shard, base - 10**9)
+        set_mtime(results / layout.FEATURES / TAG / shard, base - 10**9)
     # One image re-measured after the partial: its folder is newer, its file is read.
     changed = ids[7]
-    write_row(layout.feature_path(results, changed),
+    write_row(layout.feature_path(results, changed, TAG),
                     ok_row(changed, {**FEATURES, "width": 999}, "1"))
-    set_mtime(Path(layout.feature_path(results, changed)), base + 10**9)
-    set_mtime(Path(layout.feature_path(results, changed)).parent, base + 10**9)
+    set_mtime(Path(layout.feature_path(results, changed, TAG)), base + 10**9)
+    set_mtime(Path(layout.feature_path(results, changed, TAG)).parent, base + 10**9)
     looked_at: list[str] = []
     real_mtime = table.row_file_mtime_ns
 
@@ -227,7 +236,8 @@ def test_only_files_in_shard_folders_changed_since_their_partial_are_looked_at(
         return real_mtime(path)
 
     monkeypatch.setattr(table, "row_file_mtime_ns", counting_mtime)
-    built = table.assemble_table(ids, str(results), tmp_path / "feature_table.parquet").table
+    built = table.assemble_table(ids, str(results), tmp_path / "feature_table.parquet",
+                                 tag=TAG).table
     same_shard = {i for i in ids if layout.shard_of(i) == layout.shard_of(changed)}
     assert set(looked_at) == same_shard
     widths = dict(zip(ids, built.column("width").to_pylist(), strict=True))
@@ -244,17 +254,17 @@ def test_a_grown_table_extends_the_previous_groups(tmp_path: Path,
     rows = _planted_rows(300, 1)
     first, added = rows[:240], rows[240:]
     for row in first:
-        write_row(layout.feature_path(results, str(row["image_id"])), row)
-    table.assemble_table([str(r["image_id"]) for r in first], str(results), out)
+        write_row(layout.feature_path(results, str(row["image_id"]), TAG), row)
+    table.assemble_table([str(r["image_id"]) for r in first], str(results), out, tag=TAG)
 
     def regroup_everything(*args: object) -> None:
         raise AssertionError("a grown table regrouped every image")
 
     monkeypatch.setattr(grouping, "near_duplicate_groups", regroup_everything)
     for row in added:
-        write_row(layout.feature_path(results, str(row["image_id"])), row)
+        write_row(layout.feature_path(results, str(row["image_id"]), TAG), row)
     ids = [str(r["image_id"]) for r in rows]
-    grown = table.assemble_table(ids, str(results), out).table
+    grown = table.assemble_table(ids, str(results), out, tag=TAG).table
     expected = near_duplicate_groups(ids, [str(r["phash"]) for r in rows], 6)
     assert grown.column("near_duplicate_group").to_pylist() == expected
     assert sum(g is not None for g in expected) > 100
@@ -269,14 +279,14 @@ def test_groups_are_recomputed_when_the_table_did_not_only_grow(
     out = results / "feature_table.parquet"
     rows = _planted_rows(200, 2)
     for row in rows:
-        write_row(layout.feature_path(results, str(row["image_id"])), row)
-    table.assemble_table([str(r["image_id"]) for r in rows], str(results), out)
+        write_row(layout.feature_path(results, str(row["image_id"]), TAG), row)
+    table.assemble_table([str(r["image_id"]) for r in rows], str(results), out, tag=TAG)
     distance = 6
     if change == "removed":
         rows = rows[1:]
     elif change == "rehashed":
         rows[5] = _grouping_row(str(rows[5]["image_id"]), "other", f"{2**63 + 12345:016x}")
-        write_row(layout.feature_path(results, str(rows[5]["image_id"])), rows[5])
+        write_row(layout.feature_path(results, str(rows[5]["image_id"]), TAG), rows[5])
     else:
         distance = 9
     calls: list[int] = []
@@ -287,7 +297,7 @@ def test_groups_are_recomputed_when_the_table_did_not_only_grow(
 
     monkeypatch.setattr(grouping, "near_duplicate_groups", counted)
     ids = [str(r["image_id"]) for r in rows]
-    again = table.assemble_table(ids, str(results), out,
+    again = table.assemble_table(ids, str(results), out, tag=TAG,
                                  near_duplicate_distance=distance).table
     assert calls == [1]
     assert again.column("near_duplicate_group").to_pylist() == near_duplicate_groups(
@@ -296,9 +306,9 @@ def test_groups_are_recomputed_when_the_table_did_not_only_grow(
 
 def test_settings_marker_names_the_distance_and_replaces_older_ones(tmp_path: Path) -> None:
     results = str(tmp_path / "results")
-    six = layout.table_settings_path(results, 6)
+    six = layout.table_settings_path(results, 6, TAG)
     table.write_settings_marker(six, 6)
-    seven = layout.table_settings_path(results, 7)
+    seven = layout.table_settings_path(results, 7, TAG)
     assert seven != six
     table.write_settings_marker(seven, 7)
     assert not Path(six).exists()
@@ -314,8 +324,8 @@ def test_many_files_read_in_the_order_asked(tmp_path: Path) -> None:
         else:
             row = failed_row(image_id, "timeout", "slow", retryable=True,
                                    feature_version="test")
-        write_row(layout.feature_path(tmp_path, image_id), row)
-    paths = [layout.feature_path(tmp_path, i) for i in ids]
+        write_row(layout.feature_path(tmp_path, image_id, TAG), row)
+    paths = [layout.feature_path(tmp_path, i, TAG) for i in ids]
     scanned = read_rows(paths)
     one_by_one = pa.concat_tables([read_row(p) for p in paths])
     assert scanned.schema == ROW_SCHEMA
@@ -330,9 +340,9 @@ def test_many_files_keep_list_and_struct_columns(tmp_path: Path) -> None:
         features = dict(FEATURES)
         if number % 2:
             features.update(hue_mean=None, hue_hist=None)
-        write_row(layout.feature_path(tmp_path, image_id),
+        write_row(layout.feature_path(tmp_path, image_id, TAG),
                         ok_row(image_id, features, "2"))
-    paths = [layout.feature_path(tmp_path, i) for i in ids]
+    paths = [layout.feature_path(tmp_path, i, TAG) for i in ids]
     scanned = read_rows(paths)
     assert scanned.equals(pa.concat_tables([read_row(p) for p in paths]))
     first = scanned.slice(0, 1).to_pylist()[0]
@@ -346,12 +356,12 @@ def test_many_files_of_an_older_row_schema_read_by_name(tmp_path: Path) -> None:
     older = pa.schema([ROW_SCHEMA.field("image_id"), ROW_SCHEMA.field("status"),
                        ROW_SCHEMA.field("width")])
     for number, image_id in enumerate(ids):
-        path = Path(layout.feature_path(tmp_path, image_id))
+        path = Path(layout.feature_path(tmp_path, image_id, TAG))
         path.parent.mkdir(parents=True, exist_ok=True)
         schema = older if number % 2 else ROW_SCHEMA
         row = {"image_id": image_id, "status": "ok", "width": number}
         pq.write_table(pa.Table.from_pylist([row], schema=schema), path)
-    scanned = read_rows([layout.feature_path(tmp_path, i) for i in ids])
+    scanned = read_rows([layout.feature_path(tmp_path, i, TAG) for i in ids])
     assert scanned.schema == ROW_SCHEMA
     assert scanned.column("image_id").to_pylist() == ids
     assert scanned.column("width").to_pylist() == list(range(len(ids)))

@@ -19,7 +19,7 @@ from thumbfeat.grouping import with_duplicate_groups
 from thumbfeat.rows import ROW_SCHEMA, failed_row, ok_row, write_row
 from thumbfeat.warehouse import LOADS, TABLE, Target, WarehouseError, load_warehouse
 
-from tests.support import REPO
+from tests.support import REPO, TAG
 
 
 def rows_for(ids: list[str], *, brightness: float = 0.5) -> list[dict[str, object]]:
@@ -287,7 +287,7 @@ def test_loading_in_pieces_gives_the_warehouse_of_one_load(tmp_path: Path) -> No
 
 def write_on_disk(results: Path, rows: list[dict[str, object]]) -> None:
     for row in rows:
-        write_row(layout.feature_path(results, str(row["image_id"])), row)
+        write_row(layout.feature_path(results, str(row["image_id"]), TAG), row)
 
 
 def test_rows_on_disk_fill_the_warehouse_unless_pruning(tmp_path: Path) -> None:

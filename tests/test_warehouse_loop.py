@@ -17,7 +17,7 @@ import pytest
 import yaml
 from thumbfeat import layout
 
-from tests.support import ImageServer, run_snakemake, snakemake_command
+from tests.support import TAG, ImageServer, run_snakemake, snakemake_command
 
 FAST = {"batch_size": "100", "local_file_roots": "[]"}
 TABLE = "feature_image_visual"
@@ -101,7 +101,7 @@ def loop_config(workdir: Path, database: Path, *, concurrency: int = 8) -> list[
 
 
 def new_thumbs(results: Path, ids: list[int]) -> int:
-    return sum(os.path.exists(layout.thumb_path(results, str(i))) for i in ids)
+    return sum(os.path.exists(layout.thumb_path(results, str(i), TAG)) for i in ids)
 
 
 def killed_run(workdir: Path, options: list[str], results: Path, ids: list[int],

@@ -14,6 +14,7 @@ from PIL import Image
 from thumbfeat import layout
 
 from tests.support import (
+    TAG,
     ImageServer,
     file_times,
     image_rows,
@@ -22,7 +23,8 @@ from tests.support import (
     write_catalog,
 )
 
-FAST = {"batch_size": "100", "local_file_roots": "[]"}
+# Fewer connections than the default: the loopback server is one Python process.
+FAST = {"batch_size": "100", "local_file_roots": "[]", "download": "{concurrency: 16}"}
 
 
 def read_table(workdir: Path) -> list[dict[str, object]]:
@@ -59,17 +61,17 @@ def test_fresh_rerun_repair_and_append(tmp_path: Path, server: ImageServer) -> N
     # a request; feature files are recomputed from the thumbnails on disk.
     results = tmp_path / "results"
     for name in names[10:17]:
-        Path(layout.thumb_path(results, name)).unlink()
+        Path(layout.thumb_path(results, name, TAG)).unlink()
     for name in names[100:105]:
-        Path(layout.feature_path(results, name)).unlink()
+        Path(layout.feature_path(results, name, TAG)).unlink()
     before = server.snapshot()
     run_snakemake(tmp_path, config=config)
     delta = server.snapshot() - before
     assert sum(delta.values()) == 7
     assert set(delta) == {f"/img/{n}.jpg" for n in names[10:17]}
     for name in names[10:17] + names[100:105]:
-        assert Path(layout.thumb_path(results, name)).stat().st_size > 0
-        assert Path(layout.feature_path(results, name)).exists()
+        assert Path(layout.thumb_path(results, name, TAG)).stat().st_size > 0
+        assert Path(layout.feature_path(results, name, TAG)).exists()
 
     # Appending rows fetches exactly the new images.
     write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
@@ -146,10 +148,10 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
     table = results / "feature_table.parquet"
     # Half done: 30 images lost both files, 15 their feature file; the flaky ones failed for now.
     for name in names[:30]:
-        Path(layout.thumb_path(results, name)).unlink()
-        Path(layout.feature_path(results, name)).unlink()
+        Path(layout.thumb_path(results, name, TAG)).unlink()
+        Path(layout.feature_path(results, name, TAG)).unlink()
     for name in names[30:45]:
-        Path(layout.feature_path(results, name)).unlink()
+        Path(layout.feature_path(results, name, TAG)).unlink()
 
     before = server.snapshot()
     files_before = file_times(tmp_path, "**/*")
@@ -164,16 +166,16 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
 
     # The next run does exactly that: one request per image to fetch, those thumbnails and
     # feature files written and no others, the kept failures untouched, the table rewritten.
-    thumbs_before = file_times(results, "thumbs/*/*")
-    rows_before = file_times(results, "features/*/*")
+    thumbs_before = file_times(results, "thumbs/*/*/*")
+    rows_before = file_times(results, "features/*/*/*")
     table_before = table.stat().st_mtime_ns
     run_snakemake(tmp_path, config=config)
     delta = server.snapshot() - before
     expected_fetch = set(names[:30]) | set(flaky)
     assert sum(delta.values()) == 32
     assert {p.rsplit("/", 1)[-1].removesuffix(".jpg") for p in delta} == expected_fetch
-    assert written(thumbs_before, file_times(results, "thumbs/*/*")) == expected_fetch
-    assert written(rows_before, file_times(results, "features/*/*")) == (
+    assert written(thumbs_before, file_times(results, "thumbs/*/*/*")) == expected_fetch
+    assert written(rows_before, file_times(results, "features/*/*/*")) == (
         expected_fetch | set(names[30:45]))
     assert table.stat().st_mtime_ns != table_before
 
@@ -188,7 +190,7 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
     assert preview_then_run() == ({"catalog": 125, "download": 0, "features": 0, "kept": 3,
                                    "retry": 0, "batches": 0, "table": "up to date"}, False)
     # A feature shard folder changed (say a file of an image outside the catalog was removed).
-    shard = Path(layout.feature_path(results, names[50])).parent
+    shard = Path(layout.feature_path(results, names[50], TAG)).parent
     os.utime(shard, ns=(table.stat().st_mtime_ns + 10**9,) * 2)
     shown, rebuilt = preview_then_run()
     assert shown["table"] == "will be rebuilt (feature files changed since it was written)"
@@ -205,12 +207,15 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
 def test_one_requested_file_builds_just_it(tmp_path: Path, server: ImageServer) -> None:
     names = [f"q{i:03d}" for i in range(50)]
     catalog = write_catalog(tmp_path / "catalog.csv", image_rows(server, names))
-    target = layout.feature_path("results", "q007")
+    target = layout.feature_path("results", "q007", TAG)
     run_snakemake(tmp_path, target, config={**FAST, "catalog": str(catalog)})
     assert server.total() == 1
     assert (tmp_path / target).exists()
-    built = list((tmp_path / "results" / "features").glob("*/*.parquet"))
+    built = list((tmp_path / "results" / "features").glob("*/*/*.parquet"))
     assert [p.name for p in built] == ["q007.parquet"]
+    # One download made its thumbnail and its row: one decode, no second job.
+    thumbs = list((tmp_path / "results" / "thumbs").glob("*/*/*.img"))
+    assert [p.name for p in thumbs] == ["q007.img"]
     assert not (tmp_path / "results" / "feature_table.parquet").exists()
 
 
@@ -237,17 +242,23 @@ def test_bad_catalog_stops_before_any_work(tmp_path: Path, catalog_text: str,
 def test_bundled_demo_runs_from_any_directory(tmp_path: Path) -> None:
     run_snakemake(tmp_path)
     rows = {r["image_id"]: r for r in read_table(tmp_path)}
-    assert len(rows) == 15
+    assert len(rows) == 16
     failed = {i: r["error_kind"] for i, r in rows.items() if r["status"] == "failed"}
     assert failed == {"missing_photo": "not_found", "broken_text": "not_image",
                       "cut_photo": "truncated"}
     # A real PNG served under a .jpg name is accepted: the bytes decide.
     assert rows["clock_blur"]["format"] == "PNG"
     log = (tmp_path / "results" / "logs" / "feature_table.log").read_text()
-    assert "15 rows (failed 3, ok 12)" in log
+    assert "16 rows (failed 3, ok 13)" in log
+    # The large photo is kept as a thumbnail of 512 px; the small ones as served.
+    large = rows["coffee_large"]
+    assert (large["width"], large["height"], large["format"]) == (512, 341, "JPEG")
+    assert (large["source_width"], large["source_height"]) == (3000, 2000)
+    assert large["file_bytes"] < large["source_bytes"] // 10
+    assert rows["coffee"]["sha256"] == rows["coffee"]["source_sha256"]
 
     filtered = run_snakemake(tmp_path, config={"filter": "{vote_pool_flag: true}"})
-    assert "14 images in the catalog" in filtered.stdout + filtered.stderr
+    assert "15 images in the catalog" in filtered.stdout + filtered.stderr
     assert "brick" not in {r["image_id"] for r in read_table(tmp_path)}
 
 
@@ -295,4 +306,4 @@ def test_duplicate_groups_and_regrouping_without_remeasuring(tmp_path: Path) -> 
     assert near["astronaut-lossless"] == "astronaut"  # identical pixels, identical hash
     assert near["astronaut-small"] is None
     markers = sorted(p.name for p in (tmp_path / "results" / "table-settings").iterdir())
-    assert markers == ["near-duplicate-distance-0.json"]
+    assert markers == [f"near-duplicate-distance-0-thumbnails-{TAG}.json"]

@@ -31,6 +31,7 @@ for batch in RUN.plan.batches:
             measure=list(batch.feature_ids),
             batch_key=batch.key,
             settings=RUN.fetch_settings,
+            thumbnails=RUN.thumbnail_params,
             # The job stops if this process ends (see thumbfeat.lineage).
             owner_pid=os.getpid(),
         script:

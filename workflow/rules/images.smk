@@ -1,11 +1,12 @@
-# Every per-image file is a target of its own: `snakemake results/features/<shard>/<id>.parquet`
-# builds that image alone (downloading its thumbnail first if it is missing). Full runs never ask
-# for these rules; the batches write the same files.
+# Every per-image file is a target of its own: `snakemake results/features/<settings>/<shard>/<id>
+# .parquet` builds that image alone, downloading it first when its thumbnail is missing (one
+# decode makes the thumbnail and its row). Full runs never ask for these rules; the batches write
+# the same files.
 
 
 rule thumbnail:
     output:
-        f"{RESULTS}/{layout.THUMBS}/{{shard}}/{{image_id}}{layout.THUMB_SUFFIX}",
+        f"{RESULTS}/{layout.THUMBS}/{RUN.tag}/{{shard}}/{{image_id}}{layout.THUMB_SUFFIX}",
     log:
         RUN.log("images/{shard}/{image_id}.thumbnail"),
     wildcard_constraints:
@@ -16,15 +17,15 @@ rule thumbnail:
     params:
         url=url_of_image,
         settings=RUN.fetch_settings,
+        thumbnails=RUN.thumbnail_params,
+        measure=False,
     script:
         "../scripts/fetch_thumbnail.py"
 
 
 rule image_features:
-    input:
-        f"{RESULTS}/{layout.THUMBS}/{{shard}}/{{image_id}}{layout.THUMB_SUFFIX}",
     output:
-        f"{RESULTS}/{layout.FEATURES}/{{shard}}/{{image_id}}{layout.FEATURE_SUFFIX}",
+        f"{RESULTS}/{layout.FEATURES}/{RUN.tag}/{{shard}}/{{image_id}}{layout.FEATURE_SUFFIX}",
     log:
         RUN.log("images/{shard}/{image_id}.features"),
     wildcard_constraints:
@@ -32,5 +33,10 @@ rule image_features:
         image_id=layout.IMAGE_ID_PATTERN,
     conda:
         "../../envs/thumbfeat.yaml"
+    params:
+        url=url_of_image,
+        settings=RUN.fetch_settings,
+        thumbnails=RUN.thumbnail_params,
+        measure=True,
     script:
-        "../scripts/measure_image.py"
+        "../scripts/fetch_thumbnail.py"

@@ -3,7 +3,8 @@
 # digest of the selected ids and URLs, so a new selection is a missing file), when a batch ran, or
 # when a feature shard folder changed since the table was written (a row file was added or
 # removed by any means: a folder's time changes on every rename into it). The settings marker is
-# named by the near-duplicate distance, so changing that setting also rebuilds the table.
+# named by the near-duplicate distance and the thumbnail settings, so changing either also rebuilds
+# the table.
 
 
 # On a cluster the table is assembled by the submitting process itself: it reads partial tables
@@ -29,5 +30,6 @@ rule feature_table:
         digest=RUN.catalog_digest,
         spec=RUN.catalog_params,
         near_duplicate_distance=config["near_duplicate_distance"],
+        tag=RUN.tag,
     script:
         "../scripts/feature_table.py"

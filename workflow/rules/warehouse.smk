@@ -49,6 +49,7 @@ rule warehouse:
     params:
         target=WAREHOUSE_TARGET.as_dict(),
         near_duplicate_distance=config["near_duplicate_distance"],
+        tag=RUN.tag,
     script:
         "../scripts/load_warehouse.py"
 
@@ -72,5 +73,6 @@ rule catalog_write_back:
         id_column=(
             RUN.catalog_key.column if RUN.catalog_key else RUN.catalog_spec.id_column
         ),
+        tag=RUN.tag,
     script:
         "../scripts/write_back.py"

@@ -22,6 +22,7 @@ assemble_and_log(
     catalog.ids,
     RESULTS,
     smk.output.table,
+    tag=smk.params.tag,
     threads=max(2, smk.threads * 4),
     workers=smk.threads,
     logger=logger,

@@ -1,24 +1,26 @@
-"""Snakemake job: fetch and validate one requested thumbnail (see thumbfeat.batch)."""
+"""Snakemake job: make one requested thumbnail, and its row when asked (see thumbfeat.batch)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from thumbfeat.batch import download_one
-from thumbfeat.fetch import FetchSettings, host_limiter, make_session, secret_values
+from thumbfeat.batch import finish_one
+from thumbfeat.fetch import FetchSettings
 from thumbfeat.joblog import job_logger
 from thumbfeat.layout import RESULTS
+from thumbfeat.thumbnail import ThumbnailSettings
 
 smk = snakemake  # noqa: F821
-settings = FetchSettings(**smk.params.settings)
-session = make_session(settings)
-try:
-    outcome = download_one(session, smk.wildcards.image_id, smk.params.url, RESULTS, settings,
-                           smk.config["max_pixels"], host_limiter(settings),
-                           secret_values(session, settings))
-finally:
-    session.close()
-job_logger(smk.log[0], "thumbnail").info(
+outcome = finish_one(
+    smk.wildcards.image_id,
+    smk.params.url,
+    RESULTS,
+    FetchSettings(**smk.params.settings),
+    ThumbnailSettings(**smk.params.thumbnails),
+    max_pixels=smk.config["max_pixels"],
+    measure=smk.params.measure,
+)
+job_logger(smk.log[0], "features" if smk.params.measure else "thumbnail").info(
     "%s: %s", outcome.image_id, "ok" if outcome.ok else f"failed ({outcome.kind}: {outcome.error})"
 )

@@ -12,7 +12,7 @@ from thumbfeat.warehouse import Target, load_and_log, write_receipt
 smk = snakemake  # noqa: F821
 # The database is updated in place, not a declared output (see workflow/rules/warehouse.smk).
 target = Target.from_dict(smk.params.target)
-result = load_and_log(smk.input.table, target, results=RESULTS,
+result = load_and_log(smk.input.table, target, results=RESULTS, tag=smk.params.tag,
                       near_duplicate_distance=smk.params.near_duplicate_distance,
                       logger=job_logger(smk.log[0], "warehouse"))
 write_receipt(smk.output.receipt, target, result)

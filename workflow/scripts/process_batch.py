@@ -10,6 +10,7 @@ from thumbfeat.batch import process_batch
 from thumbfeat.fetch import FetchSettings
 from thumbfeat.joblog import job_logger
 from thumbfeat.layout import RESULTS
+from thumbfeat.thumbnail import ThumbnailSettings
 
 smk = snakemake  # noqa: F821
 process_batch(
@@ -17,6 +18,7 @@ process_batch(
     smk.params.measure,
     RESULTS,
     FetchSettings(**smk.params.settings),
+    thumbnails=ThumbnailSettings(**smk.params.thumbnails),
     threads=smk.threads,
     max_pixels=smk.config["max_pixels"],
     manifest_path=smk.output.manifest,

@@ -19,6 +19,7 @@ result = write_back_and_log(
     smk.params.id_column,
     read_snapshot_ids(smk.input.snapshot),
     RESULTS,
+    tag=smk.params.tag,
     logger=job_logger(smk.log[0], "write_back"),
 )
 atomic.write_bytes(smk.output[0], json.dumps(result.as_dict(), indent=2).encode())

@@ -1,11 +1,13 @@
 """The body of a batch job: fetch the batch's missing thumbnails and measure its images.
 
 Downloads run on a pool of threads (``download.concurrency`` in flight, over one pooled session);
-each finished thumbnail goes straight to a pool of processes that measure it, so fetching and
-measuring overlap inside the job. Each image is finished on its own: its files are written
-atomically as soon as they are done, so a job killed at any moment keeps every image it finished and
-loses only those in flight. The batch ends by writing its rows again as one partial table (which
-makes assembling the feature table cheap) and a JSON manifest: counts, timing, failures by kind.
+the bytes of each finished download go straight to a pool of processes, which decode them once,
+store the thumbnail and measure it from the same pixels, so fetching and measuring overlap inside
+the job and no image is read back and decoded again. Each image is finished on its own: its files
+are written atomically as soon as they are done, so a job killed at any moment keeps every image it
+finished and loses only those in flight. The batch ends by writing its rows again as one partial
+table (which makes assembling the feature table cheap) and a JSON manifest: counts, timing,
+failures by kind.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +44,38 @@ from thumbfeat.fetch import (
     make_session,
     secret_values,
 )
-from thumbfeat.imaging import ImageRejected, decode_image
+from thumbfeat.imaging import DecodedImage, ImageRejected, decode_image
 from thumbfeat.progress import Outcome, Progress
 from thumbfeat.ratelimit import HostLimiter
 from thumbfeat.rows import failed_row, ok_row, write_partial, write_row
+from thumbfeat.thumbnail import (
+    SourceFacts,
+    ThumbnailSettings,
+    make_thumbnail,
+    stored_source_facts,
+)
 
 Row = dict[str, object]
+
+READY_BYTES = 128 * 2**20
+"""At most this many fetched bytes wait for a measuring process before downloads pause (50 camera
+photos): memory stays bounded when the network outpaces the processes."""
+QUEUED_PER_PROCESS = 16
+"""Fetched images waiting for a measuring process, per process: enough to keep it busy, few enough
+that a killed job loses little (fetched bytes live in memory until their thumbnail is written)."""
+TASKS_PER_PROCESS = 2
+TASK_IMAGES = 8
+"""Tasks handed to each process at once, of at most this many images: one task runs while the
+next waits, and handing over a task costs little per image."""
+
+
+def images_held(concurrency: int, processes: int) -> int:
+    """The most fetched images a batch job holds unstored: what it loses, at most, when killed.
+
+    Downloads in flight, images queued for the processes, and those in the processes' tasks.
+    """
+    return (max(1, concurrency) + QUEUED_PER_PROCESS * processes
+            + TASKS_PER_PROCESS * TASK_IMAGES * processes)
 
 
 class LocalWriteError(OSError):
@@ -71,45 +100,83 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def download_one(session: requests.Session, image_id: str, url: str, results: str,
-                 settings: FetchSettings, max_pixels: int,
-                 limiter: HostLimiter | None = None, secrets: Sequence[str] = ()) -> Outcome:
-    """Fetch, validate by decoding, and store one image (or its failure).
+                 settings: FetchSettings, tag: str, limiter: HostLimiter | None = None,
+                 secrets: Sequence[str] = ()) -> tuple[Outcome, bytes | None]:
+    """Fetch one image's bytes, or record why it failed (its bytes are then None).
 
-    A local write error is not the image's fault and is never recorded as its failure: it
-    propagates and stops the batch.
+    The bytes are not decoded here: the process that makes the thumbnail decodes them, once.
     """
     fetched = fetch_with_retries(session, url, settings, limiter=limiter, secrets=secrets)
     if fetched.failure is not None:
         failure = fetched.failure
-        record_failure(results, image_id, failure.kind, failure.message, failure.retryable)
+        record_failure(results, image_id, failure.kind, failure.message, failure.retryable, tag)
         return Outcome(image_id, False, failure.kind, failure.message, failure.retryable,
-                       fetched.attempts)
+                       fetched.attempts), None
     data = fetched.data or b""
+    return Outcome(image_id, True, attempts=fetched.attempts, size=len(data)), data
+
+
+def _row_of(image_id: str, decoded: DecodedImage, data: bytes, source: SourceFacts,
+            tag: str) -> Row:
+    """The row of a thumbnail (its pixels and bytes), with the facts of its source."""
+    features = compute_features(decoded, data)
+    return ok_row(image_id, {**features, **source.columns(), "thumbnail_settings": tag},
+                        FEATURE_VERSION)
+
+
+def _failed_row(image_id: str, kind: str, error: str, retryable: bool, tag: str) -> Row:
+    row = failed_row(image_id, kind, error, retryable=retryable,
+                           feature_version=FEATURE_VERSION)
+    row["thumbnail_settings"] = tag
+    return row
+
+
+def store_one(image_id: str, data: bytes, fetched: Outcome, results: str,
+              thumbnails: ThumbnailSettings, max_pixels: int,
+              measure: bool) -> tuple[Outcome, Outcome | None, Row | None]:
+    """Decode downloaded bytes once, store the thumbnail and, if asked, the row measured from it.
+
+    Returns how the download ended (bytes that are not a whole image fail it), and the row's
+    outcome and row when measured. The thumbnail is written before the row.
+    """
+    tag = thumbnails.tag
     try:
-        decode_image(data, max_pixels=max_pixels)
+        thumb = make_thumbnail(data, thumbnails, max_pixels)
     except ImageRejected as rejected:
-        record_failure(results, image_id, rejected.kind, rejected.message, False)
-        return Outcome(image_id, False, rejected.kind, rejected.message, False, fetched.attempts,
-                       len(data))
-    atomic.write_bytes(layout.thumb_path(results, image_id), data)
+        record_failure(results, image_id, rejected.kind, rejected.message, False, tag)
+        failed = Outcome(image_id, False, rejected.kind, rejected.message, False,
+                         fetched.attempts, len(data))
+        if not measure:
+            return failed, None, None
+        row = _failed_row(image_id, rejected.kind, rejected.message, False, tag)
+        write_row(layout.feature_path(results, image_id, tag), row)
+        return failed, Outcome(image_id, False, rejected.kind, rejected.message), row
+    atomic.write_bytes(layout.thumb_path(results, image_id, tag), thumb.data)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(layout.failure_path(results, image_id))
-    return Outcome(image_id, True, attempts=fetched.attempts, size=len(data))
+    stored = Outcome(image_id, True, attempts=fetched.attempts, size=len(data))
+    if not measure:
+        return stored, None, None
+    row = _row_of(image_id, thumb.decoded, thumb.data, thumb.source, tag)
+    write_row(layout.feature_path(results, image_id, tag), row)
+    return stored, Outcome(image_id, True, size=len(thumb.data)), row
 
 
-def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, Row]:
-    """Compute and store the row of one image from its thumbnail (or its failure record)."""
-    thumb = Path(layout.thumb_path(results, image_id))
-    data = thumb.read_bytes()
+def measure_one(image_id: str, results: str, tag: str, max_pixels: int) -> tuple[Outcome, Row]:
+    """Compute and store the row of one image from its stored thumbnail (or its failure record).
+
+    The stored thumbnail is exactly what a fresh download measured, so the row is the same.
+    """
+    thumb_file = Path(layout.thumb_path(results, image_id, tag))
+    data = thumb_file.read_bytes()
     if not data:
         record = read_failure(layout.failure_path(results, image_id))
         if record is None:
             kind, error, retryable = "unknown", "download failed; its record is lost", True
-            record_failure(results, image_id, kind, error, retryable)
+            record_failure(results, image_id, kind, error, retryable, tag)
         else:
             kind, error, retryable = record.kind, record.error, record.retryable
-        row = failed_row(image_id, kind, error, retryable=retryable,
-                               feature_version=FEATURE_VERSION)
+        row = _failed_row(image_id, kind, error, retryable, tag)
         outcome = Outcome(image_id, False, kind, error, retryable)
     else:
         # A download that succeeded after a failure removes the record; a kill in between can
@@ -117,16 +184,29 @@ def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(layout.failure_path(results, image_id))
         try:
-            features = compute_features(decode_image(data, max_pixels=max_pixels), data)
+            decoded = decode_image(data, max_pixels=max_pixels)
         except ImageRejected as rejected:
-            row = failed_row(image_id, rejected.kind, rejected.message, retryable=False,
-                                   feature_version=FEATURE_VERSION)
+            row = _failed_row(image_id, rejected.kind, rejected.message, False, tag)
             outcome = Outcome(image_id, False, rejected.kind, rejected.message)
         else:
-            row = ok_row(image_id, features, FEATURE_VERSION)
+            row = _row_of(image_id, decoded, data, stored_source_facts(data, decoded), tag)
             outcome = Outcome(image_id, True, size=len(data))
-    write_row(layout.feature_path(results, image_id), row)
+    write_row(layout.feature_path(results, image_id, tag), row)
     return outcome, row
+
+
+@dataclass(frozen=True)
+class Work:
+    """One image handed to a measuring process: fresh bytes to store, or a stored thumbnail."""
+
+    image_id: str
+    data: bytes | None = None
+    fetched: Outcome | None = None
+    measure: bool = True
+
+
+Done = tuple[Outcome | None, Outcome | None, Row | None]
+"""How one image's work ended: its download (None if it had none), its row's outcome and row."""
 
 
 class InlineExecutor(Executor):
@@ -141,24 +221,33 @@ class InlineExecutor(Executor):
         return future
 
 
-def measure_many(image_ids: Sequence[str], results: str,
-                 max_pixels: int) -> list[tuple[Outcome, Row]]:
-    """Measure several images in one task, so handing work to a process costs little per image."""
-    return [measure_one(image_id, results, max_pixels) for image_id in image_ids]
+def finish_many(work: Sequence[Work], results: str, thumbnails: ThumbnailSettings,
+                max_pixels: int) -> list[Done]:
+    """Finish several images in one task, so handing work to a process costs little per image."""
+    done: list[Done] = []
+    for item in work:
+        if item.data is not None and item.fetched is not None:
+            done.append(store_one(item.image_id, item.data, item.fetched, results, thumbnails,
+                                  max_pixels, item.measure))
+        else:
+            outcome, row = measure_one(item.image_id, results, thumbnails.tag, max_pixels)
+            done.append((item.fetched, outcome, row))
+    return done
 
 
 def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], results: str,
-                  settings: FetchSettings, *, threads: int, max_pixels: int,
-                  manifest_path: str, partial_path: str, batch_key: str,
+                  settings: FetchSettings, *, thumbnails: ThumbnailSettings, threads: int,
+                  max_pixels: int, manifest_path: str, partial_path: str, batch_key: str,
                   logger: logging.Logger, progress_interval: float = 10.0,
                   progress_path: str | None = None, owner_pid: int | None = None) -> Progress:
     """Download ``download`` (id, URL pairs) and measure ``measure`` (ids), overlapping the two.
 
-    An image in both lists is measured once its download has finished; an image only in
-    ``measure`` already has its thumbnail and is ready at once. Both kinds of work in flight are
-    bounded (a few tasks per process, twice the download concurrency), so waiting on them stays
-    cheap however large the batch. A job whose Snakemake process (``owner_pid``) ends stops as if
-    cancelled (see thumbfeat.lineage).
+    Download threads only fetch bytes; the measuring processes decode them once, store the
+    thumbnail and measure it from the same pixels. An image only in ``measure`` already has its
+    thumbnail and is measured from it at once. Work in flight is bounded (a few tasks per
+    process; downloads wait while fetched bytes queue up for the processes), so memory and the
+    cost of waiting stay small however large the batch. A job whose Snakemake process
+    (``owner_pid``) ends stops as if cancelled (see thumbfeat.lineage).
     """
     progress = Progress(logger, progress_interval, len(download), len(measure), label=batch_key,
                         state_path=progress_path)
@@ -169,10 +258,10 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     limiter = host_limiter(settings)
     to_measure = set(measure)
     downloading = {image_id for image_id, _ in download}
-    ready: deque[str] = deque(i for i in measure if i not in downloading)
+    ready: deque[Work] = deque(Work(i) for i in measure if i not in downloading)
     rows: list[Row] = []
     workers = max(1, threads)
-    if measure:
+    if measure or download:
         # Loaded once here, the compiled feature kernels are inherited by every forked process.
         warm_kernels()
     measurer: Executor = (ProcessPoolExecutor(max_workers=workers) if threads > 1 or download
@@ -184,19 +273,24 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     measuring: set[Future[Any]] = set()
     sources = iter(download)
     fetch_slots = max(1, settings.concurrency) * 2
+    queued_bytes = 0
     fetching = 0
+    tag = thumbnails.tag
 
     try:
         with sigterm_as_interrupt(), lineage.stop_when_orphaned(owner_pid, logger):
             while True:
-                while fetching < fetch_slots and (source := next(sources, None)) is not None:
+                while (fetching < fetch_slots and len(ready) < QUEUED_PER_PROCESS * workers
+                       and queued_bytes < READY_BYTES
+                       and (source := next(sources, None)) is not None):
                     in_flight.add(fetcher.submit(download_one, session, *source, results,
-                                                 settings, max_pixels, limiter, secrets))
+                                                 settings, tag, limiter, secrets))
                     fetching += 1
-                while ready and len(measuring) < 2 * workers:
-                    size = max(1, min(16, len(ready) // (2 * workers)))
+                while ready and len(measuring) < TASKS_PER_PROCESS * workers:
+                    size = max(1, min(TASK_IMAGES, len(ready) // (TASKS_PER_PROCESS * workers)))
                     chunk = [ready.popleft() for _ in range(min(size, len(ready)))]
-                    future = measurer.submit(measure_many, chunk, results, max_pixels)
+                    queued_bytes -= sum(len(work.data or b"") for work in chunk)
+                    future = measurer.submit(finish_many, chunk, results, thumbnails, max_pixels)
                     measuring.add(future)
                     in_flight.add(future)
                 if not in_flight:
@@ -206,15 +300,24 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                 for future in done:
                     if future in measuring:
                         measuring.discard(future)
-                        for outcome, row in future.result():
-                            progress.features.add(outcome)
-                            rows.append(row)
-                    else:
-                        fetching -= 1
-                        outcome = future.result()
-                        progress.download.add(outcome)
-                        if outcome.image_id in to_measure:
-                            ready.append(outcome.image_id)
+                        for fetched, measured, row in future.result():
+                            if fetched is not None:
+                                progress.download.add(fetched)
+                            if measured is not None and row is not None:
+                                progress.features.add(measured)
+                                rows.append(row)
+                        continue
+                    fetching -= 1
+                    outcome, data = future.result()
+                    wanted = outcome.image_id in to_measure
+                    if data is not None:
+                        ready.append(Work(outcome.image_id, data, outcome, wanted))
+                        queued_bytes += len(data)
+                        continue
+                    progress.download.add(outcome)
+                    if wanted:
+                        # Its failure record and empty thumbnail are written: the row follows.
+                        ready.append(Work(outcome.image_id))
                 progress.tick()
     except KeyboardInterrupt:
         # A stopped job no longer runs: `thumbfeat status` must not count it as running.
@@ -245,3 +348,29 @@ def _local_write_error(exc: OSError, logger: logging.Logger) -> LocalWriteError:
                f"and kept, and the next run continues from them.")
     logger.error(message)
     return LocalWriteError(exc.errno or 0, message)
+
+
+def finish_one(image_id: str, url: str, results: str, settings: FetchSettings,
+               thumbnails: ThumbnailSettings, *, max_pixels: int, measure: bool) -> Outcome:
+    """One requested image on its own: its thumbnail (fetched unless stored) and, if asked, its row.
+
+    A stored thumbnail is measured as it is; otherwise the download is decoded once for both.
+    """
+    tag = thumbnails.tag
+    if measure and os.path.exists(layout.thumb_path(results, image_id, tag)):
+        return measure_one(image_id, results, tag, max_pixels)[0]
+    session = make_session(settings)
+    limiter = host_limiter(settings)
+    try:
+        fetched, data = download_one(session, image_id, url, results, settings, tag, limiter,
+                                     secret_values(session, settings))
+    finally:
+        limiter.close()
+        session.close()
+    if data is None:
+        if measure:
+            return measure_one(image_id, results, tag, max_pixels)[0]
+        return fetched
+    stored, measured, _ = store_one(image_id, data, fetched, results, thumbnails, max_pixels,
+                                    measure)
+    return measured or stored

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -34,11 +35,28 @@ def latest_snapshot(results: Path) -> Path | None:
     return snapshots[-1] if snapshots else None
 
 
-def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
+def latest_tag(results: Path) -> str:
+    """The thumbnail settings most recently written to (those of the latest run), else the
+    default settings'."""
+    root = Path(results) / layout.THUMBS
+    try:
+        folders = [e for e in os.scandir(root) if e.is_dir() and e.name not in layout.SHARD_SET]
+    except FileNotFoundError:
+        folders = []
+    if folders:
+        return max(folders, key=lambda e: e.stat().st_mtime).name
+    from thumbfeat.thumbnail import default_settings  # numpy and Pillow: only when needed
+
+    return default_settings().tag
+
+
+def status_report(results: Path, catalog: CatalogSpec | None = None,
+                  tag: str | None = None) -> str:
     """Done, failed by kind and pending images of a catalog, and what the batch jobs did.
 
     The catalog is the one given (its selected ids: URLs are not needed to count), else the
-    snapshot the last table was built for.
+    snapshot the last table was built for; the thumbnail settings those given, else those of the
+    latest run.
     """
     if catalog is not None:
         ids = selected_ids(catalog)
@@ -53,14 +71,18 @@ def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
         ids = read_snapshot_ids(snapshot)
         source = f"snapshot {snapshot.name}"
     wanted = set(ids)
-    rows = present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX) & wanted
-    thumbs = present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX) & wanted
+    tag = tag or latest_tag(results)
+    rows = present_ids(results, layout.stage_dir(layout.FEATURES, tag),
+                       layout.FEATURE_SUFFIX) & wanted
+    thumbs = present_ids(results, layout.stage_dir(layout.THUMBS, tag),
+                         layout.THUMB_SUFFIX) & wanted
     # A record counts only beside its (empty) thumbnail: without one the image is pending again.
     failures = {i: r for i, r in read_failures(results, wanted).items() if i in thumbs}
     kinds = Counter(record.kind for record in failures.values())
     retry = sum(record.retryable for record in failures.values())
     lines = [
         f"catalog: {len(ids)} images ({source})",
+        f"thumbnails: {tag}",
         f"downloaded: {len(thumbs) - len(failures)} ok, {len(failures)} failed, "
         f"{len(wanted) - len(thumbs)} pending",
         f"features: {len(rows)} done, {len(wanted) - len(rows)} pending",
@@ -117,7 +139,7 @@ def filter_arguments(pairs: Sequence[str]) -> dict[str, str | list[str]]:
     return row_filter
 
 
-def path_report(results: str, image_id: str) -> str:
+def path_report(results: str, image_id: str, tag: str | None = None) -> str:
     """An image's three paths; an unsafe id, or one the last run's catalog lacks, is an error.
 
     Without any recorded catalog (before a first run's table) the paths are where the files
@@ -127,7 +149,8 @@ def path_report(results: str, image_id: str) -> str:
         raise CatalogError(f"image id {image_id!r} is not a safe file name, so no image has it "
                            "(allowed: letters, digits, '.', '_', '-', starting with a letter, "
                            "digit or '_', at most 200 characters)")
-    paths = [layout.thumb_path(results, image_id), layout.feature_path(results, image_id),
+    tag = tag or latest_tag(Path(results))
+    paths = [layout.thumb_path(results, image_id, tag), layout.feature_path(results, image_id, tag),
              layout.failure_path(results, image_id)]
     snapshot = latest_snapshot(Path(results))
     on_disk = any(Path(path).exists() for path in paths)
@@ -155,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = commands.add_parser("path", help="print where an image's files are")
     where.add_argument("image_id")
     where.add_argument("--results", default="results")
+    for command in (status, where):
+        command.add_argument("--thumbnails", metavar="SETTINGS",
+                             help="the thumbnail settings folder to look at (default: the one "
+                                  "written last, e.g. 512px-jpeg-q85)")
     commands.add_parser("warm", help="compile the feature kernels now (done once per machine; "
                                      "batch jobs then load them)")
     args = parser.parse_args(argv)
@@ -171,9 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 row_filter=filter_arguments(args.filter),
                                 table=args.catalog_table, query=args.catalog_query)
                     if args.catalog is not None else None)
-            print(status_report(args.results, spec))
+            print(status_report(args.results, spec, args.thumbnails))
         else:
-            print(path_report(args.results, args.image_id))
+            print(path_report(args.results, args.image_id, args.thumbnails))
     except CatalogError as error:
         parser.exit(2, f"thumbfeat {args.command}: {error}\n")
     return 0

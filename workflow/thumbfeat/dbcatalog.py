@@ -250,12 +250,13 @@ class WriteBack:
         return asdict(self)
 
 
-def thumbnail_flags(results: str | Path, image_ids: Sequence[str]) -> dict[str, bool]:
-    """For each image: is its thumbnail on disk and non-empty (a real download)."""
+def thumbnail_flags(results: str | Path, image_ids: Sequence[str],
+                    tag: str) -> dict[str, bool]:
+    """For each image: is its thumbnail (of the settings ``tag``) on disk and non-empty."""
     flags = {}
     for image_id in image_ids:
         try:
-            flags[image_id] = os.stat(layout.thumb_path(results, image_id)).st_size > 0
+            flags[image_id] = os.stat(layout.thumb_path(results, image_id, tag)).st_size > 0
         except FileNotFoundError:
             flags[image_id] = False
     return flags
@@ -358,9 +359,9 @@ def write_back(path: Path, table: str, id_column: str, flags: Mapping[str, bool]
 
 
 def write_back_and_log(path: Path, table: str, id_column: str, image_ids: Sequence[str],
-                       results: str | Path, *, logger: logging.Logger) -> WriteBack:
+                       results: str | Path, *, tag: str, logger: logging.Logger) -> WriteBack:
     """Flag the selected images by their thumbnails on disk, and log what changed."""
-    result = write_back(path, table, id_column, thumbnail_flags(results, image_ids))
+    result = write_back(path, table, id_column, thumbnail_flags(results, image_ids, tag))
     logger.info("%s, table %s: %s set for %d selected images (%d downloaded); %d rows changed%s",
                 path, table, FLAG_COLUMN, result.selected, result.downloaded, result.changed,
                 f" (column {FLAG_COLUMN} added)" if result.column_added else "")

@@ -25,12 +25,17 @@ class FailureRecord:
     retryable: bool
 
 
-def record_failure(results: str, image_id: str, kind: str, error: str, retryable: bool) -> None:
-    """Record why an image failed, then mark its download as done with an empty thumbnail."""
+def record_failure(results: str, image_id: str, kind: str, error: str, retryable: bool,
+                   tag: str) -> None:
+    """Record why an image failed, then mark its download as done with an empty thumbnail.
+
+    The record is about the source, whatever the thumbnail settings; the empty thumbnail marks
+    the download done for the settings ``tag``.
+    """
     record = {"image_id": image_id, "kind": kind, "error": error, "retryable": retryable,
               "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic.write_bytes(layout.failure_path(results, image_id), json.dumps(record).encode())
-    atomic.write_bytes(layout.thumb_path(results, image_id), b"")
+    atomic.write_bytes(layout.thumb_path(results, image_id, tag), b"")
 
 
 def read_failure(path: str | Path) -> FailureRecord | None:

@@ -44,7 +44,7 @@ PERMANENT_STATUS_HINT = {404: "not found", 410: "gone", 403: "forbidden", 401: "
 class FetchSettings:
     """Limits and manners of downloading; built from the ``download`` part of the config."""
 
-    concurrency: int = 16
+    concurrency: int = 64
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     total_timeout: float = 30.0

@@ -23,7 +23,7 @@ from thumbfeat import atomic
 from thumbfeat.plan import Batch, WorkPlan
 
 ENV_VAR = "THUMBFEAT_HANDED_PLAN"
-FORMAT = 2
+FORMAT = 3
 # Handover files of runs that were killed before they could remove theirs are removed after this.
 STALE_AFTER_S = 7 * 24 * 3600
 
@@ -45,7 +45,7 @@ def encode(plan: WorkPlan, catalog_digest: str, slots: int) -> bytes:
     batches = [
         {"number": b.number, "image_ids": list(b.image_ids),
          "download_ids": list(b.download_ids), "feature_ids": list(b.feature_ids),
-         "attempt": b.attempt}
+         "attempt": b.attempt, "tag": b.tag}
         for b in plan.batches
     ]
     document = {"format": FORMAT, "catalog_size": plan.catalog_size,
@@ -61,7 +61,7 @@ def decode(data: bytes) -> HandedPlan:
     batches = [
         Batch(number=int(b["number"]), image_ids=tuple(b["image_ids"]),
               download_ids=tuple(b["download_ids"]), feature_ids=tuple(b["feature_ids"]),
-              attempt=int(b["attempt"]))
+              attempt=int(b["attempt"]), tag=str(b["tag"]))
         for b in document["batches"]
     ]
     plan = WorkPlan(

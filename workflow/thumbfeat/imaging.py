@@ -19,10 +19,13 @@ Guarantees of :func:`decode_image`:
   decoded with ``load()`` because ``verify()`` does not decode pixel data.
 * The EXIF orientation is applied, so width/height are what a viewer shows.
 * For animated GIF/WebP only the first frame is decoded.
+* Given ``max_side``, a JPEG larger than that is decoded straight from its DCT coefficients at
+  1/2, 1/4 or 1/8 size (Pillow's ``draft``), never at full size: a thumbnail needs no more.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -97,6 +100,8 @@ class DecodedImage:
     image: Image.Image
     format: str
     source_mode: str
+    source_size: tuple[int, int] = (0, 0)
+    """Width and height of the whole image as served, upright (before any reduced decode)."""
 
 
 def _preview(data: bytes) -> str:
@@ -194,7 +199,35 @@ def _upright(image: Image.Image) -> Image.Image:
         ) from exc
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+_TURNED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+"""EXIF orientations that turn the image by a quarter: width and height swap."""
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size a viewer shows, from the header alone (the EXIF orientation may swap it)."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112)
+    except _DECODE_ERRORS:
+        orientation = None
+    return (height, width) if orientation in _TURNED_ORIENTATIONS else (width, height)
+
+
+def draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int] | None:
+    """The smallest size a reduced decode may give so the longest side still reaches ``max_side``.
+
+    None when the image is not larger than ``max_side`` (nothing to gain).
+    """
+    width, height = size
+    longest = max(width, height)
+    if longest <= max_side:
+        return None
+    scale = max_side / longest
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_side: int | None = None) -> DecodedImage:
     """Decode untrusted ``data`` into an upright, fully loaded first frame.
 
     Raises :class:`ImageRejected` for empty or unrecognised bytes (``not_image``), cut or
@@ -203,7 +236,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
 
     The effective limit is the smaller of ``max_pixels`` and Pillow's ``MAX_IMAGE_PIXELS``,
     checked from the header; no process-wide warning filter is touched, so decoding is safe
-    from many threads at once (the download threads validate every image they fetch).
+    from many threads at once.
+
+    With ``max_side``, a JPEG is decoded at the smallest DCT scale whose longest side is still at
+    least ``max_side`` (other formats have no such shortcut and decode whole).
     """
     if not data:
         raise ImageRejected("not_image", "empty input: 0 bytes")
@@ -212,6 +248,12 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         source_format = image.format or "UNKNOWN"
         source_mode = image.mode
         _check_size(image, max_pixels)
+        source_size = _upright_size(image)
+        if max_side is not None and image.format in ("JPEG", "MPO"):
+            wanted = draft_size(image.size, max_side)
+            if wanted is not None:
+                image.draft(image.mode if image.mode in ("RGB", "L") else None, wanted)
         _load_pixels(image, max_pixels)
         upright = _upright(image)
-    return DecodedImage(image=upright, format=source_format, source_mode=source_mode)
+    return DecodedImage(image=upright, format=source_format, source_mode=source_mode,
+                        source_size=source_size)

@@ -5,6 +5,10 @@ everywhere. Per-image files are spread over 256 shard folders named by the first
 of the SHA-1 of the image id. Hashing (rather than using a prefix of the id) keeps the shards even
 when ids are sequential numbers, and the shard of an id never changes when the catalog grows, so
 appending rows never moves a finished file. At a million images a shard holds about 4,000 files.
+
+Thumbnails and the feature rows measured from them live in a folder per thumbnail settings (the
+settings' tag, e.g. ``thumbs/512px-jpeg-q85/``): files made under other settings are never
+overwritten nor mixed with them, and going back to earlier settings finds its files again.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ REPORT_OUTPUTS = {
     "statistics": f"{REPORT}/run_statistics.html",
 }
 
+ORIGINALS_TAG = "original"
+"""The settings folder of images kept as served (``max_side: null`` or ``format: source``)."""
+
 THUMB_SUFFIX = ".img"
 FEATURE_SUFFIX = ".parquet"
 FAILURE_SUFFIX = ".json"
@@ -47,8 +54,10 @@ SHARD_SET = frozenset(SHARDS)
 IMAGE_ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}"
 SHARD_PATTERN = f"[0-9a-f]{{{SHARD_DIGITS}}}"
 
+TAG_PATTERN = r"[a-z0-9][a-z0-9-]*"
+
 _PER_IMAGE_TARGET = re.compile(
-    rf"(?:^|/)(?P<stage>thumbs|features)/(?P<shard>{SHARD_PATTERN})/"
+    rf"(?:^|/)(?P<stage>thumbs|features)/{TAG_PATTERN}/(?P<shard>{SHARD_PATTERN})/"
     r"(?P<image_id>[A-Za-z0-9_][A-Za-z0-9._-]*?)(?P<suffix>\.img|\.parquet)$"
 )
 _SUFFIX_OF_STAGE = {THUMBS: THUMB_SUFFIX, FEATURES: FEATURE_SUFFIX}
@@ -59,14 +68,19 @@ def shard_of(image_id: str) -> str:
     return hashlib.sha1(image_id.encode("utf-8")).hexdigest()[:SHARD_DIGITS]
 
 
-def thumb_path(results: str | Path, image_id: str) -> str:
-    """The downloaded bytes of an image, kept as served (an empty file marks a failed download)."""
-    return f"{results}/{THUMBS}/{shard_of(image_id)}/{image_id}{THUMB_SUFFIX}"
+def stage_dir(stage: str, tag: str) -> str:
+    """The folder of a stage's files made with the settings ``tag``, e.g. ``thumbs/<tag>``."""
+    return f"{stage}/{tag}"
 
 
-def feature_path(results: str | Path, image_id: str) -> str:
-    """The one-row Parquet file holding an image's outcome and features."""
-    return f"{results}/{FEATURES}/{shard_of(image_id)}/{image_id}{FEATURE_SUFFIX}"
+def thumb_path(results: str | Path, image_id: str, tag: str) -> str:
+    """An image's thumbnail made with the settings ``tag`` (empty: its download failed)."""
+    return f"{results}/{THUMBS}/{tag}/{shard_of(image_id)}/{image_id}{THUMB_SUFFIX}"
+
+
+def feature_path(results: str | Path, image_id: str, tag: str) -> str:
+    """The one-row Parquet file holding an image's outcome and features (from that thumbnail)."""
+    return f"{results}/{FEATURES}/{tag}/{shard_of(image_id)}/{image_id}{FEATURE_SUFFIX}"
 
 
 def failure_path(results: str | Path, image_id: str) -> str:
@@ -93,14 +107,15 @@ def catalog_snapshot_dir(results: str | Path) -> str:
     return f"{results}/catalog"
 
 
-def table_settings_path(results: str | Path, near_duplicate_distance: int) -> str:
-    """The file recording the settings the table was grouped with.
+def table_settings_path(results: str | Path, near_duplicate_distance: int, tag: str) -> str:
+    """The file recording the settings the table was grouped and its rows measured with.
 
     Its name carries the settings, so changing one makes the workflow ask for a file that does
     not exist, which rebuilds the table (Snakemake's own parameter tracking is off: metadata is
     dropped for speed).
     """
-    return f"{results}/table-settings/near-duplicate-distance-{near_duplicate_distance}.json"
+    return (f"{results}/table-settings/near-duplicate-distance-{near_duplicate_distance}"
+            f"-thumbnails-{tag}.json")
 
 
 def batch_manifest_path(results: str | Path, batch_key: str) -> str:
@@ -191,4 +206,28 @@ def present_ids(results: str | Path, stage: str, suffix: str) -> set[str]:
     for shard in shards:
         found.update([name[:-cut] for name in os.listdir(shard)
                       if name.endswith(suffix) and not is_temporary_name(name)])
+    return found
+
+
+def thumbs_made_elsewhere(results: str | Path, tag: str) -> set[str]:
+    """Ids with a thumbnail made with settings other than ``tag``: one directory read per shard.
+
+    Shard folders right under ``thumbs/`` hold the originals of results written before thumbnails
+    had settings; they count as other settings too.
+    """
+    root = Path(results) / THUMBS
+    try:
+        folders = [entry.name for entry in os.scandir(root) if entry.is_dir()]
+    except FileNotFoundError:
+        return set()
+    found: set[str] = set()
+    cut = len(THUMB_SUFFIX)
+    for name in folders:
+        if name == tag:
+            continue
+        if name in SHARD_SET:
+            found.update(entry[:-cut] for entry in os.listdir(root / name)
+                         if entry.endswith(THUMB_SUFFIX) and not is_temporary_name(entry))
+        else:
+            found.update(present_ids(results, stage_dir(THUMBS, name), THUMB_SUFFIX))
     return found

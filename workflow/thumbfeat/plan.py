@@ -43,12 +43,14 @@ class Batch:
     feature_ids: tuple[str, ...]
     # 1 for the first job doing this work; one more for each finished job that did it before.
     attempt: int = 1
+    # The thumbnail settings it works under: the same images under other settings are other work.
+    tag: str = ""
 
     @cached_property
     def work_key(self) -> str:
         """The batch number and a hash of its work: equal for batches doing the same work."""
         hasher = hashlib.sha1()
-        for group in (self.download_ids, self.feature_ids):
+        for group in (self.download_ids, self.feature_ids, (self.tag,)):
             hasher.update("\n".join(group).encode("utf-8"))
             hasher.update(b"\x00")
         return f"{self.number:05d}-{hasher.hexdigest()[:12]}"
@@ -92,6 +94,8 @@ class WorkPlan:
     features: list[str] = field(default_factory=list)
     failed_kept: dict[str, FailureRecord] = field(default_factory=dict)
     failed_retried: dict[str, FailureRecord] = field(default_factory=dict)
+    # Images to download whose thumbnails exist, made with other thumbnail settings.
+    other_settings: list[str] = field(default_factory=list)
     batches: list[Batch] = field(default_factory=list)
     # URLs of the images to download, and only those: a finished catalog costs no lookup table.
     urls: dict[str, str] = field(default_factory=dict)
@@ -106,6 +110,8 @@ class WorkPlan:
         parts = [
             f"{self.catalog_size} images in the catalog",
             f"download: {len(self.download)} to fetch",
+            *([f"thumbnails: {len(self.other_settings)} made with other settings, to fetch again"]
+              if self.other_settings else []),
             f"features: {len(self.features)} to compute",
             f"failed: {kept} kept as failed" + (f", {retried} to retry" if retried else ""),
             f"{len(self.batches)} batches",
@@ -117,7 +123,7 @@ class WorkPlan:
 
 
 def make_batches(ordered_ids: Iterable[str], download: Collection[str],
-                 features: Collection[str], batch_size: int) -> list[Batch]:
+                 features: Collection[str], batch_size: int, tag: str = "") -> list[Batch]:
     """Group images with work left into batches in catalog order: appended rows batch together."""
     work = [i for i in ordered_ids if i in download or i in features]
     batches = []
@@ -128,6 +134,7 @@ def make_batches(ordered_ids: Iterable[str], download: Collection[str],
             image_ids=members,
             download_ids=tuple(i for i in members if i in download),
             feature_ids=tuple(i for i in members if i in features),
+            tag=tag,
         ))
     return batches
 
@@ -160,20 +167,22 @@ def auto_batch_size(work: int, slots: int) -> int:
     return max(AUTO_BATCH_MIN, math.ceil(work / batches))
 
 
-def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
+def plan_work(catalog: Catalog, results: str | Path, *, tag: str, batch_size: int | None,
               slots: int = 1, retry_failed: bool = False,
               only: Collection[str] | None = None) -> WorkPlan:
     """Compare the catalog with the disk and say what each stage still has to do.
 
     ``batch_size`` None sizes batches for ``slots`` jobs running at once (see auto_batch_size).
     ``only`` restricts the work to the given ids (when the user asks for particular files).
+    ``tag`` names the thumbnail settings: only thumbnails and rows made with them count as done.
     """
     ids: Iterable[str] = catalog.ids
     if only is not None:
         ids = [i for i in catalog.ids if i in only]
     wanted = set(ids) if only is not None else set(catalog.ids)
-    thumbs = layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
-    features = layout.present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX)
+    thumbs = layout.present_ids(results, layout.stage_dir(layout.THUMBS, tag), layout.THUMB_SUFFIX)
+    features = layout.present_ids(results, layout.stage_dir(layout.FEATURES, tag),
+                                  layout.FEATURE_SUFFIX)
     failures = read_failures(results, wanted)
     plan = WorkPlan(catalog_size=len(catalog))
     redo: set[str] = set()
@@ -188,10 +197,13 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
     ordered = [i for i in catalog.ids if i in wanted]
     plan.download = [i for i in ordered if i in download]
     plan.features = [i for i in ordered if i in compute]
+    if download - redo:
+        elsewhere = layout.thumbs_made_elsewhere(results, tag)
+        plan.other_settings = [i for i in plan.download if i in elsewhere and i not in redo]
     plan.urls = {i: u for i, u in zip(catalog.ids, catalog.urls, strict=True) if i in download}
     work = len(download | compute)
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)
-    plan.batches = next_attempts(make_batches(ordered, download, compute, size),
+    plan.batches = next_attempts(make_batches(ordered, download, compute, size, tag),
                                  layout.manifest_keys(results))
     return plan
 

@@ -77,11 +77,20 @@ def ranked(rows: pa.Table, column: str, count: int, *, highest: bool) -> list[tu
     return [pairs[k] for k in order[:count]]
 
 
-def load_tile(results: str | Path, image_id: str, max_pixels: int) -> Image.Image:
+def thumbnail_tags(rows: pa.Table) -> dict[str, str]:
+    """The thumbnail settings each row was measured with: where its thumbnail is."""
+    return dict(zip(rows.column("image_id").to_pylist(),
+                    rows.column("thumbnail_settings").to_pylist(), strict=True))
+
+
+def load_tile(results: str | Path, image_id: str, tag: str | None,
+              max_pixels: int) -> Image.Image:
     """An image's thumbnail fitted into a square tile (a grey tile when it cannot be read)."""
     tile = Image.new("RGB", (TILE, TILE), (220, 220, 220))
     try:
-        data = Path(layout.thumb_path(results, image_id)).read_bytes()
+        if tag is None:
+            raise FileNotFoundError(image_id)
+        data = Path(layout.thumb_path(results, image_id, tag)).read_bytes()
         picture = to_rgb_on_white(decode_image(data, max_pixels=max_pixels).image)
     except (OSError, ImageRejected):
         ImageDraw.Draw(tile).text((8, TILE // 2 - 8), "not readable", fill=MUTED, font=font(12))
@@ -135,8 +144,9 @@ def contact_sheet(rows: pa.Table, results: str | Path, column: str, *, highest: 
                   settings: ReportSettings) -> Image.Image:
     """The images with the lowest or highest value of a feature, labelled with id and value."""
     picked = ranked(rows, column, settings.sheet_images, highest=highest)
-    tiles = [(load_tile(results, i, settings.max_pixels), f"{i}\n{column} {format_value(v)}")
-             for i, v in picked]
+    tags = thumbnail_tags(rows)
+    tiles = [(load_tile(results, i, tags[i], settings.max_pixels),
+              f"{i}\n{column} {format_value(v)}") for i, v in picked]
     which = "highest" if highest else "lowest"
     return tile_grid(tiles, f"{column}: {which} {len(picked)} of "
                      f"{len(ok_values(rows, column))} images", columns=8)
@@ -165,7 +175,8 @@ def duplicate_sheet(rows: pa.Table, results: str | Path, settings: ReportSetting
         return tile_grid([], "near duplicates: not computed by this feature version", 8)
     groups = duplicate_groups(rows)
     shown = [ids[:8] for ids in groups[: settings.duplicate_groups]]
-    tiles = [(load_tile(results, i, settings.max_pixels), f"{i}\ngroup {g + 1}")
+    tags = thumbnail_tags(rows)
+    tiles = [(load_tile(results, i, tags[i], settings.max_pixels), f"{i}\ngroup {g + 1}")
              for g, ids in enumerate(shown) for i in ids]
     title = (f"near duplicates: {len(groups)} groups of {sum(map(len, groups))} images"
              + (f", the {len(shown)} largest shown" if len(shown) < len(groups) else ""))

@@ -4,8 +4,8 @@ Every catalog image ends with exactly one one-row Parquet file: status ``ok`` wi
 ``failed`` with the kind and reason. A batch also writes its rows as one partial table, so the
 feature table (thumbfeat.table) reads one file per batch rather than one per image. The schema is
 the outcome columns, the features' own declarations (thumbfeat.features.FEATURE_FIELDS), the
-feature version and the columns that relate images to each other (filled when the table is
-assembled).
+source's and the thumbnail settings' (thumbfeat.thumbnail.THUMBNAIL_FIELDS), the feature version
+and the columns that relate images to each other (filled when the table is assembled).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from thumbfeat import atomic
 from thumbfeat.features import FEATURE_FIELDS
+from thumbfeat.thumbnail import THUMBNAIL_FIELDS
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -32,6 +33,7 @@ ROW_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("retryable", pa.bool_()),
         *FEATURE_FIELDS,
+        *THUMBNAIL_FIELDS,
         pa.field("feature_version", pa.string()),
         *(pa.field(name, pa.string()) for name in GROUP_COLUMNS),
     ]

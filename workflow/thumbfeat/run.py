@@ -36,6 +36,7 @@ from thumbfeat.plan import (
     table_rebuild_reason,
 )
 from thumbfeat.ratelimit import rate_share
+from thumbfeat.thumbnail import ThumbnailSettings, thumbnail_settings
 
 # Everything build_run raises for a user's input: the workflow turns these into one clear message.
 RUN_ERRORS = (ConfigError, CatalogError, handover.HandoverError)
@@ -91,6 +92,7 @@ class RunContext:
     slots: int
     fetch_settings: dict[str, Any]
     warehouse: WarehouseSettings
+    thumbnail: ThumbnailSettings
     handed: handover.HandedPlan | None = None
     # The catalog table's column holding the ids (database catalogs): the warehouse keeps its type.
     catalog_key: CatalogKey | None = None
@@ -99,6 +101,16 @@ class RunContext:
     # Lines for the person starting the run: the plan, then warnings.
     messages: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tag(self) -> str:
+        """The thumbnail settings' folder name: their thumbnails and rows live under it."""
+        return self.thumbnail.tag
+
+    @property
+    def thumbnail_params(self) -> dict[str, Any]:
+        """The thumbnail settings as plain values, for the jobs that make thumbnails."""
+        return asdict(self.thumbnail)
 
     @property
     def feature_table(self) -> str:
@@ -110,7 +122,8 @@ class RunContext:
 
     @property
     def table_settings(self) -> str:
-        return layout.table_settings_path(self.results, self.config["near_duplicate_distance"])
+        return layout.table_settings_path(self.results, self.config["near_duplicate_distance"],
+                                          self.tag)
 
     @property
     def catalog_params(self) -> dict[str, Any]:
@@ -161,6 +174,7 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
     Raises one of RUN_ERRORS for input that cannot work, before any work starts.
     """
     spec = catalog_spec(config, basedir)
+    thumbnail = thumbnail_settings(config["thumbnail"])
     settings = asdict(fetch_settings(config, basedir, environ))
     handed_path = handover.handed_plan_path(environ, facts.is_job)
     if handed_path:
@@ -169,6 +183,7 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
             config=config, results=results, catalog_spec=spec, catalog=None,
             catalog_digest=handed.catalog_digest, plan=handed.plan, slots=handed.slots,
             fetch_settings=settings, warehouse=warehouse_settings(config), handed=handed,
+            thumbnail=thumbnail,
         )
     else:
         # Checked before any work, as a write-back needs it.
@@ -179,9 +194,10 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
             config=config, results=results, catalog_spec=spec, catalog=catalog,
             catalog_digest=catalog.digest(), plan=WorkPlan(catalog_size=len(catalog)),
             slots=slots, fetch_settings=settings, warehouse=warehouse_settings(config),
-            catalog_key=key,
+            catalog_key=key, thumbnail=thumbnail,
         )
-        context.feature_shard_dirs = layout.existing_shard_dirs(results, layout.FEATURES)
+        context.feature_shard_dirs = layout.existing_shard_dirs(
+            results, layout.stage_dir(layout.FEATURES, thumbnail.tag))
         context.plan = _plan(context, catalog, facts)
         context.messages.append(context.plan.summary())
         context.warnings.extend(url_warnings(spec.path, context.plan.urls,
@@ -200,6 +216,7 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
     plan = plan_work(
         catalog,
         context.results,
+        tag=context.tag,
         batch_size=None if config["batch_size"] == "auto" else config["batch_size"],
         slots=context.slots,
         retry_failed=config["retry_failed"],

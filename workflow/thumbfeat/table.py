@@ -53,7 +53,7 @@ def _read_partials(results: str) -> list[tuple[int, Path, pa.Table]]:
     return [(mtime, path, pq.read_table(path, schema=ROW_SCHEMA)) for mtime, path in found]
 
 
-def _shard_folder_times(results: str) -> dict[str, int]:
+def _shard_folder_times(results: str, tag: str) -> dict[str, int]:
     """Modification time (ns) of each feature shard folder.
 
     Per-image files are only ever renamed into place, which updates their folder's time after the
@@ -62,7 +62,8 @@ def _shard_folder_times(results: str) -> dict[str, int]:
     times = {}
     for shard in layout.SHARDS:
         try:
-            times[shard] = os.stat(f"{results}/{layout.FEATURES}/{shard}").st_mtime_ns
+            times[shard] = os.stat(
+                f"{results}/{layout.stage_dir(layout.FEATURES, tag)}/{shard}").st_mtime_ns
         except FileNotFoundError:
             continue
     return times
@@ -74,7 +75,7 @@ def row_file_mtime_ns(path: str) -> int:
 
 
 def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path, *,
-                   threads: int = 8, workers: int = 1,
+                   tag: str, threads: int = 8, workers: int = 1,
                    near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> Assembled:
     """Build the feature table: one row per catalog image, in catalog order, written atomically.
 
@@ -83,19 +84,23 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
     file is read; files are only looked at in shard folders changed since their partial. The
     per-image files stay the truth; partials only save opening them one by one. A missing
     per-image file means the work list and the disk disagree: an error, not a shorter table.
+    Only rows measured from thumbnails made with the settings ``tag`` are taken, so rows of two
+    settings never mix.
     """
     partials = _read_partials(results)
     newest: dict[str, tuple[int, int, int]] = {}
     for number, (mtime, _, partial) in enumerate(partials):
+        made_with = partial.column("thumbnail_settings").to_pylist()
         for row, image_id in enumerate(partial.column("image_id").to_pylist()):
-            newest[image_id] = (mtime, number, row)
+            if made_with[row] == tag:
+                newest[image_id] = (mtime, number, row)
     offsets = [0]
     for _, _, partial in partials:
         offsets.append(offsets[-1] + partial.num_rows)
     take: list[int] = []
     to_read: list[str] = []
     missing: list[str] = []
-    folder_times = _shard_folder_times(results)
+    folder_times = _shard_folder_times(results, tag)
     for image_id in image_ids:
         hit = newest.get(image_id)
         if hit is not None and folder_times.get(layout.shard_of(image_id), hit[0]) < hit[0]:
@@ -104,7 +109,7 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
             # file times tick coarsely, and a change in the partial's own tick may follow it.)
             take.append(offsets[hit[1]] + hit[2])
             continue
-        path = layout.feature_path(results, image_id)
+        path = layout.feature_path(results, image_id, tag)
         try:
             file_mtime = row_file_mtime_ns(path)
         except FileNotFoundError:
@@ -163,11 +168,12 @@ def write_settings_marker(path: str | Path, near_duplicate_distance: int) -> Non
 
 
 def assemble_and_log(image_ids: Sequence[str], results: str, out_path: str | Path, *,
-                     threads: int, logger: logging.Logger, workers: int = 1,
+                     tag: str, threads: int, logger: logging.Logger, workers: int = 1,
                      near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> pa.Table:
     """Build the table for ``image_ids`` and log its outcome counts and where rows came from."""
     started = time.monotonic()
-    assembled = assemble_table(image_ids, results, out_path, threads=threads, workers=workers,
+    assembled = assemble_table(image_ids, results, out_path, tag=tag, threads=threads,
+                               workers=workers,
                                near_duplicate_distance=near_duplicate_distance)
     statuses = Counter(assembled.table.column("status").to_pylist())
     logger.info("feature table: %d rows (%s) in %.2f s; %d rows from %d partial tables, "

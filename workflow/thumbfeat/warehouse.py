@@ -217,7 +217,7 @@ def _text_keys(con: duckdb.DuckDBPyConnection, table: str, column: str) -> set[s
     return set(found.column(0).to_pylist())
 
 
-def _stage_files(con: duckdb.DuckDBPyConnection, results: str | Path, key: CatalogKey,
+def _stage_files(con: duckdb.DuckDBPyConnection, results: str | Path, tag: str, key: CatalogKey,
                  existing: list[tuple[str, str]] | None, table: str) -> int:
     """Add to ``incoming`` the rows on disk that neither the table nor the warehouse holds.
 
@@ -227,11 +227,12 @@ def _stage_files(con: duckdb.DuckDBPyConnection, results: str | Path, key: Catal
     known = _text_keys(con, "incoming", key.column)
     if existing is not None:
         known |= _text_keys(con, table, existing[0][0])
-    on_disk = layout.present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX)
+    on_disk = layout.present_ids(results, layout.stage_dir(layout.FEATURES, tag),
+                                 layout.FEATURE_SUFFIX)
     missing = sorted(on_disk - known)
     if not missing:
         return 0
-    rows = read_rows([layout.feature_path(results, image_id) for image_id in missing])
+    rows = read_rows([layout.feature_path(results, image_id, tag) for image_id in missing])
     before = _count(con, "SELECT count(*) FROM incoming")
     con.register("file_rows", rows)
     try:
@@ -429,20 +430,22 @@ def _record(con: duckdb.DuckDBPyConnection, result: LoadResult) -> None:
 
 def load_into(con: duckdb.DuckDBPyConnection, source: Path, *, table: str = TABLE,
               key: CatalogKey = TEXT_KEY, prune: bool = False,
-              results: str | Path | None = None,
+              results: str | Path | None = None, tag: str | None = None,
               near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> LoadResult:
     """Bring ``table`` in line with the Parquet file ``source`` in one transaction.
 
-    With ``results`` (and without ``prune``), rows measured there that the warehouse lacks are
-    loaded from their per-image files too.
+    With ``results`` (and without ``prune``), rows measured there from thumbnails of the settings
+    ``tag`` that the warehouse lacks are loaded from their per-image files too.
     """
+    if results is not None and tag is None:
+        raise ValueError("rows on disk are read for one thumbnail settings tag: pass tag")
     digest = file_digest(source)
     con.execute("BEGIN TRANSACTION")
     try:
         _stage(con, source, key)
         existing = table_columns(con, table)
-        from_files = 0 if prune or results is None else _stage_files(
-            con, results, key, existing, table)
+        from_files = 0 if prune or results is None or tag is None else _stage_files(
+            con, results, tag, key, existing, table)
         columns = [(name, kind) for name, kind, *_ in con.execute("DESCRIBE incoming").fetchall()]
         rebuilt = existing != columns
         if rebuilt:
@@ -489,13 +492,13 @@ def _connect(path: Path) -> duckdb.DuckDBPyConnection:
 
 def load_warehouse(source: str | Path, db_path: str | Path, *, table: str = TABLE,
                    key: CatalogKey = TEXT_KEY, prune: bool = False,
-                   results: str | Path | None = None,
+                   results: str | Path | None = None, tag: str | None = None,
                    near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> LoadResult:
     """Load the feature table at ``source`` into ``db_path`` (created when missing)."""
     source, db_path = Path(source), Path(db_path)
     if not source.is_file():
         raise WarehouseError(f"{source}: the feature table to load does not exist")
-    options = {"table": table, "key": key, "prune": prune, "results": results,
+    options = {"table": table, "key": key, "prune": prune, "results": results, "tag": tag,
                "near_duplicate_distance": near_duplicate_distance}
     if db_path.exists():
         con = _connect(db_path)
@@ -522,11 +525,11 @@ def load_warehouse(source: str | Path, db_path: str | Path, *, table: str = TABL
     return result
 
 
-def load_and_log(source: str | Path, target: Target, *, results: str | Path,
+def load_and_log(source: str | Path, target: Target, *, results: str | Path, tag: str,
                  near_duplicate_distance: int, logger: logging.Logger) -> LoadResult:
     """Load the table into ``target`` and log what changed."""
     result = load_warehouse(source, target.path, table=target.table, key=target.key,
-                            prune=target.prune, results=results,
+                            prune=target.prune, results=results, tag=tag,
                             near_duplicate_distance=near_duplicate_distance)
     logger.info("warehouse %s, table %s (key %s %s, %s): %d rows; %d inserted, %d updated, "
                 "%d deleted, %d unchanged; %d rows read from per-image files%s", target.path,
