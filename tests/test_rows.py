@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from thumbfeat.features import FEATURE_COLUMNS, FEATURE_FIELDS, compute_features
 from thumbfeat.imaging import decode_image
+from thumbfeat.thumbnail import THUMBNAIL_FIELDS
 from thumbfeat.rows import (
     GROUP_COLUMNS,
     ROW_SCHEMA,
@@ -35,7 +36,9 @@ FEATURES = _real_features()
 
 def test_the_schema_is_outcome_features_version_and_groups_in_that_order() -> None:
     outcome = ["image_id", "status", "error_kind", "error", "retryable"]
-    assert ROW_SCHEMA.names == [*outcome, *FEATURE_COLUMNS, "feature_version", *GROUP_COLUMNS]
+    thumbnail = [f.name for f in THUMBNAIL_FIELDS]
+    assert ROW_SCHEMA.names == [*outcome, *FEATURE_COLUMNS, *thumbnail, "feature_version",
+                                *GROUP_COLUMNS]
     for field in FEATURE_FIELDS:
         assert ROW_SCHEMA.field(field.name).type == field.type
     assert list(FEATURES) == list(FEATURE_COLUMNS)
