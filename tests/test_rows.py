@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 from PIL import Image
 from thumbfeat.features import FEATURE_COLUMNS, FEATURE_FIELDS, compute_features
 from thumbfeat.imaging import decode_image
-from thumbfeat.thumbnail import THUMBNAIL_FIELDS
 from thumbfeat.rows import (
     GROUP_COLUMNS,
     ROW_SCHEMA,
@@ -20,6 +19,7 @@ from thumbfeat.rows import (
     write_partial,
     write_row,
 )
+from thumbfeat.thumbnail import THUMBNAIL_FIELDS
 
 
 def _real_features() -> dict[str, object]:
