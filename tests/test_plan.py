@@ -191,7 +191,7 @@ def test_repeated_work_gets_a_new_key_each_time(tmp_path: Path) -> None:
     results = tmp_path / "results"
     seen = []
     for _ in range(4):
-        plan = plan_work(catalog(), results, batch_size=4)
+        plan = plan_work(catalog(), results, tag=TAG, batch_size=4)
         keys = [b.key for b in plan.batches]
         assert [b.work_key for b in plan.batches] == [k[:18] for k in keys]
         assert not set(keys) & set(seen)
@@ -207,19 +207,19 @@ def test_repeated_work_gets_a_new_key_each_time(tmp_path: Path) -> None:
 def test_a_batch_without_its_manifest_keeps_its_key(tmp_path: Path) -> None:
     """A killed job wrote no manifest: the next plan of the same work reuses its key."""
     results = tmp_path / "results"
-    first = plan_work(catalog(), results, batch_size=6).batches[0]
+    first = plan_work(catalog(), results, tag=TAG, batch_size=6).batches[0]
     touch(f"{results}/{layout.BATCHES}/{first.key}.parquet", b"")
     touch(f"{results}/{layout.BATCHES}/.{first.key}.json.123.tmp", b"{")
-    again = plan_work(catalog(), results, batch_size=6).batches[0]
+    again = plan_work(catalog(), results, tag=TAG, batch_size=6).batches[0]
     assert again.key == first.key and again.attempt == 1
 
 
 def test_a_manifest_of_other_work_changes_no_key(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    first = plan_work(catalog(), results, batch_size=6).batches[0]
+    first = plan_work(catalog(), results, tag=TAG, batch_size=6).batches[0]
     touch(f"{results}/{layout.BATCHES}/00001-000000000000.json", b"{}")
     touch(f"{results}/{layout.BATCHES}/00002-{first.key[6:]}.json", b"{}")
-    assert plan_work(catalog(), results, batch_size=6).batches[0].key == first.key
+    assert plan_work(catalog(), results, tag=TAG, batch_size=6).batches[0].key == first.key
 
 
 def test_requested_image_ids_from_argv() -> None:

@@ -59,6 +59,7 @@ def test_ok_row_round_trip(tmp_path: Path) -> None:
         "error_kind": None,
         "error": None,
         "retryable": None,
+        **{field.name: None for field in THUMBNAIL_FIELDS},
         "feature_version": "1",
         "exact_duplicate_group": None,
         "near_duplicate_group": None,
