@@ -296,16 +296,16 @@ def test_rows_on_disk_fill_the_warehouse_unless_pruning(tmp_path: Path) -> None:
     write_on_disk(results, rows)
     source = write_table(tmp_path / "t.parquet", rows[:3])
     db = tmp_path / "w.duckdb"
-    first = load_warehouse(source, db, results=results)
+    first = load_warehouse(source, db, results=results, tag=TAG)
     assert (first.rows, first.inserted, first.from_files) == (12, 12, 9)
     assert differences(db, write_table(tmp_path / "all.parquet", rows)) == (0, 0)
     # Known rows are not read again; a deleted warehouse is built again from the disk.
-    assert load_warehouse(source, db, results=results).from_files == 0
+    assert load_warehouse(source, db, results=results, tag=TAG).from_files == 0
     for _ in range(3):
         db.unlink()
-        assert load_warehouse(source, db, results=results).from_files == 9
+        assert load_warehouse(source, db, results=results, tag=TAG).from_files == 9
         assert query(db, f"SELECT count(*) FROM {TABLE}") == [(12,)]
-    pruned = load_warehouse(source, db, results=results, prune=True)
+    pruned = load_warehouse(source, db, results=results, tag=TAG, prune=True)
     assert (pruned.deleted, pruned.from_files) == (9, 0)
     assert differences(db, source) == (0, 0)
 
