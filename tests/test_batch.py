@@ -183,7 +183,7 @@ def test_fetch_and_measure_in_one_batch(server: ImageServer, tmp_path: Path) -> 
 def thumbnail_on_disk(tmp_path: Path, image_id: str, data: bytes) -> str:
     """A results folder holding just one thumbnail with ``data``."""
     results = str(tmp_path / "results")
-    Path(layout.thumb_path(results, image_id)).parent.mkdir(parents=True)
+    Path(layout.thumb_path(results, image_id)).parent.mkdir(parents=True, exist_ok=True)
     Path(layout.thumb_path(results, image_id)).write_bytes(data)
     return results
 
@@ -200,14 +200,22 @@ def test_measure_one_without_a_record(tmp_path: Path) -> None:
     assert (row["status"], row["error_kind"], row["retryable"]) == ("failed", "unknown", True)
 
 
-def test_measure_one_with_a_corrupt_thumbnail(tmp_path: Path) -> None:
-    results = thumbnail_on_disk(tmp_path, "x", b"\x89PNG not really")
-    outcome, _ = measure_one("x", results, MAX_PIXELS)
-    assert not outcome.ok
-    row = read_row(layout.feature_path(results, "x")).to_pylist()[0]
-    assert row["status"] == "failed"
-    assert row["error_kind"] == outcome.kind
-    assert row["retryable"] is False
+def test_measure_one_quarantines_a_thumbnail_damaged_on_disk(tmp_path: Path) -> None:
+    # A stored thumbnail decoded when fetched: failing now, it was damaged on disk. It is moved
+    # aside and recorded as a retryable failure, so the next run fetches it again.
+    for attempt in range(3):
+        results = thumbnail_on_disk(tmp_path, "x", b"\x89PNG not really")
+        outcome, _ = measure_one("x", results, MAX_PIXELS)
+        assert not outcome.ok and outcome.retryable
+        row = read_row(layout.feature_path(results, "x")).to_pylist()[0]
+        assert (row["status"], row["error_kind"], row["retryable"]) == (
+            "failed", "damaged_file", True)
+        record = read_failure(layout.failure_path(results, "x"))
+        assert record is not None and record.retryable and record.kind == "damaged_file"
+        moved = Path(results, "quarantine", "thumbs", layout.shard_of("x"),
+                     "x.img" + ("" if attempt == 0 else f".{attempt + 1}"))
+        assert moved.read_bytes() == b"\x89PNG not really"
+        assert "does not decode" in Path(f"{moved}.why").read_text()
 
 
 def test_measure_one_needs_the_thumbnail(tmp_path: Path) -> None:

@@ -248,7 +248,7 @@ def test_plan_without_a_batch_size_sizes_batches_for_the_slots(tmp_path: Path) -
     assert [len(b.image_ids) for b in plan.batches] == [1000]
 
 
-def test_plan_keeps_urls_of_downloads_only(results: Path) -> None:
+def test_plan_keeps_urls_of_the_images_it_works_on_only(results: Path) -> None:
     plan = plan_work(catalog(), results, batch_size=2)
-    assert set(plan.urls) == set(plan.download)
+    assert set(plan.urls) == set(plan.download) | set(plan.features) == {"b", "d", "e", "f"}
     assert all(url.endswith(f"{i}.jpg") for i, url in plan.urls.items())

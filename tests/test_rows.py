@@ -35,7 +35,8 @@ FEATURES = _real_features()
 
 def test_the_schema_is_outcome_features_version_and_groups_in_that_order() -> None:
     outcome = ["image_id", "status", "error_kind", "error", "retryable"]
-    assert ROW_SCHEMA.names == [*outcome, *FEATURE_COLUMNS, "feature_version", *GROUP_COLUMNS]
+    assert ROW_SCHEMA.names == [*outcome, *FEATURE_COLUMNS, "feature_version", "source_url",
+                                *GROUP_COLUMNS]
     for field in FEATURE_FIELDS:
         assert ROW_SCHEMA.field(field.name).type == field.type
     assert list(FEATURES) == list(FEATURE_COLUMNS)

@@ -55,7 +55,7 @@ def url_of_image(wildcards):
 
 
 onstart:
-    RUN.on_start(workflow.non_local_exec, os.environ)
+    RUN.on_start(workflow.non_local_exec, os.environ, logger)
 
 
 onsuccess:

@@ -25,4 +25,5 @@ process_batch(
     logger=job_logger(smk.log[0], "batch", echo=True),
     progress_interval=smk.config["progress_interval"],
     progress_path=layout.progress_path(RESULTS, smk.params.batch_key),
+    source_urls=smk.params.source_urls,
 )

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -42,6 +42,7 @@ from thumbfeat.fetch import (
     secret_values,
 )
 from thumbfeat.imaging import ImageRejected, decode_image
+from thumbfeat.integrity import DAMAGED_KIND, Damage, quarantine
 from thumbfeat.progress import Outcome, Progress
 from thumbfeat.ratelimit import HostLimiter
 from thumbfeat.rows import failed_row, ok_row, write_partial, write_row
@@ -81,14 +82,14 @@ def download_one(session: requests.Session, image_id: str, url: str, results: st
     fetched = fetch_with_retries(session, url, settings, limiter=limiter, secrets=secrets)
     if fetched.failure is not None:
         failure = fetched.failure
-        record_failure(results, image_id, failure.kind, failure.message, failure.retryable)
+        record_failure(results, image_id, failure.kind, failure.message, failure.retryable, url)
         return Outcome(image_id, False, failure.kind, failure.message, failure.retryable,
                        fetched.attempts)
     data = fetched.data or b""
     try:
         decode_image(data, max_pixels=max_pixels)
     except ImageRejected as rejected:
-        record_failure(results, image_id, rejected.kind, rejected.message, False)
+        record_failure(results, image_id, rejected.kind, rejected.message, False, url)
         return Outcome(image_id, False, rejected.kind, rejected.message, False, fetched.attempts,
                        len(data))
     atomic.write_bytes(layout.thumb_path(results, image_id), data)
@@ -97,8 +98,12 @@ def download_one(session: requests.Session, image_id: str, url: str, results: st
     return Outcome(image_id, True, attempts=fetched.attempts, size=len(data))
 
 
-def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, Row]:
-    """Compute and store the row of one image from its thumbnail (or its failure record)."""
+def measure_one(image_id: str, results: str, max_pixels: int,
+                source_url: str | None = None) -> tuple[Outcome, Row]:
+    """Compute and store the row of one image from its thumbnail (or its failure record).
+
+    ``source_url`` is recorded in the row, so a later change of the catalog URL is noticed.
+    """
     thumb = Path(layout.thumb_path(results, image_id))
     data = thumb.read_bytes()
     if not data:
@@ -109,7 +114,7 @@ def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, 
         else:
             kind, error, retryable = record.kind, record.error, record.retryable
         row = failed_row(image_id, kind, error, retryable=retryable,
-                               feature_version=FEATURE_VERSION)
+                         feature_version=FEATURE_VERSION, source_url=source_url)
         outcome = Outcome(image_id, False, kind, error, retryable)
     else:
         # A download that succeeded after a failure removes the record; a kill in between can
@@ -119,14 +124,33 @@ def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, 
         try:
             features = compute_features(decode_image(data, max_pixels=max_pixels), data)
         except ImageRejected as rejected:
-            row = failed_row(image_id, rejected.kind, rejected.message, retryable=False,
-                                   feature_version=FEATURE_VERSION)
-            outcome = Outcome(image_id, False, rejected.kind, rejected.message)
+            kind, error, retryable = damaged_thumbnail(results, image_id, rejected)
+            row = failed_row(image_id, kind, error, retryable=retryable,
+                             feature_version=FEATURE_VERSION, source_url=source_url)
+            outcome = Outcome(image_id, False, kind, error, retryable)
         else:
-            row = ok_row(image_id, features, FEATURE_VERSION)
+            row = ok_row(image_id, features, FEATURE_VERSION, source_url)
             outcome = Outcome(image_id, True, size=len(data))
     write_row(layout.feature_path(results, image_id), row)
     return outcome, row
+
+
+def damaged_thumbnail(results: str, image_id: str,
+                      rejected: ImageRejected) -> tuple[str, str, bool]:
+    """The failure of a stored thumbnail that does not decode: kind, message, retryable.
+
+    Every stored thumbnail decoded when it was fetched, so one that fails now (other than by
+    the pixel limit, a setting) was damaged on disk: it is moved to quarantine and recorded as
+    a retryable failure, which the next run fetches again.
+    """
+    if rejected.kind == "decompression_bomb":
+        return rejected.kind, rejected.message, False
+    path = layout.thumb_path(results, image_id)
+    quarantine(results, Damage(path, f"does not decode ({rejected.kind}: {rejected.message})"),
+               logging.getLogger("thumbfeat.batch"))
+    kind, error = DAMAGED_KIND, "its stored thumbnail no longer decoded and was moved to quarantine"
+    record_failure(results, image_id, kind, error, True)
+    return kind, error, True
 
 
 class InlineExecutor(Executor):
@@ -141,23 +165,27 @@ class InlineExecutor(Executor):
         return future
 
 
-def measure_many(image_ids: Sequence[str], results: str,
-                 max_pixels: int) -> list[tuple[Outcome, Row]]:
+def measure_many(image_ids: Sequence[str], results: str, max_pixels: int,
+                 source_urls: Mapping[str, str] | None = None) -> list[tuple[Outcome, Row]]:
     """Measure several images in one task, so handing work to a process costs little per image."""
-    return [measure_one(image_id, results, max_pixels) for image_id in image_ids]
+    urls = source_urls or {}
+    return [measure_one(image_id, results, max_pixels, urls.get(image_id))
+            for image_id in image_ids]
 
 
 def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], results: str,
                   settings: FetchSettings, *, threads: int, max_pixels: int,
                   manifest_path: str, partial_path: str, batch_key: str,
                   logger: logging.Logger, progress_interval: float = 10.0,
-                  progress_path: str | None = None) -> Progress:
+                  progress_path: str | None = None,
+                  source_urls: Mapping[str, str] | None = None) -> Progress:
     """Download ``download`` (id, URL pairs) and measure ``measure`` (ids), overlapping the two.
 
     An image in both lists is measured once its download has finished; an image only in
     ``measure`` already has its thumbnail and is ready at once. Both kinds of work in flight are
     bounded (a few tasks per process, twice the download concurrency), so waiting on them stays
-    cheap however large the batch.
+    cheap however large the batch. ``source_urls`` gives the URL each measured image's row
+    records as its source.
     """
     progress = Progress(logger, progress_interval, len(download), len(measure), label=batch_key,
                         state_path=progress_path)
@@ -167,6 +195,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     secrets = secret_values(session, settings)
     limiter = host_limiter(settings)
     to_measure = set(measure)
+    urls = source_urls or {}
     downloading = {image_id for image_id, _ in download}
     ready: deque[str] = deque(i for i in measure if i not in downloading)
     rows: list[Row] = []
@@ -192,7 +221,8 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                 while ready and len(measuring) < 2 * workers:
                     size = max(1, min(16, len(ready) // (2 * workers)))
                     chunk = [ready.popleft() for _ in range(min(size, len(ready)))]
-                    future = measurer.submit(measure_many, chunk, results, max_pixels)
+                    future = measurer.submit(measure_many, chunk, results, max_pixels,
+                                             {i: urls[i] for i in chunk if i in urls})
                     measuring.add(future)
                     in_flight.add(future)
                 if not in_flight:

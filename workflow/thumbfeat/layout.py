@@ -24,6 +24,9 @@ BATCHES = "batches"
 LOGS = "logs"
 PROGRESS = "logs/progress"
 
+# The last table, kept under BATCHES as the starting point of the next assembly.
+TABLE_CACHE = "table-cache.parquet"
+
 THUMB_SUFFIX = ".img"
 FEATURE_SUFFIX = ".parquet"
 FAILURE_SUFFIX = ".json"

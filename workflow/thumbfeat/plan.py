@@ -4,6 +4,12 @@ The workflow never keeps a queue: each run lists the shard folders once (one dir
 shard, no per-file stat) and compares them with the catalog. An image needs downloading when its
 thumbnail file is missing, and features when its Parquet file is missing. A recorded failure is
 redone when it was transient, or when the user asks for every failure to be retried.
+
+Like Make, an image is also built again when what its files were built from changed (see
+thumbfeat.rowinputs): a row of another feature version is measured again from its thumbnail, and
+an image whose catalog URL differs from the one it was fetched from is fetched again. A per-image
+file found damaged (thumbfeat.integrity) is built again too; the run moves it to the quarantine
+folder before its first job (a dry run moves nothing).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from pathlib import Path
 
 from thumbfeat import layout
 from thumbfeat.catalog import Catalog
-from thumbfeat.failures import FailureRecord, read_failures
+from thumbfeat.failures import FailureRecord, read_failure_records
+from thumbfeat.integrity import Damage, cheap_damage
+from thumbfeat.rowinputs import RowInputs
 
 
 @dataclass(frozen=True)
@@ -49,23 +57,54 @@ class WorkPlan:
     failed_kept: dict[str, FailureRecord] = field(default_factory=dict)
     failed_retried: dict[str, FailureRecord] = field(default_factory=dict)
     batches: list[Batch] = field(default_factory=list)
-    # URLs of the images to download, and only those: a finished catalog costs no lookup table.
+    # URLs of the images to download or measure, and only those: a finished catalog costs no
+    # lookup table.
     urls: dict[str, str] = field(default_factory=dict)
     # Why the feature table will be rebuilt ("" when it is up to date, None when not asked for);
     # set by the workflow with table_rebuild_reason, which knows the table's paths.
     table_reason: str | None = None
+    # Images measured again because their row is of another feature version (id -> that version),
+    # and the version they are measured at.
+    remeasure: dict[str, str] = field(default_factory=dict)
+    feature_version: str = ""
+    # Images fetched again because their catalog URL changed since they were fetched.
+    changed_urls: list[str] = field(default_factory=list)
+    # Per-image files found damaged: moved to quarantine when the run starts, then built again.
+    damaged: list[Damage] = field(default_factory=list)
+    # The force switch in effect ("refetch" or "remeasure"), "" for none.
+    forced: str = ""
+
+    def stage_notes(self) -> tuple[str, str]:
+        """What the download and features counts include beyond missing files, for the preview."""
+        fetch_notes, measure_notes = [], []
+        if self.forced == "refetch":
+            fetch_notes.append("all of them again: refetch=true")
+        elif self.forced == "remeasure":
+            measure_notes.append("all of them again: remeasure=true")
+        if self.changed_urls:
+            fetch_notes.append(f"{len(self.changed_urls)} with a changed URL")
+        if self.remeasure:
+            old = ", ".join(sorted(set(self.remeasure.values())))
+            measure_notes.append(f"{len(self.remeasure)} to measure again "
+                                 f"(version {old} -> {self.feature_version})")
+        return "; ".join(fetch_notes), "; ".join(measure_notes)
 
     def summary(self) -> str:
         """One line a person reads before a run (and in a dry run) to know what is left."""
         kept = len(self.failed_kept)
         retried = len(self.failed_retried)
+        fetch_notes, measure_notes = self.stage_notes()
         parts = [
             f"{self.catalog_size} images in the catalog",
-            f"download: {len(self.download)} to fetch",
-            f"features: {len(self.features)} to compute",
+            f"download: {len(self.download)} to fetch"
+            + (f" ({fetch_notes})" if fetch_notes else ""),
+            f"features: {len(self.features)} to compute"
+            + (f", {measure_notes}" if measure_notes else ""),
             f"failed: {kept} kept as failed" + (f", {retried} to retry" if retried else ""),
             f"{len(self.batches)} batches",
         ]
+        if self.damaged:
+            parts.append(f"damaged: {len(self.damaged)} files to quarantine and build again")
         if self.table_reason is not None:
             parts.append(f"table: will be rebuilt ({self.table_reason})" if self.table_reason
                          else "table: up to date")
@@ -116,9 +155,24 @@ def auto_batch_size(work: int, slots: int) -> int:
     return max(AUTO_BATCH_MIN, math.ceil(work / batches))
 
 
+@dataclass(frozen=True)
+class Rebuilds:
+    """What besides missing files makes the plan build an image again (see plan_work)."""
+
+    # The feature version this code measures, and what the rows on disk were built from.
+    feature_version: str = ""
+    row_inputs: RowInputs | None = None
+    # Cheap-check every present per-image file (when the table is built from scratch).
+    check_files: bool = False
+    # Force switches: measure every image again, or fetch every image again.
+    remeasure: bool = False
+    refetch: bool = False
+
+
 def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
               slots: int = 1, retry_failed: bool = False,
-              only: Collection[str] | None = None) -> WorkPlan:
+              only: Collection[str] | None = None,
+              rebuilds: Rebuilds = Rebuilds()) -> WorkPlan:
     """Compare the catalog with the disk and say what each stage still has to do.
 
     ``batch_size`` None sizes batches for ``slots`` jobs running at once (see auto_batch_size).
@@ -130,21 +184,52 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
     wanted = set(ids) if only is not None else set(catalog.ids)
     thumbs = layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
     features = layout.present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX)
-    failures = read_failures(results, wanted)
-    plan = WorkPlan(catalog_size=len(catalog))
+    failures, unreadable = read_failure_records(results, wanted)
+    plan = WorkPlan(catalog_size=len(catalog), feature_version=rebuilds.feature_version)
+    catalog_urls = dict(zip(catalog.ids, catalog.urls, strict=True))
     redo: set[str] = set()
     for image_id, record in failures.items():
-        if retry_failed or record.retryable:
+        if retry_failed or record.retryable or (
+                record.url is not None and record.url != catalog_urls[image_id]):
             plan.failed_retried[image_id] = record
             redo.add(image_id)
         else:
             plan.failed_kept[image_id] = record
-    download = {i for i in wanted if i not in thumbs or i in redo}
-    compute = {i for i in wanted if i not in features or i in redo}
+    damaged = [Damage(layout.failure_path(results, i), "the failure record does not parse")
+               for i in unreadable]
+    redo.update(unreadable)
+    if rebuilds.check_files:
+        found = cheap_damage(results, sorted(wanted & thumbs), sorted(wanted & features))
+        damaged += found
+        bad_thumbs = {layout.image_id_of_target(d.path) for d in found
+                      if d.path.endswith(layout.THUMB_SUFFIX)}
+        bad_rows = {layout.image_id_of_target(d.path) for d in found
+                    if d.path.endswith(layout.FEATURE_SUFFIX)}
+        thumbs = thumbs - bad_thumbs
+        features = features - bad_rows
+    plan.damaged = damaged
+    refetch: set[str] = set()
+    if rebuilds.refetch:
+        plan.forced = "refetch"
+        refetch = set(wanted)
+    elif rebuilds.row_inputs is not None:
+        present = {i: catalog_urls[i] for i in wanted & thumbs}
+        refetch = rebuilds.row_inputs.changed_urls(present)
+        plan.changed_urls = [i for i in catalog.ids if i in refetch]
+    download = {i for i in wanted if i not in thumbs or i in redo or i in refetch}
+    compute = {i for i in wanted if i not in features or i in redo or i in refetch}
+    if rebuilds.remeasure:
+        plan.forced = plan.forced or "remeasure"
+        compute = set(wanted)
+    elif rebuilds.row_inputs is not None:
+        stale = rebuilds.row_inputs.stale(wanted & features - compute, rebuilds.feature_version)
+        plan.remeasure = stale
+        compute |= stale.keys()
     ordered = [i for i in catalog.ids if i in wanted]
     plan.download = [i for i in ordered if i in download]
     plan.features = [i for i in ordered if i in compute]
-    plan.urls = {i: u for i, u in zip(catalog.ids, catalog.urls, strict=True) if i in download}
+    # The URL of every image a batch handles: fetched from, or recorded as its row's source.
+    plan.urls = {i: catalog_urls[i] for i in download | compute}
     work = len(download | compute)
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)
     plan.batches = make_batches(ordered, download, compute, size)

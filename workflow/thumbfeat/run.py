@@ -11,12 +11,13 @@ run-level paths. A cluster job does not plan: it follows the plan its main proce
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thumbfeat import handover, layout
+from thumbfeat import handover, integrity, layout
 from thumbfeat.catalog import Catalog, CatalogError, CatalogSpec, load_catalog, url_warnings
 from thumbfeat.config import (
     ConfigError,
@@ -25,8 +26,17 @@ from thumbfeat.config import (
     fetch_settings,
     warehouse_settings,
 )
-from thumbfeat.plan import Batch, WorkPlan, plan_work, requested_image_ids, table_rebuild_reason
+from thumbfeat.features import FEATURE_VERSION
+from thumbfeat.plan import (
+    Batch,
+    Rebuilds,
+    WorkPlan,
+    plan_work,
+    requested_image_ids,
+    table_rebuild_reason,
+)
 from thumbfeat.ratelimit import rate_share
+from thumbfeat.rowinputs import read_row_inputs
 
 # Everything build_run raises for a user's input: the workflow turns these into one clear message.
 RUN_ERRORS = (ConfigError, CatalogError, handover.HandoverError)
@@ -119,8 +129,14 @@ class RunContext:
         except ValueError:
             raise UnknownImageError(f"image {image_id!r} is not in the catalog") from None
 
-    def on_start(self, non_local_exec: bool, environ: MutableMapping[str, str]) -> None:
-        """Before the first job: hand cluster jobs this run's plan (see thumbfeat.handover)."""
+    def on_start(self, non_local_exec: bool, environ: MutableMapping[str, str],
+                  logger: Any = None) -> None:
+        """Before the first job: move the damaged files the plan found to the quarantine folder
+        (their images are in the plan's work), and hand cluster jobs this run's plan (see
+        thumbfeat.handover). Snakemake calls this in real runs only, so a dry run moves nothing.
+        """
+        if self.handed is None:
+            integrity.quarantine_all(self.results, self.plan.damaged, logger)
         if non_local_exec and self.handed is None:
             path = handover.save(Path(".snakemake", "thumbfeat"), self.plan,
                                  self.catalog_digest, self.slots)
@@ -159,7 +175,11 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
         context.feature_shard_dirs = layout.existing_shard_dirs(results, layout.FEATURES)
         context.plan = _plan(context, catalog, facts)
         context.messages.append(context.plan.summary())
-        context.warnings.extend(url_warnings(spec.path, context.plan.urls))
+        context.warnings.extend(url_warnings(
+            spec.path, {i: context.plan.urls[i] for i in context.plan.download}))
+        context.warnings.extend(f"damaged file {d.path}: {d.reason}; it will be moved to "
+                                f"{integrity.quarantine_path(results, d.path)} and built again"
+                                for d in context.plan.damaged)
         context.warnings.extend(_thread_cap_warnings(config, facts))
     # Per-host limits hold for the whole run: each batch job gets its share of them.
     settings["rate_share"] = rate_share(context.slots, len(context.plan.batches))
@@ -169,6 +189,15 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
 def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkPlan:
     config = context.config
     requested = requested_image_ids(facts.argv, catalog.ids)
+    table_missing = not os.path.exists(context.feature_table)
+    rebuilds = Rebuilds(
+        feature_version=FEATURE_VERSION,
+        row_inputs=read_row_inputs(context.results, context.feature_shard_dirs),
+        # Without a table every row is read again: check first that each file is whole.
+        check_files=table_missing and requested is None,
+        remeasure=config["remeasure"],
+        refetch=config["refetch"],
+    )
     plan = plan_work(
         catalog,
         context.results,
@@ -176,6 +205,7 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
         slots=context.slots,
         retry_failed=config["retry_failed"],
         only=requested,
+        rebuilds=rebuilds,
     )
     if requested is None:
         plan.table_reason = table_rebuild_reason(
