@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from thumbfeat import layout
+from thumbfeat import integrity, layout
 from thumbfeat.catalog import CatalogError, CatalogSpec, load_catalog, read_snapshot_ids
 from thumbfeat.failures import read_failures
 from thumbfeat.layout import present_ids
@@ -94,6 +96,50 @@ def batch_rate(folder: Path) -> str | None:
             f"{rate:.1f} images/s per job")
 
 
+def verify(results: Path, *, fast: bool, repair: bool, workers: int,
+           progress_every: float = 2.0) -> tuple[str, int]:
+    """Check every per-image file; the report and the exit status (1: damage left in place).
+
+    Progress goes to stderr at most every ``progress_every`` seconds.
+    """
+    paths = list(integrity.per_image_files(results))
+    kinds = Counter(_stage_of(p) for p in paths)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= progress_every or done == total:
+            last[0] = now
+            print(f"thumbfeat verify: {done}/{total} files checked", file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    damaged = integrity.check_files(paths, fast=fast, workers=workers, on_progress=progress)
+    seconds = time.monotonic() - started
+    depth = "sizes and magic bytes" if fast else "read in full"
+    lines = [f"checked {len(paths)} files ({depth}) in {seconds:.1f} s: "
+             + counts_text(kinds),
+             f"damaged: {len(damaged)}"
+             + (f" ({counts_text(Counter(_stage_of(d.path) for d in damaged))})" if damaged
+                else "")]
+    lines += [f"  {d.path}: {d.reason}" for d in damaged]
+    if damaged and repair:
+        moved = integrity.quarantine_all(results, damaged)
+        lines.append(f"moved {len(moved)} to {results / integrity.QUARANTINE}; the next run "
+                     "builds them again")
+        return "\n".join(lines), 0
+    if damaged:
+        lines.append("run `thumbfeat verify --repair` to move them to quarantine, so the next "
+                     "run builds them again")
+    return "\n".join(lines), 1 if damaged else 0
+
+
+def _stage_of(path: str) -> str:
+    """The kind of a per-image file, as the verify report counts them."""
+    stage = Path(path).parent.parent.name
+    return {layout.THUMBS: "thumbnails", layout.FEATURES: "feature rows",
+            layout.FAILED: "failure records"}.get(stage, stage)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thumbfeat", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,7 +155,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = commands.add_parser("path", help="print where an image's files are")
     where.add_argument("image_id")
     where.add_argument("--results", default="results")
+    check = commands.add_parser(
+        "verify", help="check that every per-image file is whole (thumbnails decode, rows read, "
+                       "failure records parse)")
+    check.add_argument("--results", type=Path, default=Path("results"))
+    check.add_argument("--fast", action="store_true",
+                       help="check only sizes and magic bytes (no decoding, no Parquet read)")
+    check.add_argument("--repair", action="store_true",
+                       help="move damaged files to results/quarantine/ so the next run "
+                            "builds them again")
+    check.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="processes checking files (default: one per core)")
     args = parser.parse_args(argv)
+    if args.command == "verify":
+        report, code = verify(args.results, fast=args.fast, repair=args.repair,
+                              workers=max(1, args.workers))
+        print(report)
+        return code
     if args.command == "status":
         spec = (CatalogSpec(args.catalog, args.id_column, args.url_column,
                             table=args.catalog_table)
