@@ -1,0 +1,72 @@
+"""Tests for thumbfeat.rowinputs: what each row was built from, read once from the last table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from thumbfeat import layout
+from thumbfeat.rowinputs import read_row_inputs
+from thumbfeat.rows import failed_row, ok_row, write_row, write_rows
+
+
+def ok(image_id: str, version: str, url: str | None) -> dict[str, object]:
+    return ok_row(image_id, {}, version, url)
+
+
+def test_without_a_table_nothing_is_known(tmp_path: Path) -> None:
+    write_row(layout.feature_path(tmp_path, "a"), ok("a", "2", "http://h/a"))
+    inputs = read_row_inputs(tmp_path, layout.existing_shard_dirs(tmp_path, layout.FEATURES))
+    assert not inputs.from_table
+    assert inputs.stale(["a"], "3") == {}
+    assert inputs.changed_urls({"a": "http://h/other"}) == set()
+
+
+def test_the_table_then_only_files_written_after_it(tmp_path: Path) -> None:
+    rows = [ok("a", "2", "http://h/a"), ok("b", "3", "http://h/b"), ok("c", "3", None),
+            failed_row("d", "http_status", "404", retryable=False, feature_version="1",
+                       source_url="http://h/d")]
+    for row in rows:
+        write_row(layout.feature_path(tmp_path, str(row["image_id"])), row)
+    table = Path(layout.feature_table_path(tmp_path))
+    write_rows(table, rows)
+    stamp = table.stat().st_mtime_ns
+    # Every folder older than the table: no per-image file is opened.
+    for folder in layout.existing_shard_dirs(tmp_path, layout.FEATURES):
+        os.utime(folder, ns=(stamp - 10**9,) * 2)
+    shards = layout.existing_shard_dirs(tmp_path, layout.FEATURES)
+    inputs = read_row_inputs(tmp_path, shards)
+    assert inputs.from_table and inputs.files_opened == 0
+    # Only ok rows of another version are stale; rows without a URL are unknown, not changed.
+    assert inputs.stale(["a", "b", "c", "d", "new"], "3") == {"a": "2"}
+    assert inputs.changed_urls({"a": "http://h/a", "b": "http://h/B", "c": "x", "d": "y"}) == {
+        "b", "d"}
+
+    # A row rewritten after the table (renamed into place, so its folder's time moves on).
+    write_row(layout.feature_path(tmp_path, "b"), ok("b", "1", "http://h/B"))
+    later = max(stamp, Path(layout.feature_path(tmp_path, "b")).stat().st_mtime_ns) + 10**9
+    os.utime(layout.feature_path(tmp_path, "b"), ns=(later, later))
+    os.utime(Path(layout.feature_path(tmp_path, "b")).parent, ns=(later, later))
+    inputs = read_row_inputs(tmp_path, shards)
+    assert inputs.files_opened == 1
+    assert inputs.stale(["a", "b"], "3") == {"a": "2", "b": "1"}
+    assert inputs.changed_urls({"b": "http://h/B"}) == set()
+
+
+def test_the_cache_is_read_before_the_table_and_old_tables_lack_columns(tmp_path: Path) -> None:
+    table = Path(layout.feature_table_path(tmp_path))
+    write_rows(table, [ok("a", "3", "http://h/a")])
+    cache = Path(tmp_path, layout.BATCHES, layout.TABLE_CACHE)
+    cache.parent.mkdir(parents=True)
+    # A table written before source_url existed.
+    old = pq.read_table(table).drop_columns(["source_url"])
+    pq.write_table(old.set_column(old.schema.get_field_index("feature_version"),
+                                  "feature_version", pa.array(["1"], pa.string())), cache)
+    inputs = read_row_inputs(tmp_path, [])
+    assert inputs.stale(["a"], "3") == {"a": "1"}
+    assert inputs.changed_urls({"a": "http://h/other"}) == set()
+    # A damaged cache: nothing is known (the table job rebuilds it), never an error.
+    cache.write_bytes(b"garbage")
+    assert not read_row_inputs(tmp_path, []).from_table
