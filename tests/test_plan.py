@@ -13,11 +13,13 @@ from thumbfeat.failures import FailureRecord, read_failure, record_failure
 from thumbfeat.layout import present_ids
 from thumbfeat.plan import (
     Batch,
+    Rebuilds,
     make_batches,
     plan_work,
     requested_image_ids,
     table_rebuild_reason,
 )
+from thumbfeat.rowinputs import RowInputs
 
 IDS = ("a", "b", "c", "d", "e", "f")
 
@@ -252,3 +254,80 @@ def test_plan_keeps_urls_of_the_images_it_works_on_only(results: Path) -> None:
     plan = plan_work(catalog(), results, batch_size=2)
     assert set(plan.urls) == set(plan.download) | set(plan.features) == {"b", "d", "e", "f"}
     assert all(url.endswith(f"{i}.jpg") for i, url in plan.urls.items())
+
+
+def inputs_of(rows: dict[str, tuple[str, str, str | None]]) -> RowInputs:
+    """Row inputs as the last table would give them: id -> (status, version, source URL)."""
+    inputs = RowInputs(from_table=True)
+    for image_id, (status, version, url) in rows.items():
+        inputs.status[image_id] = status
+        inputs.version[image_id] = version
+        inputs.source_url[image_id] = url
+    return inputs
+
+
+def test_stale_rows_are_measured_again_and_changed_urls_fetched_again(results: Path) -> None:
+    # a is done at version 2 from its catalog URL; b (thumbnail only) moved to a new URL.
+    inputs = inputs_of({"a": ("ok", "2", "http://h/a.jpg"), "b": ("ok", "3", "http://old/b"),
+                        "c": ("failed", "1", "http://h/c.jpg")})
+    plan = plan_work(catalog(), results, batch_size=10,
+                     rebuilds=Rebuilds(feature_version="3", row_inputs=inputs))
+    assert plan.remeasure == {"a": "2"}
+    assert plan.changed_urls == ["b"]
+    assert plan.download == ["b", "d", "e", "f"]
+    assert plan.features == ["a", "b", "d", "e", "f"]
+    line = plan.summary()
+    assert "download: 4 to fetch (1 with a changed URL)" in line
+    assert "features: 5 to compute, 1 to measure again (version 2 -> 3)" in line
+    # Measured again, the row is current: nothing more.
+    inputs.version["a"] = "3"
+    plan = plan_work(catalog(), results, batch_size=10,
+                     rebuilds=Rebuilds(feature_version="3", row_inputs=inputs))
+    assert plan.remeasure == {}
+
+
+def test_a_failure_whose_url_changed_is_retried(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    record_failure(str(results), "a", "http_status", "HTTP 404", False, url="http://old/a.jpg")
+    record_failure(str(results), "b", "http_status", "HTTP 404", False, url="http://h/b.jpg")
+    record_failure(str(results), "c", "http_status", "HTTP 404", False)  # recorded before URLs
+    plan = plan_work(catalog(("a", "b", "c")), results, batch_size=10)
+    assert set(plan.failed_retried) == {"a"}
+    assert set(plan.failed_kept) == {"b", "c"}
+    assert plan.download == ["a"]
+
+
+def test_force_switches(results: Path) -> None:
+    plan = plan_work(catalog(), results, batch_size=10, rebuilds=Rebuilds(remeasure=True))
+    assert plan.features == list(IDS)
+    assert plan.download == ["d", "e", "f"]
+    assert "features: 6 to compute, all of them again: remeasure=true" in plan.summary()
+    plan = plan_work(catalog(), results, batch_size=10, rebuilds=Rebuilds(refetch=True),
+                     only={"a", "b"})
+    assert plan.download == plan.features == ["a", "b"]
+    assert "download: 2 to fetch (all of them again: refetch=true)" in plan.summary()
+
+
+def test_damaged_files_found_by_the_plan_are_built_again(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    jpeg = b"\xff\xd8\xff" + b"\x00" * 20
+    for image_id in ("a", "b", "c"):
+        touch(layout.thumb_path(results, image_id), jpeg)
+        touch(layout.feature_path(results, image_id), b"PAR1" + b"\x00" * 20 + b"PAR1")
+    touch(layout.thumb_path(results, "b"), b"<html>not found</html>")
+    touch(layout.feature_path(results, "c"), b"PAR1" + b"\x00" * 96)
+    touch(layout.failure_path(results, "a"), b"{not json")
+    plan = plan_work(catalog(("a", "b", "c")), results, batch_size=10,
+                     rebuilds=Rebuilds(check_files=True))
+    assert sorted(d.path for d in plan.damaged) == sorted([
+        layout.failure_path(results, "a"), layout.thumb_path(results, "b"),
+        layout.feature_path(results, "c")])
+    # a: its record is lost, so it is tried again; b: fetched again; c: measured again.
+    assert plan.download == ["a", "b"]
+    assert plan.features == ["a", "c"]
+    assert "damaged: 3 files to quarantine and build again" in plan.summary()
+    # The plan moves nothing: that is for the run, when it starts.
+    assert Path(layout.thumb_path(results, "b")).exists()
+    # Without the check (a table exists) only the unreadable record is found.
+    plan = plan_work(catalog(("a", "b", "c")), results, batch_size=10)
+    assert [d.path for d in plan.damaged] == [layout.failure_path(results, "a")]
