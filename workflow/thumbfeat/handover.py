@@ -57,9 +57,11 @@ def decode(data: bytes) -> HandedPlan:
     document = json.loads(data)
     if document.get("format") != FORMAT:
         raise ValueError(f"unknown format {document.get('format')!r}")
+    urls = dict(document["urls"])
     batches = [
         Batch(number=int(b["number"]), image_ids=tuple(b["image_ids"]),
-              download_ids=tuple(b["download_ids"]), feature_ids=tuple(b["feature_ids"]))
+              download_ids=tuple(b["download_ids"]), feature_ids=tuple(b["feature_ids"]),
+              download_urls=tuple(urls[i] for i in b["download_ids"]))
         for b in document["batches"]
     ]
     plan = WorkPlan(
@@ -67,7 +69,7 @@ def decode(data: bytes) -> HandedPlan:
         download=[i for b in batches for i in b.download_ids],
         features=[i for b in batches for i in b.feature_ids],
         batches=batches,
-        urls=dict(document["urls"]),
+        urls=urls,
     )
     return HandedPlan(plan=plan, catalog_digest=str(document["catalog_digest"]),
                       slots=int(document["slots"]))

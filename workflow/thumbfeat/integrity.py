@@ -122,7 +122,7 @@ def full_row_problem(path: str | Path) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, pa.ArrowException, ValueError) as error:
-        return f"does not read as a row: {error}"
+        return f"does not read as a row: {' '.join(str(error).split())}"
     if rows.num_rows != 1:
         return f"holds {rows.num_rows} rows, not one"
     return None

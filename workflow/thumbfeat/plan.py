@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +37,8 @@ class Batch:
     image_ids: tuple[str, ...]
     download_ids: tuple[str, ...]
     feature_ids: tuple[str, ...]
+    # The URLs of download_ids, in order: fetching an image from a new URL is new work.
+    download_urls: tuple[str, ...] = ()
 
     @cached_property
     def key(self) -> str:
@@ -44,6 +46,8 @@ class Batch:
         for group in (self.download_ids, self.feature_ids):
             hasher.update("\n".join(group).encode("utf-8"))
             hasher.update(b"\x00")
+        if self.download_urls:
+            hasher.update("\n".join(self.download_urls).encode("utf-8"))
         return f"{self.number:05d}-{hasher.hexdigest()[:12]}"
 
 
@@ -112,7 +116,8 @@ class WorkPlan:
 
 
 def make_batches(ordered_ids: Iterable[str], download: Collection[str],
-                 features: Collection[str], batch_size: int) -> list[Batch]:
+                 features: Collection[str], batch_size: int,
+                 urls: Mapping[str, str] | None = None) -> list[Batch]:
     """Group images with work left into batches in catalog order: appended rows batch together."""
     work = [i for i in ordered_ids if i in download or i in features]
     batches = []
@@ -123,6 +128,7 @@ def make_batches(ordered_ids: Iterable[str], download: Collection[str],
             image_ids=members,
             download_ids=tuple(i for i in members if i in download),
             feature_ids=tuple(i for i in members if i in features),
+            download_urls=tuple(urls[i] for i in members if i in download) if urls else (),
         ))
     return batches
 
@@ -232,7 +238,7 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
     plan.urls = {i: catalog_urls[i] for i in download | compute}
     work = len(download | compute)
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)
-    plan.batches = make_batches(ordered, download, compute, size)
+    plan.batches = make_batches(ordered, download, compute, size, plan.urls)
     return plan
 
 
