@@ -156,9 +156,11 @@ def read_rows_surviving_damage(paths: Sequence[str], results: str, *, threads: i
     image), and the next run's plan, finding the file missing, measures the image again from its
     thumbnail. Files are checked one by one only after a read of all of them failed.
     """
+    import duckdb
+
     try:
         return read_rows(paths, threads=threads, workers=workers, scratch=results)
-    except (pa.ArrowException, OSError, RuntimeError, ValueError) as error:
+    except (pa.ArrowException, OSError, RuntimeError, ValueError, duckdb.Error) as error:
         first_error = error
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         problems = list(pool.map(integrity.full_row_problem, paths))
