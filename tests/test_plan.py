@@ -331,3 +331,15 @@ def test_damaged_files_found_by_the_plan_are_built_again(tmp_path: Path) -> None
     # Without the check (a table exists) only the unreadable record is found.
     plan = plan_work(catalog(("a", "b", "c")), results, batch_size=10)
     assert [d.path for d in plan.damaged] == [layout.failure_path(results, "a")]
+
+
+def test_a_forced_run_after_another_is_new_work(results: Path) -> None:
+    def keys(salt: str, **force: bool) -> list[str]:
+        plan = plan_work(catalog(), results, batch_size=10,
+                         rebuilds=Rebuilds(force_salt=salt, **force))
+        return [b.key for b in plan.batches]
+
+    assert keys("1", remeasure=True) != keys("2", remeasure=True)
+    assert keys("1", refetch=True) != keys("2", refetch=True)
+    # Unforced, the same work keeps its key whatever the salt (a finished batch stays finished).
+    assert keys("1") == keys("2")

@@ -189,6 +189,7 @@ def test_damaged_files_are_quarantined_and_built_again(workdir: Path,
 def test_force_switches_measure_or_fetch_everything_again(workdir: Path,
                                                          server: ImageServer) -> None:
     results = results_of(workdir)
+    # Forcing again forces again: the second forced run is not "already done".
     for _ in range(2):
         config = config_of(workdir, remeasure="true")
         shown = preview(run_snakemake(workdir, "-n", config=config).stdout)

@@ -44,7 +44,8 @@ class HandedPlan:
 def encode(plan: WorkPlan, catalog_digest: str, slots: int) -> bytes:
     batches = [
         {"number": b.number, "image_ids": list(b.image_ids),
-         "download_ids": list(b.download_ids), "feature_ids": list(b.feature_ids)}
+         "download_ids": list(b.download_ids), "feature_ids": list(b.feature_ids),
+         "salt": b.salt}
         for b in plan.batches
     ]
     document = {"format": FORMAT, "catalog_size": plan.catalog_size,
@@ -61,7 +62,8 @@ def decode(data: bytes) -> HandedPlan:
     batches = [
         Batch(number=int(b["number"]), image_ids=tuple(b["image_ids"]),
               download_ids=tuple(b["download_ids"]), feature_ids=tuple(b["feature_ids"]),
-              download_urls=tuple(urls[i] for i in b["download_ids"]))
+              download_urls=tuple(urls[i] for i in b["download_ids"]),
+              salt=str(b.get("salt", "")))
         for b in document["batches"]
     ]
     plan = WorkPlan(

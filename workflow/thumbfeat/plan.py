@@ -39,6 +39,8 @@ class Batch:
     feature_ids: tuple[str, ...]
     # The URLs of download_ids, in order: fetching an image from a new URL is new work.
     download_urls: tuple[str, ...] = ()
+    # Set by a forced run (see Rebuilds.force_salt): forcing again is new work too.
+    salt: str = ""
 
     @cached_property
     def key(self) -> str:
@@ -48,6 +50,8 @@ class Batch:
             hasher.update(b"\x00")
         if self.download_urls:
             hasher.update("\n".join(self.download_urls).encode("utf-8"))
+        if self.salt:
+            hasher.update(b"\x00" + self.salt.encode("utf-8"))
         return f"{self.number:05d}-{hasher.hexdigest()[:12]}"
 
 
@@ -117,7 +121,7 @@ class WorkPlan:
 
 def make_batches(ordered_ids: Iterable[str], download: Collection[str],
                  features: Collection[str], batch_size: int,
-                 urls: Mapping[str, str] | None = None) -> list[Batch]:
+                 urls: Mapping[str, str] | None = None, salt: str = "") -> list[Batch]:
     """Group images with work left into batches in catalog order: appended rows batch together."""
     work = [i for i in ordered_ids if i in download or i in features]
     batches = []
@@ -129,6 +133,7 @@ def make_batches(ordered_ids: Iterable[str], download: Collection[str],
             download_ids=tuple(i for i in members if i in download),
             feature_ids=tuple(i for i in members if i in features),
             download_urls=tuple(urls[i] for i in members if i in download) if urls else (),
+            salt=salt,
         ))
     return batches
 
@@ -173,6 +178,9 @@ class Rebuilds:
     # Force switches: measure every image again, or fetch every image again.
     remeasure: bool = False
     refetch: bool = False
+    # What makes a forced run's batches differ from the last forced run's (the time of the last
+    # table): the same forced work again would otherwise find its manifests already there.
+    force_salt: str = ""
 
 
 def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
@@ -238,7 +246,8 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
     plan.urls = {i: catalog_urls[i] for i in download | compute}
     work = len(download | compute)
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)
-    plan.batches = make_batches(ordered, download, compute, size, plan.urls)
+    salt = rebuilds.force_salt if plan.forced else ""
+    plan.batches = make_batches(ordered, download, compute, size, plan.urls, salt)
     return plan
 
 

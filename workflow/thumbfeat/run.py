@@ -197,6 +197,7 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
         check_files=table_missing and requested is None,
         remeasure=config["remeasure"],
         refetch=config["refetch"],
+        force_salt=_last_table_time(context.results),
     )
     plan = plan_work(
         catalog,
@@ -213,6 +214,14 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
             context.feature_shard_dirs,
         )
     return plan
+
+
+def _last_table_time(results: str) -> str:
+    """When the last table was built (its cache survives Snakemake deleting the table), or ""."""
+    try:
+        return str(os.stat(Path(results, layout.BATCHES, layout.TABLE_CACHE)).st_mtime_ns)
+    except FileNotFoundError:
+        return ""
 
 
 def _thread_cap_warnings(config: Mapping[str, Any], facts: SnakemakeFacts) -> list[str]:
