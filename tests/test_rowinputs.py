@@ -70,3 +70,28 @@ def test_the_cache_is_read_before_the_table_and_old_tables_lack_columns(tmp_path
     # A damaged cache: nothing is known (the table job rebuilds it), never an error.
     cache.write_bytes(b"garbage")
     assert not read_row_inputs(tmp_path, []).from_table
+
+
+def test_partials_written_after_the_table_spare_opening_their_files(tmp_path: Path) -> None:
+    table = Path(layout.feature_table_path(tmp_path))
+    write_rows(table, [ok("a", "2", "http://h/a"), ok("b", "2", "http://h/b")])
+    stamp = table.stat().st_mtime_ns
+    for image_id in ("a", "b"):
+        write_row(layout.feature_path(tmp_path, image_id), ok(image_id, "3", "http://h/new"))
+        os.utime(layout.feature_path(tmp_path, image_id), ns=(stamp + 10**9,) * 2)
+        os.utime(Path(layout.feature_path(tmp_path, image_id)).parent, ns=(stamp + 10**9,) * 2)
+    shards = layout.existing_shard_dirs(tmp_path, layout.FEATURES)
+    assert read_row_inputs(tmp_path, shards).files_opened == 2
+    # A batch's partial, written after its files, holds both rows: no file is opened.
+    partial = Path(tmp_path, layout.BATCHES, "00001-abc.parquet")
+    write_rows(partial, [ok("a", "3", "http://h/new"), ok("b", "3", "http://h/new")])
+    os.utime(partial, ns=(stamp + 2 * 10**9,) * 2)
+    inputs = read_row_inputs(tmp_path, shards)
+    assert inputs.files_opened == 0
+    assert inputs.stale(["a", "b"], "3") == {}
+    # A file rewritten after the partial is opened again.
+    write_row(layout.feature_path(tmp_path, "b"), ok("b", "1", "http://h/new"))
+    os.utime(layout.feature_path(tmp_path, "b"), ns=(stamp + 3 * 10**9,) * 2)
+    inputs = read_row_inputs(tmp_path, shards)
+    assert inputs.files_opened == 1
+    assert inputs.stale(["a", "b"], "3") == {"b": "1"}

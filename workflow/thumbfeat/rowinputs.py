@@ -77,12 +77,16 @@ def _last_table(results: str | Path) -> Path | None:
     return None
 
 
-def newer_row_files(shard_dirs: Iterable[str], since_ns: int) -> list[str]:
+def newer_row_files(shard_dirs: Iterable[str], since_ns: int,
+                    covered: dict[str, int] | None = None) -> list[str]:
     """Row files changed after ``since_ns``: one stat per file, in folders changed since then only.
 
     A file is renamed into place, which updates its folder's time, so an older folder holds no
-    newer file.
+    newer file. ``covered`` maps ids to the time of a partial table holding their row: a file
+    older than that partial is not listed (the partial has its row).
     """
+    covered = covered or {}
+    cut = len(layout.FEATURE_SUFFIX)
     found = []
     for folder in shard_dirs:
         try:
@@ -96,7 +100,8 @@ def newer_row_files(shard_dirs: Iterable[str], since_ns: int) -> list[str]:
             if not name.endswith(layout.FEATURE_SUFFIX) or layout.is_temporary_name(name):
                 continue
             try:
-                if entry.stat().st_mtime_ns >= since_ns:
+                mtime = entry.stat().st_mtime_ns
+                if mtime >= since_ns and mtime >= covered.get(name[:-cut], 0):
                     found.append(entry.path)
             except FileNotFoundError:
                 continue
@@ -116,7 +121,21 @@ def read_row_inputs(results: str | Path, shard_dirs: Iterable[str]) -> RowInputs
         # A damaged cache is rebuilt with the table; until then nothing is known.
         return RowInputs()
     inputs.from_table = True
-    newer = newer_row_files(shard_dirs, since)
+    # Batches that finished after the table (a run stopped before its table) wrote their rows
+    # as partial tables too: one read each instead of a read per file.
+    covered: dict[str, int] = {}
+    for partial in sorted(Path(results, layout.BATCHES).glob("*.parquet"),
+                          key=lambda p: p.stat().st_mtime_ns):
+        try:
+            written = partial.stat().st_mtime_ns
+            if partial.name == layout.TABLE_CACHE or written < since:
+                continue
+            rows = _read_columns(partial)
+        except (OSError, pa.ArrowException):
+            continue
+        inputs.add(rows)
+        covered.update(dict.fromkeys(rows.column("image_id").to_pylist(), written))
+    newer = newer_row_files(shard_dirs, since, covered)
 
     def read_one(path: str) -> pa.Table | None:
         try:
