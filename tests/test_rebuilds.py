@@ -171,9 +171,14 @@ def test_damaged_files_are_quarantined_and_built_again(workdir: Path,
                    if files_before.get(p) != t and not p.startswith(".snakemake")}
         assert changed == set(), "a dry run moved or wrote files"
 
+        thumbs_before = file_times(results, "thumbs/*/*")
+        rows_before = file_times(results, "features/*/*")
         result = run_snakemake(workdir, config=config)
         assert result.returncode == 0
         assert server.snapshot() - before == {f"/img/{overwritten}.jpg": 1}
+        # Exactly the previewed work: one thumbnail fetched, one row measured again.
+        assert written(thumbs_before, file_times(results, "thumbs/*/*")) == {overwritten}
+        assert written(rows_before, file_times(results, "features/*/*")) == {cut}
         assert pq.read_table(row_path).num_rows == 1
         assert thumb_path.read_bytes()[:3] == b"\xff\xd8\xff"
         quarantine = results / "quarantine"
