@@ -43,7 +43,7 @@ def test_the_schema_is_outcome_features_version_and_groups_in_that_order() -> No
 
 
 def test_ok_row_round_trip(tmp_path: Path) -> None:
-    row = ok_row("img1", FEATURES, "1")
+    row = ok_row("img1", FEATURES, "1", "http://h/img1.jpg")
     assert set(row) == set(ROW_SCHEMA.names)
     path = tmp_path / "f" / "ab" / "img1.parquet"
     write_row(path, row)
@@ -58,6 +58,7 @@ def test_ok_row_round_trip(tmp_path: Path) -> None:
         "error": None,
         "retryable": None,
         "feature_version": "1",
+        "source_url": "http://h/img1.jpg",
         "exact_duplicate_group": None,
         "near_duplicate_group": None,
     }
@@ -76,6 +77,7 @@ def test_failed_row_round_trip(tmp_path: Path) -> None:
     assert got["error"] == "HTTP 404 Not Found"
     assert got["retryable"] is False
     assert got["feature_version"] == "1"
+    assert got["source_url"] is None
     assert all(got[name] is None for name in FEATURES)
 
 
