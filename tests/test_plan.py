@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from thumbfeat import layout
 from thumbfeat.catalog import Catalog
@@ -259,10 +260,9 @@ def test_plan_keeps_urls_of_the_images_it_works_on_only(results: Path) -> None:
 def inputs_of(rows: dict[str, tuple[str, str, str | None]]) -> RowInputs:
     """Row inputs as the last table would give them: id -> (status, version, source URL)."""
     inputs = RowInputs(from_table=True)
-    for image_id, (status, version, url) in rows.items():
-        inputs.status[image_id] = status
-        inputs.version[image_id] = version
-        inputs.source_url[image_id] = url
+    inputs.add(pa.table({"image_id": list(rows), "status": [r[0] for r in rows.values()],
+                         "feature_version": [r[1] for r in rows.values()],
+                         "source_url": [r[2] for r in rows.values()]}))
     return inputs
 
 
@@ -280,7 +280,7 @@ def test_stale_rows_are_measured_again_and_changed_urls_fetched_again(results: P
     assert "download: 4 to fetch (1 with a changed URL)" in line
     assert "features: 5 to compute, 1 to measure again (version 2 -> 3)" in line
     # Measured again, the row is current: nothing more.
-    inputs.version["a"] = "3"
+    inputs.add(pa.table({"image_id": ["a"], "status": ["ok"], "feature_version": ["3"]}))
     plan = plan_work(catalog(), results, batch_size=10,
                      rebuilds=Rebuilds(feature_version="3", row_inputs=inputs))
     assert plan.remeasure == {}

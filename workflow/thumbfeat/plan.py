@@ -227,9 +227,9 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
         plan.forced = "refetch"
         refetch = set(wanted)
     elif rebuilds.row_inputs is not None:
-        present = {i: catalog_urls[i] for i in wanted & thumbs}
-        refetch = rebuilds.row_inputs.changed_urls(present)
-        plan.changed_urls = [i for i in catalog.ids if i in refetch]
+        moved = rebuilds.row_inputs.changed_urls(catalog.ids, catalog.urls)
+        refetch = {i for i in moved if i in wanted and i in thumbs}
+        plan.changed_urls = [i for i in catalog.ids if i in refetch] if refetch else []
     download = {i for i in wanted if i not in thumbs or i in redo or i in refetch}
     compute = {i for i in wanted if i not in features or i in redo or i in refetch}
     if rebuilds.remeasure:

@@ -12,55 +12,80 @@ account, and the next table records them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thumbfeat import layout
 
 COLUMNS = ("image_id", "status", "feature_version", "source_url")
+SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
+
+
+def _normalised(table: pa.Table) -> pa.Table:
+    """The four columns, as strings; a column an older table lacks is all nulls."""
+    return pa.table([table.column(name).cast(pa.string()) if name in table.column_names
+                     else pa.nulls(table.num_rows, pa.string()) for name in COLUMNS],
+                    schema=SCHEMA)
+
+
+def last_of_each(table: pa.Table) -> pa.Table:
+    """The last row of each image_id (rows in the order they were written)."""
+    last = {image_id: row for row, image_id in enumerate(table.column("image_id").to_pylist())}
+    return table.take(pa.array(sorted(last.values()), pa.int64()))
 
 
 @dataclass
 class RowInputs:
-    """Per image: the status, feature version and source URL of its row, where known."""
+    """Per image: the status, feature version and source URL of its row, where known.
 
-    status: dict[str, str] = field(default_factory=dict)
-    version: dict[str, str | None] = field(default_factory=dict)
-    source_url: dict[str, str | None] = field(default_factory=dict)
+    Kept as Arrow columns and compared with vectorised kernels: at a million rows, Python
+    dictionaries of them would cost seconds at every parse.
+    """
+
+    rows: pa.Table = field(default_factory=SCHEMA.empty_table)
     # Whether a table was found: without one nothing is known.
     from_table: bool = False
     files_opened: int = 0
 
     def add(self, table: pa.Table) -> None:
-        names = table.column_names
-        ids = table.column("image_id").to_pylist()
-        statuses = table.column("status").to_pylist()
-        versions = (table.column("feature_version").to_pylist() if "feature_version" in names
-                    else [None] * len(ids))
-        urls = (table.column("source_url").to_pylist() if "source_url" in names
-                else [None] * len(ids))
-        self.status.update(zip(ids, statuses, strict=True))
-        self.version.update(zip(ids, versions, strict=True))
-        self.source_url.update(zip(ids, urls, strict=True))
+        """Rows written later than those held: they replace the rows of the same images."""
+        table = last_of_each(_normalised(table))
+        if self.rows.num_rows and table.num_rows:
+            replaced = pc.is_in(self.rows.column("image_id"), value_set=table.column("image_id"))
+            self.rows = self.rows.filter(pc.invert(replaced))
+        self.rows = pa.concat_tables([self.rows, table])
 
-    def stale(self, ids: Iterable[str], current: str) -> dict[str, str]:
-        """Ids of ``ok`` rows of another feature version, with that version.
+    def stale(self, ids: Collection[str], current: str) -> dict[str, str]:
+        """Ids among ``ids`` of ``ok`` rows of another feature version, with that version.
 
         A failed row has no features to measure again: its version does not matter.
         """
-        status, version = self.status, self.version
-        return {i: str(version.get(i)) for i in ids
-                if status.get(i) == "ok" and version.get(i) != current}
+        rows = self.rows
+        other = pc.fill_null(pc.not_equal(rows.column("feature_version"), current), True)
+        hit = rows.filter(pc.and_(pc.equal(rows.column("status"), "ok"), other))
+        return {i: v or "unknown"
+                for i, v in zip(hit.column("image_id").to_pylist(),
+                                hit.column("feature_version").to_pylist(), strict=True)
+                if i in ids}
 
-    def changed_urls(self, urls: dict[str, str]) -> set[str]:
-        """Ids whose recorded source URL differs from ``urls`` (rows without one: unknown)."""
-        known = self.source_url
-        return {i for i, url in urls.items() if (was := known.get(i)) is not None and was != url}
+    def changed_urls(self, ids: Sequence[str], urls: Sequence[str]) -> set[str]:
+        """Ids whose recorded source URL differs from their URL in ``urls`` (parallel to
+        ``ids``); rows without a recorded URL are unknown, never changed."""
+        known = self.rows.select(["image_id", "source_url"])
+        known = known.filter(pc.is_valid(known.column("source_url")))
+        if not known.num_rows:
+            return set()
+        catalog = pa.table({"image_id": pa.array(ids, pa.string()),
+                            "url": pa.array(urls, pa.string())})
+        joined = known.join(catalog, "image_id", join_type="inner")
+        moved = joined.filter(pc.not_equal(joined.column("source_url"), joined.column("url")))
+        return set(moved.column("image_id").to_pylist())
 
 
 def _read_columns(path: str | Path) -> pa.Table:
@@ -124,16 +149,17 @@ def read_row_inputs(results: str | Path, shard_dirs: Iterable[str]) -> RowInputs
     # Batches that finished after the table (a run stopped before its table) wrote their rows
     # as partial tables too: one read each instead of a read per file.
     covered: dict[str, int] = {}
+    later: list[pa.Table] = []
     for partial in sorted(Path(results, layout.BATCHES).glob("*.parquet"),
                           key=lambda p: p.stat().st_mtime_ns):
         try:
             written = partial.stat().st_mtime_ns
             if partial.name == layout.TABLE_CACHE or written < since:
                 continue
-            rows = _read_columns(partial)
+            rows = _normalised(_read_columns(partial))
         except (OSError, pa.ArrowException):
             continue
-        inputs.add(rows)
+        later.append(rows)
         covered.update(dict.fromkeys(rows.column("image_id").to_pylist(), written))
     newer = newer_row_files(shard_dirs, since, covered)
 
@@ -144,8 +170,8 @@ def read_row_inputs(results: str | Path, shard_dirs: Iterable[str]) -> RowInputs
             return None  # a damaged file: integrity checks deal with it
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for rows in pool.map(read_one, newer):
-            if rows is not None:
-                inputs.add(rows)
+        later += [_normalised(rows) for rows in pool.map(read_one, newer) if rows is not None]
+    if later:
+        inputs.add(pa.concat_tables(later))
     inputs.files_opened = len(newer)
     return inputs
