@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "rebuilds")
+    parser.add_argument("--no-table-max", type=int, default=100_000,
+                        help="measure the dry run without a table up to this many rows")
+    parser.add_argument("--no-verify", action="store_true", help="skip thumbfeat verify")
     parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
     work = args.work.resolve()
@@ -105,15 +108,17 @@ def main() -> None:
         line = plan_line(workdir)
         assert f"{stale} to measure again" in line and f"{moved} with a changed URL" in line, line
         previewed = f"{stale:,} to measure again, {moved:,} changed URLs"
-        (results / "feature_table.parquet").rename(workdir / "table-aside.parquet")
-        without = [measure(snakemake(workdir, catalog, args.cores, "-n"), workdir)
-                   for _ in range(args.repeats)]
-        (workdir / "table-aside.parquet").rename(results / "feature_table.parquet")
+        without: list[float] = []
+        if size <= args.no_table_max:
+            (results / "feature_table.parquet").rename(workdir / "table-aside.parquet")
+            without = [measure(snakemake(workdir, catalog, args.cores, "-n"), workdir).seconds
+                       for _ in range(args.repeats)]
+            (workdir / "table-aside.parquet").rename(results / "feature_table.parquet")
         rows.append(f"| {size:,} | {summary(lookups)} | {summary([m.seconds for m in dry])} | "
                     f"{max(m.peak_rss_mb for m in dry):.0f} | {previewed} | "
-                    f"{summary([m.seconds for m in without])} |")
+                    f"{summary(without) if without else 'not measured'} |")
         print(rows[-1], flush=True)
-        if not verify_lines:
+        if not verify_lines and not args.no_verify:
             files = 2 * size
             for mode, extra in (("fast (sizes and magic bytes)", ["--fast"]),
                                 ("full (decode, read, parse)", [])):

@@ -21,7 +21,7 @@ def test_without_a_table_nothing_is_known(tmp_path: Path) -> None:
     inputs = read_row_inputs(tmp_path, layout.existing_shard_dirs(tmp_path, layout.FEATURES))
     assert not inputs.from_table
     assert inputs.stale(["a"], "3") == {}
-    assert inputs.changed_urls(["a"], ["http://h/other"]) == set()
+    assert inputs.changed_urls({"a": "http://h/other"}) == set()
 
 
 def test_the_table_then_only_files_written_after_it(tmp_path: Path) -> None:
@@ -41,8 +41,9 @@ def test_the_table_then_only_files_written_after_it(tmp_path: Path) -> None:
     assert inputs.from_table and inputs.files_opened == 0
     # Only ok rows of another version are stale; rows without a URL are unknown, not changed.
     assert inputs.stale(["a", "b", "c", "d", "new"], "3") == {"a": "2"}
-    assert inputs.changed_urls(["a", "b", "c", "d", "e"],
-                               ["http://h/a", "http://h/B", "x", "y", "z"]) == {"b", "d"}
+    assert inputs.changed_urls({"a": "http://h/a", "b": "http://h/B", "c": "x", "d": "y",
+                                "e": "z"}) == {"b", "d"}
+    assert inputs.changed_urls({"b": "http://h/B"}, later_only=True) == set()
 
     # A row rewritten after the table (renamed into place, so its folder's time moves on).
     write_row(layout.feature_path(tmp_path, "b"), ok("b", "1", "http://h/B"))
@@ -52,7 +53,8 @@ def test_the_table_then_only_files_written_after_it(tmp_path: Path) -> None:
     inputs = read_row_inputs(tmp_path, shards)
     assert inputs.files_opened == 1
     assert inputs.stale(["a", "b"], "3") == {"a": "2", "b": "1"}
-    assert inputs.changed_urls(["b"], ["http://h/B"]) == set()
+    assert inputs.changed_urls({"b": "http://h/B"}) == set()
+    assert inputs.changed_urls({"b": "http://h/C"}, later_only=True) == {"b"}
 
 
 def test_the_cache_is_read_before_the_table_and_old_tables_lack_columns(tmp_path: Path) -> None:
@@ -66,7 +68,7 @@ def test_the_cache_is_read_before_the_table_and_old_tables_lack_columns(tmp_path
                                   "feature_version", pa.array(["1"], pa.string())), cache)
     inputs = read_row_inputs(tmp_path, [])
     assert inputs.stale(["a"], "3") == {"a": "1"}
-    assert inputs.changed_urls(["a"], ["http://h/other"]) == set()
+    assert inputs.changed_urls({"a": "http://h/other"}) == set()
     # A damaged cache: nothing is known (the table job rebuilds it), never an error.
     cache.write_bytes(b"garbage")
     assert not read_row_inputs(tmp_path, []).from_table

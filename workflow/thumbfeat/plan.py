@@ -173,6 +173,9 @@ class Rebuilds:
     # The feature version this code measures, and what the rows on disk were built from.
     feature_version: str = ""
     row_inputs: RowInputs | None = None
+    # Whether the last table was built for this very catalog (ids and URLs): its rows were
+    # then compared with these URLs already, and only rows written since need comparing.
+    table_of_this_catalog: bool = False
     # Cheap-check every present per-image file (when the table is built from scratch).
     check_files: bool = False
     # Force switches: measure every image again, or fetch every image again.
@@ -227,7 +230,8 @@ def plan_work(catalog: Catalog, results: str | Path, *, batch_size: int | None,
         plan.forced = "refetch"
         refetch = set(wanted)
     elif rebuilds.row_inputs is not None:
-        moved = rebuilds.row_inputs.changed_urls(catalog.ids, catalog.urls)
+        moved = rebuilds.row_inputs.changed_urls(catalog_urls,
+                                                 later_only=rebuilds.table_of_this_catalog)
         refetch = {i for i in moved if i in wanted and i in thumbs}
         plan.changed_urls = [i for i in catalog.ids if i in refetch] if refetch else []
     download = {i for i in wanted if i not in thumbs or i in redo or i in refetch}

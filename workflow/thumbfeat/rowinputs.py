@@ -12,7 +12,7 @@ account, and the next table records them.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +49,18 @@ class RowInputs:
     """
 
     rows: pa.Table = field(default_factory=SCHEMA.empty_table)
+    # The rows written after the last table (partials and per-image files), also in ``rows``.
+    later: pa.Table = field(default_factory=SCHEMA.empty_table)
     # Whether a table was found: without one nothing is known.
     from_table: bool = False
     files_opened: int = 0
 
-    def add(self, table: pa.Table) -> None:
-        """Rows written later than those held: they replace the rows of the same images."""
-        table = last_of_each(_normalised(table))
+    def add(self, table: pa.Table, *, unique: bool = False) -> None:
+        """Rows written later than those held: they replace the rows of the same images.
+
+        ``unique`` says the rows name each image once (a feature table), sparing the check.
+        """
+        table = _normalised(table) if unique else last_of_each(_normalised(table))
         if self.rows.num_rows and table.num_rows:
             replaced = pc.is_in(self.rows.column("image_id"), value_set=table.column("image_id"))
             self.rows = self.rows.filter(pc.invert(replaced))
@@ -74,18 +79,17 @@ class RowInputs:
                                 hit.column("feature_version").to_pylist(), strict=True)
                 if i in ids}
 
-    def changed_urls(self, ids: Sequence[str], urls: Sequence[str]) -> set[str]:
-        """Ids whose recorded source URL differs from their URL in ``urls`` (parallel to
-        ``ids``); rows without a recorded URL are unknown, never changed."""
-        known = self.rows.select(["image_id", "source_url"])
+    def changed_urls(self, urls: Mapping[str, str], *, later_only: bool = False) -> set[str]:
+        """Ids of ``urls`` whose recorded source URL differs from it; rows without a recorded
+        URL are unknown, never changed. ``later_only`` compares only the rows written after the
+        last table: when that table was built for the same catalog, its rows were compared
+        with these very URLs by the plan of the run that built it.
+        """
+        known = self.later if later_only else self.rows
         known = known.filter(pc.is_valid(known.column("source_url")))
-        if not known.num_rows:
-            return set()
-        catalog = pa.table({"image_id": pa.array(ids, pa.string()),
-                            "url": pa.array(urls, pa.string())})
-        joined = known.join(catalog, "image_id", join_type="inner")
-        moved = joined.filter(pc.not_equal(joined.column("source_url"), joined.column("url")))
-        return set(moved.column("image_id").to_pylist())
+        return {i for i, was in zip(known.column("image_id").to_pylist(),
+                                    known.column("source_url").to_pylist(), strict=True)
+                if i in urls and urls[i] != was}
 
 
 def _read_columns(path: str | Path) -> pa.Table:
@@ -141,7 +145,7 @@ def read_row_inputs(results: str | Path, shard_dirs: Iterable[str]) -> RowInputs
         return inputs
     try:
         since = table.stat().st_mtime_ns
-        inputs.add(_read_columns(table))
+        inputs.add(_read_columns(table), unique=True)
     except (OSError, pa.ArrowException):
         # A damaged cache is rebuilt with the table; until then nothing is known.
         return RowInputs()
@@ -172,6 +176,7 @@ def read_row_inputs(results: str | Path, shard_dirs: Iterable[str]) -> RowInputs
     with ThreadPoolExecutor(max_workers=8) as pool:
         later += [_normalised(rows) for rows in pool.map(read_one, newer) if rows is not None]
     if later:
-        inputs.add(pa.concat_tables(later))
+        inputs.later = last_of_each(pa.concat_tables(later))
+        inputs.add(inputs.later, unique=True)
     inputs.files_opened = len(newer)
     return inputs

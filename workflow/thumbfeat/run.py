@@ -198,6 +198,7 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
         remeasure=config["remeasure"],
         refetch=config["refetch"],
         force_salt=_last_table_time(context.results),
+        table_of_this_catalog=_newest_snapshot(context.results) == context.catalog_snapshot,
     )
     plan = plan_work(
         catalog,
@@ -214,6 +215,19 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
             context.feature_shard_dirs,
         )
     return plan
+
+
+def _newest_snapshot(results: str) -> str | None:
+    """The catalog snapshot the last table was built with (the table job writes one each time)."""
+    try:
+        entries = [e for e in os.scandir(layout.catalog_snapshot_dir(results))
+                   if e.name.endswith(".parquet") and not layout.is_temporary_name(e.name)]
+    except FileNotFoundError:
+        return None
+    if not entries:
+        return None
+    newest = max(entries, key=lambda e: e.stat().st_mtime_ns)
+    return f"{layout.catalog_snapshot_dir(results)}/{newest.name}"
 
 
 def _last_table_time(results: str) -> str:
