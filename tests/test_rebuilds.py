@@ -44,7 +44,8 @@ def workdir(tmp_path: Path, server: ImageServer) -> Path:
     """A finished 300-image run."""
     write_catalog(tmp_path / "catalog.csv", image_rows(server, NAMES))
     run_snakemake(tmp_path, config=config_of(tmp_path))
-    assert server.total() == 300
+    # At least one request per image (a loaded machine can drop a connection, which is retried).
+    assert server.total() >= 300
     return tmp_path
 
 
