@@ -40,6 +40,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from thumbfeat import layout  # noqa: E402
 from thumbfeat.catalog import CatalogSpec, load_catalog, write_snapshot  # noqa: E402
+from thumbfeat.features import FEATURE_VERSION  # noqa: E402
 from thumbfeat.rows import ROW_SCHEMA, failed_row, write_row  # noqa: E402
 from thumbfeat.rowscan import jemalloc_library  # noqa: E402
 from thumbfeat.table import assemble_table, write_settings_marker  # noqa: E402
@@ -116,6 +117,10 @@ def steady_state(results: Path, catalog: Path, thumb_source: Path) -> None:
                zip(ROW_SCHEMA.names, ROW_SCHEMA, strict=True)}
     columns["image_id"] = pa.array(ids)
     columns["status"] = pa.array(["ok"] * len(ids))
+    # Current rows fetched from the catalog's URLs: nothing to measure or fetch again.
+    columns["feature_version"] = pa.array([FEATURE_VERSION] * len(ids))
+    columns["source_url"] = pa.array(selected.urls)
+    columns["thumbnail_settings"] = pa.array([tag] * len(ids))
     pq.write_table(pa.table(columns, schema=ROW_SCHEMA), results / "feature_table.parquet")
     distance = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())[
         "near_duplicate_distance"]

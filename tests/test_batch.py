@@ -195,7 +195,7 @@ def test_fetch_and_measure_in_one_batch(server: ImageServer, tmp_path: Path) -> 
 def thumbnail_on_disk(tmp_path: Path, image_id: str, data: bytes) -> str:
     """A results folder holding just one thumbnail with ``data``."""
     results = str(tmp_path / "results")
-    Path(layout.thumb_path(results, image_id, TAG)).parent.mkdir(parents=True)
+    Path(layout.thumb_path(results, image_id, TAG)).parent.mkdir(parents=True, exist_ok=True)
     Path(layout.thumb_path(results, image_id, TAG)).write_bytes(data)
     return results
 
@@ -212,19 +212,27 @@ def test_measure_one_without_a_record(tmp_path: Path) -> None:
     assert (row["status"], row["error_kind"], row["retryable"]) == ("failed", "unknown", True)
 
 
-def test_measure_one_with_a_corrupt_thumbnail(tmp_path: Path) -> None:
-    results = thumbnail_on_disk(tmp_path, "x", b"\x89PNG not really")
-    outcome, _ = measure_one("x", results, TAG, MAX_PIXELS)
-    assert not outcome.ok
-    row = read_row(layout.feature_path(results, "x", TAG)).to_pylist()[0]
-    assert row["status"] == "failed"
-    assert row["error_kind"] == outcome.kind
-    assert row["retryable"] is False
+def test_measure_one_quarantines_a_thumbnail_damaged_on_disk(tmp_path: Path) -> None:
+    # A stored thumbnail decoded when fetched: failing now, it was damaged on disk. It is moved
+    # aside and recorded as a retryable failure, so the next run fetches it again.
+    for attempt in range(3):
+        results = thumbnail_on_disk(tmp_path, "x", b"\x89PNG not really")
+        outcome, _ = measure_one("x", results, TAG, MAX_PIXELS)
+        assert not outcome.ok and outcome.retryable
+        row = read_row(layout.feature_path(results, "x", TAG)).to_pylist()[0]
+        assert (row["status"], row["error_kind"], row["retryable"]) == (
+            "failed", "damaged_file", True)
+        record = read_failure(layout.failure_path(results, "x"))
+        assert record is not None and record.retryable and record.kind == "damaged_file"
+        moved = Path(results, "quarantine", "thumbs", TAG, layout.shard_of("x"),
+                     "x.img" + ("" if attempt == 0 else f".{attempt + 1}"))
+        assert moved.read_bytes() == b"\x89PNG not really"
+        assert "does not decode" in Path(f"{moved}.why").read_text()
 
 
 def test_measure_one_needs_the_thumbnail(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        measure_one("x", str(tmp_path), MAX_PIXELS)
+        measure_one("x", str(tmp_path), TAG, MAX_PIXELS)
 
 
 # A batch job as the workflow runs it, with its Snakemake process stood in for by the owner.
@@ -258,16 +266,17 @@ def test_orphaned_batch_stops_keeping_only_whole_files(tmp_path: Path) -> None:
     script.write_text(ORPHAN_JOB)
     server = ImageServer(delay=0.3).start()
     names = [f"o{i:02d}" for i in range(80)]
+    thumbs_dir = layout.stage_dir(layout.THUMBS, TAG)
     try:
         for round_ in range(3):
-            present = layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
+            present = layout.present_ids(results, thumbs_dir, layout.THUMB_SUFFIX)
             items = [(n, f"{server.base}/img/{n}.jpg") for n in names if n not in present]
             listed = tmp_path / f"items{round_}.json"
             listed.write_text(json.dumps(items))
             owner = start_owner([sys.executable, str(script), "{owner}", str(results),
                                  str(listed)])
             deadline = time.monotonic() + 60
-            while len(layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
+            while len(layout.present_ids(results, thumbs_dir, layout.THUMB_SUFFIX)
                        ) < len(present) + 8:
                 assert time.monotonic() < deadline and owner.poll() is None
                 time.sleep(0.05)
@@ -278,7 +287,7 @@ def test_orphaned_batch_stops_keeping_only_whole_files(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "the orphaned job kept running"
                 time.sleep(0.05)
 
-            thumbs = layout.present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX)
+            thumbs = layout.present_ids(results, thumbs_dir, layout.THUMB_SUFFIX)
             assert len(thumbs) < len(names)
             # Every request made became a whole thumbnail: in-flight downloads finished.
             assert server.total() == len(thumbs)
@@ -286,7 +295,8 @@ def test_orphaned_batch_stops_keeping_only_whole_files(tmp_path: Path) -> None:
             for name in thumbs:
                 with Image.open(layout.thumb_path(results, name, TAG)) as image:
                     image.load()
-            for name in layout.present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX):
+            for name in layout.present_ids(results, layout.stage_dir(layout.FEATURES, TAG),
+                                          layout.FEATURE_SUFFIX):
                 assert read_row(layout.feature_path(results, name, TAG)).num_rows == 1
             assert not (results / layout.BATCHES).exists()
             assert not list((results / layout.PROGRESS).glob("*"))
@@ -294,4 +304,3 @@ def test_orphaned_batch_stops_keeping_only_whole_files(tmp_path: Path) -> None:
             assert "gone" in Path(f"{listed}.log").read_text()
     finally:
         server.stop()
-        measure_one("x", str(tmp_path), TAG, MAX_PIXELS)

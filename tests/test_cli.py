@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from thumbfeat import layout
 from thumbfeat.cli import main
+from thumbfeat.failures import record_failure
+from thumbfeat.rows import failed_row, write_row
 
-from tests.support import TAG
+from tests.support import TAG, make_jpeg
 
 IDS = ["a", "b", "c", "d", "e", "f"]
 
@@ -227,3 +229,61 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main([])
     assert caught.value.code == 2
+
+
+def whole_results(results: Path, count: int) -> list[str]:
+    """``count`` images, each with a real thumbnail and a real feature row; every 50th failed."""
+    jpeg = make_jpeg("verify", (24, 16))
+    ids = [f"v{n:05d}" for n in range(count)]
+    for n, image_id in enumerate(ids):
+        if n % 50 == 7:
+            record_failure(str(results), image_id, "http_status", "HTTP 404", False, TAG,
+                           "http://h/x")
+            row = failed_row(image_id, "http_status", "HTTP 404", retryable=False,
+                             feature_version="3")
+        else:
+            touch(layout.thumb_path(results, image_id, TAG), jpeg)
+            row = failed_row(image_id, "none", "a stand-in row", retryable=False,
+                             feature_version="3")
+        write_row(layout.feature_path(results, image_id, TAG), row)
+    return ids
+
+
+def test_verify_finds_exactly_the_damaged_files_of_ten_thousand_images(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    ids = whole_results(results, 10_000)
+    assert main(["verify", "--results", str(results), "--workers", "2"]) == 0
+    out = capsys.readouterr()
+    assert "damaged: 0" in out.out
+    # A failed download leaves an empty thumbnail beside its record: whole.
+    assert "thumbnails 10000" in out.out and "feature rows 10000" in out.out
+    assert "failure records 200" in out.out
+    assert "files checked" in out.err  # progress
+    damaged = {
+        # cut, overwritten, emptied, half a JPEG, a record that does not parse
+        layout.feature_path(results, ids[1], TAG): lambda p: p.write_bytes(p.read_bytes()[:100]),
+        layout.thumb_path(results, ids[2], TAG): lambda p: p.write_text("not an image"),
+        layout.feature_path(results, ids[3], TAG): lambda p: p.write_bytes(b""),
+        layout.thumb_path(results, ids[4], TAG): lambda p: p.write_bytes(p.read_bytes()[:200]),
+        layout.failure_path(results, ids[7]): lambda p: p.write_text("{cut"),
+    }
+    for path, damage in damaged.items():
+        damage(Path(path))
+    assert main(["verify", "--results", str(results), "--workers", "2"]) == 1
+    out = capsys.readouterr().out
+    listed = {line.strip().split(": ")[0] for line in out.splitlines() if line.startswith("  ")}
+    assert listed == set(damaged), out
+    assert "damaged: 5 (failure records 1, feature rows 2, thumbnails 2)" in out
+    # The fast check sees all but the half JPEG (its first bytes are whole).
+    assert main(["verify", "--results", str(results), "--fast"]) == 1
+    out = capsys.readouterr().out
+    listed = {line.strip().split(": ")[0] for line in out.splitlines() if line.startswith("  ")}
+    assert listed == set(damaged) - {layout.thumb_path(results, ids[4], TAG)}
+    assert main(["verify", "--results", str(results), "--repair"]) == 0
+    assert "moved 5 to" in capsys.readouterr().out
+    for path in damaged:
+        assert not Path(path).exists()
+        assert (results / "quarantine" / Path(path).relative_to(results)).exists()
+    assert main(["verify", "--results", str(results)]) == 0
+    assert "damaged: 0" in capsys.readouterr().out

@@ -71,7 +71,8 @@ def random_rgb(width: int, height: int, seed: int = 0) -> Image.Image:
 FLOAT_COLUMNS = (
     "aspect_ratio", "brightness_mean", "brightness_p05", "brightness_p99", "contrast_rms",
     "entropy", "sharpness", "edge_density", "saturation_mean", "saturation_std", "value_mean",
-    "colorfulness",
+    "colorfulness", "dark_score", "light_score", "blurriness_score", "low_information_score",
+    "odd_aspect_score",
 )
 BOOL_COLUMNS = (
     "is_grayscale_content", "is_dark", "is_light", "is_blurry", "is_low_information",
@@ -84,7 +85,7 @@ def all_finite(result: dict[str, object]) -> bool:
 
 
 def test_columns_version_and_types() -> None:
-    assert FEATURE_VERSION == "2"
+    assert FEATURE_VERSION == "3"
     assert WORKING_SIZE == 512
     data = encode(random_rgb(320, 240), "JPEG")
     result = compute_features(decode_image(data), data)
@@ -538,6 +539,25 @@ def test_dark_light_and_low_information_flags() -> None:
     assert features_of(Image.new("RGB", (4, 4), (81, 81, 81)))["is_dark"] is True  # 0.3176
     assert features_of(Image.new("RGB", (4, 4), (243, 243, 243)))["is_light"] is True  # 0.953
     assert features_of(Image.new("RGB", (4, 4), (242, 242, 242)))["is_light"] is False  # 0.949
+
+
+def test_each_flag_is_its_stored_score_below_the_threshold() -> None:
+    photo = Image.open(DEMO_IMAGES / "rocket.jpg").convert("RGB")
+    cases = [photo, photo.filter(ImageFilter.GaussianBlur(6)), photo.resize((300, 40)),
+             Image.new("RGB", (20, 20), (0, 0, 0)), Image.new("RGB", (20, 20), (255, 255, 255))]
+    thresholds = {"is_dark": ("dark_score", 0.32), "is_light": ("light_score", 0.05),
+                  "is_blurry": ("blurriness_score", 0.29),
+                  "is_low_information": ("low_information_score", 0.3),
+                  "is_odd_aspect_ratio": ("odd_aspect_score", 0.35)}
+    seen = set()
+    for image in cases:
+        found = features_of(image)
+        for flag, (score, threshold) in thresholds.items():
+            assert found[flag] is (found[score] < threshold)
+            seen.add((flag, found[flag]))
+    # Every flag was seen both raised and not raised, so the scores are not all on one side.
+    assert seen == {(flag, value) for flag in thresholds for value in (True, False)}
+    assert features_of(photo)["dark_score"] == features_of(photo)["brightness_p99"]
 
 
 def test_low_information_uses_the_entropy_of_the_rgb_histogram() -> None:

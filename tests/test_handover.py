@@ -32,7 +32,8 @@ def test_round_trip_keeps_batches_keys_urls_and_slots(tmp_path: Path) -> None:
     assert handed.plan.batches == plan.batches
     assert [b.key for b in handed.plan.batches] == [b.key for b in plan.batches]
     assert handed.plan.urls == plan.urls
-    assert "img03" not in handed.plan.urls
+    # img03 is only measured: its URL is handed over as the source its row records.
+    assert set(handed.plan.urls) == set(plan.download) | {"img03"}
     assert handed.plan.download == plan.download
     assert handed.plan.features == plan.features
     assert handed.plan.catalog_size == 10

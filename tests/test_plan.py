@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from thumbfeat import layout
 from thumbfeat.catalog import Catalog
@@ -13,6 +14,7 @@ from thumbfeat.failures import FailureRecord, read_failure, record_failure
 from thumbfeat.layout import present_ids
 from thumbfeat.plan import (
     Batch,
+    Rebuilds,
     attempts_on_disk,
     make_batches,
     plan_work,
@@ -20,6 +22,7 @@ from thumbfeat.plan import (
     requested_image_ids,
     table_rebuild_reason,
 )
+from thumbfeat.rowinputs import RowInputs
 
 from tests.support import TAG
 
@@ -298,12 +301,6 @@ def test_plan_without_a_batch_size_sizes_batches_for_the_slots(tmp_path: Path) -
     assert [len(b.image_ids) for b in plan.batches] == [1000]
 
 
-def test_plan_keeps_urls_of_downloads_only(results: Path) -> None:
-    plan = plan_work(catalog(), results, tag=TAG, batch_size=2)
-    assert set(plan.urls) == set(plan.download)
-    assert all(url.endswith(f"{i}.jpg") for i, url in plan.urls.items())
-
-
 def test_report_warning_says_when_a_report_would_hold_no_figures(tmp_path: Path) -> None:
     results = tmp_path / "results"
     table = results / "feature_table.parquet"
@@ -346,3 +343,97 @@ def test_thumbnails_of_other_settings_are_counted_to_fetch_again(tmp_path: Path)
     back = plan_work(catalog(("a", "b", "c")), results, tag="256px-webp-q80", batch_size=10)
     assert (back.download, back.features, back.other_settings) == ([], [], [])
     assert "made with other settings" not in back.summary()
+
+
+def test_plan_keeps_urls_of_the_images_it_works_on_only(results: Path) -> None:
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=2)
+    assert set(plan.urls) == set(plan.download) | set(plan.features) == {"b", "d", "e", "f"}
+    assert all(url.endswith(f"{i}.jpg") for i, url in plan.urls.items())
+
+
+def inputs_of(rows: dict[str, tuple[str, str, str | None]]) -> RowInputs:
+    """Row inputs as the last table would give them: id -> (status, version, source URL)."""
+    inputs = RowInputs(from_table=True)
+    inputs.add(pa.table({"image_id": list(rows), "status": [r[0] for r in rows.values()],
+                         "feature_version": [r[1] for r in rows.values()],
+                         "source_url": [r[2] for r in rows.values()]}))
+    return inputs
+
+
+def test_stale_rows_are_measured_again_and_changed_urls_fetched_again(results: Path) -> None:
+    # a is done at version 2 from its catalog URL; b (thumbnail only) moved to a new URL.
+    inputs = inputs_of({"a": ("ok", "2", "http://h/a.jpg"), "b": ("ok", "3", "http://old/b"),
+                        "c": ("failed", "1", "http://h/c.jpg")})
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=10,
+                     rebuilds=Rebuilds(feature_version="3", row_inputs=inputs))
+    assert plan.remeasure == {"a": "2"}
+    assert plan.changed_urls == ["b"]
+    assert plan.download == ["b", "d", "e", "f"]
+    assert plan.features == ["a", "b", "d", "e", "f"]
+    line = plan.summary()
+    assert "download: 4 to fetch (1 with a changed URL)" in line
+    assert "features: 5 to compute, 1 to measure again (version 2 -> 3)" in line
+    # Measured again, the row is current: nothing more.
+    inputs.add(pa.table({"image_id": ["a"], "status": ["ok"], "feature_version": ["3"]}))
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=10,
+                     rebuilds=Rebuilds(feature_version="3", row_inputs=inputs))
+    assert plan.remeasure == {}
+
+
+def test_a_failure_whose_url_changed_is_retried(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    record_failure(str(results), "a", "http_status", "HTTP 404", False, TAG, url="http://old/a.jpg")
+    record_failure(str(results), "b", "http_status", "HTTP 404", False, TAG, url="http://h/b.jpg")
+    record_failure(str(results), "c", "http_status", "HTTP 404", False, TAG)  # no URL recorded
+    plan = plan_work(catalog(("a", "b", "c")), results, tag=TAG, batch_size=10)
+    assert set(plan.failed_retried) == {"a"}
+    assert set(plan.failed_kept) == {"b", "c"}
+    assert plan.download == ["a"]
+
+
+def test_force_switches(results: Path) -> None:
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=10, rebuilds=Rebuilds(remeasure=True))
+    assert plan.features == list(IDS)
+    assert plan.download == ["d", "e", "f"]
+    assert "features: 6 to compute, all of them again: remeasure=true" in plan.summary()
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=10, rebuilds=Rebuilds(refetch=True),
+                     only={"a", "b"})
+    assert plan.download == plan.features == ["a", "b"]
+    assert "download: 2 to fetch (all of them again: refetch=true)" in plan.summary()
+
+
+def test_damaged_files_found_by_the_plan_are_built_again(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    jpeg = b"\xff\xd8\xff" + b"\x00" * 20
+    for image_id in ("a", "b", "c"):
+        touch(layout.thumb_path(results, image_id, TAG), jpeg)
+        touch(layout.feature_path(results, image_id, TAG), b"PAR1" + b"\x00" * 20 + b"PAR1")
+    touch(layout.thumb_path(results, "b", TAG), b"<html>not found</html>")
+    touch(layout.feature_path(results, "c", TAG), b"PAR1" + b"\x00" * 96)
+    touch(layout.failure_path(results, "a"), b"{not json")
+    plan = plan_work(catalog(("a", "b", "c")), results, tag=TAG, batch_size=10,
+                     rebuilds=Rebuilds(check_files=True))
+    assert sorted(d.path for d in plan.damaged) == sorted([
+        layout.failure_path(results, "a"), layout.thumb_path(results, "b", TAG),
+        layout.feature_path(results, "c", TAG)])
+    # a: its record is lost, so it is tried again; b: fetched again; c: measured again.
+    assert plan.download == ["a", "b"]
+    assert plan.features == ["a", "c"]
+    assert "damaged: 3 files to quarantine and build again" in plan.summary()
+    # The plan moves nothing: that is for the run, when it starts.
+    assert Path(layout.thumb_path(results, "b", TAG)).exists()
+    # Without the check (a table exists) only the unreadable record is found.
+    plan = plan_work(catalog(("a", "b", "c")), results, tag=TAG, batch_size=10)
+    assert [d.path for d in plan.damaged] == [layout.failure_path(results, "a")]
+
+
+def test_a_forced_run_after_another_is_new_work(results: Path) -> None:
+    def keys(salt: str, **force: bool) -> list[str]:
+        plan = plan_work(catalog(), results, tag=TAG, batch_size=10,
+                         rebuilds=Rebuilds(force_salt=salt, **force))
+        return [b.key for b in plan.batches]
+
+    assert keys("1", remeasure=True) != keys("2", remeasure=True)
+    assert keys("1", refetch=True) != keys("2", refetch=True)
+    # Unforced, the same work keeps its key whatever the salt (a finished batch stays finished).
+    assert keys("1") == keys("2")

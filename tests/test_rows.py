@@ -38,6 +38,7 @@ def test_the_schema_is_outcome_features_version_and_groups_in_that_order() -> No
     outcome = ["image_id", "status", "error_kind", "error", "retryable"]
     thumbnail = [f.name for f in THUMBNAIL_FIELDS]
     assert ROW_SCHEMA.names == [*outcome, *FEATURE_COLUMNS, *thumbnail, "feature_version",
+                                "source_url",
                                 *GROUP_COLUMNS]
     for field in FEATURE_FIELDS:
         assert ROW_SCHEMA.field(field.name).type == field.type
@@ -45,7 +46,7 @@ def test_the_schema_is_outcome_features_version_and_groups_in_that_order() -> No
 
 
 def test_ok_row_round_trip(tmp_path: Path) -> None:
-    row = ok_row("img1", FEATURES, "1")
+    row = ok_row("img1", FEATURES, "1", "http://h/img1.jpg")
     assert set(row) == set(ROW_SCHEMA.names)
     path = tmp_path / "f" / "ab" / "img1.parquet"
     write_row(path, row)
@@ -61,6 +62,7 @@ def test_ok_row_round_trip(tmp_path: Path) -> None:
         "retryable": None,
         **{field.name: None for field in THUMBNAIL_FIELDS},
         "feature_version": "1",
+        "source_url": "http://h/img1.jpg",
         "exact_duplicate_group": None,
         "near_duplicate_group": None,
     }
@@ -79,6 +81,7 @@ def test_failed_row_round_trip(tmp_path: Path) -> None:
     assert got["error"] == "HTTP 404 Not Found"
     assert got["retryable"] is False
     assert got["feature_version"] == "1"
+    assert got["source_url"] is None
     assert all(got[name] is None for name in FEATURES)
 
 

@@ -41,7 +41,7 @@ def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
     results = results_of(tmp_path)
     done = Path(layout.thumb_path(results, "img03", TAG))
     done.parent.mkdir(parents=True)
-    done.write_bytes(b"jpeg")
+    done.write_bytes(b"\xff\xd8\xff jpeg")  # a JPEG by its first bytes
     run = build_run(config_for(tmp_path), REPO, MAIN, {}, results=results)
     assert run.handed is None
     assert run.catalog is not None and list(run.catalog.ids) == IDS

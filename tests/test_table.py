@@ -92,6 +92,37 @@ def test_assemble_table_names_a_missing_file(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize("count", [40, MANY_FILES + 20])
+def test_a_row_file_that_does_not_read_is_quarantined_not_fatal(tmp_path: Path,
+                                                                count: int) -> None:
+    # Both ways of reading (threads over pyarrow, DuckDB for many files); three damaged files,
+    # one of which passes the cheap check (magic bytes at both ends) but does not read.
+    ids = [f"id{n:03d}" for n in range(count)]
+    results = tmp_path / "results"
+    paths = write_rows(results, ids)
+    Path(paths[4]).write_bytes(Path(paths[4]).read_bytes()[:100])
+    Path(paths[7]).write_bytes(b"PAR1" + b"\x00" * 50 + b"PAR1")
+    Path(paths[9]).write_bytes(b"")
+    out = results / "feature_table.parquet"
+    logger = logging.getLogger("test-table")
+    assembled = table.assemble_table(ids, str(results), out, tag=TAG, threads=2, logger=logger)
+    rows = assembled.table.to_pylist()
+    assert [r["image_id"] for r in rows] == ids
+    damaged = {ids[4], ids[7], ids[9]}
+    for row in rows:
+        if row["image_id"] in damaged:
+            assert (row["status"], row["error_kind"], row["retryable"]) == (
+                "failed", "damaged_file", True)
+            assert row["thumbnail_settings"] == TAG
+        else:
+            assert row["error_kind"] != "damaged_file"
+    for n in (4, 7, 9):
+        assert not Path(paths[n]).exists()
+        kept = results / "quarantine" / Path(paths[n]).relative_to(results)
+        assert kept.exists() and Path(f"{kept}.why").read_text()
+    assert rows[3]["width"] == 4
+
+
 def set_mtime(path: Path, ns: int) -> None:
     os.utime(path, ns=(ns, ns))
 

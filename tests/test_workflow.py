@@ -284,7 +284,7 @@ def test_duplicate_groups_and_regrouping_without_remeasuring(tmp_path: Path) -> 
     table = pq.read_table(tmp_path / "results" / "feature_table.parquet")
     rows = {r["image_id"]: r for r in table.to_pylist()}
     assert {r["status"] for r in rows.values()} == {"ok"}
-    assert rows["astronaut"]["feature_version"] == "2"
+    assert rows["astronaut"]["feature_version"] == "3"
     exact = {n: r["exact_duplicate_group"] for n, r in rows.items()}
     near = {n: r["near_duplicate_group"] for n, r in rows.items()}
     assert exact == {"coffee": None, "astronaut-small": None, "astronaut": "astronaut",

@@ -29,6 +29,7 @@ for batch in RUN.plan.batches:
         params:
             sources=[(i, RUN.plan.urls[i]) for i in batch.download_ids],
             measure=list(batch.feature_ids),
+            source_urls={i: RUN.plan.urls[i] for i in batch.feature_ids},
             batch_key=batch.key,
             settings=RUN.fetch_settings,
             thumbnails=RUN.thumbnail_params,

@@ -50,7 +50,7 @@ def url_of_image(wildcards):
 
 
 onstart:
-    RUN.on_start(workflow.non_local_exec, os.environ)
+    RUN.on_start(workflow.non_local_exec, os.environ, logger)
 
 
 onsuccess:

@@ -28,4 +28,5 @@ process_batch(
     progress_interval=smk.config["progress_interval"],
     progress_path=layout.progress_path(RESULTS, smk.params.batch_key),
     owner_pid=smk.params.owner_pid,
+    source_urls=smk.params.source_urls,
 )

@@ -19,9 +19,10 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
+    CancelledError,
     Executor,
     Future,
     ProcessPoolExecutor,
@@ -45,6 +46,7 @@ from thumbfeat.fetch import (
     secret_values,
 )
 from thumbfeat.imaging import DecodedImage, ImageRejected, decode_image
+from thumbfeat.integrity import DAMAGED_KIND, Damage, quarantine
 from thumbfeat.progress import Outcome, Progress
 from thumbfeat.ratelimit import HostLimiter
 from thumbfeat.rows import failed_row, ok_row, write_partial, write_row
@@ -109,7 +111,8 @@ def download_one(session: requests.Session, image_id: str, url: str, results: st
     fetched = fetch_with_retries(session, url, settings, limiter=limiter, secrets=secrets)
     if fetched.failure is not None:
         failure = fetched.failure
-        record_failure(results, image_id, failure.kind, failure.message, failure.retryable, tag)
+        record_failure(results, image_id, failure.kind, failure.message, failure.retryable, tag,
+                       url)
         return Outcome(image_id, False, failure.kind, failure.message, failure.retryable,
                        fetched.attempts), None
     data = fetched.data or b""
@@ -117,38 +120,41 @@ def download_one(session: requests.Session, image_id: str, url: str, results: st
 
 
 def _row_of(image_id: str, decoded: DecodedImage, data: bytes, source: SourceFacts,
-            tag: str) -> Row:
+            tag: str, source_url: str | None) -> Row:
     """The row of a thumbnail (its pixels and bytes), with the facts of its source."""
     features = compute_features(decoded, data)
     return ok_row(image_id, {**features, **source.columns(), "thumbnail_settings": tag},
-                        FEATURE_VERSION)
+                  FEATURE_VERSION, source_url)
 
 
-def _failed_row(image_id: str, kind: str, error: str, retryable: bool, tag: str) -> Row:
+def _failed_row(image_id: str, kind: str, error: str, retryable: bool, tag: str,
+                source_url: str | None) -> Row:
     row = failed_row(image_id, kind, error, retryable=retryable,
-                           feature_version=FEATURE_VERSION)
+                     feature_version=FEATURE_VERSION, source_url=source_url)
     row["thumbnail_settings"] = tag
     return row
 
 
 def store_one(image_id: str, data: bytes, fetched: Outcome, results: str,
-              thumbnails: ThumbnailSettings, max_pixels: int,
-              measure: bool) -> tuple[Outcome, Outcome | None, Row | None]:
+              thumbnails: ThumbnailSettings, max_pixels: int, measure: bool,
+              source_url: str | None = None) -> tuple[Outcome, Outcome | None, Row | None]:
     """Decode downloaded bytes once, store the thumbnail and, if asked, the row measured from it.
 
     Returns how the download ended (bytes that are not a whole image fail it), and the row's
-    outcome and row when measured. The thumbnail is written before the row.
+    outcome and row when measured. The thumbnail is written before the row; ``source_url``,
+    the URL the bytes came from, is recorded in the row and in a failure record.
     """
     tag = thumbnails.tag
     try:
         thumb = make_thumbnail(data, thumbnails, max_pixels)
     except ImageRejected as rejected:
-        record_failure(results, image_id, rejected.kind, rejected.message, False, tag)
+        record_failure(results, image_id, rejected.kind, rejected.message, False, tag,
+                       source_url)
         failed = Outcome(image_id, False, rejected.kind, rejected.message, False,
                          fetched.attempts, len(data))
         if not measure:
             return failed, None, None
-        row = _failed_row(image_id, rejected.kind, rejected.message, False, tag)
+        row = _failed_row(image_id, rejected.kind, rejected.message, False, tag, source_url)
         write_row(layout.feature_path(results, image_id, tag), row)
         return failed, Outcome(image_id, False, rejected.kind, rejected.message), row
     atomic.write_bytes(layout.thumb_path(results, image_id, tag), thumb.data)
@@ -157,15 +163,17 @@ def store_one(image_id: str, data: bytes, fetched: Outcome, results: str,
     stored = Outcome(image_id, True, attempts=fetched.attempts, size=len(data))
     if not measure:
         return stored, None, None
-    row = _row_of(image_id, thumb.decoded, thumb.data, thumb.source, tag)
+    row = _row_of(image_id, thumb.decoded, thumb.data, thumb.source, tag, source_url)
     write_row(layout.feature_path(results, image_id, tag), row)
     return stored, Outcome(image_id, True, size=len(thumb.data)), row
 
 
-def measure_one(image_id: str, results: str, tag: str, max_pixels: int) -> tuple[Outcome, Row]:
+def measure_one(image_id: str, results: str, tag: str, max_pixels: int,
+                source_url: str | None = None) -> tuple[Outcome, Row]:
     """Compute and store the row of one image from its stored thumbnail (or its failure record).
 
     The stored thumbnail is exactly what a fresh download measured, so the row is the same.
+    ``source_url`` is recorded in the row, so a later change of the catalog URL is noticed.
     """
     thumb_file = Path(layout.thumb_path(results, image_id, tag))
     data = thumb_file.read_bytes()
@@ -173,10 +181,10 @@ def measure_one(image_id: str, results: str, tag: str, max_pixels: int) -> tuple
         record = read_failure(layout.failure_path(results, image_id))
         if record is None:
             kind, error, retryable = "unknown", "download failed; its record is lost", True
-            record_failure(results, image_id, kind, error, retryable, tag)
+            record_failure(results, image_id, kind, error, retryable, tag, source_url)
         else:
             kind, error, retryable = record.kind, record.error, record.retryable
-        row = _failed_row(image_id, kind, error, retryable, tag)
+        row = _failed_row(image_id, kind, error, retryable, tag, source_url)
         outcome = Outcome(image_id, False, kind, error, retryable)
     else:
         # A download that succeeded after a failure removes the record; a kill in between can
@@ -186,23 +194,48 @@ def measure_one(image_id: str, results: str, tag: str, max_pixels: int) -> tuple
         try:
             decoded = decode_image(data, max_pixels=max_pixels)
         except ImageRejected as rejected:
-            row = _failed_row(image_id, rejected.kind, rejected.message, False, tag)
-            outcome = Outcome(image_id, False, rejected.kind, rejected.message)
+            kind, error, retryable = damaged_thumbnail(results, image_id, tag, rejected,
+                                                       source_url)
+            row = _failed_row(image_id, kind, error, retryable, tag, source_url)
+            outcome = Outcome(image_id, False, kind, error, retryable)
         else:
-            row = _row_of(image_id, decoded, data, stored_source_facts(data, decoded), tag)
+            row = _row_of(image_id, decoded, data, stored_source_facts(data, decoded), tag,
+                          source_url)
             outcome = Outcome(image_id, True, size=len(data))
     write_row(layout.feature_path(results, image_id, tag), row)
     return outcome, row
 
 
+def damaged_thumbnail(results: str, image_id: str, tag: str, rejected: ImageRejected,
+                      source_url: str | None = None) -> tuple[str, str, bool]:
+    """The failure of a stored thumbnail that does not decode: kind, message, retryable.
+
+    Every stored thumbnail decoded when it was made, so one that fails now (other than by the
+    pixel limit, a setting) was damaged on disk: it is moved to quarantine and recorded as a
+    retryable failure, which the next run fetches again.
+    """
+    if rejected.kind == "decompression_bomb":
+        return rejected.kind, rejected.message, False
+    path = layout.thumb_path(results, image_id, tag)
+    quarantine(results, Damage(path, f"does not decode ({rejected.kind}: {rejected.message})"),
+               logging.getLogger("thumbfeat.batch"))
+    kind, error = DAMAGED_KIND, "its stored thumbnail no longer decoded and was moved to quarantine"
+    record_failure(results, image_id, kind, error, True, tag, source_url)
+    return kind, error, True
+
+
 @dataclass(frozen=True)
 class Work:
-    """One image handed to a measuring process: fresh bytes to store, or a stored thumbnail."""
+    """One image handed to a measuring process: fresh bytes to store, or a stored thumbnail.
+
+    ``source_url`` is the URL its row records as its source.
+    """
 
     image_id: str
     data: bytes | None = None
     fetched: Outcome | None = None
     measure: bool = True
+    source_url: str | None = None
 
 
 Done = tuple[Outcome | None, Outcome | None, Row | None]
@@ -228,9 +261,10 @@ def finish_many(work: Sequence[Work], results: str, thumbnails: ThumbnailSetting
     for item in work:
         if item.data is not None and item.fetched is not None:
             done.append(store_one(item.image_id, item.data, item.fetched, results, thumbnails,
-                                  max_pixels, item.measure))
+                                  max_pixels, item.measure, item.source_url))
         else:
-            outcome, row = measure_one(item.image_id, results, thumbnails.tag, max_pixels)
+            outcome, row = measure_one(item.image_id, results, thumbnails.tag, max_pixels,
+                                       item.source_url)
             done.append((item.fetched, outcome, row))
     return done
 
@@ -239,7 +273,8 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                   settings: FetchSettings, *, thumbnails: ThumbnailSettings, threads: int,
                   max_pixels: int, manifest_path: str, partial_path: str, batch_key: str,
                   logger: logging.Logger, progress_interval: float = 10.0,
-                  progress_path: str | None = None, owner_pid: int | None = None) -> Progress:
+                  progress_path: str | None = None, owner_pid: int | None = None,
+                  source_urls: Mapping[str, str] | None = None) -> Progress:
     """Download ``download`` (id, URL pairs) and measure ``measure`` (ids), overlapping the two.
 
     Download threads only fetch bytes; the measuring processes decode them once, store the
@@ -247,7 +282,8 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     thumbnail and is measured from it at once. Work in flight is bounded (a few tasks per
     process; downloads wait while fetched bytes queue up for the processes), so memory and the
     cost of waiting stay small however large the batch. A job whose Snakemake process
-    (``owner_pid``) ends stops as if cancelled (see thumbfeat.lineage).
+    (``owner_pid``) ends stops as if cancelled (see thumbfeat.lineage). ``source_urls`` gives
+    the URL each measured image's row records as its source (a download's own URL otherwise).
     """
     progress = Progress(logger, progress_interval, len(download), len(measure), label=batch_key,
                         state_path=progress_path)
@@ -257,8 +293,11 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     secrets = secret_values(session, settings)
     limiter = host_limiter(settings)
     to_measure = set(measure)
+    # The URL each row records: a download's own URL, else the one handed in.
+    urls = {**(source_urls or {}), **dict(download)}
     downloading = {image_id for image_id, _ in download}
-    ready: deque[Work] = deque(Work(i) for i in measure if i not in downloading)
+    ready: deque[Work] = deque(Work(i, source_url=urls.get(i))
+                               for i in measure if i not in downloading)
     rows: list[Row] = []
     workers = max(1, threads)
     if measure or download:
@@ -271,6 +310,8 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     fetcher = ThreadPoolExecutor(max_workers=max(1, settings.concurrency))
     in_flight: set[Future[Any]] = set()
     measuring: set[Future[Any]] = set()
+    # The images each measuring task was given, until it is done.
+    chunks: dict[Future[Any], list[Work]] = {}
     sources = iter(download)
     fetch_slots = max(1, settings.concurrency) * 2
     queued_bytes = 0
@@ -292,6 +333,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                     queued_bytes -= sum(len(work.data or b"") for work in chunk)
                     future = measurer.submit(finish_many, chunk, results, thumbnails, max_pixels)
                     measuring.add(future)
+                    chunks[future] = chunk
                     in_flight.add(future)
                 if not in_flight:
                     break
@@ -300,6 +342,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                 for future in done:
                     if future in measuring:
                         measuring.discard(future)
+                        del chunks[future]
                         for fetched, measured, row in future.result():
                             if fetched is not None:
                                 progress.download.add(fetched)
@@ -311,15 +354,19 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                     outcome, data = future.result()
                     wanted = outcome.image_id in to_measure
                     if data is not None:
-                        ready.append(Work(outcome.image_id, data, outcome, wanted))
+                        ready.append(Work(outcome.image_id, data, outcome, wanted,
+                                          urls.get(outcome.image_id)))
                         queued_bytes += len(data)
                         continue
                     progress.download.add(outcome)
                     if wanted:
                         # Its failure record and empty thumbnail are written: the row follows.
-                        ready.append(Work(outcome.image_id))
+                        ready.append(Work(outcome.image_id,
+                                          source_url=urls.get(outcome.image_id)))
                 progress.tick()
     except KeyboardInterrupt:
+        keep_fetched(fetcher, in_flight - measuring, chunks, ready, results, thumbnails,
+                     max_pixels, logger)
         # A stopped job no longer runs: `thumbfeat status` must not count it as running.
         progress.finish()
         raise
@@ -340,6 +387,38 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     return progress
 
 
+def keep_fetched(fetcher: Executor, fetching: set[Future[Any]],
+                 chunks: dict[Future[Any], list[Work]], ready: deque[Work], results: str,
+                 thumbnails: ThumbnailSettings, max_pixels: int,
+                 logger: logging.Logger) -> None:
+    """On a stop, store every image whose bytes were fetched, so no request made is wasted.
+
+    Downloads already under way finish (none starts); measuring tasks under way finish, and the
+    bytes of tasks that did not run, of tasks whose process died and of images still queued
+    are stored here as thumbnails (without their rows: the next run measures the stored
+    thumbnails, with no request).
+    """
+    fetcher.shutdown(wait=True, cancel_futures=True)
+    left = [work for work in ready if work.data is not None and work.fetched is not None]
+    for future in fetching:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            outcome, data = future.result()
+            if data is not None:
+                left.append(Work(outcome.image_id, data, outcome, False))
+    for future, chunk in chunks.items():
+        future.cancel()
+        try:
+            future.result()
+        except (CancelledError, Exception):  # not run, or its process died with the stop
+            left += [work for work in chunk if work.data is not None and work.fetched is not None]
+    for work in left:
+        if work.data is not None and work.fetched is not None:
+            store_one(work.image_id, work.data, work.fetched, results, thumbnails, max_pixels,
+                      False, work.source_url)
+    if left:
+        logger.info("stopping: stored the %d fetched images not yet stored", len(left))
+
+
 def _local_write_error(exc: OSError, logger: logging.Logger) -> LocalWriteError:
     """Say plainly that the disk, not an image, failed, and that finished files are safe."""
     where = f" ({exc.filename})" if exc.filename else ""
@@ -358,7 +437,7 @@ def finish_one(image_id: str, url: str, results: str, settings: FetchSettings,
     """
     tag = thumbnails.tag
     if measure and os.path.exists(layout.thumb_path(results, image_id, tag)):
-        return measure_one(image_id, results, tag, max_pixels)[0]
+        return measure_one(image_id, results, tag, max_pixels, url)[0]
     session = make_session(settings)
     limiter = host_limiter(settings)
     try:
@@ -369,8 +448,8 @@ def finish_one(image_id: str, url: str, results: str, settings: FetchSettings,
         session.close()
     if data is None:
         if measure:
-            return measure_one(image_id, results, tag, max_pixels)[0]
+            return measure_one(image_id, results, tag, max_pixels, url)[0]
         return fetched
     stored, measured, _ = store_one(image_id, data, fetched, results, thumbnails, max_pixels,
-                                    measure)
+                                    measure, url)
     return measured or stored

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from thumbfeat import layout
+from thumbfeat import integrity, layout
 from thumbfeat.catalog import (
     SAFE_ID,
     CatalogError,
@@ -160,6 +161,59 @@ def path_report(results: str, image_id: str, tag: str | None = None) -> str:
     return "\n".join(paths)
 
 
+def verify(results: Path, *, fast: bool, repair: bool, workers: int,
+           progress_every: float = 2.0) -> tuple[str, int]:
+    """Check every per-image file; the report and the exit status (1: damage left in place).
+
+    Progress goes to stderr at most every ``progress_every`` seconds.
+    """
+    paths = list(integrity.per_image_files(results))
+    kinds = Counter(_stage_of(p) for p in paths)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= progress_every or done == total:
+            last[0] = now
+            print(f"thumbfeat verify: {done}/{total} files checked", file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    damaged = integrity.check_files(paths, fast=fast, workers=workers, on_progress=progress)
+    seconds = time.monotonic() - started
+    depth = "sizes and magic bytes" if fast else "read in full"
+    lines = [f"checked {len(paths)} files ({depth}) in {seconds:.1f} s: "
+             + counts_text(kinds),
+             f"damaged: {len(damaged)}"
+             + (f" ({counts_text(Counter(_stage_of(d.path) for d in damaged))})" if damaged
+                else "")]
+    lines += [f"  {d.path}: {d.reason}" for d in damaged]
+    if damaged and repair:
+        moved = integrity.quarantine_all(results, damaged)
+        lines.append(f"moved {len(moved)} to {results / integrity.QUARANTINE}; the next run "
+                     "builds them again")
+        return "\n".join(lines), 0
+    if damaged:
+        lines.append("run `thumbfeat verify --repair` to move them to quarantine, so the next "
+                     "run builds them again")
+    return "\n".join(lines), 1 if damaged else 0
+
+
+STAGE_NAMES = {layout.THUMBS: "thumbnails", layout.FEATURES: "feature rows",
+               layout.FAILED: "failure records"}
+
+
+def _stage_of(path: str) -> str:
+    """The kind of a per-image file, as the verify report counts them.
+
+    Thumbnails and rows sit one folder deeper than failure records (in their settings folder).
+    """
+    parents = Path(path).parents
+    for folder in (parents[1].name, parents[2].name):
+        if folder in STAGE_NAMES:
+            return STAGE_NAMES[folder]
+    return parents[1].name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thumbfeat", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("--thumbnails", metavar="SETTINGS",
                              help="the thumbnail settings folder to look at (default: the one "
                                   "written last, e.g. 512px-jpeg-q85)")
+    check = commands.add_parser(
+        "verify", help="check that every per-image file is whole (thumbnails decode, rows read, "
+                       "failure records parse)")
+    check.add_argument("--results", type=Path, default=Path("results"))
+    check.add_argument("--fast", action="store_true",
+                       help="check only sizes and magic bytes (no decoding, no Parquet read)")
+    check.add_argument("--repair", action="store_true",
+                       help="move damaged files to results/quarantine/ so the next run "
+                            "builds them again")
+    check.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="processes checking files (default: one per core)")
     commands.add_parser("warm", help="compile the feature kernels now (done once per machine; "
                                      "batch jobs then load them)")
     args = parser.parse_args(argv)
@@ -192,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"feature kernels ready in {warm_kernels():.1f} s")
         return 0
+    if args.command == "verify":
+        report, code = verify(args.results, fast=args.fast, repair=args.repair,
+                              workers=max(1, args.workers))
+        print(report)
+        return code
     try:
         if args.command == "status":
             spec = (CatalogSpec(args.catalog, args.id_column,

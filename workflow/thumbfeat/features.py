@@ -63,7 +63,7 @@ from thumbfeat.imaging import DecodedImage
 from thumbfeat.resample import resize_gray_like_pillow
 from thumbfeat.runtime import tune_for_measuring
 
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"
 
 WORKING_SIZE = 512
 
@@ -151,6 +151,12 @@ FEATURE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("is_blurry", pa.bool_()),
     pa.field("is_low_information", pa.bool_()),
     pa.field("is_odd_aspect_ratio", pa.bool_()),
+    # the scores the flags compare with their thresholds (version 3)
+    pa.field("dark_score", pa.float64()),
+    pa.field("light_score", pa.float64()),
+    pa.field("blurriness_score", pa.float64()),
+    pa.field("low_information_score", pa.float64()),
+    pa.field("odd_aspect_score", pa.float64()),
     # provenance
     pa.field("pillow_version", pa.string()),
     pa.field("numpy_version", pa.string()),
@@ -602,16 +608,26 @@ def blurry_score(blurriness: float, histogram_std: float) -> float:
 
 
 def flags(pixels: Pixels, found: Features) -> Features:
-    """CleanVision's per-image issue flags, each ``score < default threshold``."""
+    """CleanVision's per-image issue flags, each ``score < default threshold``, with the scores.
+
+    The scores are kept beside the flags so users can choose thresholds of their own.
+    """
     width, height = found["width"], found["height"]
     rgb_entropy = entropy_bits(np.asarray(pixels.rgb_image.histogram(), dtype=np.int64))
+    scores = {
+        "dark_score": found["brightness_p99"],
+        "light_score": 1 - found["brightness_p05"],
+        "blurriness_score": blurry_score(*cleanvision_blurriness(pixels)),
+        "low_information_score": min(1.0, LOW_INFORMATION_NORMALIZING * rgb_entropy),
+        "odd_aspect_score": min(width / height, height / width),
+    }
     return {
-        "is_dark": found["brightness_p99"] < DARK_THRESHOLD,
-        "is_light": 1 - found["brightness_p05"] < LIGHT_THRESHOLD,
-        "is_blurry": blurry_score(*cleanvision_blurriness(pixels)) < BLURRY_THRESHOLD,
-        "is_low_information": min(1.0, LOW_INFORMATION_NORMALIZING * rgb_entropy)
-        < LOW_INFORMATION_THRESHOLD,
-        "is_odd_aspect_ratio": min(width / height, height / width) < ODD_ASPECT_THRESHOLD,
+        "is_dark": scores["dark_score"] < DARK_THRESHOLD,
+        "is_light": scores["light_score"] < LIGHT_THRESHOLD,
+        "is_blurry": scores["blurriness_score"] < BLURRY_THRESHOLD,
+        "is_low_information": scores["low_information_score"] < LOW_INFORMATION_THRESHOLD,
+        "is_odd_aspect_ratio": scores["odd_aspect_score"] < ODD_ASPECT_THRESHOLD,
+        **scores,
     }
 
 

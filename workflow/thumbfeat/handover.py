@@ -23,7 +23,7 @@ from thumbfeat import atomic
 from thumbfeat.plan import Batch, WorkPlan
 
 ENV_VAR = "THUMBFEAT_HANDED_PLAN"
-FORMAT = 3
+FORMAT = 4
 # Handover files of runs that were killed before they could remove theirs are removed after this.
 STALE_AFTER_S = 7 * 24 * 3600
 
@@ -45,7 +45,7 @@ def encode(plan: WorkPlan, catalog_digest: str, slots: int) -> bytes:
     batches = [
         {"number": b.number, "image_ids": list(b.image_ids),
          "download_ids": list(b.download_ids), "feature_ids": list(b.feature_ids),
-         "attempt": b.attempt, "tag": b.tag}
+         "attempt": b.attempt, "tag": b.tag, "salt": b.salt}
         for b in plan.batches
     ]
     document = {"format": FORMAT, "catalog_size": plan.catalog_size,
@@ -58,10 +58,13 @@ def decode(data: bytes) -> HandedPlan:
     document = json.loads(data)
     if document.get("format") != FORMAT:
         raise ValueError(f"unknown format {document.get('format')!r}")
+    urls = dict(document["urls"])
     batches = [
         Batch(number=int(b["number"]), image_ids=tuple(b["image_ids"]),
               download_ids=tuple(b["download_ids"]), feature_ids=tuple(b["feature_ids"]),
-              attempt=int(b["attempt"]), tag=str(b["tag"]))
+              attempt=int(b["attempt"]), tag=str(b["tag"]),
+              download_urls=tuple(urls[i] for i in b["download_ids"]),
+              salt=str(b["salt"]))
         for b in document["batches"]
     ]
     plan = WorkPlan(
@@ -69,7 +72,7 @@ def decode(data: bytes) -> HandedPlan:
         download=[i for b in batches for i in b.download_ids],
         features=[i for b in batches for i in b.feature_ids],
         batches=batches,
-        urls=dict(document["urls"]),
+        urls=urls,
     )
     return HandedPlan(plan=plan, catalog_digest=str(document["catalog_digest"]),
                       slots=int(document["slots"]))

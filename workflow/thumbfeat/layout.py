@@ -41,6 +41,9 @@ REPORT_OUTPUTS = {
 ORIGINALS_TAG = "original"
 """The settings folder of images kept as served (``max_side: null`` or ``format: source``)."""
 
+# The last table, kept under BATCHES as the starting point of the next assembly.
+TABLE_CACHE = "table-cache.parquet"
+
 THUMB_SUFFIX = ".img"
 FEATURE_SUFFIX = ".parquet"
 FAILURE_SUFFIX = ".json"

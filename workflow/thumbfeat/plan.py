@@ -16,6 +16,12 @@ however often it repeats. The attempt is read from disk like the rest of the pla
 writes nothing and computes the same keys as the real run after it, and cluster jobs are handed
 the keys of the run that submitted them (see thumbfeat.handover). Manifests of earlier attempts
 are kept: they are the record of what each run did (`thumbfeat status`, run statistics).
+
+Like Make, an image is also built again when what its files were built from changed (see
+thumbfeat.rowinputs): a row of another feature version is measured again from its thumbnail, and
+an image whose catalog URL differs from the one it was fetched from is fetched again. A per-image
+file found damaged (thumbfeat.integrity) is built again too; the run moves it to the quarantine
+folder before its first job (a dry run moves nothing).
 """
 
 from __future__ import annotations
@@ -23,14 +29,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 from thumbfeat import layout
 from thumbfeat.catalog import Catalog
-from thumbfeat.failures import FailureRecord, read_failures
+from thumbfeat.failures import FailureRecord, read_failure_records
+from thumbfeat.integrity import Damage, cheap_damage
+from thumbfeat.rowinputs import RowInputs
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,10 @@ class Batch:
     attempt: int = 1
     # The thumbnail settings it works under: the same images under other settings are other work.
     tag: str = ""
+    # The URLs of download_ids, in order: fetching an image from a new URL is new work.
+    download_urls: tuple[str, ...] = ()
+    # Set by a forced run (see Rebuilds.force_salt): forcing again is new work too.
+    salt: str = ""
 
     @cached_property
     def work_key(self) -> str:
@@ -53,6 +65,10 @@ class Batch:
         for group in (self.download_ids, self.feature_ids, (self.tag,)):
             hasher.update("\n".join(group).encode("utf-8"))
             hasher.update(b"\x00")
+        if self.download_urls:
+            hasher.update("\n".join(self.download_urls).encode("utf-8"))
+        if self.salt:
+            hasher.update(b"\x00" + self.salt.encode("utf-8"))
         return f"{self.number:05d}-{hasher.hexdigest()[:12]}"
 
     @cached_property
@@ -97,25 +113,56 @@ class WorkPlan:
     # Images to download whose thumbnails exist, made with other thumbnail settings.
     other_settings: list[str] = field(default_factory=list)
     batches: list[Batch] = field(default_factory=list)
-    # URLs of the images to download, and only those: a finished catalog costs no lookup table.
+    # URLs of the images to download or measure, and only those: a finished catalog costs no
+    # lookup table.
     urls: dict[str, str] = field(default_factory=dict)
     # Why the feature table will be rebuilt ("" when it is up to date, None when not asked for);
     # set by the workflow with table_rebuild_reason, which knows the table's paths.
     table_reason: str | None = None
+    # Images measured again because their row is of another feature version (id -> that version),
+    # and the version they are measured at.
+    remeasure: dict[str, str] = field(default_factory=dict)
+    feature_version: str = ""
+    # Images fetched again because their catalog URL changed since they were fetched.
+    changed_urls: list[str] = field(default_factory=list)
+    # Per-image files found damaged: moved to quarantine when the run starts, then built again.
+    damaged: list[Damage] = field(default_factory=list)
+    # The force switch in effect ("refetch" or "remeasure"), "" for none.
+    forced: str = ""
+
+    def stage_notes(self) -> tuple[str, str]:
+        """What the download and features counts include beyond missing files, for the preview."""
+        fetch_notes, measure_notes = [], []
+        if self.forced == "refetch":
+            fetch_notes.append("all of them again: refetch=true")
+        elif self.forced == "remeasure":
+            measure_notes.append("all of them again: remeasure=true")
+        if self.changed_urls:
+            fetch_notes.append(f"{len(self.changed_urls)} with a changed URL")
+        if self.remeasure:
+            old = ", ".join(sorted(set(self.remeasure.values())))
+            measure_notes.append(f"{len(self.remeasure)} to measure again "
+                                 f"(version {old} -> {self.feature_version})")
+        return "; ".join(fetch_notes), "; ".join(measure_notes)
 
     def summary(self) -> str:
         """One line a person reads before a run (and in a dry run) to know what is left."""
         kept = len(self.failed_kept)
         retried = len(self.failed_retried)
+        fetch_notes, measure_notes = self.stage_notes()
         parts = [
             f"{self.catalog_size} images in the catalog",
-            f"download: {len(self.download)} to fetch",
+            f"download: {len(self.download)} to fetch"
+            + (f" ({fetch_notes})" if fetch_notes else ""),
             *([f"thumbnails: {len(self.other_settings)} made with other settings, to fetch again"]
               if self.other_settings else []),
-            f"features: {len(self.features)} to compute",
+            f"features: {len(self.features)} to compute"
+            + (f", {measure_notes}" if measure_notes else ""),
             f"failed: {kept} kept as failed" + (f", {retried} to retry" if retried else ""),
             f"{len(self.batches)} batches",
         ]
+        if self.damaged:
+            parts.append(f"damaged: {len(self.damaged)} files to quarantine and build again")
         if self.table_reason is not None:
             parts.append(f"table: will be rebuilt ({self.table_reason})" if self.table_reason
                          else "table: up to date")
@@ -123,7 +170,8 @@ class WorkPlan:
 
 
 def make_batches(ordered_ids: Iterable[str], download: Collection[str],
-                 features: Collection[str], batch_size: int, tag: str = "") -> list[Batch]:
+                 features: Collection[str], batch_size: int, tag: str = "",
+                 urls: Mapping[str, str] | None = None, salt: str = "") -> list[Batch]:
     """Group images with work left into batches in catalog order: appended rows batch together."""
     work = [i for i in ordered_ids if i in download or i in features]
     batches = []
@@ -135,6 +183,8 @@ def make_batches(ordered_ids: Iterable[str], download: Collection[str],
             download_ids=tuple(i for i in members if i in download),
             feature_ids=tuple(i for i in members if i in features),
             tag=tag,
+            download_urls=tuple(urls[i] for i in members if i in download) if urls else (),
+            salt=salt,
         ))
     return batches
 
@@ -167,9 +217,30 @@ def auto_batch_size(work: int, slots: int) -> int:
     return max(AUTO_BATCH_MIN, math.ceil(work / batches))
 
 
+@dataclass(frozen=True)
+class Rebuilds:
+    """What besides missing files makes the plan build an image again (see plan_work)."""
+
+    # The feature version this code measures, and what the rows on disk were built from.
+    feature_version: str = ""
+    row_inputs: RowInputs | None = None
+    # Whether the last table was built for this very catalog (ids and URLs): its rows were
+    # then compared with these URLs already, and only rows written since need comparing.
+    table_of_this_catalog: bool = False
+    # Cheap-check every present per-image file (when the table is built from scratch).
+    check_files: bool = False
+    # Force switches: measure every image again, or fetch every image again.
+    remeasure: bool = False
+    refetch: bool = False
+    # What makes a forced run's batches differ from the last forced run's (the time of the last
+    # table): the same forced work again would otherwise find its manifests already there.
+    force_salt: str = ""
+
+
 def plan_work(catalog: Catalog, results: str | Path, *, tag: str, batch_size: int | None,
               slots: int = 1, retry_failed: bool = False,
-              only: Collection[str] | None = None) -> WorkPlan:
+              only: Collection[str] | None = None,
+              rebuilds: Rebuilds = Rebuilds()) -> WorkPlan:
     """Compare the catalog with the disk and say what each stage still has to do.
 
     ``batch_size`` None sizes batches for ``slots`` jobs running at once (see auto_batch_size).
@@ -183,27 +254,62 @@ def plan_work(catalog: Catalog, results: str | Path, *, tag: str, batch_size: in
     thumbs = layout.present_ids(results, layout.stage_dir(layout.THUMBS, tag), layout.THUMB_SUFFIX)
     features = layout.present_ids(results, layout.stage_dir(layout.FEATURES, tag),
                                   layout.FEATURE_SUFFIX)
-    failures = read_failures(results, wanted)
-    plan = WorkPlan(catalog_size=len(catalog))
+    failures, unreadable = read_failure_records(results, wanted)
+    plan = WorkPlan(catalog_size=len(catalog), feature_version=rebuilds.feature_version)
+    catalog_urls = dict(zip(catalog.ids, catalog.urls, strict=True))
     redo: set[str] = set()
     for image_id, record in failures.items():
-        if retry_failed or record.retryable:
+        if retry_failed or record.retryable or (
+                record.url is not None and record.url != catalog_urls[image_id]):
             plan.failed_retried[image_id] = record
             redo.add(image_id)
         else:
             plan.failed_kept[image_id] = record
-    download = {i for i in wanted if i not in thumbs or i in redo}
-    compute = {i for i in wanted if i not in features or i in redo}
+    damaged = [Damage(layout.failure_path(results, i), "the failure record does not parse")
+               for i in unreadable]
+    redo.update(unreadable)
+    if rebuilds.check_files:
+        found = cheap_damage(results, sorted(wanted & thumbs), sorted(wanted & features), tag)
+        damaged += found
+        bad_thumbs = {layout.image_id_of_target(d.path) for d in found
+                      if d.path.endswith(layout.THUMB_SUFFIX)}
+        bad_rows = {layout.image_id_of_target(d.path) for d in found
+                    if d.path.endswith(layout.FEATURE_SUFFIX)}
+        thumbs = thumbs - bad_thumbs
+        features = features - bad_rows
+    plan.damaged = damaged
+    refetch: set[str] = set()
+    if rebuilds.refetch:
+        plan.forced = "refetch"
+        refetch = set(wanted)
+    elif rebuilds.row_inputs is not None:
+        moved = rebuilds.row_inputs.changed_urls(catalog_urls,
+                                                 later_only=rebuilds.table_of_this_catalog)
+        refetch = {i for i in moved if i in wanted and i in thumbs}
+        plan.changed_urls = [i for i in catalog.ids if i in refetch] if refetch else []
+    download = {i for i in wanted if i not in thumbs or i in redo or i in refetch}
+    compute = {i for i in wanted if i not in features or i in redo or i in refetch}
+    if rebuilds.remeasure:
+        plan.forced = plan.forced or "remeasure"
+        compute = set(wanted)
+    elif rebuilds.row_inputs is not None:
+        stale = rebuilds.row_inputs.stale(wanted & features - compute, rebuilds.feature_version)
+        plan.remeasure = stale
+        compute |= stale.keys()
     ordered = [i for i in catalog.ids if i in wanted]
     plan.download = [i for i in ordered if i in download]
     plan.features = [i for i in ordered if i in compute]
     if download - redo:
         elsewhere = layout.thumbs_made_elsewhere(results, tag)
-        plan.other_settings = [i for i in plan.download if i in elsewhere and i not in redo]
-    plan.urls = {i: u for i, u in zip(catalog.ids, catalog.urls, strict=True) if i in download}
+        plan.other_settings = [i for i in plan.download
+                               if i in elsewhere and i not in redo and i not in refetch]
+    # The URL of every image a batch handles: fetched from, or recorded as its row's source.
+    plan.urls = {i: catalog_urls[i] for i in download | compute}
     work = len(download | compute)
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)
-    plan.batches = next_attempts(make_batches(ordered, download, compute, size, tag),
+    salt = rebuilds.force_salt if plan.forced else ""
+    plan.batches = next_attempts(make_batches(ordered, download, compute, size, tag, plan.urls,
+                                              salt),
                                  layout.manifest_keys(results))
     return plan
 

@@ -35,25 +35,29 @@ ROW_SCHEMA = pa.schema(
         *FEATURE_FIELDS,
         *THUMBNAIL_FIELDS,
         pa.field("feature_version", pa.string()),
+        # The URL the image's thumbnail was fetched from: a changed catalog URL fetches it again.
+        pa.field("source_url", pa.string()),
         *(pa.field(name, pa.string()) for name in GROUP_COLUMNS),
     ]
 )
 
 
-def ok_row(image_id: str, features: dict[str, object], feature_version: str) -> dict[str, object]:
+def ok_row(image_id: str, features: dict[str, object], feature_version: str,
+           source_url: str | None = None) -> dict[str, object]:
     """The row of an image whose features were computed."""
     row: dict[str, object] = {name: None for name in ROW_SCHEMA.names}
     row.update(features)
-    row.update(image_id=image_id, status=STATUS_OK, feature_version=feature_version)
+    row.update(image_id=image_id, status=STATUS_OK, feature_version=feature_version,
+               source_url=source_url)
     return row
 
 
 def failed_row(image_id: str, kind: str, error: str, *, retryable: bool,
-               feature_version: str) -> dict[str, object]:
+               feature_version: str | None, source_url: str | None = None) -> dict[str, object]:
     """The row of an image that could not be fetched or decoded."""
     row: dict[str, object] = {name: None for name in ROW_SCHEMA.names}
     row.update(image_id=image_id, status=STATUS_FAILED, error_kind=kind, error=error,
-               retryable=retryable, feature_version=feature_version)
+               retryable=retryable, feature_version=feature_version, source_url=source_url)
     return row
 
 

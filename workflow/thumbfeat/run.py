@@ -11,12 +11,13 @@ run-level paths. A cluster job does not plan: it follows the plan its main proce
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thumbfeat import handover, layout
+from thumbfeat import handover, integrity, layout
 from thumbfeat.catalog import Catalog, CatalogError, CatalogSpec, load_catalog, url_warnings
 from thumbfeat.config import (
     ConfigError,
@@ -27,8 +28,10 @@ from thumbfeat.config import (
     warehouse_settings,
 )
 from thumbfeat.dbcatalog import CatalogKey
+from thumbfeat.features import FEATURE_VERSION
 from thumbfeat.plan import (
     Batch,
+    Rebuilds,
     WorkPlan,
     plan_work,
     report_warning,
@@ -36,6 +39,7 @@ from thumbfeat.plan import (
     table_rebuild_reason,
 )
 from thumbfeat.ratelimit import rate_share
+from thumbfeat.rowinputs import read_row_inputs
 from thumbfeat.thumbnail import ThumbnailSettings, thumbnail_settings
 
 # Everything build_run raises for a user's input: the workflow turns these into one clear message.
@@ -154,8 +158,14 @@ class RunContext:
         except ValueError:
             raise UnknownImageError(f"image {image_id!r} is not in the catalog") from None
 
-    def on_start(self, non_local_exec: bool, environ: MutableMapping[str, str]) -> None:
-        """Before the first job: hand cluster jobs this run's plan (see thumbfeat.handover)."""
+    def on_start(self, non_local_exec: bool, environ: MutableMapping[str, str],
+                  logger: Any = None) -> None:
+        """Before the first job: move the damaged files the plan found to the quarantine folder
+        (their images are in the plan's work), and hand cluster jobs this run's plan (see
+        thumbfeat.handover). Snakemake calls this in real runs only, so a dry run moves nothing.
+        """
+        if self.handed is None:
+            integrity.quarantine_all(self.results, self.plan.damaged, logger)
         if non_local_exec and self.handed is None:
             path = handover.save(Path(".snakemake", "thumbfeat"), self.plan,
                                  self.catalog_digest, self.slots)
@@ -200,10 +210,14 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
             results, layout.stage_dir(layout.FEATURES, thumbnail.tag))
         context.plan = _plan(context, catalog, facts)
         context.messages.append(context.plan.summary())
-        context.warnings.extend(url_warnings(spec.path, context.plan.urls,
-                                             settings["local_file_roots"]))
+        context.warnings.extend(url_warnings(
+            spec.path, {i: context.plan.urls[i] for i in context.plan.download},
+            settings["local_file_roots"]))
         if warning := report_warning(facts.argv[1:], results, context.feature_table):
             context.warnings.append(f"snakemake --report: {warning}")
+        context.warnings.extend(f"damaged file {d.path}: {d.reason}; it will be moved to "
+                                f"{integrity.quarantine_path(results, d.path)} and built again"
+                                for d in context.plan.damaged)
         context.warnings.extend(_thread_cap_warnings(config, facts))
     # Per-host limits hold for the whole run: each batch job gets its share of them.
     settings["rate_share"] = rate_share(context.slots, len(context.plan.batches))
@@ -213,6 +227,17 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
 def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkPlan:
     config = context.config
     requested = requested_image_ids(facts.argv, catalog.ids)
+    table_missing = not os.path.exists(context.feature_table)
+    rebuilds = Rebuilds(
+        feature_version=FEATURE_VERSION,
+        row_inputs=read_row_inputs(context.results, context.feature_shard_dirs, context.tag),
+        # Without a table every row is read again: check first that each file is whole.
+        check_files=table_missing and requested is None,
+        remeasure=config["remeasure"],
+        refetch=config["refetch"],
+        force_salt=_last_table_time(context.results),
+        table_of_this_catalog=_newest_snapshot(context.results) == context.catalog_snapshot,
+    )
     plan = plan_work(
         catalog,
         context.results,
@@ -221,6 +246,7 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
         slots=context.slots,
         retry_failed=config["retry_failed"],
         only=requested,
+        rebuilds=rebuilds,
     )
     if requested is None:
         plan.table_reason = table_rebuild_reason(
@@ -228,6 +254,27 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
             context.feature_shard_dirs,
         )
     return plan
+
+
+def _newest_snapshot(results: str) -> str | None:
+    """The catalog snapshot the last table was built with (the table job writes one each time)."""
+    try:
+        entries = [e for e in os.scandir(layout.catalog_snapshot_dir(results))
+                   if e.name.endswith(".parquet") and not layout.is_temporary_name(e.name)]
+    except FileNotFoundError:
+        return None
+    if not entries:
+        return None
+    newest = max(entries, key=lambda e: e.stat().st_mtime_ns)
+    return f"{layout.catalog_snapshot_dir(results)}/{newest.name}"
+
+
+def _last_table_time(results: str) -> str:
+    """When the last table was built (its cache survives Snakemake deleting the table), or ""."""
+    try:
+        return str(os.stat(Path(results, layout.BATCHES, layout.TABLE_CACHE)).st_mtime_ns)
+    except FileNotFoundError:
+        return ""
 
 
 def _thread_cap_warnings(config: Mapping[str, Any], facts: SnakemakeFacts) -> list[str]:

@@ -15,21 +15,21 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thumbfeat import atomic, layout
+from thumbfeat import atomic, integrity, layout
 from thumbfeat.duplicates import DEFAULT_MAX_DISTANCE
 from thumbfeat.grouping import with_duplicate_groups
-from thumbfeat.rows import GROUP_COLUMNS, ROW_SCHEMA
-from thumbfeat.rowscan import read_rows
+from thumbfeat.rows import GROUP_COLUMNS, ROW_SCHEMA, failed_row
+from thumbfeat.rowscan import in_order_of, read_rows
 from thumbfeat.wording import counts_text
 
-# The last table, kept beside the partials as the starting point of the next assembly.
-TABLE_CACHE = "table-cache.parquet"
+TABLE_CACHE = layout.TABLE_CACHE
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,13 @@ class Assembled:
     partials_read: int
 
 
-def _read_partials(results: str) -> list[tuple[int, Path, pa.Table]]:
-    """Partial tables (and the cache of the last table), oldest first, with their mtimes."""
+def _read_partials(results: str,
+                   logger: logging.Logger | None = None) -> list[tuple[int, Path, pa.Table]]:
+    """Partial tables (and the cache of the last table), oldest first, with their mtimes.
+
+    A partial that does not read is quarantined: it only saves reading per-image files, which
+    are then read instead.
+    """
     folder = Path(results) / layout.BATCHES
     found = []
     for path in folder.glob("*.parquet"):
@@ -50,7 +55,14 @@ def _read_partials(results: str) -> list[tuple[int, Path, pa.Table]]:
         except FileNotFoundError:
             continue
     found.sort()
-    return [(mtime, path, pq.read_table(path, schema=ROW_SCHEMA)) for mtime, path in found]
+    read = []
+    for mtime, path in found:
+        try:
+            read.append((mtime, path, pq.read_table(path, schema=ROW_SCHEMA)))
+        except (pa.ArrowException, OSError) as error:
+            integrity.quarantine(results, integrity.Damage(str(path), f"does not read: {error}"),
+                                 logger)
+    return read
 
 
 def _shard_folder_times(results: str, tag: str) -> dict[str, int]:
@@ -76,7 +88,8 @@ def row_file_mtime_ns(path: str) -> int:
 
 def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path, *,
                    tag: str, threads: int = 8, workers: int = 1,
-                   near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> Assembled:
+                   near_duplicate_distance: int = DEFAULT_MAX_DISTANCE,
+                   logger: logging.Logger | None = None) -> Assembled:
     """Build the feature table: one row per catalog image, in catalog order, written atomically.
 
     Each image's row comes from the newest partial table holding it, unless its own file is newer
@@ -87,7 +100,7 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
     Only rows measured from thumbnails made with the settings ``tag`` are taken, so rows of two
     settings never mix.
     """
-    partials = _read_partials(results)
+    partials = _read_partials(results, logger)
     newest: dict[str, tuple[int, int, int]] = {}
     for number, (mtime, _, partial) in enumerate(partials):
         made_with = partial.column("thumbnail_settings").to_pylist()
@@ -126,7 +139,8 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
             "run the workflow again to rebuild them"
         )
     pieces = [partial for _, _, partial in partials] + [
-        read_rows(to_read, threads=threads, workers=workers, scratch=results)]
+        read_rows_surviving_damage(to_read, results, tag=tag, threads=threads,
+                                   workers=workers, logger=logger)]
     built = pa.concat_tables(pieces).take(pa.array(take, type=pa.int64()))
     if built.column("image_id").to_pylist() != list(image_ids):
         raise ValueError("per-image rows do not match the catalog ids they were read for")
@@ -137,6 +151,41 @@ def assemble_table(image_ids: Sequence[str], results: str, out_path: str | Path,
                       durable=True)
     _keep_as_cache(out_path, results)
     return Assembled(built, len(take) - len(to_read), len(to_read), len(partials))
+
+
+def read_rows_surviving_damage(paths: Sequence[str], results: str, *, tag: str, threads: int,
+                               workers: int, logger: logging.Logger | None) -> pa.Table:
+    """Read row files; a file that does not read is quarantined, never fatal.
+
+    Its image gets a retryable failed row in this table (so the table still has a row per
+    image), and the next run's plan, finding the file missing, measures the image again from its
+    thumbnail. Files are checked one by one only after a read of all of them failed. The
+    stand-in rows name the settings ``tag`` of the rows they stand in for.
+    """
+    import duckdb
+
+    try:
+        return read_rows(paths, threads=threads, workers=workers, scratch=results)
+    except (pa.ArrowException, OSError, RuntimeError, ValueError, duckdb.Error) as error:
+        first_error = error
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        problems = list(pool.map(integrity.full_row_problem, paths))
+    damaged = [integrity.Damage(path, reason)
+               for path, reason in zip(paths, problems, strict=True) if reason is not None]
+    if not damaged:
+        raise first_error
+    integrity.quarantine_all(results, damaged, logger)
+    bad = {d.path for d in damaged}
+    whole = [p for p in paths if p not in bad]
+    rows = read_rows(whole, threads=threads, workers=workers, scratch=results)
+    placeholders = pa.Table.from_pylist([
+        {**failed_row(Path(p).name[: -len(layout.FEATURE_SUFFIX)], integrity.DAMAGED_KIND,
+                      "its feature file did not read and was moved to quarantine; the next run "
+                      "measures it again", retryable=True, feature_version=None),
+         "thumbnail_settings": tag}
+        for p in paths if p in bad], schema=ROW_SCHEMA)
+    merged = pa.concat_tables([rows, placeholders])
+    return in_order_of(merged, paths)
 
 
 def _keep_as_cache(table_path: str | Path, results: str) -> None:
@@ -173,8 +222,8 @@ def assemble_and_log(image_ids: Sequence[str], results: str, out_path: str | Pat
     """Build the table for ``image_ids`` and log its outcome counts and where rows came from."""
     started = time.monotonic()
     assembled = assemble_table(image_ids, results, out_path, tag=tag, threads=threads,
-                               workers=workers,
-                               near_duplicate_distance=near_duplicate_distance)
+                               workers=workers, near_duplicate_distance=near_duplicate_distance,
+                               logger=logger)
     statuses = Counter(assembled.table.column("status").to_pylist())
     logger.info("feature table: %d rows (%s) in %.2f s; %d rows from %d partial tables, "
                 "%d read from their own files", assembled.table.num_rows,
