@@ -92,7 +92,7 @@ def test_feature_files_deleted_again_are_rebuilt(tmp_path: Path, server: ImageSe
     first_rows = rows_by_id(tmp_path)
     requests = server.total()
     for _ in range(3):
-        for path in (results / layout.FEATURES).glob("*/*.parquet"):
+        for path in (results / layout.FEATURES / TAG).glob("*/*.parquet"):
             path.unlink()
         status = status_lines(results)
         assert status["features"] == "0 done, 40 pending", status
