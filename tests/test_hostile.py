@@ -285,8 +285,9 @@ def test_a_full_disk_stops_the_run_loudly_and_keeps_finished_files(
     rows = [(n, faults.url(f"/ok/{n}")) for n in names[:20]]
     rows += [(n, faults.url(f"/big/{n}")) for n in names[20:]]
     write_catalog(tmp_path / "catalog.csv", rows[:20])
+    # Originals are kept, so the big images are written at their size.
     config = {"catalog": str(tmp_path / "catalog.csv"), "local_file_roots": "[]",
-              "batch_size": "100"}
+              "batch_size": "100", "thumbnail": "{max_side: null}"}
     run_snakemake(tmp_path, config=config)
     results = tmp_path / "results"
     before = _fingerprint(results)
@@ -319,8 +320,9 @@ def test_an_unwritable_folder_stops_the_run_loudly(tmp_path: Path, faults: Fault
     rows = [(n, faults.url(f"/ok/{n}")) for n in names[:6]]
     rows += [(n, faults.url(f"/status/404/{n}")) for n in names[6:]]
     write_catalog(tmp_path / "catalog.csv", rows[:6])
+    # Originals are kept, so the big images are written at their size.
     config = {"catalog": str(tmp_path / "catalog.csv"), "local_file_roots": "[]",
-              "batch_size": "100"}
+              "batch_size": "100", "thumbnail": "{max_side: null}"}
     run_snakemake(tmp_path, config=config)
     results = tmp_path / "results"
     before = _fingerprint(results)
@@ -435,9 +437,11 @@ def test_odd_real_world_images(tmp_path: Path) -> None:
         row = table[name]
         if expected[0] == "ok":
             assert row["status"] == "ok", (name, row)
-            assert (row["width"], row["height"]) == expected[1], name
-            assert row["format"] == expected[2], name
-            assert row["file_bytes"] == len(data)
+            # The download as served; the thumbnail within the default 512 px.
+            assert (row["source_width"], row["source_height"]) == expected[1], name
+            assert row["source_format"] == expected[2], name
+            assert row["source_bytes"] == len(data)
+            assert max(row["width"], row["height"]) <= 512, name
             for feature in ("brightness_mean", "contrast_rms"):
                 assert 0.0 <= float(row[feature]) <= 1.0, (name, feature, row[feature])
             assert 0.0 <= float(row["entropy"]) <= 8.0, name
