@@ -11,9 +11,9 @@
 # backup before every load and copy that back over it after a failed job, racing DuckDB's own
 # transaction log; the transaction already leaves a failed load without effect.)
 WAREHOUSE = RUN.warehouse
-WAREHOUSE_RECEIPT = layout.warehouse_receipt_path(RESULTS)
+WAREHOUSE_RECEIPT = RUN.path(layout.warehouse_receipt_path(RESULTS))
 WAREHOUSE_CREATED = [] if os.path.exists(WAREHOUSE.path) else [WAREHOUSE.path]
-WRITE_BACK_RECEIPT = layout.write_back_receipt_path(RESULTS)
+WRITE_BACK_RECEIPT = RUN.path(layout.write_back_receipt_path(RESULTS))
 WAREHOUSE_TARGETS = []
 if WAREHOUSE.enabled:
     WAREHOUSE_TARGETS += [WAREHOUSE_RECEIPT, *WAREHOUSE_CREATED]

@@ -8,9 +8,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from thumbfeat.batch import download_one
 from thumbfeat.fetch import FetchSettings, host_limiter, make_session, secret_values
 from thumbfeat.joblog import job_logger
-from thumbfeat.layout import RESULTS
+from thumbfeat.layout import results_root
 
 smk = snakemake  # noqa: F821
+RESULTS = results_root(smk.config)
 settings = FetchSettings(**smk.params.settings)
 session = make_session(settings)
 try:

@@ -9,9 +9,10 @@ from thumbfeat import layout
 from thumbfeat.batch import process_batch
 from thumbfeat.fetch import FetchSettings
 from thumbfeat.joblog import job_logger
-from thumbfeat.layout import RESULTS
+from thumbfeat.layout import results_root
 
 smk = snakemake  # noqa: F821
+RESULTS = results_root(smk.config)
 process_batch(
     smk.params.sources,
     smk.params.measure,

@@ -26,12 +26,11 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
-from pathlib import Path
 from typing import Any
 
 import requests
 
-from thumbfeat import atomic, layout, lineage
+from thumbfeat import atomic, layout, lineage, storage
 from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION, compute_features
 from thumbfeat.fetch import (
@@ -91,16 +90,14 @@ def download_one(session: requests.Session, image_id: str, url: str, results: st
         record_failure(results, image_id, rejected.kind, rejected.message, False)
         return Outcome(image_id, False, rejected.kind, rejected.message, False, fetched.attempts,
                        len(data))
-    atomic.write_bytes(layout.thumb_path(results, image_id), data)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(layout.failure_path(results, image_id))
+    storage.put(layout.thumb_path(results, image_id), data)
+    storage.delete(layout.failure_path(results, image_id))
     return Outcome(image_id, True, attempts=fetched.attempts, size=len(data))
 
 
 def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, Row]:
     """Compute and store the row of one image from its thumbnail (or its failure record)."""
-    thumb = Path(layout.thumb_path(results, image_id))
-    data = thumb.read_bytes()
+    data = storage.get(layout.thumb_path(results, image_id))
     if not data:
         record = read_failure(layout.failure_path(results, image_id))
         if record is None:
@@ -114,8 +111,7 @@ def measure_one(image_id: str, results: str, max_pixels: int) -> tuple[Outcome, 
     else:
         # A download that succeeded after a failure removes the record; a kill in between can
         # leave it behind, and a thumbnail with content outranks it.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(layout.failure_path(results, image_id))
+        storage.delete(layout.failure_path(results, image_id))
         try:
             features = compute_features(decode_image(data, max_pixels=max_pixels), data)
         except ImageRejected as rejected:

@@ -13,10 +13,12 @@ import functools
 import hashlib
 import itertools
 import logging
+import os
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -24,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from thumbfeat import atomic, dbcatalog, layout
+from thumbfeat import atomic, dbcatalog, layout, storage
 from thumbfeat.fetch import display_url, local_file_problem, url_problem
 
 SAFE_ID = re.compile(layout.IMAGE_ID_PATTERN)
@@ -103,6 +105,48 @@ class Catalog:
         content = "".join(f"{image_id}\x00{url}\x01"
                           for image_id, url in zip(self.ids, self.urls, strict=True))
         return hashlib.sha256(content.encode("utf-8")).hexdigest()[:20]
+
+
+# Where catalogs kept in a bucket are copied to be read, under the working directory.
+REMOTE_COPIES = Path(".snakemake", "thumbfeat", "catalogs")
+
+
+def s3_filesystem(environ: Mapping[str, str]) -> Any:
+    """pyarrow's S3 file system, reaching the endpoint of the usual AWS variables.
+
+    Credentials are left to the AWS SDK's own lookup (variables, profile), so they pass through
+    nothing of the workflow's.
+    """
+    from pyarrow import fs
+
+    options: dict[str, Any] = {"region": environ.get("AWS_REGION")
+                               or environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = storage.endpoint_url(environ)
+    if endpoint:
+        parts = urlsplit(endpoint)
+        options.update(endpoint_override=parts.netloc or endpoint, scheme=parts.scheme or "https")
+    return fs.S3FileSystem(**options)
+
+
+def local_copy(url: str, folder: Path = REMOTE_COPIES,
+               environ: Mapping[str, str] | None = None) -> Path:
+    """Copy a catalog object (``s3://bucket/key``) to ``folder/bucket/key`` and return that file.
+
+    Read through pyarrow's S3 file system, then read like any local catalog, so every check
+    and message (line numbers included) works the same; the copy is refreshed at every parse.
+    """
+    bucket, key = storage.split(url)
+    if not bucket or not key:
+        raise CatalogError(f"{url}: a catalog in a bucket is named s3://BUCKET/KEY")
+    filesystem = s3_filesystem(os.environ if environ is None else environ)
+    try:
+        with filesystem.open_input_stream(f"{bucket}/{key}") as source:
+            data = source.read()
+    except (OSError, pa.ArrowException) as exc:
+        raise CatalogError(f"{url}: cannot read the catalog: {exc}") from None
+    target = folder / bucket / key
+    atomic.write_bytes(target, data)
+    return target
 
 
 def _format_of(path: Path) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from thumbfeat import atomic, layout
+from thumbfeat import layout, storage
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,14 @@ def record_failure(results: str, image_id: str, kind: str, error: str, retryable
     """Record why an image failed, then mark its download as done with an empty thumbnail."""
     record = {"image_id": image_id, "kind": kind, "error": error, "retryable": retryable,
               "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic.write_bytes(layout.failure_path(results, image_id), json.dumps(record).encode())
-    atomic.write_bytes(layout.thumb_path(results, image_id), b"")
+    storage.put(layout.failure_path(results, image_id), json.dumps(record).encode())
+    storage.put(layout.thumb_path(results, image_id), b"")
 
 
 def read_failure(path: str | Path) -> FailureRecord | None:
     """The record at ``path``, or None when it is missing or unreadable."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(storage.get(path).decode("utf-8"))
         return FailureRecord(str(data["image_id"]), str(data["kind"]), str(data["error"]),
                              bool(data["retryable"]))
     except (FileNotFoundError, ValueError, KeyError, TypeError):

@@ -12,7 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+from thumbfeat import storage
 
 # The results folder, relative to the folder the workflow runs in.
 RESULTS = "results"
@@ -52,6 +57,11 @@ _PER_IMAGE_TARGET = re.compile(
     r"(?P<image_id>[A-Za-z0-9_][A-Za-z0-9._-]*?)(?P<suffix>\.img|\.parquet)$"
 )
 _SUFFIX_OF_STAGE = {THUMBS: THUMB_SUFFIX, FEATURES: FEATURE_SUFFIX}
+
+
+def results_root(config: Mapping[str, Any]) -> str:
+    """The results root a config names: a folder, or ``s3://bucket/prefix`` (no trailing /)."""
+    return str(config.get("results") or RESULTS).rstrip("/") or RESULTS
 
 
 def shard_of(image_id: str) -> str:
@@ -130,10 +140,13 @@ def write_back_receipt_path(results: str | Path) -> str:
 
 def manifest_keys(results: str | Path) -> list[str]:
     """The keys of the batch manifests on disk (one directory read), finished jobs' record."""
-    try:
-        names = os.listdir(Path(results) / BATCHES)
-    except FileNotFoundError:
-        return []
+    if storage.is_remote(results):
+        names = storage.names(f"{results}/{BATCHES}")
+    else:
+        try:
+            names = os.listdir(Path(results) / BATCHES)
+        except FileNotFoundError:
+            return []
     return [name[: -len(MANIFEST_SUFFIX)] for name in names
             if name.endswith(MANIFEST_SUFFIX) and not is_temporary_name(name)]
 
@@ -145,6 +158,9 @@ def is_temporary_name(name: str) -> bool:
 
 def existing_shard_dirs(results: str | Path, stage: str) -> list[str]:
     """The shard folders of ``stage`` that exist now (one directory read)."""
+    if storage.is_remote(results):
+        # A bucket has no folders, hence no folder times for Snakemake to compare.
+        return []
     root = Path(results) / stage
     try:
         names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
@@ -174,6 +190,8 @@ def present_ids(results: str | Path, stage: str, suffix: str) -> set[str]:
 
     Plain name lists (no per-entry objects): this runs at every parse, over every image.
     """
+    if storage.is_remote(results):
+        return _present_remote_ids(f"{results}/{stage}", suffix)
     found: set[str] = set()
     root = Path(results) / stage
     try:
@@ -184,4 +202,19 @@ def present_ids(results: str | Path, stage: str, suffix: str) -> set[str]:
     for shard in shards:
         found.update([name[:-cut] for name in os.listdir(shard)
                       if name.endswith(suffix) and not is_temporary_name(name)])
+    return found
+
+
+# Shard prefixes listed at once: each LIST waits mostly on the store.
+LIST_THREADS = 16
+
+
+def _present_remote_ids(root: str, suffix: str) -> set[str]:
+    """``present_ids`` in a bucket: one LIST for the shard prefixes, then one per shard."""
+    shards = [f"{root}/{name}" for name in storage.subfolders(root) if name in SHARD_SET]
+    cut = len(suffix)
+    found: set[str] = set()
+    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+        for shard_names in pool.map(storage.names, shards):
+            found.update([name[:-cut] for name in shard_names if name.endswith(suffix)])
     return found

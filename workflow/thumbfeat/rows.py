@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thumbfeat import atomic
+from thumbfeat import atomic, storage
 from thumbfeat.features import FEATURE_FIELDS
 
 STATUS_OK = "ok"
@@ -69,7 +69,7 @@ def write_row(path: str | Path, row: dict[str, object]) -> None:
     brightness: written plain, a row takes about a third of the time.
     """
     table = pa.Table.from_pylist([row], schema=ROW_SCHEMA)
-    atomic.write_with(path, lambda tmp: pq.write_table(
+    storage.put_with(path, lambda tmp: pq.write_table(
         table, tmp, compression="NONE", use_dictionary=False, write_statistics=False))
 
 

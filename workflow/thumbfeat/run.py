@@ -4,19 +4,22 @@ Snakemake parses the workflow in every process of a run: the main process that p
 schedules, and, on a cluster, each job again. ``build_run`` turns the validated config and the
 facts Snakemake gives (cores, nodes, whether this process is a job) into one ``RunContext``: the
 catalog, the plan of remaining work, the download settings with their per-host rate share, and the
-run-level paths. A cluster job does not plan: it follows the plan its main process handed over
-(see ``thumbfeat.handover``). ``workflow/rules/common.smk`` only validates the config and calls
-``build_run``; the rules read the context.
+run-level paths. The results root is a local folder or an S3 prefix (``--config
+results=s3://BUCKET/PREFIX``); with a prefix, the workflow hands the run-level paths to
+Snakemake's S3 storage plugin through ``declare`` (see thumbfeat.storage). A cluster job does
+not plan: it follows the plan its main process handed over (see ``thumbfeat.handover``).
+``workflow/rules/common.smk`` only validates the config and calls ``build_run``; the rules read
+the context.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thumbfeat import handover, layout
+from thumbfeat import handover, layout, storage
 from thumbfeat.catalog import Catalog, CatalogError, CatalogSpec, load_catalog, url_warnings
 from thumbfeat.config import (
     ConfigError,
@@ -95,32 +98,50 @@ class RunContext:
     # Lines for the person starting the run: the plan, then warnings.
     messages: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # How a rule declares a run-level path: as is for a local folder; in a bucket, the workflow
+    # sets Snakemake's ``storage`` here, so its S3 plugin moves the declared files.
+    declare: Callable[[str], Any] = str
 
     @property
-    def feature_table(self) -> str:
-        return layout.feature_table_path(self.results)
+    def remote(self) -> bool:
+        """Whether the results live in an object store (``s3://``)."""
+        return storage.is_remote(self.results)
 
     @property
-    def catalog_snapshot(self) -> str:
-        return layout.catalog_snapshot_path(self.results, self.catalog_digest)
+    def local_results(self) -> str:
+        """The local folder of what stays on the machine running Snakemake (report figures)."""
+        return layout.RESULTS if self.remote else self.results
 
     @property
-    def table_settings(self) -> str:
-        return layout.table_settings_path(self.results, self.config["near_duplicate_distance"])
+    def feature_table(self) -> Any:
+        return self.declare(layout.feature_table_path(self.results))
+
+    @property
+    def catalog_snapshot(self) -> Any:
+        return self.declare(layout.catalog_snapshot_path(self.results, self.catalog_digest))
+
+    @property
+    def table_settings(self) -> Any:
+        return self.declare(layout.table_settings_path(self.results,
+                                                       self.config["near_duplicate_distance"]))
 
     @property
     def catalog_params(self) -> dict[str, Any]:
         """The catalog spec as plain values, for the job that snapshots the catalog."""
         return asdict(self.catalog_spec)
 
-    def batch_manifest(self, batch: Batch) -> str:
-        return layout.batch_manifest_path(self.results, batch.key)
+    def batch_manifest(self, batch: Batch) -> Any:
+        return self.declare(layout.batch_manifest_path(self.results, batch.key))
 
-    def batch_partial(self, batch: Batch) -> str:
-        return layout.batch_partial_path(self.results, batch.key)
+    def batch_partial(self, batch: Batch) -> Any:
+        return self.declare(layout.batch_partial_path(self.results, batch.key))
 
-    def log(self, name: str) -> str:
-        return layout.log_path(self.results, name)
+    def log(self, name: str) -> Any:
+        return self.declare(layout.log_path(self.results, name))
+
+    def path(self, run_path: str) -> Any:
+        """Any other run-level path under the results root, declared as the rules need it."""
+        return self.declare(run_path)
 
     def url_of_image(self, image_id: str, shard: str) -> str:
         """The catalog URL of one requested per-image file's image."""
@@ -151,11 +172,13 @@ class RunContext:
 
 
 def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFacts,
-              environ: Mapping[str, str], *, results: str = layout.RESULTS) -> RunContext:
+              environ: Mapping[str, str], *, results: str | None = None) -> RunContext:
     """Build the run's context from a validated config (schema defaults filled in).
 
+    ``results`` defaults to the config's ``results`` (a folder, or an ``s3://`` prefix).
     Raises one of RUN_ERRORS for input that cannot work, before any work starts.
     """
+    results = layout.results_root(config) if results is None else results
     spec = catalog_spec(config, basedir)
     settings = asdict(fetch_settings(config, basedir, environ))
     handed_path = handover.handed_plan_path(environ, facts.is_job)
@@ -179,7 +202,8 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
         context.messages.append(context.plan.summary())
         context.warnings.extend(url_warnings(spec.path, context.plan.urls,
                                              settings["local_file_roots"]))
-        if warning := report_warning(facts.argv[1:], results, context.feature_table):
+        if warning := report_warning(facts.argv[1:], results,
+                                     layout.feature_table_path(results)):
             context.warnings.append(f"snakemake --report: {warning}")
         context.warnings.extend(_thread_cap_warnings(config, facts))
     # Per-host limits hold for the whole run: each batch job gets its share of them.
@@ -199,11 +223,25 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
         only=requested,
     )
     if requested is None:
-        plan.table_reason = table_rebuild_reason(
-            context.feature_table, context.catalog_snapshot, plan.batches,
-            context.feature_shard_dirs,
-        )
+        table = layout.feature_table_path(context.results)
+        snapshot = layout.catalog_snapshot_path(context.results, context.catalog_digest)
+        if context.remote:
+            plan.table_reason = remote_table_reason(table, snapshot, plan.batches)
+        else:
+            plan.table_reason = table_rebuild_reason(table, snapshot, plan.batches,
+                                                     context.feature_shard_dirs)
     return plan
+
+
+def remote_table_reason(table: str, snapshot: str, batches: Sequence[Batch]) -> str:
+    """Why the table in a bucket will be rebuilt, or "" (no folder times to compare there)."""
+    if not storage.exists(table):
+        return "no table yet"
+    if not storage.exists(snapshot):
+        return "the catalog selection changed"
+    if batches:
+        return f"{len(batches)} batch{'es' if len(batches) != 1 else ''} to run"
+    return ""
 
 
 def _thread_cap_warnings(config: Mapping[str, Any], facts: SnakemakeFacts) -> list[str]:

@@ -1,0 +1,217 @@
+"""Where results live: a local folder or a prefix in an S3 bucket, behind one small interface.
+
+Every path under the results root is a string. A root starting with ``s3://`` is an object-store
+prefix (``s3://bucket/prefix``); anything else is a local folder. The functions here take such
+paths and do the same thing on both: ``put`` is atomic either way (a temporary file renamed into
+place locally, a single PUT in a bucket: an object that exists is whole), ``get`` reads a whole
+file or object, and a listing reads one folder or one prefix (one paginated LIST, never a request
+per object). Local paths go through exactly the code they always went through.
+
+The endpoint and credentials come from the usual places of the AWS SDK: ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, or a profile. They are
+never passed through the workflow, so they never appear in its params, logs or results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from thumbfeat import atomic
+
+SCHEME = "s3://"
+# Requests in flight per process: a batch job writes from all of its download threads at once.
+MAX_CONNECTIONS = 64
+
+
+class StorageError(OSError):
+    """An object store cannot be reached or refuses a request (the message names the object)."""
+
+
+def is_remote(path: str | Path) -> bool:
+    """Whether ``path`` is in an object store rather than on a local file system."""
+    return str(path).startswith(SCHEME)
+
+
+def split(url: str) -> tuple[str, str]:
+    """The bucket and key of ``s3://bucket/key``."""
+    bucket, _, key = url[len(SCHEME):].partition("/")
+    return bucket, key
+
+
+def endpoint_url(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The S3 endpoint an S3-compatible store is reached at, as the AWS SDKs read it."""
+    return environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+
+
+_clients: dict[int, Any] = {}
+
+
+def client() -> Any:
+    """This process's S3 client (one per process: a forked child must not share a pool)."""
+    pid = os.getpid()
+    if pid not in _clients:
+        import boto3
+        from botocore.config import Config
+
+        # Checksums only where S3 requires them: S3-compatible stores may keep the trailing
+        # checksum of a streamed upload as part of the object.
+        config = Config(max_pool_connections=MAX_CONNECTIONS,
+                        retries={"max_attempts": 5, "mode": "standard"},
+                        request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required")
+        _clients[pid] = boto3.session.Session().client("s3", config=config)
+    return _clients[pid]
+
+
+def _missing(error: Exception) -> bool:
+    code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
+    return code in {"404", "NoSuchKey", "NotFound"}
+
+
+def _failed(action: str, url: str, error: Exception) -> StorageError:
+    """One line naming the object and the store's answer (never the credentials)."""
+    return StorageError(f"cannot {action} {url}: {error}")
+
+
+def put(path: str | Path, data: bytes) -> None:
+    """Store ``data`` at ``path`` whole or not at all."""
+    if not is_remote(path):
+        atomic.write_bytes(path, data)
+        return
+    bucket, key = split(str(path))
+    try:
+        client().put_object(Bucket=bucket, Key=key, Body=data)
+    except Exception as error:
+        raise _failed("write", str(path), error) from error
+
+
+def put_with(path: str | Path, writer: Callable[[Path], None]) -> None:
+    """Let ``writer`` fill a temporary local file, then store it at ``path`` atomically."""
+    if not is_remote(path):
+        atomic.write_with(path, writer)
+        return
+    with tempfile.TemporaryDirectory(prefix="thumbfeat-") as folder:
+        tmp = Path(folder, "object")
+        writer(tmp)
+        put(path, tmp.read_bytes())
+
+
+def get(path: str | Path) -> bytes:
+    """The whole content at ``path``; FileNotFoundError when there is none."""
+    if not is_remote(path):
+        return Path(path).read_bytes()
+    bucket, key = split(str(path))
+    try:
+        return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as error:
+        if _missing(error):
+            raise FileNotFoundError(2, "no such object", str(path)) from None
+        raise _failed("read", str(path), error) from error
+
+
+def delete(path: str | Path) -> None:
+    """Remove ``path`` if it is there."""
+    if not is_remote(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    bucket, key = split(str(path))
+    try:
+        client().delete_object(Bucket=bucket, Key=key)
+    except Exception as error:
+        if not _missing(error):
+            raise _failed("delete", str(path), error) from error
+
+
+def exists(path: str | Path) -> bool:
+    if not is_remote(path):
+        return os.path.exists(path)
+    bucket, key = split(str(path))
+    try:
+        client().head_object(Bucket=bucket, Key=key)
+    except Exception as error:
+        if _missing(error):
+            return False
+        raise _failed("look up", str(path), error) from error
+    return True
+
+
+def _pages(folder: str) -> Any:
+    """The pages of one LIST of the objects and sub-prefixes directly under ``folder``."""
+    bucket, key = split(folder.rstrip("/"))
+    prefix = f"{key}/" if key else ""
+    pages = client().get_paginator("list_objects_v2")
+    return pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/",
+                          PaginationConfig={"PageSize": 1000})
+
+
+def listing(folder: str | Path) -> dict[str, float]:
+    """Names of the files directly in ``folder`` with their modification times (seconds).
+
+    Local: one directory read plus a stat per file. Remote: one paginated LIST, which carries
+    every object's time (S3 keeps whole seconds).
+    """
+    if not is_remote(folder):
+        found = {}
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return {}
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file():
+                    found[entry.name] = entry.stat().st_mtime
+        return found
+    try:
+        found = {}
+        for page in _pages(str(folder)):
+            for item in page.get("Contents", []):
+                found[item["Key"].rsplit("/", 1)[-1]] = item["LastModified"].timestamp()
+        return found
+    except Exception as error:
+        raise _failed("list", str(folder), error) from error
+
+
+def names(folder: str | Path) -> list[str]:
+    """Names of the files directly in ``folder`` (locally, of every entry), one listing."""
+    if not is_remote(folder):
+        try:
+            return os.listdir(folder)
+        except FileNotFoundError:
+            return []
+    return list(listing(folder))
+
+
+def subfolders(folder: str | Path) -> list[str]:
+    """Names of the folders (sub-prefixes) directly in ``folder``, one listing."""
+    if not is_remote(folder):
+        try:
+            return [entry.name for entry in os.scandir(folder) if entry.is_dir()]
+        except FileNotFoundError:
+            return []
+    try:
+        found = []
+        for page in _pages(str(folder)):
+            found += [p["Prefix"].rstrip("/").rsplit("/", 1)[-1]
+                      for p in page.get("CommonPrefixes", [])]
+        return found
+    except Exception as error:
+        raise _failed("list", str(folder), error) from error
+
+
+def modified(path: str | Path) -> float:
+    """When ``path`` was last written (seconds); FileNotFoundError when it is not there."""
+    if not is_remote(path):
+        return os.stat(path).st_mtime
+    bucket, key = split(str(path))
+    try:
+        return client().head_object(Bucket=bucket, Key=key)["LastModified"].timestamp()
+    except Exception as error:
+        if _missing(error):
+            raise FileNotFoundError(2, "no such object", str(path)) from None
+        raise _failed("look up", str(path), error) from error
