@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +109,20 @@ class SeaweedServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)
                 self.process.wait()
+
+    def requests(self) -> Counter[str]:
+        """S3 requests the server has answered so far, by kind (PUT, GET, LIST, HEAD, ...),
+        from its own Prometheus counters."""
+        url = f"http://127.0.0.1:{self.ports['metricsPort']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        counts: Counter[str] = Counter()
+        for line in text.splitlines():
+            if line.startswith("SeaweedFS_s3_request_total{"):
+                labels, value = line.rsplit(" ", 1)
+                kind = labels.split('type="', 1)[1].split('"', 1)[0]
+                counts[kind] += int(float(value))
+        return counts
 
     def objects(self, prefix: str, bucket: str = BUCKET) -> dict[str, tuple[str, float]]:
         """Every object under ``prefix``: key -> (ETag, last modified). Equal maps mean that
