@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -127,6 +128,21 @@ def test_a_run_into_a_bucket_resumes_as_on_disk(tmp_path: Path, s3: SeaweedServe
         table = read_table(s3, prefix)
         assert [row["image_id"] for row in table] == names
         assert {row["status"] for row in table} == {"ok"}
+
+    # `thumbfeat status` and the report read the bucket.
+    status = subprocess.run([sys.executable, "-m", "thumbfeat.cli", "status", "--results",
+                             config["results"]], capture_output=True, text=True, check=True,
+                            env={**os.environ, **s3.env, "PYTHONPATH": str(REPO / "workflow")})
+    outputs.append(status.stdout + status.stderr)
+    assert "downloaded: 300 ok, 0 failed, 0 pending" in status.stdout, status.stdout
+    assert "features: 300 done, 0 pending" in status.stdout
+    assert "batches: 6 recorded, 321 images fetched" in status.stdout
+    assert f"table: s3://{BUCKET}/{prefix}/feature_table.parquet\n" in status.stdout + "\n"
+    report = s3_run(workdir, s3, config, "report_figures")
+    outputs.append(report.stdout + report.stderr)
+    assert (workdir / "results" / "report" / "run_statistics.html").is_file()
+    log = s3.read(f"{prefix}/logs/report_figures.log").decode()
+    assert "6 batch manifests" in log, log
     assert_no_credential(s3, prefix, workdir, *outputs)
 
 

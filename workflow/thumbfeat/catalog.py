@@ -518,4 +518,5 @@ def write_snapshot(spec: CatalogSpec, out_path: str | Path, *, expected_digest: 
 
 
 def read_snapshot_ids(path: str | Path) -> list[str]:
-    return pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist()
+    source = pa.BufferReader(storage.get(path)) if storage.is_remote(path) else path
+    return pq.read_table(source, columns=["image_id"]).column("image_id").to_pylist()

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from thumbfeat import layout
+from thumbfeat import layout, storage
 from thumbfeat.catalog import (
     SAFE_ID,
     CatalogError,
@@ -29,12 +29,18 @@ from thumbfeat.runs import (
 from thumbfeat.wording import counts_text
 
 
-def latest_snapshot(results: Path) -> Path | None:
-    snapshots = sorted((results / "catalog").glob("*.parquet"), key=lambda p: p.stat().st_mtime)
+def latest_snapshot(results: str | Path) -> str | Path | None:
+    if storage.is_remote(results):
+        folder = layout.catalog_snapshot_dir(results)
+        times = {name: when for name, when in storage.listing(folder).items()
+                 if name.endswith(".parquet")}
+        return f"{folder}/{max(times, key=times.__getitem__)}" if times else None
+    snapshots = sorted((Path(results) / "catalog").glob("*.parquet"),
+                       key=lambda p: p.stat().st_mtime)
     return snapshots[-1] if snapshots else None
 
 
-def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
+def status_report(results: str | Path, catalog: CatalogSpec | None = None) -> str:
     """Done, failed by kind and pending images of a catalog, and what the batch jobs did.
 
     The catalog is the one given (its selected ids: URLs are not needed to count), else the
@@ -51,7 +57,7 @@ def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
                      "count against one)", *activity(results)]
             return "\n".join(lines)
         ids = read_snapshot_ids(snapshot)
-        source = f"snapshot {snapshot.name}"
+        source = f"snapshot {Path(snapshot).name}"
     wanted = set(ids)
     rows = present_ids(results, layout.FEATURES, layout.FEATURE_SUFFIX) & wanted
     thumbs = present_ids(results, layout.THUMBS, layout.THUMB_SUFFIX) & wanted
@@ -68,15 +74,15 @@ def status_report(results: Path, catalog: CatalogSpec | None = None) -> str:
         + (f" ({retry} will be retried by the next run)" if retry else ""),
     ]
     lines += activity(results)
-    table = results / "feature_table.parquet"
-    lines.append(f"table: {table}" + ("" if table.exists() else " (not built yet)"))
+    table = layout.feature_table_path(results)
+    lines.append(f"table: {table}" + ("" if storage.exists(table) else " (not built yet)"))
     return "\n".join(lines)
 
 
-def activity(results: Path) -> list[str]:
+def activity(results: str | Path) -> list[str]:
     """What the batch jobs did: all recorded ones, those running now, the last run."""
     lines = []
-    rate = batch_rate(results / layout.BATCHES)
+    rate = batch_rate(f"{results}/{layout.BATCHES}")
     if rate:
         lines.append(f"batches: {rate}")
     running = describe_running(running_batches(results, time.time()))
@@ -88,9 +94,9 @@ def activity(results: Path) -> list[str]:
     return lines
 
 
-def batch_rate(folder: Path) -> str | None:
+def batch_rate(folder: str | Path) -> str | None:
     """What the recorded batch jobs did, and their rate (per job; jobs may run side by side)."""
-    manifests = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    manifests = [json.loads(storage.get(p)) for p in storage.files(folder, ".json")]
     if not manifests:
         return None
     fetched = sum(m["download"]["images"] for m in manifests)
@@ -129,8 +135,8 @@ def path_report(results: str, image_id: str) -> str:
                            "digit or '_', at most 200 characters)")
     paths = [layout.thumb_path(results, image_id), layout.feature_path(results, image_id),
              layout.failure_path(results, image_id)]
-    snapshot = latest_snapshot(Path(results))
-    on_disk = any(Path(path).exists() for path in paths)
+    snapshot = latest_snapshot(results)
+    on_disk = any(storage.exists(path) for path in paths)
     if snapshot is not None and not on_disk and image_id not in set(read_snapshot_ids(snapshot)):
         raise CatalogError(f"image {image_id!r} is not in the catalog of the last table "
                            f"({snapshot}) and has no files under {results}")
@@ -141,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thumbfeat", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="summarise the results folder")
-    status.add_argument("--results", type=Path, default=Path("results"))
+    status.add_argument("--results", default=layout.RESULTS,
+                        help="the results folder, or s3://BUCKET/PREFIX (endpoint and "
+                             "credentials from the AWS_* variables)")
     status.add_argument("--catalog", type=Path,
                         help="count against this catalog file instead of the last table's "
                              "snapshot (e.g. while a first run is under way)")

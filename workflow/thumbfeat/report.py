@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from thumbfeat import atomic, layout
+from thumbfeat import atomic, layout, storage
 from thumbfeat.features import to_rgb_on_white
 from thumbfeat.imaging import ImageRejected, decode_image
 from thumbfeat.rows import STATUS_FAILED, STATUS_OK
@@ -81,7 +81,7 @@ def load_tile(results: str | Path, image_id: str, max_pixels: int) -> Image.Imag
     """An image's thumbnail fitted into a square tile (a grey tile when it cannot be read)."""
     tile = Image.new("RGB", (TILE, TILE), (220, 220, 220))
     try:
-        data = Path(layout.thumb_path(results, image_id)).read_bytes()
+        data = storage.get(layout.thumb_path(results, image_id))
         picture = to_rgb_on_white(decode_image(data, max_pixels=max_pixels).image)
     except (OSError, ImageRejected):
         ImageDraw.Draw(tile).text((8, TILE // 2 - 8), "not readable", fill=MUTED, font=font(12))

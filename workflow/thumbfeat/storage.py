@@ -204,6 +204,13 @@ def subfolders(folder: str | Path) -> list[str]:
         raise _failed("list", str(folder), error) from error
 
 
+def files(folder: str | Path, suffix: str) -> list[str]:
+    """Paths of the finished files in ``folder`` whose names end with ``suffix`` (one listing;
+    dot-named temporary files left out)."""
+    return [f"{folder}/{name}" for name in sorted(names(folder))
+            if name.endswith(suffix) and not name.startswith(".")]
+
+
 def modified(path: str | Path) -> float:
     """When ``path`` was last written (seconds); FileNotFoundError when it is not there."""
     if not is_remote(path):
