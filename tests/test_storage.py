@@ -19,9 +19,9 @@ def aws_env(s3: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Seaw
     """The standard AWS variables pointing at the test server, for code running in this process."""
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
-    storage._clients.clear()
+    storage.forget_clients()
     yield s3
-    storage._clients.clear()
+    storage.forget_clients()
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -102,7 +102,7 @@ def test_a_store_error_names_the_object_and_no_credential(aws_env: SeaweedServer
     assert url in str(error.value)
     assert SECRET_KEY not in str(error.value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    storage._clients.clear()
+    storage.forget_clients()
     with pytest.raises(storage.StorageError) as error:
         storage.get(url)
     assert SECRET_KEY not in str(error.value)

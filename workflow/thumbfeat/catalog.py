@@ -18,7 +18,6 @@ import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -111,23 +110,6 @@ class Catalog:
 REMOTE_COPIES = Path(".snakemake", "thumbfeat", "catalogs")
 
 
-def s3_filesystem(environ: Mapping[str, str]) -> Any:
-    """pyarrow's S3 file system, reaching the endpoint of the usual AWS variables.
-
-    Credentials are left to the AWS SDK's own lookup (variables, profile), so they pass through
-    nothing of the workflow's.
-    """
-    from pyarrow import fs
-
-    options: dict[str, Any] = {"region": environ.get("AWS_REGION")
-                               or environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    endpoint = storage.endpoint_url(environ)
-    if endpoint:
-        parts = urlsplit(endpoint)
-        options.update(endpoint_override=parts.netloc or endpoint, scheme=parts.scheme or "https")
-    return fs.S3FileSystem(**options)
-
-
 def local_copy(url: str, folder: Path = REMOTE_COPIES,
                environ: Mapping[str, str] | None = None) -> Path:
     """Copy a catalog object (``s3://bucket/key``) to ``folder/bucket/key`` and return that file.
@@ -138,7 +120,7 @@ def local_copy(url: str, folder: Path = REMOTE_COPIES,
     bucket, key = storage.split(url)
     if not bucket or not key:
         raise CatalogError(f"{url}: a catalog in a bucket is named s3://BUCKET/KEY")
-    filesystem = s3_filesystem(os.environ if environ is None else environ)
+    filesystem = storage.s3_filesystem(os.environ if environ is None else environ)
     try:
         with filesystem.open_input_stream(f"{bucket}/{key}") as source:
             data = source.read()

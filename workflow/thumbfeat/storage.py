@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from thumbfeat import atomic
 
@@ -49,6 +50,36 @@ def endpoint_url(environ: Mapping[str, str] = os.environ) -> str | None:
 
 
 _clients: dict[int, Any] = {}
+_filesystems: dict[int, Any] = {}
+
+
+def s3_filesystem(environ: Mapping[str, str] = os.environ) -> Any:
+    """pyarrow's S3 file system, reaching the endpoint of the usual AWS variables.
+
+    Credentials are left to the AWS SDK's own lookup (variables, profile), so they pass through
+    nothing of the workflow's.
+    """
+    from pyarrow import fs
+
+    options: dict[str, Any] = {"region": environ.get("AWS_REGION")
+                               or environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = endpoint_url(environ)
+    if endpoint:
+        parts = urlsplit(endpoint)
+        options.update(endpoint_override=parts.netloc or endpoint, scheme=parts.scheme or "https")
+    return fs.S3FileSystem(**options)
+
+
+def _listing_filesystem() -> Any:
+    """This process's pyarrow S3 file system for listings.
+
+    Listings use pyarrow (the AWS C++ SDK): it reads a LIST page of a thousand objects about ten
+    times faster than boto3, which matters when the plan lists every shard at every parse.
+    """
+    pid = os.getpid()
+    if pid not in _filesystems:
+        _filesystems[pid] = s3_filesystem()
+    return _filesystems[pid]
 
 
 def client() -> Any:
@@ -66,6 +97,12 @@ def client() -> Any:
                         response_checksum_validation="when_required")
         _clients[pid] = boto3.session.Session().client("s3", config=config)
     return _clients[pid]
+
+
+def forget_clients() -> None:
+    """Drop this process's clients, so the next request reads the environment again."""
+    _clients.clear()
+    _filesystems.clear()
 
 
 def _missing(error: Exception) -> bool:
@@ -141,13 +178,16 @@ def exists(path: str | Path) -> bool:
     return True
 
 
-def _pages(folder: str) -> Any:
-    """The pages of one LIST of the objects and sub-prefixes directly under ``folder``."""
-    bucket, key = split(folder.rstrip("/"))
-    prefix = f"{key}/" if key else ""
-    pages = client().get_paginator("list_objects_v2")
-    return pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/",
-                          PaginationConfig={"PageSize": 1000})
+def _entries(folder: str) -> list[Any]:
+    """The objects and sub-prefixes directly under ``folder``: one LIST, read page by page."""
+    from pyarrow import fs
+
+    selector = fs.FileSelector(folder[len(SCHEME):].rstrip("/"), recursive=False,
+                               allow_not_found=True)
+    try:
+        return _listing_filesystem().get_file_info(selector)
+    except Exception as error:
+        raise _failed("list", folder, error) from error
 
 
 def listing(folder: str | Path) -> dict[str, float]:
@@ -167,14 +207,10 @@ def listing(folder: str | Path) -> dict[str, float]:
                 if entry.is_file():
                     found[entry.name] = entry.stat().st_mtime
         return found
-    try:
-        found = {}
-        for page in _pages(str(folder)):
-            for item in page.get("Contents", []):
-                found[item["Key"].rsplit("/", 1)[-1]] = item["LastModified"].timestamp()
-        return found
-    except Exception as error:
-        raise _failed("list", str(folder), error) from error
+    from pyarrow import fs
+
+    return {entry.base_name: entry.mtime.timestamp() if entry.mtime else 0.0
+            for entry in _entries(str(folder)) if entry.type == fs.FileType.File}
 
 
 def names(folder: str | Path) -> list[str]:
@@ -184,7 +220,9 @@ def names(folder: str | Path) -> list[str]:
             return os.listdir(folder)
         except FileNotFoundError:
             return []
-    return list(listing(folder))
+    from pyarrow import fs
+
+    return [entry.base_name for entry in _entries(str(folder)) if entry.type == fs.FileType.File]
 
 
 def subfolders(folder: str | Path) -> list[str]:
@@ -194,14 +232,10 @@ def subfolders(folder: str | Path) -> list[str]:
             return [entry.name for entry in os.scandir(folder) if entry.is_dir()]
         except FileNotFoundError:
             return []
-    try:
-        found = []
-        for page in _pages(str(folder)):
-            found += [p["Prefix"].rstrip("/").rsplit("/", 1)[-1]
-                      for p in page.get("CommonPrefixes", [])]
-        return found
-    except Exception as error:
-        raise _failed("list", str(folder), error) from error
+    from pyarrow import fs
+
+    return [entry.base_name for entry in _entries(str(folder))
+            if entry.type == fs.FileType.Directory]
 
 
 def files(folder: str | Path, suffix: str) -> list[str]:
