@@ -112,7 +112,20 @@ class SeaweedServer:
 
     def requests(self) -> Counter[str]:
         """S3 requests the server has answered so far, by kind (PUT, GET, LIST, HEAD, ...),
-        from its own Prometheus counters."""
+        from its own Prometheus counters.
+
+        The server counts a request just after answering it, so the counters are read until
+        two readings a moment apart agree.
+        """
+        last = self._read_counters()
+        while True:
+            time.sleep(0.2)
+            now = self._read_counters()
+            if now == last:
+                return now
+            last = now
+
+    def _read_counters(self) -> Counter[str]:
         url = f"http://127.0.0.1:{self.ports['metricsPort']}/metrics"
         with urllib.request.urlopen(url, timeout=10) as answer:
             text = answer.read().decode()
