@@ -244,15 +244,3 @@ def files(folder: str | Path, suffix: str) -> list[str]:
     return [f"{folder}/{name}" for name in sorted(names(folder))
             if name.endswith(suffix) and not name.startswith(".")]
 
-
-def modified(path: str | Path) -> float:
-    """When ``path`` was last written (seconds); FileNotFoundError when it is not there."""
-    if not is_remote(path):
-        return os.stat(path).st_mtime
-    bucket, key = split(str(path))
-    try:
-        return client().head_object(Bucket=bucket, Key=key)["LastModified"].timestamp()
-    except Exception as error:
-        if _missing(error):
-            raise FileNotFoundError(2, "no such object", str(path)) from None
-        raise _failed("look up", str(path), error) from error
