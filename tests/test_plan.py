@@ -23,6 +23,7 @@ from thumbfeat.plan import (
     table_rebuild_reason,
 )
 from thumbfeat.rowinputs import RowInputs
+from thumbfeat.urls import recorded_url
 
 from tests.support import TAG
 
@@ -356,7 +357,8 @@ def inputs_of(rows: dict[str, tuple[str, str, str | None]]) -> RowInputs:
     inputs = RowInputs(from_table=True)
     inputs.add(pa.table({"image_id": list(rows), "status": [r[0] for r in rows.values()],
                          "feature_version": [r[1] for r in rows.values()],
-                         "source_url": [r[2] for r in rows.values()]}))
+                         "source_url": [None if r[2] is None else recorded_url(r[2])
+                                        for r in rows.values()]}))
     return inputs
 
 

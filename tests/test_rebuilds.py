@@ -13,6 +13,7 @@ import pytest
 from thumbfeat import atomic, layout
 from thumbfeat.features import FEATURE_VERSION
 from thumbfeat.rows import ROW_SCHEMA
+from thumbfeat.urls import recorded_url
 
 from tests.support import (
     TAG,
@@ -131,7 +132,7 @@ def test_changed_urls_are_fetched_again(workdir: Path, server: ImageServer) -> N
         table = {r["image_id"]: r for r in
                  pq.read_table(results / "feature_table.parquet").to_pylist()}
         assert {table[n]["source_url"] for n in changed} == {
-            f"{server.base}/img/{moved[n]}.jpg" for n in changed}
+            recorded_url(f"{server.base}/img/{moved[n]}.jpg") for n in changed}
         # Nothing is left: the next run fetches nothing.
         assert preview(run_snakemake(workdir, "-n", config=config).stdout)["download"] == 0
 

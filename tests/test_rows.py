@@ -20,6 +20,7 @@ from thumbfeat.rows import (
     write_row,
 )
 from thumbfeat.thumbnail import THUMBNAIL_FIELDS
+from thumbfeat.urls import recorded_url
 
 
 def _real_features() -> dict[str, object]:
@@ -62,7 +63,7 @@ def test_ok_row_round_trip(tmp_path: Path) -> None:
         "retryable": None,
         **{field.name: None for field in THUMBNAIL_FIELDS},
         "feature_version": "1",
-        "source_url": "http://h/img1.jpg",
+        "source_url": recorded_url("http://h/img1.jpg"),
         "exact_duplicate_group": None,
         "near_duplicate_group": None,
     }

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from thumbfeat import atomic, layout
+from thumbfeat.urls import recorded_url
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ def record_failure(results: str, image_id: str, kind: str, error: str, retryable
     done for the settings ``tag``.
     """
     record = {"image_id": image_id, "kind": kind, "error": error, "retryable": retryable,
-              "url": url, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "url": None if url is None else recorded_url(url),
+              "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic.write_bytes(layout.failure_path(results, image_id), json.dumps(record).encode())
     atomic.write_bytes(layout.thumb_path(results, image_id, tag), b"")
 

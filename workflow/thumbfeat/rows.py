@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from thumbfeat import atomic
 from thumbfeat.features import FEATURE_FIELDS
 from thumbfeat.thumbnail import THUMBNAIL_FIELDS
+from thumbfeat.urls import recorded_url
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -48,7 +49,7 @@ def ok_row(image_id: str, features: dict[str, object], feature_version: str,
     row: dict[str, object] = {name: None for name in ROW_SCHEMA.names}
     row.update(features)
     row.update(image_id=image_id, status=STATUS_OK, feature_version=feature_version,
-               source_url=source_url)
+               source_url=None if source_url is None else recorded_url(source_url))
     return row
 
 
@@ -57,7 +58,8 @@ def failed_row(image_id: str, kind: str, error: str, *, retryable: bool,
     """The row of an image that could not be fetched or decoded."""
     row: dict[str, object] = {name: None for name in ROW_SCHEMA.names}
     row.update(image_id=image_id, status=STATUS_FAILED, error_kind=kind, error=error,
-               retryable=retryable, feature_version=feature_version, source_url=source_url)
+               retryable=retryable, feature_version=feature_version,
+               source_url=None if source_url is None else recorded_url(source_url))
     return row
 
 

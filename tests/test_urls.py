@@ -1,0 +1,17 @@
+"""Tests for thumbfeat.urls: recorded URLs keep no secret and still tell every change."""
+
+from __future__ import annotations
+
+from thumbfeat.urls import recorded_url
+
+
+def test_secrets_are_left_out_and_every_change_is_noticed() -> None:
+    url = "https://user:pw@images.example.org:8443/a/b.jpg?token=qt-secret&w=200"
+    kept = recorded_url(url)
+    assert kept.startswith("https://images.example.org:8443/a/b.jpg#sha256=")
+    for secret in ("user", "pw@", "qt-secret", "w=200"):
+        assert secret not in kept
+    assert recorded_url(url) == kept
+    assert recorded_url(url.replace("w=200", "w=400")) != kept
+    assert recorded_url(url.replace("qt-secret", "qt-rotated")) != kept
+    assert recorded_url("http://[bad").startswith("#sha256=")
