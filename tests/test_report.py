@@ -216,19 +216,27 @@ def test_report_renders_offline_with_every_image(report_html: Path, tmp_path: Pa
         print(f"\nreport screenshots kept in {ARTIFACTS}")
 
 
+def click(driver, element) -> None:  # type: ignore[no-untyped-def]
+    """Click as a person's click does, whatever lies over the element for a moment."""
+    driver.execute_script("arguments[0].click();", element)
+
+
 def view_category(driver, category: str) -> dict[str, bool]:  # type: ignore[no-untyped-def]
     """Open a category from the menu, view each of its results; True where it rendered."""
     from selenium.webdriver.common.by import By
 
     if not driver.find_elements(By.LINK_TEXT, category):
-        driver.find_element(By.LINK_TEXT, "Results").click()  # the breadcrumb back to the menu
-    wait_for(lambda: driver.find_elements(By.LINK_TEXT, category))[0].click()
+        # The breadcrumb back to the menu. Clicked through the page's own script: the report's
+        # sticky header may lie over the link while it animates, which Selenium reports as an
+        # intercepted click.
+        click(driver, driver.find_element(By.LINK_TEXT, "Results"))
+    click(driver, wait_for(lambda: driver.find_elements(By.LINK_TEXT, category))[0])
     rows = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "tr div[role=group]"))
     outcome = {}
     for index in range(len(rows)):
         group = driver.find_elements(By.CSS_SELECTOR, "tr div[role=group]")[index]
         path = group.find_element(By.XPATH, "ancestor::tr").text.strip()
-        group.find_elements(By.TAG_NAME, "a")[0].click()  # the eye: view the result
+        click(driver, group.find_elements(By.TAG_NAME, "a")[0])  # the eye: view the result
         if path.endswith(".html"):
             outcome[path] = bool(wait_for(lambda: frame_text(driver)))
         else:
