@@ -15,3 +15,6 @@ def test_secrets_are_left_out_and_every_change_is_noticed() -> None:
     assert recorded_url(url.replace("w=200", "w=400")) != kept
     assert recorded_url(url.replace("qt-secret", "qt-rotated")) != kept
     assert recorded_url("http://[bad").startswith("#sha256=")
+    script = recorded_url("javascript:alert('qt-secret')")
+    assert script.startswith("javascript:#sha256=") and "qt-secret" not in script
+    assert recorded_url("file:///data/images/a.jpg").startswith("file:///data/images/a.jpg#")

@@ -14,6 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 DIGEST_LENGTH = 16
 
 
+# Schemes whose host and path name a place to fetch from; anything else (``javascript:``, ...)
+# is recorded by its scheme and digest alone, since its "path" may be any text.
+PLACE_SCHEMES = frozenset({"http", "https", "file"})
+
+
 def recorded_url(url: str) -> str:
     """``scheme://host[:port]/path#sha256=<digest of the whole URL>``."""
     digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
@@ -22,7 +27,10 @@ def recorded_url(url: str) -> str:
         host = parts.hostname or ""
         if parts.port is not None:
             host = f"{host}:{parts.port}"
-        bare = urlunsplit((parts.scheme, host, parts.path, "", ""))
+        if parts.scheme.lower() in PLACE_SCHEMES:
+            bare = urlunsplit((parts.scheme, host, parts.path, "", ""))
+        else:
+            bare = f"{parts.scheme}:" if parts.scheme.isalnum() else ""
     except ValueError:  # a malformed URL (recorded as bad_url): keep only its digest
         bare = ""
     return f"{bare}#sha256={digest}"
