@@ -49,6 +49,7 @@ from bench.common import (  # noqa: E402
     measure,
     nginx_version,
     publish,
+    serving,
     start_nginx,
     summary,
     write_catalog,
@@ -171,15 +172,7 @@ def start_slow_server(folder: Path, delay: float) -> tuple[subprocess.Popen[byte
     port = free_port()
     process = subprocess.Popen([PYTHON, str(ROOT / "bench" / "slow_server.py"), str(folder),
                                 "--port", str(port), "--delay", str(delay)])
-    import socket
-
-    for _ in range(200):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process, f"http://127.0.0.1:{port}"
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("the slow server did not start")
+    return serving(process, port, "the slow server")
 
 
 def distant(args: argparse.Namespace) -> None:

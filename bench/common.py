@@ -108,13 +108,19 @@ http {{
 }}
 """)
     process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work / "nginx")])
-    for _ in range(100):
+    return serving(process, port, "nginx")
+
+
+def serving(process: subprocess.Popen[bytes], port: int, name: str,
+            tries: int = 200) -> tuple[subprocess.Popen[bytes], str]:
+    """Wait until ``process`` accepts connections on ``port``; its base URL, or it is killed."""
+    for _ in range(tries):
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return process, f"http://127.0.0.1:{port}"
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError("nginx did not start")
+    raise RuntimeError(f"{name} did not start")
 
 
 def nginx_version() -> str:
