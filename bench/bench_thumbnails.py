@@ -224,7 +224,7 @@ def distant(args: argparse.Namespace) -> None:
 
 def stage_cpu(datas: list[bytes], base_names: list[str]) -> dict[str, float]:
     """Seconds of CPU per image of each stage, run one after another in this process."""
-    from thumbfeat import atomic, table
+    from thumbfeat import atomic, rows
     from thumbfeat.features import FEATURE_VERSION, compute_features
     from thumbfeat.imaging import decode_image
     from thumbfeat.thumbnail import (
@@ -259,8 +259,8 @@ def stage_cpu(datas: list[bytes], base_names: list[str]) -> dict[str, float]:
         spent["features"] += now - clock
         clock = now
         atomic.write_bytes(scratch / name[:2] / f"{name}.img", data)
-        table.write_row(scratch / name[:2] / f"{name}.parquet",
-                        table.ok_row(name, features, FEATURE_VERSION))
+        rows.write_row(scratch / name[:2] / f"{name}.parquet",
+                        rows.ok_row(name, features, FEATURE_VERSION))
         spent["write thumbnail and row"] += time.thread_time() - clock
     shutil.rmtree(scratch)
     return {stage: seconds / len(datas) for stage, seconds in spent.items()}
