@@ -45,6 +45,7 @@ from thumbfeat.rows import ROW_SCHEMA, failed_row, write_row  # noqa: E402
 from thumbfeat.rowscan import jemalloc_library  # noqa: E402
 from thumbfeat.table import assemble_table, write_settings_marker  # noqa: E402
 from thumbfeat.thumbnail import thumbnail_settings  # noqa: E402
+from thumbfeat.urls import recorded_url  # noqa: E402
 
 from bench.common import (  # noqa: E402
     Measured,
@@ -119,7 +120,7 @@ def steady_state(results: Path, catalog: Path, thumb_source: Path) -> None:
     columns["status"] = pa.array(["ok"] * len(ids))
     # Current rows fetched from the catalog's URLs: nothing to measure or fetch again.
     columns["feature_version"] = pa.array([FEATURE_VERSION] * len(ids))
-    columns["source_url"] = pa.array(selected.urls)
+    columns["source_url"] = pa.array([recorded_url(url) for url in selected.urls])
     columns["thumbnail_settings"] = pa.array([tag] * len(ids))
     pq.write_table(pa.table(columns, schema=ROW_SCHEMA), results / "feature_table.parquet")
     distance = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())[
