@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from thumbfeat.urls import recorded_url
+from thumbfeat.urls import recorded_from, recorded_url
 
 
 def test_secrets_are_left_out_and_every_change_is_noticed() -> None:
@@ -18,3 +18,14 @@ def test_secrets_are_left_out_and_every_change_is_noticed() -> None:
     script = recorded_url("javascript:alert('qt-secret')")
     assert script.startswith("javascript:#sha256=") and "qt-secret" not in script
     assert recorded_url("file:///data/images/a.jpg").startswith("file:///data/images/a.jpg#")
+
+
+def test_a_recorded_url_is_matched_to_its_url_by_digest_alone() -> None:
+    url = "https://user:pw@images.example.org/a/b.jpg?token=qt-secret"
+    assert recorded_from(recorded_url(url), url)
+    # The query (or a password) alone changed: the bare part is equal, the digest is not.
+    assert not recorded_from(recorded_url(url), url.replace("qt-secret", "qt-rotated"))
+    assert not recorded_from(recorded_url(url), url.replace("pw", "pw2"))
+    assert recorded_from(recorded_url("http://[bad"), "http://[bad")
+    # A URL recorded as it was, before recorded forms carried a digest, counts as changed.
+    assert not recorded_from(url, url)

@@ -39,7 +39,7 @@ from thumbfeat.catalog import Catalog
 from thumbfeat.failures import FailureRecord, read_failure_records
 from thumbfeat.integrity import Damage, cheap_damage
 from thumbfeat.rowinputs import RowInputs
-from thumbfeat.urls import recorded_url
+from thumbfeat.urls import recorded_from
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ def plan_work(catalog: Catalog, results: str | Path, *, tag: str, batch_size: in
     redo: set[str] = set()
     for image_id, record in failures.items():
         if retry_failed or record.retryable or (
-                record.url is not None and record.url != recorded_url(catalog_urls[image_id])):
+                record.url is not None and not recorded_from(record.url, catalog_urls[image_id])):
             plan.failed_retried[image_id] = record
             redo.add(image_id)
         else:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thumbfeat import layout
-from thumbfeat.urls import recorded_url
+from thumbfeat.urls import recorded_from
 
 COLUMNS = ("image_id", "status", "feature_version", "source_url")
 SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
@@ -92,7 +92,7 @@ class RowInputs:
         known = known.filter(pc.is_valid(known.column("source_url")))
         return {i for i, was in zip(known.column("image_id").to_pylist(),
                                     known.column("source_url").to_pylist(), strict=True)
-                if i in urls and recorded_url(urls[i]) != was}
+                if i in urls and not recorded_from(was, urls[i])}
 
 
 def _read_columns(path: str | Path, tag: str) -> pa.Table:

@@ -12,6 +12,7 @@ import hashlib
 from urllib.parse import urlsplit, urlunsplit
 
 DIGEST_LENGTH = 16
+DIGEST_MARK = "#sha256="
 
 
 # Schemes whose host and path name a place to fetch from; anything else (``javascript:``, ...)
@@ -19,9 +20,14 @@ DIGEST_LENGTH = 16
 PLACE_SCHEMES = frozenset({"http", "https", "file"})
 
 
+def url_digest(url: str) -> str:
+    """The digest of the whole URL that its recorded form ends with."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+
+
 def recorded_url(url: str) -> str:
     """``scheme://host[:port]/path#sha256=<digest of the whole URL>``."""
-    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+    digest = url_digest(url)
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -33,4 +39,14 @@ def recorded_url(url: str) -> str:
             bare = f"{parts.scheme}:" if parts.scheme.isalnum() else ""
     except ValueError:  # a malformed URL (recorded as bad_url): keep only its digest
         bare = ""
-    return f"{bare}#sha256={digest}"
+    return f"{bare}{DIGEST_MARK}{digest}"
+
+
+def recorded_from(recorded: str, url: str) -> bool:
+    """Whether ``recorded`` (a row's or failure record's source URL) was recorded from ``url``.
+
+    Only the digests are compared: the plan asks this of every row when the catalog changes,
+    and parsing a million URLs again would cost seconds at every parse.
+    """
+    _, mark, digest = recorded.rpartition(DIGEST_MARK)
+    return bool(mark) and digest == url_digest(url)
