@@ -218,12 +218,13 @@ def working_dimensions(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), WORKING_SIZE
 
 
-def to_working_size(gray: Image.Image) -> Image.Image:
-    """Shrink ``gray`` to :func:`working_dimensions` with a BOX filter; never enlarge."""
-    size = working_dimensions(gray.width, gray.height)
-    if size == gray.size:
+def to_working_size(gray: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Shrink ``gray`` to :func:`working_dimensions` with Pillow's BOX filter; never enlarge."""
+    height, width = gray.shape
+    size = working_dimensions(width, height)
+    if size == (width, height):
         return gray
-    return gray.resize(size, Image.Resampling.BOX)
+    return np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX))
 
 
 class PixelSums(NamedTuple):
@@ -257,20 +258,30 @@ class Pixels:
     """The prepared views every measure reads: built once per image, never modified.
 
     ``red``/``green``/``blue`` are flat uint8 channel copies (contiguous), which the compiled
-    pass reads one element per channel at a time; ``sums`` is what that pass
-    gathers for the light and colour measures.
+    pass reads one element per channel at a time; ``gray`` is the grey image (2-D);
+    ``levels`` the 256-bin histograms of grey, red, green and blue (rows 0..3); ``sums`` is
+    what the compiled pass gathers for the light and colour measures.
     """
 
     rgb_image: Image.Image
-    gray_image: Image.Image
     rgb: NDArray[np.uint8]
     red: NDArray[np.uint8]
     green: NDArray[np.uint8]
     blue: NDArray[np.uint8]
     gray: NDArray[np.uint8]
-    gray_histogram: NDArray[np.int64]
+    levels: NDArray[np.int64]
     working: NDArray[np.uint8]
     sums: PixelSums
+
+    @property
+    def gray_histogram(self) -> NDArray[np.int64]:
+        """Pillow's ``histogram()`` of the grey image."""
+        return self.levels[0]
+
+    @property
+    def rgb_histogram(self) -> NDArray[np.int64]:
+        """Pillow's ``histogram()`` of the RGB image: 768 bins, red then green then blue."""
+        return self.levels[1:].reshape(-1)
 
     @cached_property
     def chroma(self) -> NDArray[np.uint8]:
@@ -279,24 +290,22 @@ class Pixels:
 
 
 def prepare(decoded: DecodedImage) -> Pixels:
-    """Flatten to RGB on white, derive the shared grey image, channels and histogram, and run the
-    compiled pass over the RGB pixels."""
+    """Flatten to RGB on white, derive the shared grey image, channels and histograms (compiled
+    passes that equal Pillow's ``convert("L")`` and ``histogram()``), and run the compiled pass
+    gathering the light and colour sums."""
     rgb_image = to_rgb_on_white(decoded.image)
     rgb = np.ascontiguousarray(np.asarray(rgb_image))
-    red, green, blue = kernels.split_channels(rgb)
-    gray_image = rgb_image.convert("L")
-    gray = np.asarray(gray_image)
-    working_image = to_working_size(gray_image)
+    red, green, blue, gray = kernels.split_channels(rgb)
+    gray = gray.reshape(rgb.shape[:2])
     return Pixels(
         rgb_image=rgb_image,
-        gray_image=gray_image,
         rgb=rgb,
         red=red,
         green=green,
         blue=blue,
         gray=gray,
-        gray_histogram=np.asarray(gray_image.histogram(), dtype=np.int64),
-        working=gray if working_image is gray_image else np.asarray(working_image),
+        levels=kernels.level_counts(red, green, blue, gray.reshape(-1)),
+        working=to_working_size(gray),
         sums=pixel_sums(red, green, blue),
     )
 
@@ -544,7 +553,10 @@ def perceptual_hash(small: NDArray[np.uint8]) -> str:
     rows = _dct_rows(PHASH_SIZE, HASH_SIZE)
     low = rows @ small.astype(np.float64) @ rows.T
     low[np.abs(low) < _DCT_ZERO] = 0.0
-    return _bits_to_hex(low > np.median(low))
+    ordered = np.sort(low, axis=None)
+    middle = ordered.size // 2
+    # numpy's median of an even count, without its general-purpose overhead.
+    return _bits_to_hex(low > (ordered[middle - 1] + ordered[middle]) / 2)
 
 
 def hashes(pixels: Pixels) -> Features:
@@ -613,7 +625,7 @@ def flags(pixels: Pixels, found: Features) -> Features:
     The scores are kept beside the flags so users can choose thresholds of their own.
     """
     width, height = found["width"], found["height"]
-    rgb_entropy = entropy_bits(np.asarray(pixels.rgb_image.histogram(), dtype=np.int64))
+    rgb_entropy = entropy_bits(pixels.rgb_histogram)
     scores = {
         "dark_score": found["brightness_p99"],
         "light_score": 1 - found["brightness_p05"],
