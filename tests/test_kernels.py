@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 from thumbfeat import kernels
 
 from tests.support import REPO
@@ -138,6 +139,57 @@ def test_ranked_pair_across_bucket_edges() -> None:
             assert kernels.ranked_pair(values, buckets, rank) == expected
 
 
+def test_ranked_pairs_equal_sorting_for_two_ranks_in_one_pass() -> None:
+    edge = 1 << kernels.BUCKET_SHIFT
+    rng = np.random.default_rng(8)
+    cases = [
+        rng.integers(0, 65_025_001, 3001, dtype=np.int32),
+        np.array([edge - 1, edge, edge + 1, 5 * edge, 0, 9 * edge], dtype=np.int32),
+        np.array([3 * edge] * 7 + [3 * edge - 1], dtype=np.int32),  # both ranks in one bucket
+    ]
+    for values in cases:
+        ordered = np.sort(values)
+        buckets = kernels.bucket_counts(values)
+        last = values.size - 1
+        for first, second in ((0, last), (last // 20, last * 99 // 100), (2, 3), (last, 1)):
+            expected = (ordered[first], ordered[min(first + 1, last)],
+                        ordered[second], ordered[min(second + 1, last)])
+            assert kernels.ranked_pairs(values, buckets, first, second) == expected
+
+
+def test_grey_equals_pillow_for_every_rgb_colour() -> None:
+    # All 2**24 colours once: the compiled grey is Pillow's convert("L") bit for bit.
+    codes = np.arange(1 << 24, dtype=np.uint32)
+    rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8)
+    rgb = rgb.reshape(4096, 4096, 3)
+    red, green, blue, gray = kernels.split_channels(rgb)
+    expected = np.asarray(Image.fromarray(rgb).convert("L")).reshape(-1)
+    assert np.array_equal(gray, expected)
+    assert np.array_equal(np.stack([red, green, blue], axis=-1), rgb.reshape(-1, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_level_counts_equal_pillow_histograms(seed: int) -> None:
+    rgb = tricky(seed, pixels=4001).reshape(-1, 1, 3)  # an odd count: the last pixel alone
+    red, green, blue, gray = kernels.split_channels(np.ascontiguousarray(rgb))
+    levels = kernels.level_counts(red, green, blue, gray)
+    image = Image.fromarray(rgb)
+    assert levels[0].tolist() == image.convert("L").histogram()
+    assert levels[1:].reshape(-1).tolist() == image.histogram()
+
+
+def test_member_sums_of_more_cells_than_one_pass_takes() -> None:
+    rgb = tricky(3)
+    red, green, blue = channels(rgb)
+    wide = rgb.astype(np.int64)
+    cell_of = ((wide[:, 0] >> 5) * 64 + (wide[:, 1] >> 5) * 8 + (wide[:, 2] >> 5)).astype(
+        np.int32) | (5 << 9)  # bits above the mask must be ignored
+    wanted = np.array([0, 511, 7, 300, 64], dtype=np.int64)  # five cells: two passes
+    sums = kernels._member_sums(cell_of, 511, red, green, blue, wanted)
+    for cell, cell_sums in zip(wanted, sums, strict=True):
+        assert cell_sums.tolist() == wide[(cell_of & 511) == cell].sum(axis=0).tolist()
+
+
 def test_detail_sums_equal_numpy() -> None:
     gray = np.random.default_rng(4).integers(0, 256, (37, 53), dtype=np.uint8)
     g = gray.astype(np.int64)
@@ -155,8 +207,8 @@ WARM = """
 import json
 from thumbfeat import features, kernels
 seconds = features.warm_kernels()
-kernels_used = (kernels.pixel_sums, kernels.ranked_pair, kernels.detail_sums,
-                kernels.combine_rows)
+kernels_used = (kernels.split_channels, kernels.level_counts, kernels.pixel_sums,
+                kernels.ranked_pairs, kernels.detail_sums, kernels.combine_rows)
 print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels_used),
                   "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels_used)}))
 """

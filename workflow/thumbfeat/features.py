@@ -346,21 +346,22 @@ def order_statistics(values: NDArray[np.int32], rank: int) -> tuple[int, int]:
 
 
 def brightness_percentiles(weighted: NDArray[np.int32], buckets: NDArray[np.int64],
-                           percents: tuple[float, ...]) -> list[float]:
-    """Percentiles of per-pixel HSP brightness with numpy's default linear interpolation.
+                           percents: tuple[float, float]) -> list[float]:
+    """Two percentiles of per-pixel HSP brightness with numpy's default linear interpolation.
 
     Brightness is monotonic in the integer weighted square, so only the two order statistics
-    around each percentile's position are selected on the integers and turned into brightness.
+    around each percentile's position are selected on the integers (both percentiles in one
+    compiled pass) and turned into brightness.
     """
     last = weighted.size - 1
+    positions = [percent / 100 * last for percent in percents]
+    below = [math.floor(position) for position in positions]
+    squares = kernels.ranked_pairs(weighted, buckets, below[0], below[1])
     out = []
-    for percent in percents:
-        position = percent / 100 * last
-        below = math.floor(position)
-        low_square, high_square = kernels.ranked_pair(weighted, buckets, below)
-        low = math.sqrt(low_square) * _HSP_SCALE
-        high = math.sqrt(high_square) * _HSP_SCALE
-        out.append(low + (high - low) * (position - below))
+    for index, position in enumerate(positions):
+        low = math.sqrt(squares[2 * index]) * _HSP_SCALE
+        high = math.sqrt(squares[2 * index + 1]) * _HSP_SCALE
+        out.append(low + (high - low) * (position - below[index]))
     return out
 
 

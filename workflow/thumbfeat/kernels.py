@@ -356,22 +356,22 @@ def _bucket_minimum(values: NDArray[np.int32], bucket: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def ranked_pair(values: NDArray[np.int32], buckets: NDArray[np.int64], rank: int
-                ) -> tuple[int, int]:
-    """The values of rank ``rank`` and ``rank + 1`` (0-based, clipped to the last) in sorted
-    order, given the :func:`bucket_counts` of ``values``: only the wanted bucket is sorted."""
+def _bucket_of_rank(buckets: NDArray[np.int64], rank: int) -> tuple[int, int]:
+    """The bucket holding the value of ``rank``, and how many values lie in lower buckets."""
     seen = 0
     bucket = 0
     while seen + buckets[bucket] <= rank:
         seen += buckets[bucket]
         bucket += 1
-    members = np.empty(buckets[bucket], np.int32)
-    found = 0
-    for value in values:
-        if value >> BUCKET_SHIFT == bucket:
-            members[found] = value
-            found += 1
-    members.sort()
+    return bucket, seen
+
+
+@njit(cache=True, nogil=True)
+def _pair_in_bucket(values: NDArray[np.int32], buckets: NDArray[np.int64],
+                    members: NDArray[np.int32], bucket: int, seen: int, rank: int
+                    ) -> tuple[int, int]:
+    """Ranks ``rank`` and ``rank + 1`` from the sorted ``members`` of the rank's bucket (and the
+    smallest value of the next non-empty bucket, when ``rank`` is its bucket's last)."""
     at = members[rank - seen]
     if rank + 1 >= values.size:
         return at, at
@@ -381,6 +381,46 @@ def ranked_pair(values: NDArray[np.int32], buckets: NDArray[np.int64], rank: int
     while buckets[following] == 0:
         following += 1
     return at, _bucket_minimum(values, following)
+
+
+@njit(cache=True, nogil=True)
+def ranked_pairs(values: NDArray[np.int32], buckets: NDArray[np.int64], first_rank: int,
+                 second_rank: int) -> tuple[int, int, int, int]:
+    """The values of ranks ``r`` and ``r + 1`` (0-based, clipped to the last) in sorted order,
+    for ``r`` = ``first_rank`` and then ``second_rank``, given the :func:`bucket_counts` of
+    ``values``: one pass gathers the members of the (at most two) buckets holding those ranks,
+    and only those are sorted."""
+    first_bucket, first_seen = _bucket_of_rank(buckets, first_rank)
+    second_bucket, second_seen = _bucket_of_rank(buckets, second_rank)
+    shared = first_bucket == second_bucket
+    first_members = np.empty(buckets[first_bucket], np.int32)
+    second_members = np.empty(0 if shared else buckets[second_bucket], np.int32)
+    first_found = second_found = 0
+    for value in values:
+        bucket = value >> BUCKET_SHIFT
+        if bucket == first_bucket:
+            first_members[first_found] = value
+            first_found += 1
+        elif bucket == second_bucket:
+            second_members[second_found] = value
+            second_found += 1
+    first_members.sort()
+    second_members.sort()
+    if shared:
+        second_members = first_members
+    first_at, first_after = _pair_in_bucket(values, buckets, first_members, first_bucket,
+                                            first_seen, first_rank)
+    second_at, second_after = _pair_in_bucket(values, buckets, second_members, second_bucket,
+                                              second_seen, second_rank)
+    return first_at, first_after, second_at, second_after
+
+
+@njit(cache=True, nogil=True)
+def ranked_pair(values: NDArray[np.int32], buckets: NDArray[np.int64], rank: int
+                ) -> tuple[int, int]:
+    """:func:`ranked_pairs` for one rank."""
+    at, after, _, _ = ranked_pairs(values, buckets, rank, rank)
+    return at, after
 
 
 @njit(cache=True, nogil=True)
