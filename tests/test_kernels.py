@@ -16,8 +16,8 @@ from thumbfeat import kernels
 from tests.support import REPO
 
 # Thresholds as thumbfeat.features passes them: V in 39..242, S > 0.2, greyscale chroma 10,
-# 3 bits per channel for the colour cells, the 3 largest cells.
-ARGUMENTS = (39, 242, 5, 10, 3, 3)
+# 3 bits per channel for the colour cells, the 3 largest cells; then the hue direction tables.
+ARGUMENTS = (39, 242, 5, 10, 3, 3, *kernels.hue_direction_tables())
 
 
 def channels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,15 +112,19 @@ def test_a_constant_colour_has_exactly_zero_saturation_spread() -> None:
     assert floats[2] == 0.0
 
 
-def test_hue_direction_polynomials_are_accurate_for_every_hue() -> None:
-    worst = 0.0
-    for chroma in (1, 2, 3, 7, 100, 254, 255):
-        for sextant in range(6):
-            for remainder in range(chroma):
-                angle = math.radians((sextant + remainder / chroma) * 60)
-                cos, sin = kernels._hue_direction(sextant, remainder, chroma)
-                worst = max(worst, abs(cos - math.cos(angle)), abs(sin - math.sin(angle)))
-    assert worst < 1e-13
+def test_hue_direction_tables_are_accurate_for_every_hue() -> None:
+    within, starts = kernels.hue_direction_tables()
+    chroma, remainder = (np.array(v) for v in zip(*((c, r) for c in range(1, 256)
+                                                    for r in range(c)), strict=True))
+    entry = chroma * (chroma - 1) // 2 + remainder
+    assert np.array_equal(np.sort(entry), np.arange(within.shape[1]))  # each entry used once
+    for sextant in range(kernels.SEXTANTS):
+        angle = np.radians((sextant + remainder / chroma) * 60)
+        cos = starts[0, sextant] * within[0, entry] - starts[1, sextant] * within[1, entry]
+        sin = starts[1, sextant] * within[0, entry] + starts[0, sextant] * within[1, entry]
+        assert np.abs(cos - np.cos(angle)).max() < 1e-14
+        assert np.abs(sin - np.sin(angle)).max() < 1e-14
+    assert not starts[:, kernels.NO_HUE].any()
 
 
 def test_ranked_pair_across_bucket_edges() -> None:

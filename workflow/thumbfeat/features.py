@@ -250,7 +250,8 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8],
     """Run the compiled light and colour pass with this module's thresholds."""
     return PixelSums(*kernels.pixel_sums(
         red, green, blue, _VALUE_LOW, _VALUE_HIGH,
-        _SATURATION_DIVISOR, GRAYSCALE_CHROMA, DOMINANT_BITS, DOMINANT_COLOURS))
+        _SATURATION_DIVISOR, GRAYSCALE_CHROMA, DOMINANT_BITS, DOMINANT_COLOURS,
+        *kernels.hue_direction_tables()))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ argument types (read-only and writable arrays count as different types).
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 from numba import njit
@@ -40,11 +41,8 @@ the HSP squares), then sort only the values of the one bucket holding the wanted
 
 SEXTANTS = 6
 
-# Taylor coefficients of sine (x, x³, ... x¹¹) and cosine (1, x², ... x¹²): on |x| <= pi/6 the
-# first omitted terms are below 4e-14 and 2e-15.
-_SIN = tuple((-1) ** j / math.factorial(2 * j + 1) for j in range(6))
-_COS = tuple((-1) ** j / math.factorial(2 * j) for j in range(7))
-_HALF_ROOT3 = math.sqrt(3) / 2
+NO_HUE = SEXTANTS
+"""The sextant a pixel without a reliable hue is filed under: its direction is (0, 0)."""
 
 # Layout of the integer results of :func:`pixel_sums`.
 VALUE_SUM = 0  # sum of max(R, G, B)
@@ -146,27 +144,32 @@ def _saturation(red: int, green: int, blue: int) -> float:
     return (high - min(red, green, blue)) / np.float64(max(high, 1))
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _hue_direction(sextant: int, remainder: int, chroma: int) -> tuple[float, float]:
-    """Cosine and sine of the hue angle ``(sextant + remainder / chroma) * 60`` degrees.
+@cache
+def hue_direction_tables() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Cosine and sine tables for the hue directions summed by :func:`pixel_sums`.
 
-    The angle is written as the sextant's centre ``(sextant + 1/2) * 60`` plus an offset ``x``
-    within +-30 degrees, whose sine and cosine are short polynomials (no table look-up, no
-    branch, so several pixels go through at once); the centre's cosine and sine are one of a
-    few constants, picked by 0/1 factors.
+    An HSV hue is ``(k + r / c) * 60`` degrees for sextant ``k``, remainder ``r`` and chroma
+    ``c`` (``0 <= r < c <= 255``). ``within[0 or 1, c (c - 1) / 2 + r]`` holds the cosine and
+    sine of ``r / c * 60`` degrees (one entry per fraction, 32,640 in all), and
+    ``starts[0 or 1, k]`` those of the sextant's start ``k * 60`` degrees (zero for
+    :data:`NO_HUE`); the direction is the product of the two rotations. Each entry comes from
+    the library functions, correctly rounded or within an ulp, so a pixel's direction is within
+    a few ulps of the plain formula. Built once per process (a few milliseconds).
     """
-    x = (math.pi / 3) * (remainder / np.float64(max(chroma, 1))) - math.pi / 6
-    xx = x * x
-    sin_x = x * (_SIN[0] + xx * (_SIN[1] + xx * (_SIN[2] + xx * (_SIN[3] + xx * (
-        _SIN[4] + xx * _SIN[5])))))
-    cos_x = _COS[0] + xx * (_COS[1] + xx * (_COS[2] + xx * (_COS[3] + xx * (_COS[4] + xx * (
-        _COS[5] + xx * _COS[6])))))
-    in_0, in_1, in_2 = np.float64(sextant == 0), np.float64(sextant == 1), np.float64(sextant == 2)
-    in_3, in_4, in_5 = np.float64(sextant == 3), np.float64(sextant == 4), np.float64(sextant == 5)
-    # Centres at 30, 90, ..., 330 degrees.
-    centre_cos = _HALF_ROOT3 * (in_0 - in_2 - in_3 + in_5)
-    centre_sin = 0.5 * (in_0 + in_2 - in_3 - in_5) + (in_1 - in_4)
-    return (centre_cos * cos_x - centre_sin * sin_x, centre_sin * cos_x + centre_cos * sin_x)
+    within = np.zeros((2, 255 * 256 // 2))
+    for chroma in range(1, 256):
+        base = chroma * (chroma - 1) // 2
+        for remainder in range(chroma):
+            angle = math.pi / 3 * remainder / chroma
+            within[0, base + remainder] = math.cos(angle)
+            within[1, base + remainder] = math.sin(angle)
+    half_root3 = math.sqrt(3) / 2
+    starts = np.zeros((2, 8))
+    starts[0, :SEXTANTS] = (1.0, 0.5, -0.5, -1.0, -0.5, 0.5)
+    starts[1, :SEXTANTS] = (0.0, half_root3, half_root3, 0.0, -half_root3, -half_root3)
+    within.setflags(write=False)
+    starts.setflags(write=False)
+    return within, starts
 
 
 @njit(cache=True, nogil=True)
@@ -240,7 +243,8 @@ def _member_sums(cell_of: NDArray[np.int32], cell_mask: int, red: NDArray[np.uin
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[np.uint8],
                value_low: int, value_high: int,
-               saturation_divisor: int, grey_chroma: int, cell_bits: int, top_cells: int
+               saturation_divisor: int, grey_chroma: int, cell_bits: int, top_cells: int,
+               within: NDArray[np.float64], starts: NDArray[np.float64]
                ) -> tuple[NDArray[np.int32], NDArray[np.int64], NDArray[np.int64],
                           NDArray[np.float64], NDArray[np.int64], NDArray[np.int64],
                           NDArray[np.int64], NDArray[np.int64]]:
@@ -254,24 +258,28 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     * ``floats``: the sum of ``sqrt(weighted)``, the mean and standard deviation of
       saturation ``chroma / max`` (0 for black), then the sums of the hue angle's cosine and
       sine over the pixels with a reliable hue (``max`` within ``value_low..value_high`` and
-      ``chroma > max // saturation_divisor``, decided as ``chroma * saturation_divisor > max``);
+      ``chroma > max // saturation_divisor``, decided as ``chroma * saturation_divisor > max``),
+      each direction from the :func:`hue_direction_tables` ``within`` and ``starts``;
     * ``hue_bins``: those pixels' counts per 30-degree bin;
     * ``cells``: pixel counts of the colour cells (``cell_bits`` high bits per channel);
     * ``top``: the ``top_cells`` most populated cells, most populated first (ties to the lower
       cell number), and ``cell_sums``: their R, G, B sums.
 
-    The first loop has no branches or scattered writes, so it is vectorised; the counting
-    loops follow. The float sums may be added in any order (``reassoc``): they are within the
-    documented tolerances either way, and every exact result is an integer.
+    The first loop has no branches or scattered writes, so it is vectorised; it files each
+    pixel's hue as a table index. A second vectorised pass sums the saturation's squared
+    deviations and the hue directions (table look-ups, far cheaper than evaluating cosines);
+    the counting loops follow. The float sums may be added in any order (``reassoc``): they
+    are within the documented tolerances either way, and every exact result is an integer.
     """
     n = red.size
     weighted = np.empty(n, np.int32)
     cell_of = np.empty(n, np.int32)
+    hue_of = np.empty(n, np.int32)  # 8 * (index into ``within``) + sextant, or NO_HUE
     shift = 8 - cell_bits
     # Saturation is summed as the offset from the first pixel's, so that a constant colour gives
     # exactly its own saturation and a standard deviation of exactly 0.
     first = _saturation(np.int32(red[0]), np.int32(green[0]), np.int32(blue[0]))
-    roots = saturation = hue_cos = hue_sin = 0.0
+    roots = saturation = 0.0
     value_sum = coloured = rg_sum = rg_squares = yb2_sum = yb2_squares = selected = 0
     for i in range(n):
         r, g, b = np.int32(red[i]), np.int32(green[i]), np.int32(blue[i])
@@ -299,15 +307,19 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         # The colour cell in the low bits, the hue bin above: one count gives both tallies.
         cell_of[i] = (hue_bin << (3 * cell_bits)) | ((r >> shift) << (2 * cell_bits)) | (
             (g >> shift) << cell_bits) | (b >> shift)
-        direction_cos, direction_sin = _hue_direction(sextant, remainder, chroma)
-        hue_cos += reliable * direction_cos
-        hue_sin += reliable * direction_sin
+        fraction = ((chroma * (chroma - 1)) >> 1) + remainder
+        hue_of[i] = reliable * (8 * fraction + sextant) + (1 - reliable) * NO_HUE
     saturation_mean = first + saturation / n
-    deviations = 0.0
+    deviations = hue_cos = hue_sin = 0.0
     for i in range(n):
         gap = _saturation(np.int32(red[i]), np.int32(green[i]), np.int32(blue[i]))
         gap -= saturation_mean
         deviations += gap * gap
+        entry, turn = hue_of[i] >> 3, hue_of[i] & 7
+        within_cos, within_sin = within[0, entry], within[1, entry]
+        start_cos, start_sin = starts[0, turn], starts[1, turn]
+        hue_cos += start_cos * within_cos - start_sin * within_sin
+        hue_sin += start_sin * within_cos + start_cos * within_sin
 
     buckets = _counts(weighted, BUCKET_SHIFT, (65_025_000 >> BUCKET_SHIFT) + 1)
     cell_count = 1 << (3 * cell_bits)
