@@ -275,6 +275,7 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     weighted = np.empty(n, np.int32)
     cell_of = np.empty(n, np.int32)
     hue_of = np.empty(n, np.int32)  # 8 * (index into ``within``) + sextant, or NO_HUE
+    saturations = np.empty(n, np.float64)  # kept for the second pass: cheaper than dividing again
     shift = 8 - cell_bits
     # Saturation is summed as the offset from the first pixel's, so that a constant colour gives
     # exactly its own saturation and a standard deviation of exactly 0.
@@ -288,7 +289,9 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         roots += math.sqrt(np.float64(square))
         high = max(r, g, b)
         chroma = high - min(r, g, b)
-        saturation += chroma / np.float64(max(high, 1)) - first
+        pixel_saturation = chroma / np.float64(max(high, 1))
+        saturations[i] = pixel_saturation
+        saturation += pixel_saturation - first
         value_sum += high
         coloured += np.int32(chroma > grey_chroma)
         rg = r - g
@@ -312,8 +315,7 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     saturation_mean = first + saturation / n
     deviations = hue_cos = hue_sin = 0.0
     for i in range(n):
-        gap = _saturation(np.int32(red[i]), np.int32(green[i]), np.int32(blue[i]))
-        gap -= saturation_mean
+        gap = saturations[i] - saturation_mean
         deviations += gap * gap
         entry, turn = hue_of[i] >> 3, hue_of[i] & 7
         within_cos, within_sin = within[0, entry], within[1, entry]
