@@ -14,7 +14,8 @@ Every image is first flattened to 8-bit RGB so that all measures see comparable 
 * everything else (CMYK, YCbCr, palette, 1-bit, ...) uses Pillow's ``convert("RGB")``.
 
 The grey image is Pillow's ``L`` conversion of that RGB image (ITU-R 601-2 luma,
-``(299 R + 587 G + 114 B) / 1000`` rounded), computed once and shared by the contrast, entropy,
+``(299 R + 587 G + 114 B) / 1000`` in Pillow's 16-bit fixed point, see
+:data:`thumbfeat.kernels.GRAY_WEIGHTS`), computed once and shared by the contrast, entropy,
 sharpness, edge and hash measures; it is also what ``imagehash`` converts to, so the hashes equal
 that package's for the same RGB image.
 
@@ -32,11 +33,13 @@ results are exact and independent of summation order (``docs/feature-table.md`` 
 floating-point columns and their tolerances).
 
 Speed: written as numpy expressions, the measures took about a hundred whole-image passes, each
-writing a temporary array. Instead, :mod:`thumbfeat.kernels` gathers the inputs of the light and
-colour measures in one compiled pass over the RGB channels (while preparing the pixels), the
-Laplacian and Sobel sums in one pass over the grey image, and does Pillow's resizes for the
-hashes and the blur flag as compiled row combinations; what remains here turns sums, counts and
-small tables into columns.
+writing a temporary array. Instead, :mod:`thumbfeat.kernels` splits the channels and makes the
+grey image in one compiled pass, counts the grey and RGB histograms in another, gathers the inputs
+of the light and colour measures in one pass over the RGB channels (plus a second for the
+deviations and hue directions), the Laplacian and Sobel sums in one pass over the grey image, and
+does Pillow's resizes for the hashes and the blur flag as compiled row combinations; what remains
+here turns sums, counts and small tables into columns. Every compiled result that stands in for a
+Pillow or numpy call (grey, histograms, resizes, the pHash median) is the same value, tested so.
 
 Bump :data:`FEATURE_VERSION` whenever any definition or the working-size rule changes, so rows
 computed under old definitions can be recognised.

@@ -1,18 +1,20 @@
 """Compiled per-pixel loops for the feature set (numba compiles them to machine code).
 
 Written as numpy expressions, the light and colour measures took about a hundred whole-image
-passes, each writing a temporary array; here one pass over the RGB channels accumulates every
-measure's inputs together, followed by a few counting passes over small per-pixel codes. Another
-pass gathers the Laplacian and Sobel sums of the grey image, and :func:`combine_rows` does the
-passes of Pillow's resize for :mod:`thumbfeat.resample`. The loops only gather sums, counts and
-small tables; :mod:`thumbfeat.features` turns them into columns.
+passes, each writing a temporary array; here one pass splits the channels and makes the grey
+image (:func:`split_channels`), one counts the grey and RGB histograms (:func:`level_counts`),
+and one pass over the RGB channels accumulates every light and colour measure's inputs together,
+followed by a second for deviations and hue directions and a few counting passes over small
+per-pixel codes. Another pass gathers the Laplacian and Sobel sums of the grey image, and
+:func:`combine_rows` does the passes of Pillow's resize for :mod:`thumbfeat.resample`. The loops
+only gather sums, counts and small tables; :mod:`thumbfeat.features` turns them into columns.
 
 Exactness: every accumulator that the column definitions require to be exact is an integer
 (counts, sums and sums of squares of integer pixel values), so it does not depend on the order in
 which pixels are visited. The floating-point sums (square roots for ``brightness_mean``,
-saturation, the hue direction's cosines and sines) may be added in any order the compiler likes
-(``fastmath={"reassoc"}``, which lets it add several pixels per instruction); they stay within
-the tolerances of ``docs/feature-table.md`` whatever the order.
+saturation, the hue direction's cosines and sines from tables) may be added in any order the
+compiler likes (``fastmath={"reassoc"}``, which lets it add several pixels per instruction);
+they stay within the tolerances of ``docs/feature-table.md`` whatever the order.
 
 Compilation: ``cache=True`` stores the machine code next to this module (or, where that folder is
 not writable, in numba's per-user cache), so only the first process on a machine compiles; later
@@ -38,6 +40,9 @@ HSP_WEIGHTS = (241, 691, 68)
 BUCKET_SHIFT = 12
 """Order statistics first count values by ``value >> BUCKET_SHIFT`` (at most 15,876 buckets for
 the HSP squares), then sort only the values of the one bucket holding the wanted rank."""
+
+SCAN_BLOCK = 64
+"""Values checked at a time when gathering the members of a bucket."""
 
 SEXTANTS = 6
 
@@ -410,14 +415,24 @@ def ranked_pairs(values: NDArray[np.int32], buckets: NDArray[np.int64], first_ra
     first_members = np.empty(buckets[first_bucket], np.int32)
     second_members = np.empty(0 if shared else buckets[second_bucket], np.int32)
     first_found = second_found = 0
-    for value in values:
-        bucket = value >> BUCKET_SHIFT
-        if bucket == first_bucket:
-            first_members[first_found] = value
-            first_found += 1
-        elif bucket == second_bucket:
-            second_members[second_found] = value
-            second_found += 1
+    # Blocks without a member (most of them) are passed over by a branch-free check.
+    for start in range(0, values.size, SCAN_BLOCK):
+        stop = min(start + SCAN_BLOCK, values.size)
+        hits = 0
+        for i in range(start, stop):
+            bucket = values[i] >> BUCKET_SHIFT
+            hits += np.int32(bucket == first_bucket) + np.int32(bucket == second_bucket)
+        if hits == 0:
+            continue
+        for i in range(start, stop):
+            value = values[i]
+            bucket = value >> BUCKET_SHIFT
+            if bucket == first_bucket:
+                first_members[first_found] = value
+                first_found += 1
+            elif bucket == second_bucket:
+                second_members[second_found] = value
+                second_found += 1
     first_members.sort()
     second_members.sort()
     if shared:
