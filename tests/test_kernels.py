@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 from thumbfeat import kernels
 
 from tests.support import REPO
@@ -181,6 +181,21 @@ def test_level_counts_equal_pillow_histograms(seed: int) -> None:
     assert levels[1:].reshape(-1).tolist() == image.histogram()
 
 
+@pytest.mark.parametrize("size", [(1, 1), (7, 2), (2, 7), (3, 3), (64, 48), (48, 64), (5, 64)])
+def test_grey_and_edge_histograms_equal_pillow(size: tuple[int, int]) -> None:
+    width, height = size
+    rng = np.random.default_rng(width * 100 + height)
+    for rgb in (rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+                # isolated extremes: the edge filter clips far below 0 and above 255
+                np.where(rng.random((height, width, 1)) < 0.2, 255, 0).astype(np.uint8)
+                .repeat(3, axis=2)):
+        planes = [np.ascontiguousarray(rgb[:, :, c]) for c in range(3)]
+        grey_counts, edge_counts = kernels.grey_and_edge_histograms(*planes)
+        grey = Image.fromarray(rgb, "RGB").convert("L")
+        assert grey_counts.tolist() == grey.histogram()
+        assert edge_counts.tolist() == grey.filter(ImageFilter.FIND_EDGES).histogram()
+
+
 def test_member_sums_of_more_cells_than_one_pass_takes() -> None:
     rgb = tricky(3)
     red, green, blue = channels(rgb)
@@ -211,7 +226,8 @@ import json
 from thumbfeat import features, kernels
 seconds = features.warm_kernels()
 kernels_used = (kernels.split_channels, kernels.level_counts, kernels.pixel_sums,
-                kernels.ranked_pairs, kernels.detail_sums, kernels.combine_rows)
+                kernels.ranked_pairs, kernels.detail_sums, kernels.combine_rows,
+                kernels.grey_and_edge_histograms)
 print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels_used),
                   "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels_used)}))
 """

@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
-from PIL import Image, ImageFilter
+from PIL import Image
 from PIL import __version__ as PILLOW_VERSION
 
 from thumbfeat import kernels
@@ -584,25 +584,25 @@ def hashes(pixels: Pixels) -> Features:
 
 def cleanvision_blurriness(pixels: Pixels) -> tuple[float, float]:
     """CleanVision's raw blur inputs: sqrt(var(FIND_EDGES)) and std of the 256-bin histogram,
-    on the image shrunk (Pillow's default ``resize`` filter, bicubic) to at most 64 px per side.
+    on the image shrunk (Pillow's default ``resize`` filter, bicubic) to at most 64 px per side
+    and converted to grey.
 
     Pillow resizes each channel of an RGB image with the same 8-bit arithmetic as a greyscale
     image, so the channels are shrunk one by one as :mod:`thumbfeat.resample` does (equal to
-    Pillow's result, and several times faster).
+    Pillow's result, and several times faster); the grey conversion, edge filter and histograms
+    of the small image are one compiled pass (:func:`kernels.grey_and_edge_histograms`).
     """
     rgb_image = pixels.rgb_image
+    shape = (rgb_image.height, rgb_image.width)
+    channels = [channel.reshape(shape) for channel in (pixels.red, pixels.green, pixels.blue)]
     ratio = max(rgb_image.width, rgb_image.height) / BLURRY_MAX_RESOLUTION
     if ratio > 1:
         size = (max(int(rgb_image.width // ratio), 1), max(int(rgb_image.height // ratio), 1))
-        shape = (rgb_image.height, rgb_image.width)
-        channels = [resize_gray_like_pillow(channel.reshape(shape), [size],
-                                            Image.Resampling.BICUBIC)[0]
-                    for channel in (pixels.red, pixels.green, pixels.blue)]
-        rgb_image = Image.fromarray(np.dstack(channels), "RGB")
-    gray = rgb_image.convert("L")
-    edges = gray.filter(ImageFilter.FIND_EDGES)
-    return (math.sqrt(histogram_variance(np.asarray(edges.histogram(), dtype=np.int64))),
-            float(np.std(np.asarray(gray.histogram(), dtype=np.float64))))
+        channels = [resize_gray_like_pillow(channel, [size], Image.Resampling.BICUBIC)[0]
+                    for channel in channels]
+    grey_counts, edge_counts = kernels.grey_and_edge_histograms(*channels)
+    return (math.sqrt(histogram_variance(edge_counts)),
+            float(np.std(grey_counts.astype(np.float64))))
 
 
 def histogram_variance(histogram: NDArray[np.int64]) -> float:

@@ -105,6 +105,39 @@ def level_counts(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray
     return tables[:4].astype(np.int64) + tables[4:]
 
 
+@njit(cache=True, nogil=True)
+def grey_and_edge_histograms(red: NDArray[np.uint8], green: NDArray[np.uint8],
+                             blue: NDArray[np.uint8]) -> tuple[NDArray[np.int64],
+                                                               NDArray[np.int64]]:
+    """The 256-bin histograms of the grey image (Pillow's ``L``) of a small RGB image given as
+    three 2-D planes, and of that grey image filtered with Pillow's ``FIND_EDGES``.
+
+    ``FIND_EDGES`` is the integer kernel ``8 centre - (sum of the 8 neighbours)``, clipped to
+    0..255, on interior pixels; Pillow copies the border pixels (and the whole image when a side
+    is under 3 px) unchanged. All integers, so equal to Pillow's (tested on random images).
+    """
+    height, width = red.shape
+    gray = np.empty((height, width), np.int32)
+    grey_counts = np.zeros(256, np.int64)
+    for y in range(height):
+        for x in range(width):
+            level = (GRAY_WEIGHTS[0] * np.int32(red[y, x]) + GRAY_WEIGHTS[1] * np.int32(green[y, x])
+                     + GRAY_WEIGHTS[2] * np.int32(blue[y, x]) + (1 << 15)) >> 16
+            gray[y, x] = level
+            grey_counts[level] += 1
+    edge_counts = np.zeros(256, np.int64)
+    for y in range(height):
+        for x in range(width):
+            level = gray[y, x]
+            if 0 < y < height - 1 and 0 < x < width - 1:
+                neighbours = (gray[y - 1, x - 1] + gray[y - 1, x] + gray[y - 1, x + 1]
+                              + gray[y, x - 1] + gray[y, x + 1]
+                              + gray[y + 1, x - 1] + gray[y + 1, x] + gray[y + 1, x + 1])
+                level = min(max(8 * level - neighbours, 0), 255)
+            edge_counts[level] += 1
+    return grey_counts, edge_counts
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _hue_parts(red: int, green: int, blue: int, high: int, chroma: int) -> tuple[int, int]:
     """HSV hue as sextant ``k`` (0..5) and remainder ``r`` (0 <= r < chroma): the hue is
