@@ -291,14 +291,15 @@ def section(args: argparse.Namespace, implementations: dict[str, types.ModuleTyp
         "at install time with `thumbfeat warm`).".format(*first_calls["cached"],
                                                            *first_calls["compiling"]),
         "",
-        "Steps: `prepare` flattens to RGB and derives the grey image, channels and histogram "
-        "(in the after column it also runs the compiled pass that gathers every light and "
-        "colour sum, so `light` and `colour` are left with selecting percentiles and "
+        "Steps: `prepare` flattens to RGB, splits the channels, derives the grey image and the "
+        "grey and RGB histograms, and runs the compiled pass that gathers every light and "
+        "colour sum (so `light` and `colour` are left with selecting percentiles and "
         "arithmetic on sums); `geometry` includes both SHA-256 digests; `light` the HSP "
         "brightness and percentiles; `contrast_detail` contrast, entropy, Laplacian and Sobel; "
         "`colour` HSV, hue, colourfulness, greyscale test and dominant colours; `hashes` the "
         "three Lanczos reductions and aHash, dHash, pHash; `flags` the CleanVision flags (its "
-        "own 64 px reduction); `provenance` the library versions.",
+        "own 64 px reduction, grey conversion and edge filter); `provenance` the library "
+        "versions.",
         "",
     ]
     if args.before:
