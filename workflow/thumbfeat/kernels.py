@@ -44,6 +44,8 @@ the HSP squares), then sort only the values of the one bucket holding the wanted
 SCAN_BLOCK = 64
 """Values checked at a time when gathering the members of a bucket."""
 
+ALL_BITS = (1 << 31) - 1
+
 SEXTANTS = 6
 
 NO_HUE = SEXTANTS
@@ -211,8 +213,9 @@ def hue_direction_tables() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
 
 
 @njit(cache=True, nogil=True)
-def _counts(values: NDArray[np.integer], shift: int, size: int) -> NDArray[np.int64]:
-    """How many ``values`` fall in each bucket ``value >> shift`` (0..size-1).
+def _counts(values: NDArray[np.integer], shift: int, mask: int, size: int
+            ) -> NDArray[np.int64]:
+    """How many ``values`` fall in each bucket ``(value >> shift) & mask`` (0..size-1).
 
     Alternate values go to two separate tables: photographs hold long runs of equal values,
     and incrementing one counter again and again waits for each previous increment.
@@ -220,10 +223,10 @@ def _counts(values: NDArray[np.integer], shift: int, size: int) -> NDArray[np.in
     tables = np.zeros((2, size), np.int32)  # a count per pixel at most: int32 is ample
     pairs = values.size // 2
     for i in range(pairs):
-        tables[0, values[2 * i] >> shift] += 1
-        tables[1, values[2 * i + 1] >> shift] += 1
+        tables[0, (values[2 * i] >> shift) & mask] += 1
+        tables[1, (values[2 * i + 1] >> shift) & mask] += 1
     if values.size % 2:
-        tables[0, values[-1] >> shift] += 1
+        tables[0, (values[-1] >> shift) & mask] += 1
     return tables[0].astype(np.int64) + tables[1]
 
 
@@ -299,7 +302,9 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
       ``chroma > max // saturation_divisor``, decided as ``chroma * saturation_divisor > max``),
       each direction from the :func:`hue_direction_tables` ``within`` and ``starts``;
     * ``hue_bins``: those pixels' counts per 30-degree bin;
-    * ``cells``: pixel counts of the colour cells (``cell_bits`` high bits per channel);
+    * ``cells``: pixel counts of the colour cells (``cell_bits`` high bits per channel, at most
+      3, so that a pixel's cell, hue bin and hue fit one int32 code: 4 bytes a pixel besides
+      ``weighted``);
     * ``top``: the ``top_cells`` most populated cells, most populated first (ties to the lower
       cell number), and ``cell_sums``: their R, G, B sums.
 
@@ -311,9 +316,10 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     """
     n = red.size
     weighted = np.empty(n, np.int32)
+    # Per pixel: colour cell (3 cell_bits), hue bin (4 bits: 0..11, 12 for none), and above
+    # them the hue as 8 * (index into ``within``) + sextant, or NO_HUE (18 bits).
     cell_of = np.empty(n, np.int32)
-    hue_of = np.empty(n, np.int32)  # 8 * (index into ``within``) + sextant, or NO_HUE
-    saturations = np.empty(n, np.float64)  # kept for the second pass: cheaper than dividing again
+    hue_shift = 3 * cell_bits + 4
     shift = 8 - cell_bits
     # Saturation is summed as the offset from the first pixel's, so that a constant colour gives
     # exactly its own saturation and a standard deviation of exactly 0.
@@ -327,9 +333,7 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         roots += math.sqrt(np.float64(square))
         high = max(r, g, b)
         chroma = high - min(r, g, b)
-        pixel_saturation = chroma / np.float64(max(high, 1))
-        saturations[i] = pixel_saturation
-        saturation += pixel_saturation - first
+        saturation += chroma / np.float64(max(high, 1)) - first
         value_sum += high
         coloured += np.int32(chroma > grey_chroma)
         rg = r - g
@@ -346,24 +350,26 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         hue_bin = reliable * (2 * sextant + np.int32(2 * remainder >= chroma)) + (
             1 - reliable) * 2 * SEXTANTS
         # The colour cell in the low bits, the hue bin above: one count gives both tallies.
-        cell_of[i] = (hue_bin << (3 * cell_bits)) | ((r >> shift) << (2 * cell_bits)) | (
-            (g >> shift) << cell_bits) | (b >> shift)
         fraction = ((chroma * (chroma - 1)) >> 1) + remainder
-        hue_of[i] = reliable * (8 * fraction + sextant) + (1 - reliable) * NO_HUE
+        hue = reliable * (8 * fraction + sextant) + (1 - reliable) * NO_HUE
+        cell_of[i] = (hue << hue_shift) | (hue_bin << (3 * cell_bits)) | (
+            (r >> shift) << (2 * cell_bits)) | ((g >> shift) << cell_bits) | (b >> shift)
     saturation_mean = first + saturation / n
     deviations = hue_cos = hue_sin = 0.0
     for i in range(n):
-        gap = saturations[i] - saturation_mean
+        gap = _saturation(np.int32(red[i]), np.int32(green[i]), np.int32(blue[i]))
+        gap -= saturation_mean
         deviations += gap * gap
-        entry, turn = hue_of[i] >> 3, hue_of[i] & 7
+        hue = cell_of[i] >> hue_shift
+        entry, turn = hue >> 3, hue & 7
         within_cos, within_sin = within[0, entry], within[1, entry]
         start_cos, start_sin = starts[0, turn], starts[1, turn]
         hue_cos += start_cos * within_cos - start_sin * within_sin
         hue_sin += start_sin * within_cos + start_cos * within_sin
 
-    buckets = _counts(weighted, BUCKET_SHIFT, (65_025_000 >> BUCKET_SHIFT) + 1)
+    buckets = _counts(weighted, BUCKET_SHIFT, ALL_BITS, (65_025_000 >> BUCKET_SHIFT) + 1)
     cell_count = 1 << (3 * cell_bits)
-    tallies = _counts(cell_of, 0, (2 * SEXTANTS + 1) * cell_count).reshape(
+    tallies = _counts(cell_of, 0, (1 << hue_shift) - 1, (2 * SEXTANTS + 1) * cell_count).reshape(
         2 * SEXTANTS + 1, cell_count)
     cells = np.zeros(cell_count, np.int64)
     hue_bins = np.zeros(2 * SEXTANTS + 1, np.int64)
