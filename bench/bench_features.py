@@ -64,29 +64,44 @@ def demo_jpegs() -> list[bytes]:
     return out
 
 
-def _module_from_source(name: str, source: str, origin: str) -> types.ModuleType:
+def _module_from_file(name: str, path: Path) -> types.ModuleType:
     module = types.ModuleType(name)
-    module.__file__ = origin
+    module.__file__ = str(path)
     sys.modules[name] = module  # dataclasses look their module up while the class is made
-    exec(compile(source, origin, "exec"), module.__dict__)
+    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)
     return module
 
 
-def features_at(revision: str) -> types.ModuleType:
-    """``thumbfeat.features`` as of ``revision``, importing that revision's ``resample`` too."""
-    def source(name: str) -> str:
-        return subprocess.run(["git", "show", f"{revision}:{PACKAGE}/{name}.py"], cwd=ROOT,
-                              check=True, capture_output=True, text=True).stdout
+BEFORE_MODULES = ("kernels", "resample", "features")
+"""The feature code taken from the compared revision, in import order (each one may import the
+ones before it); a module the revision does not have is taken from this revision."""
 
-    resample = _module_from_source("thumbfeat_before.resample", source("resample"),
-                                   f"{revision}:{PACKAGE}/resample.py")
-    installed = sys.modules["thumbfeat.resample"]
-    sys.modules["thumbfeat.resample"] = resample
+
+def features_at(revision: str, folder: Path) -> types.ModuleType:
+    """``thumbfeat.features`` as of ``revision``, importing that revision's ``resample`` and
+    compiled ``kernels`` too. The sources are written into ``folder`` as real files, because
+    the compiled kernels cache their machine code next to their source."""
+    import thumbfeat
+
+    replaced = {}
     try:
-        return _module_from_source("thumbfeat_before.features", source("features"),
-                                   f"{revision}:{PACKAGE}/features.py")
+        for name in BEFORE_MODULES:
+            shown = subprocess.run(["git", "show", f"{revision}:{PACKAGE}/{name}.py"], cwd=ROOT,
+                                   capture_output=True, text=True)
+            if shown.returncode != 0:
+                continue
+            path = folder / f"{name}.py"
+            path.write_text(shown.stdout)
+            module = _module_from_file(f"thumbfeat_before.{name}", path)
+            replaced.setdefault(name, sys.modules.get(f"thumbfeat.{name}"))
+            # Both "import thumbfeat.x" and "from thumbfeat import x" must find the old module.
+            sys.modules[f"thumbfeat.{name}"] = module
+            setattr(thumbfeat, name, module)
+        return sys.modules["thumbfeat_before.features"]
     finally:
-        sys.modules["thumbfeat.resample"] = installed
+        for name, installed in replaced.items():
+            sys.modules[f"thumbfeat.{name}"] = installed
+            setattr(thumbfeat, name, installed)
 
 
 FIRST_CALL = """
@@ -186,8 +201,10 @@ def main() -> None:
     decoded: list[tuple[DecodedImage, bytes]] = [(decode_image(d), d) for d in files]
     assert all(d.image.size == SIZE for d, _ in decoded)
     implementations = {"after": current}
+    before_folder = tempfile.TemporaryDirectory()
     if args.before:
-        implementations = {"before": features_at(args.before), "after": current}
+        implementations = {"before": features_at(args.before, Path(before_folder.name)),
+                           "after": current}
     worst: dict[str, float] = {}
     for module in implementations.values():
         module.compute_features(*decoded[0])  # warm caches (weights, per-process settings)
@@ -274,14 +291,15 @@ def section(args: argparse.Namespace, implementations: dict[str, types.ModuleTyp
         "at install time with `thumbfeat warm`).".format(*first_calls["cached"],
                                                            *first_calls["compiling"]),
         "",
-        "Steps: `prepare` flattens to RGB and derives the grey image, channels and histogram "
-        "(in the after column it also runs the compiled pass that gathers every light and "
-        "colour sum, so `light` and `colour` are left with selecting percentiles and "
+        "Steps: `prepare` flattens to RGB, splits the channels, derives the grey image and the "
+        "grey and RGB histograms, and runs the compiled pass that gathers every light and "
+        "colour sum (so `light` and `colour` are left with selecting percentiles and "
         "arithmetic on sums); `geometry` includes both SHA-256 digests; `light` the HSP "
         "brightness and percentiles; `contrast_detail` contrast, entropy, Laplacian and Sobel; "
         "`colour` HSV, hue, colourfulness, greyscale test and dominant colours; `hashes` the "
         "three Lanczos reductions and aHash, dHash, pHash; `flags` the CleanVision flags (its "
-        "own 64 px reduction); `provenance` the library versions.",
+        "own 64 px reduction, grey conversion and edge filter); `provenance` the library "
+        "versions.",
         "",
     ]
     if args.before:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFilter
 from thumbfeat import kernels
 
 from tests.support import REPO
 
 # Thresholds as thumbfeat.features passes them: V in 39..242, S > 0.2, greyscale chroma 10,
-# 3 bits per channel for the colour cells, the 3 largest cells.
-ARGUMENTS = (39, 242, 5, 10, 3, 3)
+# 3 bits per channel for the colour cells, the 3 largest cells; then the hue direction tables.
+ARGUMENTS = (39, 242, 5, 10, 3, 3, *kernels.hue_direction_tables())
 
 
 def channels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,15 +111,19 @@ def test_a_constant_colour_has_exactly_zero_saturation_spread() -> None:
     assert floats[2] == 0.0
 
 
-def test_hue_direction_polynomials_are_accurate_for_every_hue() -> None:
-    worst = 0.0
-    for chroma in (1, 2, 3, 7, 100, 254, 255):
-        for sextant in range(6):
-            for remainder in range(chroma):
-                angle = math.radians((sextant + remainder / chroma) * 60)
-                cos, sin = kernels._hue_direction(sextant, remainder, chroma)
-                worst = max(worst, abs(cos - math.cos(angle)), abs(sin - math.sin(angle)))
-    assert worst < 1e-13
+def test_hue_direction_tables_are_accurate_for_every_hue() -> None:
+    within, starts = kernels.hue_direction_tables()
+    chroma, remainder = (np.array(v) for v in zip(*((c, r) for c in range(1, 256)
+                                                    for r in range(c)), strict=True))
+    entry = chroma * (chroma - 1) // 2 + remainder
+    assert np.array_equal(np.sort(entry), np.arange(within.shape[1]))  # each entry used once
+    for sextant in range(kernels.SEXTANTS):
+        angle = np.radians((sextant + remainder / chroma) * 60)
+        cos = starts[0, sextant] * within[0, entry] - starts[1, sextant] * within[1, entry]
+        sin = starts[1, sextant] * within[0, entry] + starts[0, sextant] * within[1, entry]
+        assert np.abs(cos - np.cos(angle)).max() < 1e-14
+        assert np.abs(sin - np.sin(angle)).max() < 1e-14
+    assert not starts[:, kernels.NO_HUE].any()
 
 
 def test_ranked_pair_across_bucket_edges() -> None:
@@ -136,6 +140,72 @@ def test_ranked_pair_across_bucket_edges() -> None:
         for rank in range(values.size):
             expected = (ordered[rank], ordered[min(rank + 1, values.size - 1)])
             assert kernels.ranked_pair(values, buckets, rank) == expected
+
+
+def test_ranked_pairs_equal_sorting_for_two_ranks_in_one_pass() -> None:
+    edge = 1 << kernels.BUCKET_SHIFT
+    rng = np.random.default_rng(8)
+    cases = [
+        rng.integers(0, 65_025_001, 3001, dtype=np.int32),
+        np.array([edge - 1, edge, edge + 1, 5 * edge, 0, 9 * edge], dtype=np.int32),
+        np.array([3 * edge] * 7 + [3 * edge - 1], dtype=np.int32),  # both ranks in one bucket
+    ]
+    for values in cases:
+        ordered = np.sort(values)
+        buckets = kernels.bucket_counts(values)
+        last = values.size - 1
+        for first, second in ((0, last), (last // 20, last * 99 // 100), (2, 3), (last, 1)):
+            expected = (ordered[first], ordered[min(first + 1, last)],
+                        ordered[second], ordered[min(second + 1, last)])
+            assert kernels.ranked_pairs(values, buckets, first, second) == expected
+
+
+def test_grey_equals_pillow_for_every_rgb_colour() -> None:
+    # All 2**24 colours once: the compiled grey is Pillow's convert("L") bit for bit.
+    codes = np.arange(1 << 24, dtype=np.uint32)
+    rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8)
+    rgb = rgb.reshape(4096, 4096, 3)
+    red, green, blue, gray = kernels.split_channels(rgb)
+    expected = np.asarray(Image.fromarray(rgb).convert("L")).reshape(-1)
+    assert np.array_equal(gray, expected)
+    assert np.array_equal(np.stack([red, green, blue], axis=-1), rgb.reshape(-1, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_level_counts_equal_pillow_histograms(seed: int) -> None:
+    rgb = tricky(seed, pixels=4001).reshape(-1, 1, 3)  # an odd count: the last pixel alone
+    red, green, blue, gray = kernels.split_channels(np.ascontiguousarray(rgb))
+    levels = kernels.level_counts(red, green, blue, gray)
+    image = Image.fromarray(rgb)
+    assert levels[0].tolist() == image.convert("L").histogram()
+    assert levels[1:].reshape(-1).tolist() == image.histogram()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 2), (2, 7), (3, 3), (64, 48), (48, 64), (5, 64)])
+def test_grey_and_edge_histograms_equal_pillow(size: tuple[int, int]) -> None:
+    width, height = size
+    rng = np.random.default_rng(width * 100 + height)
+    for rgb in (rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+                # isolated extremes: the edge filter clips far below 0 and above 255
+                np.where(rng.random((height, width, 1)) < 0.2, 255, 0).astype(np.uint8)
+                .repeat(3, axis=2)):
+        planes = [np.ascontiguousarray(rgb[:, :, c]) for c in range(3)]
+        grey_counts, edge_counts = kernels.grey_and_edge_histograms(*planes)
+        grey = Image.fromarray(rgb, "RGB").convert("L")
+        assert grey_counts.tolist() == grey.histogram()
+        assert edge_counts.tolist() == grey.filter(ImageFilter.FIND_EDGES).histogram()
+
+
+def test_member_sums_of_more_cells_than_one_pass_takes() -> None:
+    rgb = tricky(3)
+    red, green, blue = channels(rgb)
+    wide = rgb.astype(np.int64)
+    cell_of = ((wide[:, 0] >> 5) * 64 + (wide[:, 1] >> 5) * 8 + (wide[:, 2] >> 5)).astype(
+        np.int32) | (5 << 9)  # bits above the mask must be ignored
+    wanted = np.array([0, 511, 7, 300, 64], dtype=np.int64)  # five cells: two passes
+    sums = kernels._member_sums(cell_of, 511, red, green, blue, wanted)
+    for cell, cell_sums in zip(wanted, sums, strict=True):
+        assert cell_sums.tolist() == wide[(cell_of & 511) == cell].sum(axis=0).tolist()
 
 
 def test_detail_sums_equal_numpy() -> None:
@@ -155,8 +225,9 @@ WARM = """
 import json
 from thumbfeat import features, kernels
 seconds = features.warm_kernels()
-kernels_used = (kernels.pixel_sums, kernels.ranked_pair, kernels.detail_sums,
-                kernels.combine_rows)
+kernels_used = (kernels.split_channels, kernels.level_counts, kernels.pixel_sums,
+                kernels.ranked_pairs, kernels.detail_sums, kernels.combine_rows,
+                kernels.grey_and_edge_histograms)
 print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels_used),
                   "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels_used)}))
 """

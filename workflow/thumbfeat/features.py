@@ -14,7 +14,8 @@ Every image is first flattened to 8-bit RGB so that all measures see comparable 
 * everything else (CMYK, YCbCr, palette, 1-bit, ...) uses Pillow's ``convert("RGB")``.
 
 The grey image is Pillow's ``L`` conversion of that RGB image (ITU-R 601-2 luma,
-``(299 R + 587 G + 114 B) / 1000`` rounded), computed once and shared by the contrast, entropy,
+``(299 R + 587 G + 114 B) / 1000`` in Pillow's 16-bit fixed point, see
+:data:`thumbfeat.kernels.GRAY_WEIGHTS`), computed once and shared by the contrast, entropy,
 sharpness, edge and hash measures; it is also what ``imagehash`` converts to, so the hashes equal
 that package's for the same RGB image.
 
@@ -32,11 +33,13 @@ results are exact and independent of summation order (``docs/feature-table.md`` 
 floating-point columns and their tolerances).
 
 Speed: written as numpy expressions, the measures took about a hundred whole-image passes, each
-writing a temporary array. Instead, :mod:`thumbfeat.kernels` gathers the inputs of the light and
-colour measures in one compiled pass over the RGB channels (while preparing the pixels), the
-Laplacian and Sobel sums in one pass over the grey image, and does Pillow's resizes for the
-hashes and the blur flag as compiled row combinations; what remains here turns sums, counts and
-small tables into columns.
+writing a temporary array. Instead, :mod:`thumbfeat.kernels` splits the channels and makes the
+grey image in one compiled pass, counts the grey and RGB histograms in another, gathers the inputs
+of the light and colour measures in one pass over the RGB channels (plus a second for the
+deviations and hue directions), the Laplacian and Sobel sums in one pass over the grey image, and
+does Pillow's resizes for the hashes and the blur flag as compiled row combinations; what remains
+here turns sums, counts and small tables into columns. Every compiled result that stands in for a
+Pillow or numpy call (grey, histograms, resizes, the pHash median) is the same value, tested so.
 
 Bump :data:`FEATURE_VERSION` whenever any definition or the working-size rule changes, so rows
 computed under old definitions can be recognised.
@@ -55,7 +58,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
-from PIL import Image, ImageFilter
+from PIL import Image
 from PIL import __version__ as PILLOW_VERSION
 
 from thumbfeat import kernels
@@ -218,12 +221,13 @@ def working_dimensions(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), WORKING_SIZE
 
 
-def to_working_size(gray: Image.Image) -> Image.Image:
-    """Shrink ``gray`` to :func:`working_dimensions` with a BOX filter; never enlarge."""
-    size = working_dimensions(gray.width, gray.height)
-    if size == gray.size:
+def to_working_size(gray: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Shrink ``gray`` to :func:`working_dimensions` with Pillow's BOX filter; never enlarge."""
+    height, width = gray.shape
+    size = working_dimensions(width, height)
+    if size == (width, height):
         return gray
-    return gray.resize(size, Image.Resampling.BOX)
+    return np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX))
 
 
 class PixelSums(NamedTuple):
@@ -249,7 +253,8 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8],
     """Run the compiled light and colour pass with this module's thresholds."""
     return PixelSums(*kernels.pixel_sums(
         red, green, blue, _VALUE_LOW, _VALUE_HIGH,
-        _SATURATION_DIVISOR, GRAYSCALE_CHROMA, DOMINANT_BITS, DOMINANT_COLOURS))
+        _SATURATION_DIVISOR, GRAYSCALE_CHROMA, DOMINANT_BITS, DOMINANT_COLOURS,
+        *kernels.hue_direction_tables()))
 
 
 @dataclass(frozen=True)
@@ -257,20 +262,30 @@ class Pixels:
     """The prepared views every measure reads: built once per image, never modified.
 
     ``red``/``green``/``blue`` are flat uint8 channel copies (contiguous), which the compiled
-    pass reads one element per channel at a time; ``sums`` is what that pass
-    gathers for the light and colour measures.
+    pass reads one element per channel at a time; ``gray`` is the grey image (2-D);
+    ``levels`` the 256-bin histograms of grey, red, green and blue (rows 0..3); ``sums`` is
+    what the compiled pass gathers for the light and colour measures.
     """
 
     rgb_image: Image.Image
-    gray_image: Image.Image
     rgb: NDArray[np.uint8]
     red: NDArray[np.uint8]
     green: NDArray[np.uint8]
     blue: NDArray[np.uint8]
     gray: NDArray[np.uint8]
-    gray_histogram: NDArray[np.int64]
+    levels: NDArray[np.int64]
     working: NDArray[np.uint8]
     sums: PixelSums
+
+    @property
+    def gray_histogram(self) -> NDArray[np.int64]:
+        """Pillow's ``histogram()`` of the grey image."""
+        return self.levels[0]
+
+    @property
+    def rgb_histogram(self) -> NDArray[np.int64]:
+        """Pillow's ``histogram()`` of the RGB image: 768 bins, red then green then blue."""
+        return self.levels[1:].reshape(-1)
 
     @cached_property
     def chroma(self) -> NDArray[np.uint8]:
@@ -279,24 +294,22 @@ class Pixels:
 
 
 def prepare(decoded: DecodedImage) -> Pixels:
-    """Flatten to RGB on white, derive the shared grey image, channels and histogram, and run the
-    compiled pass over the RGB pixels."""
+    """Flatten to RGB on white, derive the shared grey image, channels and histograms (compiled
+    passes that equal Pillow's ``convert("L")`` and ``histogram()``), and run the compiled pass
+    gathering the light and colour sums."""
     rgb_image = to_rgb_on_white(decoded.image)
     rgb = np.ascontiguousarray(np.asarray(rgb_image))
-    red, green, blue = kernels.split_channels(rgb)
-    gray_image = rgb_image.convert("L")
-    gray = np.asarray(gray_image)
-    working_image = to_working_size(gray_image)
+    red, green, blue, gray = kernels.split_channels(rgb)
+    gray = gray.reshape(rgb.shape[:2])
     return Pixels(
         rgb_image=rgb_image,
-        gray_image=gray_image,
         rgb=rgb,
         red=red,
         green=green,
         blue=blue,
         gray=gray,
-        gray_histogram=np.asarray(gray_image.histogram(), dtype=np.int64),
-        working=gray if working_image is gray_image else np.asarray(working_image),
+        levels=kernels.level_counts(red, green, blue, gray.reshape(-1)),
+        working=to_working_size(gray),
         sums=pixel_sums(red, green, blue),
     )
 
@@ -337,21 +350,22 @@ def order_statistics(values: NDArray[np.int32], rank: int) -> tuple[int, int]:
 
 
 def brightness_percentiles(weighted: NDArray[np.int32], buckets: NDArray[np.int64],
-                           percents: tuple[float, ...]) -> list[float]:
-    """Percentiles of per-pixel HSP brightness with numpy's default linear interpolation.
+                           percents: tuple[float, float]) -> list[float]:
+    """Two percentiles of per-pixel HSP brightness with numpy's default linear interpolation.
 
     Brightness is monotonic in the integer weighted square, so only the two order statistics
-    around each percentile's position are selected on the integers and turned into brightness.
+    around each percentile's position are selected on the integers (both percentiles in one
+    compiled pass) and turned into brightness.
     """
     last = weighted.size - 1
+    positions = [percent / 100 * last for percent in percents]
+    below = [math.floor(position) for position in positions]
+    squares = kernels.ranked_pairs(weighted, buckets, below[0], below[1])
     out = []
-    for percent in percents:
-        position = percent / 100 * last
-        below = math.floor(position)
-        low_square, high_square = kernels.ranked_pair(weighted, buckets, below)
-        low = math.sqrt(low_square) * _HSP_SCALE
-        high = math.sqrt(high_square) * _HSP_SCALE
-        out.append(low + (high - low) * (position - below))
+    for index, position in enumerate(positions):
+        low = math.sqrt(squares[2 * index]) * _HSP_SCALE
+        high = math.sqrt(squares[2 * index + 1]) * _HSP_SCALE
+        out.append(low + (high - low) * (position - below[index]))
     return out
 
 
@@ -544,7 +558,10 @@ def perceptual_hash(small: NDArray[np.uint8]) -> str:
     rows = _dct_rows(PHASH_SIZE, HASH_SIZE)
     low = rows @ small.astype(np.float64) @ rows.T
     low[np.abs(low) < _DCT_ZERO] = 0.0
-    return _bits_to_hex(low > np.median(low))
+    ordered = np.sort(low, axis=None)
+    middle = ordered.size // 2
+    # numpy's median of an even count, without its general-purpose overhead.
+    return _bits_to_hex(low > (ordered[middle - 1] + ordered[middle]) / 2)
 
 
 def hashes(pixels: Pixels) -> Features:
@@ -567,25 +584,25 @@ def hashes(pixels: Pixels) -> Features:
 
 def cleanvision_blurriness(pixels: Pixels) -> tuple[float, float]:
     """CleanVision's raw blur inputs: sqrt(var(FIND_EDGES)) and std of the 256-bin histogram,
-    on the image shrunk (Pillow's default ``resize`` filter, bicubic) to at most 64 px per side.
+    on the image shrunk (Pillow's default ``resize`` filter, bicubic) to at most 64 px per side
+    and converted to grey.
 
     Pillow resizes each channel of an RGB image with the same 8-bit arithmetic as a greyscale
     image, so the channels are shrunk one by one as :mod:`thumbfeat.resample` does (equal to
-    Pillow's result, and several times faster).
+    Pillow's result, and several times faster); the grey conversion, edge filter and histograms
+    of the small image are one compiled pass (:func:`kernels.grey_and_edge_histograms`).
     """
     rgb_image = pixels.rgb_image
+    shape = (rgb_image.height, rgb_image.width)
+    channels = [channel.reshape(shape) for channel in (pixels.red, pixels.green, pixels.blue)]
     ratio = max(rgb_image.width, rgb_image.height) / BLURRY_MAX_RESOLUTION
     if ratio > 1:
         size = (max(int(rgb_image.width // ratio), 1), max(int(rgb_image.height // ratio), 1))
-        shape = (rgb_image.height, rgb_image.width)
-        channels = [resize_gray_like_pillow(channel.reshape(shape), [size],
-                                            Image.Resampling.BICUBIC)[0]
-                    for channel in (pixels.red, pixels.green, pixels.blue)]
-        rgb_image = Image.fromarray(np.dstack(channels), "RGB")
-    gray = rgb_image.convert("L")
-    edges = gray.filter(ImageFilter.FIND_EDGES)
-    return (math.sqrt(histogram_variance(np.asarray(edges.histogram(), dtype=np.int64))),
-            float(np.std(np.asarray(gray.histogram(), dtype=np.float64))))
+        channels = [resize_gray_like_pillow(channel, [size], Image.Resampling.BICUBIC)[0]
+                    for channel in channels]
+    grey_counts, edge_counts = kernels.grey_and_edge_histograms(*channels)
+    return (math.sqrt(histogram_variance(edge_counts)),
+            float(np.std(grey_counts.astype(np.float64))))
 
 
 def histogram_variance(histogram: NDArray[np.int64]) -> float:
@@ -613,7 +630,7 @@ def flags(pixels: Pixels, found: Features) -> Features:
     The scores are kept beside the flags so users can choose thresholds of their own.
     """
     width, height = found["width"], found["height"]
-    rgb_entropy = entropy_bits(np.asarray(pixels.rgb_image.histogram(), dtype=np.int64))
+    rgb_entropy = entropy_bits(pixels.rgb_histogram)
     scores = {
         "dark_score": found["brightness_p99"],
         "light_score": 1 - found["brightness_p05"],

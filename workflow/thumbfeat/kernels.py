@@ -1,18 +1,20 @@
 """Compiled per-pixel loops for the feature set (numba compiles them to machine code).
 
 Written as numpy expressions, the light and colour measures took about a hundred whole-image
-passes, each writing a temporary array; here one pass over the RGB channels accumulates every
-measure's inputs together, followed by a few counting passes over small per-pixel codes. Another
-pass gathers the Laplacian and Sobel sums of the grey image, and :func:`combine_rows` does the
-passes of Pillow's resize for :mod:`thumbfeat.resample`. The loops only gather sums, counts and
-small tables; :mod:`thumbfeat.features` turns them into columns.
+passes, each writing a temporary array; here one pass splits the channels and makes the grey
+image (:func:`split_channels`), one counts the grey and RGB histograms (:func:`level_counts`),
+and one pass over the RGB channels accumulates every light and colour measure's inputs together,
+followed by a second for deviations and hue directions and a few counting passes over small
+per-pixel codes. Another pass gathers the Laplacian and Sobel sums of the grey image, and
+:func:`combine_rows` does the passes of Pillow's resize for :mod:`thumbfeat.resample`. The loops
+only gather sums, counts and small tables; :mod:`thumbfeat.features` turns them into columns.
 
 Exactness: every accumulator that the column definitions require to be exact is an integer
 (counts, sums and sums of squares of integer pixel values), so it does not depend on the order in
 which pixels are visited. The floating-point sums (square roots for ``brightness_mean``,
-saturation, the hue direction's cosines and sines) may be added in any order the compiler likes
-(``fastmath={"reassoc"}``, which lets it add several pixels per instruction); they stay within
-the tolerances of ``docs/feature-table.md`` whatever the order.
+saturation, the hue direction's cosines and sines from tables) may be added in any order the
+compiler likes (``fastmath={"reassoc"}``, which lets it add several pixels per instruction);
+they stay within the tolerances of ``docs/feature-table.md`` whatever the order.
 
 Compilation: ``cache=True`` stores the machine code next to this module (or, where that folder is
 not writable, in numba's per-user cache), so only the first process on a machine compiles; later
@@ -25,6 +27,7 @@ argument types (read-only and writable arrays count as different types).
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 from numba import njit
@@ -38,13 +41,15 @@ BUCKET_SHIFT = 12
 """Order statistics first count values by ``value >> BUCKET_SHIFT`` (at most 15,876 buckets for
 the HSP squares), then sort only the values of the one bucket holding the wanted rank."""
 
+SCAN_BLOCK = 64
+"""Values checked at a time when gathering the members of a bucket."""
+
+ALL_BITS = (1 << 31) - 1
+
 SEXTANTS = 6
 
-# Taylor coefficients of sine (x, x³, ... x¹¹) and cosine (1, x², ... x¹²): on |x| <= pi/6 the
-# first omitted terms are below 4e-14 and 2e-15.
-_SIN = tuple((-1) ** j / math.factorial(2 * j + 1) for j in range(6))
-_COS = tuple((-1) ** j / math.factorial(2 * j) for j in range(7))
-_HALF_ROOT3 = math.sqrt(3) / 2
+NO_HUE = SEXTANTS
+"""The sextant a pixel without a reliable hue is filed under: its direction is (0, 0)."""
 
 # Layout of the integer results of :func:`pixel_sums`.
 VALUE_SUM = 0  # sum of max(R, G, B)
@@ -57,21 +62,82 @@ HUE_SELECTED = 6  # pixels with a reliable hue
 INTEGER_SUMS = 7
 
 
+GRAY_WEIGHTS = (19595, 38470, 7471)
+"""Pillow's ``convert("L")`` of an RGB pixel: ``(19595 R + 38470 G + 7471 B + 2**15) >> 16``,
+ITU-R 601-2 luma in 16-bit fixed point (the same grey for each of the 2**24 colours, which
+the tests check against Pillow)."""
+
+
 @njit(cache=True, nogil=True)
 def split_channels(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], NDArray[np.uint8],
-                                                    NDArray[np.uint8]]:
-    """The channels of a C-contiguous (height, width, 3) uint8 image as three flat arrays
-    (several times faster than Pillow's ``split`` followed by copies into numpy)."""
+                                                    NDArray[np.uint8], NDArray[np.uint8]]:
+    """The channels of a C-contiguous (height, width, 3) uint8 image as three flat arrays, and
+    its grey level (Pillow's ``L``, :data:`GRAY_WEIGHTS`) as a fourth: one pass, where Pillow's
+    ``split`` and ``convert`` plus copies into numpy take several."""
     interleaved = rgb.reshape(-1)
     pixels = interleaved.size // 3
     red = np.empty(pixels, np.uint8)
     green = np.empty(pixels, np.uint8)
     blue = np.empty(pixels, np.uint8)
+    gray = np.empty(pixels, np.uint8)
     for i in range(pixels):
-        red[i] = interleaved[3 * i]
-        green[i] = interleaved[3 * i + 1]
-        blue[i] = interleaved[3 * i + 2]
-    return red, green, blue
+        r, g, b = interleaved[3 * i], interleaved[3 * i + 1], interleaved[3 * i + 2]
+        red[i], green[i], blue[i] = r, g, b
+        gray[i] = (GRAY_WEIGHTS[0] * np.int32(r) + GRAY_WEIGHTS[1] * np.int32(g)
+                   + GRAY_WEIGHTS[2] * np.int32(b) + (1 << 15)) >> 16
+    return red, green, blue, gray
+
+
+@njit(cache=True, nogil=True)
+def level_counts(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[np.uint8],
+                 gray: NDArray[np.uint8]) -> NDArray[np.int64]:
+    """The 256-bin histograms of grey, red, green and blue (rows 0..3), in one pass; rows 1..3
+    are Pillow's ``histogram()`` of the RGB image, row 0 that of its ``L`` conversion.
+
+    Alternate pixels go to two sets of tables, so that runs of equal levels do not make each
+    increment wait for the previous one (see :func:`_counts`).
+    """
+    tables = np.zeros((8, 256), np.int32)
+    for i in range(red.size):
+        half = (i & 1) * 4
+        tables[half, gray[i]] += 1
+        tables[half + 1, red[i]] += 1
+        tables[half + 2, green[i]] += 1
+        tables[half + 3, blue[i]] += 1
+    return tables[:4].astype(np.int64) + tables[4:]
+
+
+@njit(cache=True, nogil=True)
+def grey_and_edge_histograms(red: NDArray[np.uint8], green: NDArray[np.uint8],
+                             blue: NDArray[np.uint8]) -> tuple[NDArray[np.int64],
+                                                               NDArray[np.int64]]:
+    """The 256-bin histograms of the grey image (Pillow's ``L``) of a small RGB image given as
+    three 2-D planes, and of that grey image filtered with Pillow's ``FIND_EDGES``.
+
+    ``FIND_EDGES`` is the integer kernel ``8 centre - (sum of the 8 neighbours)``, clipped to
+    0..255, on interior pixels; Pillow copies the border pixels (and the whole image when a side
+    is under 3 px) unchanged. All integers, so equal to Pillow's (tested on random images).
+    """
+    height, width = red.shape
+    gray = np.empty((height, width), np.int32)
+    grey_counts = np.zeros(256, np.int64)
+    for y in range(height):
+        for x in range(width):
+            level = (GRAY_WEIGHTS[0] * np.int32(red[y, x]) + GRAY_WEIGHTS[1] * np.int32(green[y, x])
+                     + GRAY_WEIGHTS[2] * np.int32(blue[y, x]) + (1 << 15)) >> 16
+            gray[y, x] = level
+            grey_counts[level] += 1
+    edge_counts = np.zeros(256, np.int64)
+    for y in range(height):
+        for x in range(width):
+            level = gray[y, x]
+            if 0 < y < height - 1 and 0 < x < width - 1:
+                neighbours = (gray[y - 1, x - 1] + gray[y - 1, x] + gray[y - 1, x + 1]
+                              + gray[y, x - 1] + gray[y, x + 1]
+                              + gray[y + 1, x - 1] + gray[y + 1, x] + gray[y + 1, x + 1])
+                level = min(max(8 * level - neighbours, 0), 255)
+            edge_counts[level] += 1
+    return grey_counts, edge_counts
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -118,32 +184,38 @@ def _saturation(red: int, green: int, blue: int) -> float:
     return (high - min(red, green, blue)) / np.float64(max(high, 1))
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _hue_direction(sextant: int, remainder: int, chroma: int) -> tuple[float, float]:
-    """Cosine and sine of the hue angle ``(sextant + remainder / chroma) * 60`` degrees.
+@cache
+def hue_direction_tables() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Cosine and sine tables for the hue directions summed by :func:`pixel_sums`.
 
-    The angle is written as the sextant's centre ``(sextant + 1/2) * 60`` plus an offset ``x``
-    within +-30 degrees, whose sine and cosine are short polynomials (no table look-up, no
-    branch, so several pixels go through at once); the centre's cosine and sine are one of a
-    few constants, picked by 0/1 factors.
+    An HSV hue is ``(k + r / c) * 60`` degrees for sextant ``k``, remainder ``r`` and chroma
+    ``c`` (``0 <= r < c <= 255``). ``within[0 or 1, c (c - 1) / 2 + r]`` holds the cosine and
+    sine of ``r / c * 60`` degrees (one entry per fraction, 32,640 in all), and
+    ``starts[0 or 1, k]`` those of the sextant's start ``k * 60`` degrees (zero for
+    :data:`NO_HUE`); the direction is the product of the two rotations. Each entry comes from
+    the library functions, correctly rounded or within an ulp, so a pixel's direction is within
+    a few ulps of the plain formula. Built once per process (a few milliseconds).
     """
-    x = (math.pi / 3) * (remainder / np.float64(max(chroma, 1))) - math.pi / 6
-    xx = x * x
-    sin_x = x * (_SIN[0] + xx * (_SIN[1] + xx * (_SIN[2] + xx * (_SIN[3] + xx * (
-        _SIN[4] + xx * _SIN[5])))))
-    cos_x = _COS[0] + xx * (_COS[1] + xx * (_COS[2] + xx * (_COS[3] + xx * (_COS[4] + xx * (
-        _COS[5] + xx * _COS[6])))))
-    in_0, in_1, in_2 = np.float64(sextant == 0), np.float64(sextant == 1), np.float64(sextant == 2)
-    in_3, in_4, in_5 = np.float64(sextant == 3), np.float64(sextant == 4), np.float64(sextant == 5)
-    # Centres at 30, 90, ..., 330 degrees.
-    centre_cos = _HALF_ROOT3 * (in_0 - in_2 - in_3 + in_5)
-    centre_sin = 0.5 * (in_0 + in_2 - in_3 - in_5) + (in_1 - in_4)
-    return (centre_cos * cos_x - centre_sin * sin_x, centre_sin * cos_x + centre_cos * sin_x)
+    within = np.zeros((2, 255 * 256 // 2))
+    for chroma in range(1, 256):
+        base = chroma * (chroma - 1) // 2
+        for remainder in range(chroma):
+            angle = math.pi / 3 * remainder / chroma
+            within[0, base + remainder] = math.cos(angle)
+            within[1, base + remainder] = math.sin(angle)
+    half_root3 = math.sqrt(3) / 2
+    starts = np.zeros((2, 8))
+    starts[0, :SEXTANTS] = (1.0, 0.5, -0.5, -1.0, -0.5, 0.5)
+    starts[1, :SEXTANTS] = (0.0, half_root3, half_root3, 0.0, -half_root3, -half_root3)
+    within.setflags(write=False)
+    starts.setflags(write=False)
+    return within, starts
 
 
 @njit(cache=True, nogil=True)
-def _counts(values: NDArray[np.integer], shift: int, size: int) -> NDArray[np.int64]:
-    """How many ``values`` fall in each bucket ``value >> shift`` (0..size-1).
+def _counts(values: NDArray[np.integer], shift: int, mask: int, size: int
+            ) -> NDArray[np.int64]:
+    """How many ``values`` fall in each bucket ``(value >> shift) & mask`` (0..size-1).
 
     Alternate values go to two separate tables: photographs hold long runs of equal values,
     and incrementing one counter again and again waits for each previous increment.
@@ -151,10 +223,10 @@ def _counts(values: NDArray[np.integer], shift: int, size: int) -> NDArray[np.in
     tables = np.zeros((2, size), np.int32)  # a count per pixel at most: int32 is ample
     pairs = values.size // 2
     for i in range(pairs):
-        tables[0, values[2 * i] >> shift] += 1
-        tables[1, values[2 * i + 1] >> shift] += 1
+        tables[0, (values[2 * i] >> shift) & mask] += 1
+        tables[1, (values[2 * i + 1] >> shift) & mask] += 1
     if values.size % 2:
-        tables[0, values[-1] >> shift] += 1
+        tables[0, (values[-1] >> shift) & mask] += 1
     return tables[0].astype(np.int64) + tables[1]
 
 
@@ -175,25 +247,45 @@ def _largest(counts: NDArray[np.int64], wanted: int) -> NDArray[np.int64]:
 def _member_sums(cell_of: NDArray[np.int32], cell_mask: int, red: NDArray[np.uint8],
                  green: NDArray[np.uint8], blue: NDArray[np.uint8],
                  wanted: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Per wanted cell, the R, G, B sums of the pixels whose ``cell_of & cell_mask`` is that cell
-    (one branch-free pass each)."""
+    """Per wanted cell, the R, G, B sums of the pixels whose ``cell_of & cell_mask`` is that cell.
+
+    Three cells are summed per pass (branch-free, nine accumulators), so the usual three
+    dominant colours take one pass over the pixels.
+    """
     out = np.zeros((wanted.size, 3), np.int64)
-    for rank in range(wanted.size):
-        cell = np.int32(wanted[rank])
-        red_sum = green_sum = blue_sum = 0
+    for first in range(0, wanted.size, 3):
+        cells = np.full(3, -1, np.int32)  # -1 matches no cell
+        for slot in range(min(3, wanted.size - first)):
+            cells[slot] = wanted[first + slot]
+        cell_0, cell_1, cell_2 = cells[0], cells[1], cells[2]
+        r0 = g0 = b0 = r1 = g1 = b1 = r2 = g2 = b2 = 0
         for i in range(cell_of.size):
-            member = np.int32(cell_of[i] & cell_mask == cell)
-            red_sum += member * np.int32(red[i])
-            green_sum += member * np.int32(green[i])
-            blue_sum += member * np.int32(blue[i])
-        out[rank, 0], out[rank, 1], out[rank, 2] = red_sum, green_sum, blue_sum
+            cell = cell_of[i] & cell_mask
+            r, g, b = np.int32(red[i]), np.int32(green[i]), np.int32(blue[i])
+            in_0, in_1, in_2 = (np.int32(cell == cell_0), np.int32(cell == cell_1),
+                                np.int32(cell == cell_2))
+            r0 += in_0 * r
+            g0 += in_0 * g
+            b0 += in_0 * b
+            r1 += in_1 * r
+            g1 += in_1 * g
+            b1 += in_1 * b
+            r2 += in_2 * r
+            g2 += in_2 * g
+            b2 += in_2 * b
+        sums = ((r0, g0, b0), (r1, g1, b1), (r2, g2, b2))
+        for slot in range(min(3, wanted.size - first)):
+            out[first + slot, 0] = sums[slot][0]
+            out[first + slot, 1] = sums[slot][1]
+            out[first + slot, 2] = sums[slot][2]
     return out
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[np.uint8],
                value_low: int, value_high: int,
-               saturation_divisor: int, grey_chroma: int, cell_bits: int, top_cells: int
+               saturation_divisor: int, grey_chroma: int, cell_bits: int, top_cells: int,
+               within: NDArray[np.float64], starts: NDArray[np.float64]
                ) -> tuple[NDArray[np.int32], NDArray[np.int64], NDArray[np.int64],
                           NDArray[np.float64], NDArray[np.int64], NDArray[np.int64],
                           NDArray[np.int64], NDArray[np.int64]]:
@@ -207,24 +299,32 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
     * ``floats``: the sum of ``sqrt(weighted)``, the mean and standard deviation of
       saturation ``chroma / max`` (0 for black), then the sums of the hue angle's cosine and
       sine over the pixels with a reliable hue (``max`` within ``value_low..value_high`` and
-      ``chroma > max // saturation_divisor``, decided as ``chroma * saturation_divisor > max``);
+      ``chroma > max // saturation_divisor``, decided as ``chroma * saturation_divisor > max``),
+      each direction from the :func:`hue_direction_tables` ``within`` and ``starts``;
     * ``hue_bins``: those pixels' counts per 30-degree bin;
-    * ``cells``: pixel counts of the colour cells (``cell_bits`` high bits per channel);
+    * ``cells``: pixel counts of the colour cells (``cell_bits`` high bits per channel, at most
+      3, so that a pixel's cell, hue bin and hue fit one int32 code: 4 bytes a pixel besides
+      ``weighted``);
     * ``top``: the ``top_cells`` most populated cells, most populated first (ties to the lower
       cell number), and ``cell_sums``: their R, G, B sums.
 
-    The first loop has no branches or scattered writes, so it is vectorised; the counting
-    loops follow. The float sums may be added in any order (``reassoc``): they are within the
-    documented tolerances either way, and every exact result is an integer.
+    The first loop has no branches or scattered writes, so it is vectorised; it files each
+    pixel's hue as a table index. A second vectorised pass sums the saturation's squared
+    deviations and the hue directions (table look-ups, far cheaper than evaluating cosines);
+    the counting loops follow. The float sums may be added in any order (``reassoc``): they
+    are within the documented tolerances either way, and every exact result is an integer.
     """
     n = red.size
     weighted = np.empty(n, np.int32)
+    # Per pixel: colour cell (3 cell_bits), hue bin (4 bits: 0..11, 12 for none), and above
+    # them the hue as 8 * (index into ``within``) + sextant, or NO_HUE (18 bits).
     cell_of = np.empty(n, np.int32)
+    hue_shift = 3 * cell_bits + 4
     shift = 8 - cell_bits
     # Saturation is summed as the offset from the first pixel's, so that a constant colour gives
     # exactly its own saturation and a standard deviation of exactly 0.
     first = _saturation(np.int32(red[0]), np.int32(green[0]), np.int32(blue[0]))
-    roots = saturation = hue_cos = hue_sin = 0.0
+    roots = saturation = 0.0
     value_sum = coloured = rg_sum = rg_squares = yb2_sum = yb2_squares = selected = 0
     for i in range(n):
         r, g, b = np.int32(red[i]), np.int32(green[i]), np.int32(blue[i])
@@ -250,21 +350,26 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         hue_bin = reliable * (2 * sextant + np.int32(2 * remainder >= chroma)) + (
             1 - reliable) * 2 * SEXTANTS
         # The colour cell in the low bits, the hue bin above: one count gives both tallies.
-        cell_of[i] = (hue_bin << (3 * cell_bits)) | ((r >> shift) << (2 * cell_bits)) | (
-            (g >> shift) << cell_bits) | (b >> shift)
-        direction_cos, direction_sin = _hue_direction(sextant, remainder, chroma)
-        hue_cos += reliable * direction_cos
-        hue_sin += reliable * direction_sin
+        fraction = ((chroma * (chroma - 1)) >> 1) + remainder
+        hue = reliable * (8 * fraction + sextant) + (1 - reliable) * NO_HUE
+        cell_of[i] = (hue << hue_shift) | (hue_bin << (3 * cell_bits)) | (
+            (r >> shift) << (2 * cell_bits)) | ((g >> shift) << cell_bits) | (b >> shift)
     saturation_mean = first + saturation / n
-    deviations = 0.0
+    deviations = hue_cos = hue_sin = 0.0
     for i in range(n):
         gap = _saturation(np.int32(red[i]), np.int32(green[i]), np.int32(blue[i]))
         gap -= saturation_mean
         deviations += gap * gap
+        hue = cell_of[i] >> hue_shift
+        entry, turn = hue >> 3, hue & 7
+        within_cos, within_sin = within[0, entry], within[1, entry]
+        start_cos, start_sin = starts[0, turn], starts[1, turn]
+        hue_cos += start_cos * within_cos - start_sin * within_sin
+        hue_sin += start_sin * within_cos + start_cos * within_sin
 
-    buckets = _counts(weighted, BUCKET_SHIFT, (65_025_000 >> BUCKET_SHIFT) + 1)
+    buckets = _counts(weighted, BUCKET_SHIFT, ALL_BITS, (65_025_000 >> BUCKET_SHIFT) + 1)
     cell_count = 1 << (3 * cell_bits)
-    tallies = _counts(cell_of, 0, (2 * SEXTANTS + 1) * cell_count).reshape(
+    tallies = _counts(cell_of, 0, (1 << hue_shift) - 1, (2 * SEXTANTS + 1) * cell_count).reshape(
         2 * SEXTANTS + 1, cell_count)
     cells = np.zeros(cell_count, np.int64)
     hue_bins = np.zeros(2 * SEXTANTS + 1, np.int64)
@@ -309,22 +414,22 @@ def _bucket_minimum(values: NDArray[np.int32], bucket: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def ranked_pair(values: NDArray[np.int32], buckets: NDArray[np.int64], rank: int
-                ) -> tuple[int, int]:
-    """The values of rank ``rank`` and ``rank + 1`` (0-based, clipped to the last) in sorted
-    order, given the :func:`bucket_counts` of ``values``: only the wanted bucket is sorted."""
+def _bucket_of_rank(buckets: NDArray[np.int64], rank: int) -> tuple[int, int]:
+    """The bucket holding the value of ``rank``, and how many values lie in lower buckets."""
     seen = 0
     bucket = 0
     while seen + buckets[bucket] <= rank:
         seen += buckets[bucket]
         bucket += 1
-    members = np.empty(buckets[bucket], np.int32)
-    found = 0
-    for value in values:
-        if value >> BUCKET_SHIFT == bucket:
-            members[found] = value
-            found += 1
-    members.sort()
+    return bucket, seen
+
+
+@njit(cache=True, nogil=True)
+def _pair_in_bucket(values: NDArray[np.int32], buckets: NDArray[np.int64],
+                    members: NDArray[np.int32], bucket: int, seen: int, rank: int
+                    ) -> tuple[int, int]:
+    """Ranks ``rank`` and ``rank + 1`` from the sorted ``members`` of the rank's bucket (and the
+    smallest value of the next non-empty bucket, when ``rank`` is its bucket's last)."""
     at = members[rank - seen]
     if rank + 1 >= values.size:
         return at, at
@@ -337,27 +442,87 @@ def ranked_pair(values: NDArray[np.int32], buckets: NDArray[np.int64], rank: int
 
 
 @njit(cache=True, nogil=True)
+def ranked_pairs(values: NDArray[np.int32], buckets: NDArray[np.int64], first_rank: int,
+                 second_rank: int) -> tuple[int, int, int, int]:
+    """The values of ranks ``r`` and ``r + 1`` (0-based, clipped to the last) in sorted order,
+    for ``r`` = ``first_rank`` and then ``second_rank``, given the :func:`bucket_counts` of
+    ``values``: one pass gathers the members of the (at most two) buckets holding those ranks,
+    and only those are sorted."""
+    first_bucket, first_seen = _bucket_of_rank(buckets, first_rank)
+    second_bucket, second_seen = _bucket_of_rank(buckets, second_rank)
+    shared = first_bucket == second_bucket
+    first_members = np.empty(buckets[first_bucket], np.int32)
+    second_members = np.empty(0 if shared else buckets[second_bucket], np.int32)
+    first_found = second_found = 0
+    # Blocks without a member (most of them) are passed over by a branch-free check.
+    for start in range(0, values.size, SCAN_BLOCK):
+        stop = min(start + SCAN_BLOCK, values.size)
+        hits = 0
+        for i in range(start, stop):
+            bucket = values[i] >> BUCKET_SHIFT
+            hits += np.int32(bucket == first_bucket) + np.int32(bucket == second_bucket)
+        if hits == 0:
+            continue
+        for i in range(start, stop):
+            value = values[i]
+            bucket = value >> BUCKET_SHIFT
+            if bucket == first_bucket:
+                first_members[first_found] = value
+                first_found += 1
+            elif bucket == second_bucket:
+                second_members[second_found] = value
+                second_found += 1
+    first_members.sort()
+    second_members.sort()
+    if shared:
+        second_members = first_members
+    first_at, first_after = _pair_in_bucket(values, buckets, first_members, first_bucket,
+                                            first_seen, first_rank)
+    second_at, second_after = _pair_in_bucket(values, buckets, second_members, second_bucket,
+                                              second_seen, second_rank)
+    return first_at, first_after, second_at, second_after
+
+
+@njit(cache=True, nogil=True)
+def ranked_pair(values: NDArray[np.int32], buckets: NDArray[np.int64], rank: int
+                ) -> tuple[int, int]:
+    """:func:`ranked_pairs` for one rank."""
+    at, after, _, _ = ranked_pairs(values, buckets, rank, rank)
+    return at, after
+
+
+@njit(cache=True, nogil=True)
 def detail_sums(gray: NDArray[np.uint8], strong_above: int) -> tuple[int, int, int, int]:
     """Over the interior pixels of a 2-D uint8 image (at least 3x3): their count, the sum and sum
     of squares of the 4-neighbour Laplacian, and how many have a squared Sobel magnitude
-    ``gx² + gy²`` above ``strong_above`` (all exact integers)."""
+    ``gx² + gy²`` above ``strong_above`` (all exact integers).
+
+    Each row is first computed into small int32 buffers (no branch, no wide accumulator, so
+    many pixels go per instruction), then added up.
+    """
     height, width = gray.shape
     total = squares = strong = 0
+    laplacians = np.zeros(width, np.int32)
+    squared = np.zeros(width, np.int32)  # at most 1020², well within int32
+    strong_flags = np.zeros(width, np.int32)
     for y in range(1, height - 1):
         above, row, below = gray[y - 1], gray[y], gray[y + 1]
         for x in range(1, width - 1):
             centre = np.int32(row[x])
             up, down = np.int32(above[x]), np.int32(below[x])
             left, right = np.int32(row[x - 1]), np.int32(row[x + 1])
-            laplacian = up + down + left + right - 4 * centre
-            total += laplacian
-            squares += laplacian * laplacian
+            laplacian = np.int32(up + down + left + right - 4 * centre)
+            laplacians[x] = laplacian
+            squared[x] = laplacian * laplacian
             up_left, up_right = np.int32(above[x - 1]), np.int32(above[x + 1])
             down_left, down_right = np.int32(below[x - 1]), np.int32(below[x + 1])
-            gx = up_right + 2 * right + down_right - up_left - 2 * left - down_left
-            gy = down_left + 2 * down + down_right - up_left - 2 * up - up_right
-            if gx * gx + gy * gy > strong_above:
-                strong += 1
+            gx = np.int32(up_right + 2 * right + down_right - up_left - 2 * left - down_left)
+            gy = np.int32(down_left + 2 * down + down_right - up_left - 2 * up - up_right)
+            strong_flags[x] = gx * gx + gy * gy > strong_above
+        for x in range(1, width - 1):
+            total += laplacians[x]
+            squares += squared[x]
+            strong += strong_flags[x]
     return (height - 2) * (width - 2), total, squares, strong
 
 
