@@ -61,10 +61,13 @@ from numpy.typing import NDArray
 from PIL import Image
 from PIL import __version__ as PILLOW_VERSION
 
-from thumbfeat import kernels
 from thumbfeat.imaging import DecodedImage
+from thumbfeat.lazy import lazy_module
 from thumbfeat.resample import resize_gray_like_pillow
 from thumbfeat.runtime import tune_for_measuring
+
+# Loaded on first use: see thumbfeat.lazy.
+kernels = lazy_module("thumbfeat.kernels")
 
 FEATURE_VERSION = "3"
 

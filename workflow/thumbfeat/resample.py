@@ -29,7 +29,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from thumbfeat.kernels import combine_rows
+from thumbfeat.lazy import lazy_module
+
+# Loaded on first use: see thumbfeat.lazy.
+kernels = lazy_module("thumbfeat.kernels")
 
 _PRECISION_BITS = 22
 _ONE = float(1 << _PRECISION_BITS)
@@ -120,7 +123,7 @@ def _pass(source: NDArray[np.uint8], in_size: int, out_size: int,
           resample: int) -> NDArray[np.uint8]:
     """Resize along the first axis of ``source`` (see :func:`kernels.combine_rows`)."""
     starts, coefficients = taps(in_size, out_size, resample)
-    return combine_rows(source, starts, coefficients, _PRECISION_BITS)
+    return kernels.combine_rows(source, starts, coefficients, _PRECISION_BITS)
 
 
 def _transposed(plane: NDArray[np.uint8]) -> NDArray[np.uint8]:
