@@ -159,3 +159,32 @@ def test_remote_and_local_paths_are_told_apart() -> None:
                                 ) == "http://b"
     assert storage.endpoint_url({"AWS_ENDPOINT_URL": "http://a"}) == "http://a"
     assert storage.endpoint_url({}) is None
+
+
+def test_writes_in_background_are_sent_in_order_and_done_when_the_block_ends(
+        aws_env: SeaweedServer) -> None:
+    root = f"s3://{BUCKET}/storage-{next(_prefixes)}"
+    paths = [f"{root}/thumbs/t/{i % 7:02x}/x{i}.img" for i in range(40)]
+    with storage.writes_in_background():
+        for number, path in enumerate(paths):
+            storage.put(path, b"first %d" % number)
+        # Later writes to the same objects, and a delete, land after the earlier ones.
+        for number, path in enumerate(paths[:10]):
+            storage.put(path, b"second %d" % number)
+        storage.delete(paths[-1])
+    assert [storage.get(p) for p in paths[:10]] == [b"second %d" % n for n in range(10)]
+    assert [storage.get(p) for p in paths[10:-1]] == [b"first %d" % n for n in range(10, 39)]
+    assert not storage.exists(paths[-1])
+
+
+def test_a_failed_background_write_fails_the_block(aws_env: SeaweedServer) -> None:
+    good = f"s3://{BUCKET}/storage-{next(_prefixes)}/a.json"
+    with pytest.raises(storage.StorageError, match="no-such-bucket-here"):
+        with storage.writes_in_background():
+            storage.put("s3://no-such-bucket-here/x.json", b"{}")
+            storage.put(good, b"{}")
+    # The writes queued beside the failed one were still made.
+    assert storage.get(good) == b"{}"
+    # The block closed: the next write is made at once again.
+    storage.put(good, b"[]")
+    assert storage.get(good) == b"[]"

@@ -261,7 +261,18 @@ class InlineExecutor(Executor):
 
 def finish_many(work: Sequence[Work], results: str, thumbnails: ThumbnailSettings,
                 max_pixels: int) -> list[Done]:
-    """Finish several images in one task, so handing work to a process costs little per image."""
+    """Finish several images in one task, so handing work to a process costs little per image.
+
+    In a bucket the images' objects are sent while the next image is measured (see
+    thumbfeat.storage.writes_in_background); the task ends once all of them are stored, so an
+    image counts as done only when its objects exist.
+    """
+    with storage.writes_in_background():
+        return _finish_each(work, results, thumbnails, max_pixels)
+
+
+def _finish_each(work: Sequence[Work], results: str, thumbnails: ThumbnailSettings,
+                 max_pixels: int) -> list[Done]:
     done: list[Done] = []
     for item in work:
         if item.data is not None and item.fetched is not None:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -82,11 +83,24 @@ def _listing_filesystem() -> Any:
     return _filesystems[pid]
 
 
+_sessions: list[Any] = []
+
+
+def _session() -> Any:
+    """The boto3 session clients are made from, kept across forks: a measuring process forked
+    from a batch job inherits its loaded service description and makes its own client from it
+    in milliseconds, where a new session would load it again (a fifth of a CPU second)."""
+    if not _sessions:
+        import boto3
+
+        _sessions.append(boto3.session.Session())
+    return _sessions[0]
+
+
 def client() -> Any:
     """This process's S3 client (one per process: a forked child must not share a pool)."""
     pid = os.getpid()
     if pid not in _clients:
-        import boto3
         from botocore.config import Config
 
         # Checksums only where S3 requires them: S3-compatible stores may keep the trailing
@@ -95,7 +109,7 @@ def client() -> Any:
                         retries={"max_attempts": 5, "mode": "standard"},
                         request_checksum_calculation="when_required",
                         response_checksum_validation="when_required")
-        _clients[pid] = boto3.session.Session().client("s3", config=config)
+        _clients[pid] = _session().client("s3", config=config)
     return _clients[pid]
 
 
@@ -103,6 +117,7 @@ def forget_clients() -> None:
     """Drop this process's clients, so the next request reads the environment again."""
     _clients.clear()
     _filesystems.clear()
+    _sessions.clear()
 
 
 def _missing(error: Exception) -> bool:
@@ -115,11 +130,75 @@ def _failed(action: str, url: str, error: Exception) -> StorageError:
     return StorageError(f"cannot {action} {url}: {error}")
 
 
+class _Background:
+    """This process's writer thread for writes_in_background, and the writes it has queued."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thumbfeat-put")
+        self.pending: list[Future[None]] = []
+        self.depth = 0
+
+
+_background: _Background | None = None
+
+
+@contextlib.contextmanager
+def writes_in_background() -> Iterator[None]:
+    """Within this block, puts and deletes in a bucket are sent by one background thread while
+    the caller goes on computing; the block ends once every one of them is done, and raises the
+    first that failed.
+
+    A request waits on the store for longer than it computes: measuring the next image
+    meanwhile hides that wait. One thread sends them in the order they were made, so an image's
+    thumbnail is still stored before its row, and a failure record before its empty thumbnail.
+    Local writes are not deferred.
+    """
+    global _background
+    if _background is None or _background.pid != os.getpid():
+        _background = _Background()
+    background = _background
+    background.depth += 1
+    try:
+        yield
+    except BaseException:
+        _finish(background)  # what was queued is still stored; the block's error wins
+        raise
+    failed = _finish(background)
+    if failed is not None:
+        raise failed
+
+
+def _finish(background: _Background) -> BaseException | None:
+    """Close one writes_in_background block: at the outermost, wait for every queued write and
+    return the first failure."""
+    background.depth -= 1
+    if background.depth:
+        return None
+    pending, background.pending = background.pending, []
+    errors = [future.exception() for future in pending]
+    return next((error for error in errors if error is not None), None)
+
+
+def _deferred(action: Callable[..., None], *args: Any) -> bool:
+    """Queue ``action`` on the background writer when a writes_in_background block is open."""
+    background = _background
+    if background is None or background.depth == 0 or background.pid != os.getpid():
+        return False
+    background.pending.append(background.thread.submit(action, *args))
+    return True
+
+
 def put(path: str | Path, data: bytes) -> None:
     """Store ``data`` at ``path`` whole or not at all."""
     if not is_remote(path):
         atomic.write_bytes(path, data)
         return
+    if not _deferred(_put_now, str(path), data):
+        _put_now(str(path), data)
+
+
+def _put_now(path: str, data: bytes) -> None:
     bucket, key = split(str(path))
     try:
         client().put_object(Bucket=bucket, Key=key, Body=data)
@@ -157,6 +236,11 @@ def delete(path: str | Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
+    if not _deferred(_delete_now, str(path)):
+        _delete_now(str(path))
+
+
+def _delete_now(path: str) -> None:
     bucket, key = split(str(path))
     try:
         client().delete_object(Bucket=bucket, Key=key)
