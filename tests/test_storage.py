@@ -179,10 +179,10 @@ def test_writes_in_background_are_sent_in_order_and_done_when_the_block_ends(
 
 def test_a_failed_background_write_fails_the_block(aws_env: SeaweedServer) -> None:
     good = f"s3://{BUCKET}/storage-{next(_prefixes)}/a.json"
-    with pytest.raises(storage.StorageError, match="no-such-bucket-here"):
-        with storage.writes_in_background():
-            storage.put("s3://no-such-bucket-here/x.json", b"{}")
-            storage.put(good, b"{}")
+    with (pytest.raises(storage.StorageError, match="no-such-bucket-here"),
+          storage.writes_in_background()):
+        storage.put("s3://no-such-bucket-here/x.json", b"{}")
+        storage.put(good, b"{}")
     # The writes queued beside the failed one were still made.
     assert storage.get(good) == b"{}"
     # The block closed: the next write is made at once again.
