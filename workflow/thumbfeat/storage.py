@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -97,10 +98,19 @@ def _session() -> Any:
     return _sessions[0]
 
 
+# Making a client from a session is not safe from two threads at once (the writer thread and
+# the caller may both make this process's first request).
+_client_lock = threading.Lock()
+
+
 def client() -> Any:
     """This process's S3 client (one per process: a forked child must not share a pool)."""
     pid = os.getpid()
-    if pid not in _clients:
+    if pid in _clients:
+        return _clients[pid]
+    with _client_lock:
+        if pid in _clients:
+            return _clients[pid]
         from botocore.config import Config
 
         # Checksums only where S3 requires them: S3-compatible stores may keep the trailing
@@ -110,7 +120,7 @@ def client() -> Any:
                         request_checksum_calculation="when_required",
                         response_checksum_validation="when_required")
         _clients[pid] = _session().client("s3", config=config)
-    return _clients[pid]
+        return _clients[pid]
 
 
 def forget_clients() -> None:
