@@ -256,6 +256,23 @@ def thumbs_made_elsewhere(results: str | Path, tag: str) -> set[str]:
 LIST_THREADS = 16
 
 
+def list_ahead(results: str, stages: list[str]) -> None:
+    """List the shard prefixes of several stage folders at once, all in one pool of requests.
+
+    Called inside a storage.listed_once block before the plan reads them stage by stage: the
+    store then answers the LISTs of all stages side by side instead of one stage after another.
+    Does nothing for a local folder.
+    """
+    if not storage.is_remote(results):
+        return
+    roots = [f"{results}/{stage}" for stage in stages]
+    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+        shard_lists = list(pool.map(storage.subfolders, roots))
+        shards = [f"{root}/{name}" for root, names in zip(roots, shard_lists, strict=True)
+                  for name in names if name in SHARD_SET]
+        list(pool.map(storage.names, shards))
+
+
 def _present_remote_ids(root: str, suffix: str) -> set[str]:
     """``present_ids`` in a bucket: one LIST for the shard prefixes, then one per shard."""
     shards = [f"{root}/{name}" for name in storage.subfolders(root) if name in SHARD_SET]

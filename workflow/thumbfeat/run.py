@@ -259,6 +259,9 @@ def _build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeF
 
 def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkPlan:
     config = context.config
+    layout.list_ahead(context.results, [layout.stage_dir(layout.THUMBS, context.tag),
+                                        layout.stage_dir(layout.FEATURES, context.tag),
+                                        layout.FAILED])
     requested = requested_image_ids(facts.argv, catalog.ids)
     table = layout.feature_table_path(context.results)
     snapshot = layout.catalog_snapshot_path(context.results, context.catalog_digest)

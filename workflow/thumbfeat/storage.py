@@ -308,7 +308,7 @@ def move(source: str | Path, target: str | Path) -> bool:
 
 
 # Listings kept for the length of one parse (see listed_once), by folder URL.
-_listed: dict[str, list[tuple[str, bool, float, int]]] | None = None
+_listed: dict[str, list[tuple[str, bool, Any]]] | None = None
 
 
 @contextlib.contextmanager
@@ -328,9 +328,11 @@ def listed_once() -> Iterator[None]:
         _listed = outer
 
 
-def _entries(folder: str) -> list[tuple[str, bool, float, int]]:
-    """Name, whether a file (else a sub-prefix), time (s) and size of each entry directly under
-    ``folder``: one LIST, read page by page."""
+def _entries(folder: str) -> list[tuple[str, bool, Any]]:
+    """Name, whether a file (else a sub-prefix) and pyarrow's FileInfo of each entry directly
+    under ``folder``: one LIST, read page by page. Times and sizes are read from the FileInfo
+    only when asked for: most listings need names alone, and turning a time into a datetime
+    and back costs more than the name, at a hundred thousand objects per parse."""
     key = folder.rstrip("/")
     if _listed is not None and key in _listed:
         return _listed[key]
@@ -341,9 +343,8 @@ def _entries(folder: str) -> list[tuple[str, bool, float, int]]:
         infos = _listing_filesystem().get_file_info(selector)
     except Exception as error:
         raise _failed("list", folder, error) from error
-    entries = [(info.base_name, info.type == fs.FileType.File,
-                info.mtime.timestamp() if info.mtime else 0.0, info.size or 0)
-               for info in infos]
+    file_type = fs.FileType.File
+    entries = [(info.base_name, info.type == file_type, info) for info in infos]
     if _listed is not None:
         _listed[key] = entries
     return entries
@@ -366,12 +367,13 @@ def listing(folder: str | Path) -> dict[str, float]:
                 if entry.is_file():
                     found[entry.name] = entry.stat().st_mtime
         return found
-    return {name: when for name, is_file, when, _ in _entries(str(folder)) if is_file}
+    return {name: info.mtime.timestamp() if info.mtime else 0.0
+            for name, is_file, info in _entries(str(folder)) if is_file}
 
 
 def sizes(folder: str) -> dict[str, int]:
     """Sizes of the objects directly under a remote ``folder`` (one LIST)."""
-    return {name: size for name, is_file, _, size in _entries(folder) if is_file}
+    return {name: info.size or 0 for name, is_file, info in _entries(folder) if is_file}
 
 
 def names(folder: str | Path) -> list[str]:
@@ -381,7 +383,7 @@ def names(folder: str | Path) -> list[str]:
             return os.listdir(folder)
         except FileNotFoundError:
             return []
-    return [name for name, is_file, _, _ in _entries(str(folder)) if is_file]
+    return [name for name, is_file, _ in _entries(str(folder)) if is_file]
 
 
 def subfolders(folder: str | Path) -> list[str]:
@@ -391,7 +393,7 @@ def subfolders(folder: str | Path) -> list[str]:
             return [entry.name for entry in os.scandir(folder) if entry.is_dir()]
         except FileNotFoundError:
             return []
-    return [name for name, is_file, _, _ in _entries(str(folder)) if not is_file]
+    return [name for name, is_file, _ in _entries(str(folder)) if not is_file]
 
 
 def files(folder: str | Path, suffix: str) -> list[str]:
