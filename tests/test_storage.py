@@ -48,12 +48,6 @@ def test_put_get_delete_behave_alike(root: str) -> None:
     assert not storage.exists(path)
 
 
-def test_put_with_stores_what_the_writer_wrote(root: str) -> None:
-    path = f"{root}/features/ab/x.parquet"
-    storage.put_with(path, lambda tmp: tmp.write_bytes(b"written"))
-    assert storage.get(path) == b"written"
-
-
 def test_listing_names_files_and_folders(root: str) -> None:
     for name in ("a.json", "b.json", ".c.json.tmp"):
         storage.put(f"{root}/batches/{name}", b"{}")

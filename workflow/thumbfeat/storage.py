@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,30 +29,24 @@ SCHEME = "s3://"
 # Requests in flight per process: a batch job writes from all of its download threads at once.
 MAX_CONNECTIONS = 64
 
-
 class StorageError(OSError):
     """An object store cannot be reached or refuses a request (the message names the object)."""
-
 
 def is_remote(path: str | Path) -> bool:
     """Whether ``path`` is in an object store rather than on a local file system."""
     return str(path).startswith(SCHEME)
-
 
 def split(url: str) -> tuple[str, str]:
     """The bucket and key of ``s3://bucket/key``."""
     bucket, _, key = url[len(SCHEME):].partition("/")
     return bucket, key
 
-
 def endpoint_url(environ: Mapping[str, str] = os.environ) -> str | None:
     """The S3 endpoint an S3-compatible store is reached at, as the AWS SDKs read it."""
     return environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
 
-
 _clients: dict[int, Any] = {}
 _filesystems: dict[int, Any] = {}
-
 
 def s3_filesystem(environ: Mapping[str, str] = os.environ) -> Any:
     """pyarrow's S3 file system, reaching the endpoint of the usual AWS variables.
@@ -71,7 +64,6 @@ def s3_filesystem(environ: Mapping[str, str] = os.environ) -> Any:
         options.update(endpoint_override=parts.netloc or endpoint, scheme=parts.scheme or "https")
     return fs.S3FileSystem(**options)
 
-
 def _listing_filesystem() -> Any:
     """This process's pyarrow S3 file system for listings.
 
@@ -83,9 +75,7 @@ def _listing_filesystem() -> Any:
         _filesystems[pid] = s3_filesystem()
     return _filesystems[pid]
 
-
 _sessions: list[Any] = []
-
 
 def _session() -> Any:
     """The boto3 session clients are made from, kept across forks: a measuring process forked
@@ -97,11 +87,9 @@ def _session() -> Any:
         _sessions.append(boto3.session.Session())
     return _sessions[0]
 
-
 # Making a client from a session is not safe from two threads at once (the writer thread and
 # the caller may both make this process's first request).
 _client_lock = threading.Lock()
-
 
 def client() -> Any:
     """This process's S3 client (one per process: a forked child must not share a pool)."""
@@ -122,23 +110,19 @@ def client() -> Any:
         _clients[pid] = _session().client("s3", config=config)
         return _clients[pid]
 
-
 def forget_clients() -> None:
     """Drop this process's clients, so the next request reads the environment again."""
     _clients.clear()
     _filesystems.clear()
     _sessions.clear()
 
-
 def _missing(error: Exception) -> bool:
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
     return code in {"404", "NoSuchKey", "NotFound"}
 
-
 def _failed(action: str, url: str, error: Exception) -> StorageError:
     """One line naming the object and the store's answer (never the credentials)."""
     return StorageError(f"cannot {action} {url}: {error}")
-
 
 class _Background:
     """This process's writer thread for writes_in_background, and the writes it has queued."""
@@ -149,9 +133,7 @@ class _Background:
         self.pending: list[Future[None]] = []
         self.depth = 0
 
-
 _background: _Background | None = None
-
 
 @contextlib.contextmanager
 def writes_in_background() -> Iterator[None]:
@@ -178,7 +160,6 @@ def writes_in_background() -> Iterator[None]:
     if failed is not None:
         raise failed
 
-
 def _finish(background: _Background) -> BaseException | None:
     """Close one writes_in_background block: at the outermost, wait for every queued write and
     return the first failure."""
@@ -189,7 +170,6 @@ def _finish(background: _Background) -> BaseException | None:
     errors = [future.exception() for future in pending]
     return next((error for error in errors if error is not None), None)
 
-
 def _deferred(action: Callable[..., None], *args: Any) -> bool:
     """Queue ``action`` on the background writer when a writes_in_background block is open."""
     background = _background
@@ -197,7 +177,6 @@ def _deferred(action: Callable[..., None], *args: Any) -> bool:
         return False
     background.pending.append(background.thread.submit(action, *args))
     return True
-
 
 def put(path: str | Path, data: bytes) -> None:
     """Store ``data`` at ``path`` whole or not at all."""
@@ -207,25 +186,12 @@ def put(path: str | Path, data: bytes) -> None:
     if not _deferred(_put_now, str(path), data):
         _put_now(str(path), data)
 
-
 def _put_now(path: str, data: bytes) -> None:
     bucket, key = split(str(path))
     try:
         client().put_object(Bucket=bucket, Key=key, Body=data)
     except Exception as error:
         raise _failed("write", str(path), error) from error
-
-
-def put_with(path: str | Path, writer: Callable[[Path], None]) -> None:
-    """Let ``writer`` fill a temporary local file, then store it at ``path`` atomically."""
-    if not is_remote(path):
-        atomic.write_with(path, writer)
-        return
-    with tempfile.TemporaryDirectory(prefix="thumbfeat-") as folder:
-        tmp = Path(folder, "object")
-        writer(tmp)
-        put(path, tmp.read_bytes())
-
 
 def get(path: str | Path) -> bytes:
     """The whole content at ``path``; FileNotFoundError when there is none."""
@@ -239,7 +205,6 @@ def get(path: str | Path) -> bytes:
             raise FileNotFoundError(2, "no such object", str(path)) from None
         raise _failed("read", str(path), error) from error
 
-
 def delete(path: str | Path) -> None:
     """Remove ``path`` if it is there."""
     if not is_remote(path):
@@ -249,7 +214,6 @@ def delete(path: str | Path) -> None:
     if not _deferred(_delete_now, str(path)):
         _delete_now(str(path))
 
-
 def _delete_now(path: str) -> None:
     bucket, key = split(str(path))
     try:
@@ -257,7 +221,6 @@ def _delete_now(path: str) -> None:
     except Exception as error:
         if not _missing(error):
             raise _failed("delete", str(path), error) from error
-
 
 def modified(path: str | Path) -> float | None:
     """When ``path`` was last written (seconds), or None when it is not there.
@@ -279,11 +242,9 @@ def modified(path: str | Path) -> float | None:
         raise _failed("look up", str(path), error) from error
     return float(answer["LastModified"].timestamp())
 
-
 def exists(path: str | Path) -> bool:
     """Whether ``path`` is there (one HEAD in a bucket: run-level files only)."""
     return modified(path) is not None
-
 
 def move(source: str | Path, target: str | Path) -> bool:
     """Move ``source`` to ``target`` (a rename locally; a server-side copy, then a delete, in a
@@ -306,10 +267,8 @@ def move(source: str | Path, target: str | Path) -> bool:
     delete(source)
     return True
 
-
 # Listings kept for the length of one parse (see listed_once), by folder URL.
 _listed: dict[str, list[tuple[str, bool, Any]]] | None = None
-
 
 @contextlib.contextmanager
 def listed_once() -> Iterator[None]:
@@ -326,7 +285,6 @@ def listed_once() -> Iterator[None]:
         yield
     finally:
         _listed = outer
-
 
 def _entries(folder: str) -> list[tuple[str, bool, Any]]:
     """Name, whether a file (else a sub-prefix) and pyarrow's FileInfo of each entry directly
@@ -349,7 +307,6 @@ def _entries(folder: str) -> list[tuple[str, bool, Any]]:
         _listed[key] = entries
     return entries
 
-
 def listing(folder: str | Path) -> dict[str, float]:
     """Names of the files directly in ``folder`` with their modification times (seconds).
 
@@ -370,11 +327,9 @@ def listing(folder: str | Path) -> dict[str, float]:
     return {name: info.mtime.timestamp() if info.mtime else 0.0
             for name, is_file, info in _entries(str(folder)) if is_file}
 
-
 def sizes(folder: str) -> dict[str, int]:
     """Sizes of the objects directly under a remote ``folder`` (one LIST)."""
     return {name: info.size or 0 for name, is_file, info in _entries(folder) if is_file}
-
 
 def names(folder: str | Path) -> list[str]:
     """Names of the files directly in ``folder`` (locally, of every entry), one listing."""
@@ -385,7 +340,6 @@ def names(folder: str | Path) -> list[str]:
             return []
     return [name for name, is_file, _ in _entries(str(folder)) if is_file]
 
-
 def subfolders(folder: str | Path) -> list[str]:
     """Names of the folders (sub-prefixes) directly in ``folder``, one listing."""
     if not is_remote(folder):
@@ -394,7 +348,6 @@ def subfolders(folder: str | Path) -> list[str]:
         except FileNotFoundError:
             return []
     return [name for name, is_file, _ in _entries(str(folder)) if not is_file]
-
 
 def files(folder: str | Path, suffix: str) -> list[str]:
     """Paths of the finished files in ``folder`` whose names end with ``suffix`` (one listing;
