@@ -29,24 +29,30 @@ SCHEME = "s3://"
 # Requests in flight per process: a batch job writes from all of its download threads at once.
 MAX_CONNECTIONS = 64
 
+
 class StorageError(OSError):
     """An object store cannot be reached or refuses a request (the message names the object)."""
+
 
 def is_remote(path: str | Path) -> bool:
     """Whether ``path`` is in an object store rather than on a local file system."""
     return str(path).startswith(SCHEME)
+
 
 def split(url: str) -> tuple[str, str]:
     """The bucket and key of ``s3://bucket/key``."""
     bucket, _, key = url[len(SCHEME):].partition("/")
     return bucket, key
 
+
 def endpoint_url(environ: Mapping[str, str] = os.environ) -> str | None:
     """The S3 endpoint an S3-compatible store is reached at, as the AWS SDKs read it."""
     return environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
 
+
 _clients: dict[int, Any] = {}
 _filesystems: dict[int, Any] = {}
+
 
 def s3_filesystem(environ: Mapping[str, str] = os.environ) -> Any:
     """pyarrow's S3 file system, reaching the endpoint of the usual AWS variables.
@@ -64,6 +70,7 @@ def s3_filesystem(environ: Mapping[str, str] = os.environ) -> Any:
         options.update(endpoint_override=parts.netloc or endpoint, scheme=parts.scheme or "https")
     return fs.S3FileSystem(**options)
 
+
 def _listing_filesystem() -> Any:
     """This process's pyarrow S3 file system for listings.
 
@@ -75,7 +82,9 @@ def _listing_filesystem() -> Any:
         _filesystems[pid] = s3_filesystem()
     return _filesystems[pid]
 
+
 _sessions: list[Any] = []
+
 
 def _session() -> Any:
     """The boto3 session clients are made from, kept across forks: a measuring process forked
@@ -87,9 +96,11 @@ def _session() -> Any:
         _sessions.append(boto3.session.Session())
     return _sessions[0]
 
+
 # Making a client from a session is not safe from two threads at once (the writer thread and
 # the caller may both make this process's first request).
 _client_lock = threading.Lock()
+
 
 def client() -> Any:
     """This process's S3 client (one per process: a forked child must not share a pool)."""
@@ -110,19 +121,23 @@ def client() -> Any:
         _clients[pid] = _session().client("s3", config=config)
         return _clients[pid]
 
+
 def forget_clients() -> None:
     """Drop this process's clients, so the next request reads the environment again."""
     _clients.clear()
     _filesystems.clear()
     _sessions.clear()
 
+
 def _missing(error: Exception) -> bool:
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
     return code in {"404", "NoSuchKey", "NotFound"}
 
+
 def _failed(action: str, url: str, error: Exception) -> StorageError:
     """One line naming the object and the store's answer (never the credentials)."""
     return StorageError(f"cannot {action} {url}: {error}")
+
 
 class _Background:
     """This process's writer thread for writes_in_background, and the writes it has queued."""
@@ -133,7 +148,9 @@ class _Background:
         self.pending: list[Future[None]] = []
         self.depth = 0
 
+
 _background: _Background | None = None
+
 
 @contextlib.contextmanager
 def writes_in_background() -> Iterator[None]:
@@ -160,6 +177,7 @@ def writes_in_background() -> Iterator[None]:
     if failed is not None:
         raise failed
 
+
 def _finish(background: _Background) -> BaseException | None:
     """Close one writes_in_background block: at the outermost, wait for every queued write and
     return the first failure."""
@@ -170,6 +188,7 @@ def _finish(background: _Background) -> BaseException | None:
     errors = [future.exception() for future in pending]
     return next((error for error in errors if error is not None), None)
 
+
 def _deferred(action: Callable[..., None], *args: Any) -> bool:
     """Queue ``action`` on the background writer when a writes_in_background block is open."""
     background = _background
@@ -177,6 +196,7 @@ def _deferred(action: Callable[..., None], *args: Any) -> bool:
         return False
     background.pending.append(background.thread.submit(action, *args))
     return True
+
 
 def put(path: str | Path, data: bytes) -> None:
     """Store ``data`` at ``path`` whole or not at all."""
@@ -186,12 +206,14 @@ def put(path: str | Path, data: bytes) -> None:
     if not _deferred(_put_now, str(path), data):
         _put_now(str(path), data)
 
+
 def _put_now(path: str, data: bytes) -> None:
     bucket, key = split(str(path))
     try:
         client().put_object(Bucket=bucket, Key=key, Body=data)
     except Exception as error:
         raise _failed("write", str(path), error) from error
+
 
 def get(path: str | Path) -> bytes:
     """The whole content at ``path``; FileNotFoundError when there is none."""
@@ -205,6 +227,7 @@ def get(path: str | Path) -> bytes:
             raise FileNotFoundError(2, "no such object", str(path)) from None
         raise _failed("read", str(path), error) from error
 
+
 def delete(path: str | Path) -> None:
     """Remove ``path`` if it is there."""
     if not is_remote(path):
@@ -214,6 +237,7 @@ def delete(path: str | Path) -> None:
     if not _deferred(_delete_now, str(path)):
         _delete_now(str(path))
 
+
 def _delete_now(path: str) -> None:
     bucket, key = split(str(path))
     try:
@@ -221,6 +245,7 @@ def _delete_now(path: str) -> None:
     except Exception as error:
         if not _missing(error):
             raise _failed("delete", str(path), error) from error
+
 
 def modified(path: str | Path) -> float | None:
     """When ``path`` was last written (seconds), or None when it is not there.
@@ -242,9 +267,11 @@ def modified(path: str | Path) -> float | None:
         raise _failed("look up", str(path), error) from error
     return float(answer["LastModified"].timestamp())
 
+
 def exists(path: str | Path) -> bool:
     """Whether ``path`` is there (one HEAD in a bucket: run-level files only)."""
     return modified(path) is not None
+
 
 def move(source: str | Path, target: str | Path) -> bool:
     """Move ``source`` to ``target`` (a rename locally; a server-side copy, then a delete, in a
@@ -267,8 +294,10 @@ def move(source: str | Path, target: str | Path) -> bool:
     delete(source)
     return True
 
+
 # Listings kept for the length of one parse (see listed_once), by folder URL.
 _listed: dict[str, list[tuple[str, bool, Any]]] | None = None
+
 
 @contextlib.contextmanager
 def listed_once() -> Iterator[None]:
@@ -285,6 +314,7 @@ def listed_once() -> Iterator[None]:
         yield
     finally:
         _listed = outer
+
 
 def _entries(folder: str) -> list[tuple[str, bool, Any]]:
     """Name, whether a file (else a sub-prefix) and pyarrow's FileInfo of each entry directly
@@ -307,6 +337,7 @@ def _entries(folder: str) -> list[tuple[str, bool, Any]]:
         _listed[key] = entries
     return entries
 
+
 def listing(folder: str | Path) -> dict[str, float]:
     """Names of the files directly in ``folder`` with their modification times (seconds).
 
@@ -327,9 +358,11 @@ def listing(folder: str | Path) -> dict[str, float]:
     return {name: info.mtime.timestamp() if info.mtime else 0.0
             for name, is_file, info in _entries(str(folder)) if is_file}
 
+
 def sizes(folder: str) -> dict[str, int]:
     """Sizes of the objects directly under a remote ``folder`` (one LIST)."""
     return {name: info.size or 0 for name, is_file, info in _entries(folder) if is_file}
+
 
 def names(folder: str | Path) -> list[str]:
     """Names of the files directly in ``folder`` (locally, of every entry), one listing."""
@@ -340,6 +373,7 @@ def names(folder: str | Path) -> list[str]:
             return []
     return [name for name, is_file, _ in _entries(str(folder)) if is_file]
 
+
 def subfolders(folder: str | Path) -> list[str]:
     """Names of the folders (sub-prefixes) directly in ``folder``, one listing."""
     if not is_remote(folder):
@@ -348,6 +382,7 @@ def subfolders(folder: str | Path) -> list[str]:
         except FileNotFoundError:
             return []
     return [name for name, is_file, _ in _entries(str(folder)) if not is_file]
+
 
 def files(folder: str | Path, suffix: str) -> list[str]:
     """Paths of the finished files in ``folder`` whose names end with ``suffix`` (one listing;
