@@ -25,9 +25,12 @@ rule all:
     input:
         # The snapshot and the batch manifests are asked for directly: Snakemake does not rebuild
         # a missing intermediate file while the file depending on it (the table) exists.
+        # The settings marker comes first: with results in a bucket, Snakemake's S3 plugin lists
+        # everything under the folder of the first object it looks at (once per run), and this
+        # one's folder holds one object, where the table's folder holds every per-image object.
+        RUN.table_settings,
         RUN.feature_table,
         RUN.catalog_snapshot,
-        RUN.table_settings,
         [RUN.batch_manifest(b) for b in RUN.plan.batches],
         # The warehouse receipt (and the database while it does not exist) and, when asked for,
         # the write-back receipt.

@@ -25,6 +25,7 @@ from thumbfeat.catalog import (
 )
 from thumbfeat.fetch import FetchSettings, fetch_once, make_session
 
+from tests.s3server import SeaweedServer
 from tests.support import duckdb_catalog, sqlite_catalog, write_catalog
 
 LOGGER = logging.getLogger("tests.catalog")
@@ -528,3 +529,56 @@ def test_not_a_database(tmp_path: Path) -> None:
     path = write_text(tmp_path / "cat.db", "image_id,url\na,http://h/a\n")
     assert "neither a SQLite nor a DuckDB" in error_of(path)
     assert "not found" in error_of(tmp_path / "missing.duckdb")
+
+
+# Catalogs in a bucket, read through pyarrow's S3 file system from a real S3 server.
+
+
+@pytest.fixture
+def s3_env(s3: SeaweedServer, monkeypatch: pytest.MonkeyPatch,
+           tmp_path: Path) -> SeaweedServer:
+    """The standard AWS variables pointing at the test server; a fresh working directory."""
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    return s3
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])
+def test_a_catalog_is_read_from_a_bucket(s3_env: SeaweedServer, tmp_path: Path,
+                                         suffix: str) -> None:
+    from thumbfeat.config import catalog_spec
+
+    rows = [("007", "https://example.org/7.jpg"), ("a-1", "https://example.org/a.jpg")]
+    local = tmp_path / f"upload{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.table({"image_id": [r[0] for r in rows], "url": [r[1] for r in rows],
+                                 "size": [7, 8]}), local)
+    else:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        local.write_text("image_id" + delimiter + "url\n"
+                         + "".join(f"{i}{delimiter}{u}\n" for i, u in rows))
+    key = f"catalogs/read{suffix}"
+    s3_env.put(key, local.read_bytes())
+    spec = catalog_spec({"catalog": f"s3://thumbfeat-test/{key}"}, tmp_path)
+    catalog = load_catalog(spec)
+    assert list(catalog.ids) == ["007", "a-1"]
+    assert list(catalog.urls) == [r[1] for r in rows]
+    # A changed object is read again at the next parse.
+    s3_env.put(key, local.read_bytes() if suffix == ".parquet" else
+               local.read_bytes() + (b"b2\thttps://example.org/b.jpg\n" if suffix == ".tsv"
+                                     else b"b2,https://example.org/b.jpg\n"))
+    again = load_catalog(catalog_spec({"catalog": f"s3://thumbfeat-test/{key}"}, tmp_path))
+    assert len(again) == (2 if suffix == ".parquet" else 3)
+
+
+def test_a_missing_catalog_object_is_one_clear_error(s3_env: SeaweedServer,
+                                                     tmp_path: Path) -> None:
+    from thumbfeat.config import catalog_spec
+
+    url = "s3://thumbfeat-test/catalogs/not-there.csv"
+    with pytest.raises(CatalogError) as error:
+        catalog_spec({"catalog": url}, tmp_path)
+    assert str(error.value).startswith(f"{url}: cannot read the catalog")
+    with pytest.raises(CatalogError, match="s3://BUCKET/KEY"):
+        catalog_spec({"catalog": "s3://thumbfeat-test"}, tmp_path)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from thumbfeat import integrity, layout
+import pytest
+from thumbfeat import integrity, layout, storage
+from thumbfeat.cli import main
 from thumbfeat.integrity import Damage
 from thumbfeat.rows import failed_row, write_row
 
+from tests.s3server import BUCKET, SeaweedServer
 from tests.support import TAG, make_jpeg
 
 JPEG = make_jpeg("whole", (40, 30))
@@ -113,3 +116,40 @@ def test_cheap_damage_of_given_images(tmp_path: Path) -> None:
     found = integrity.cheap_damage(tmp_path, ["a", "b"], ["a", "b"], TAG)
     assert [d.path for d in found] == [layout.thumb_path(tmp_path, "b", TAG),
                                        layout.feature_path(tmp_path, "b", TAG)]
+
+
+def test_verify_and_quarantine_in_a_bucket(s3: SeaweedServer, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`thumbfeat verify` reads every per-image object under an S3 prefix; --repair moves the
+    damaged ones under the prefix's quarantine/ with a note of why, keeping earlier copies."""
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    storage.forget_clients()
+    results = f"s3://{BUCKET}/verify"
+    good_row = layout.feature_path(results, "good", TAG)
+    write_row(good_row, failed_row("good", "timeout", "slow", retryable=True,
+                                   feature_version="3"))
+    storage.put(layout.thumb_path(results, "good", TAG), JPEG)
+    storage.put(layout.thumb_path(results, "gone", TAG), b"")  # a failed download: empty
+    storage.put(layout.failure_path(results, "gone"), json.dumps(
+        {"image_id": "gone", "kind": "http_404", "error": "404", "retryable": False}).encode())
+    for round_number in range(1, 4):
+        bad_row = layout.feature_path(results, "cut", TAG)
+        bad_thumb = layout.thumb_path(results, "html", TAG)
+        storage.put(bad_row, b"PAR1 cut short")
+        storage.put(bad_thumb, b"<html>not an image</html>")
+        assert main(["verify", "--results", results, "--workers", "2"]) == 1
+        assert main(["verify", "--results", results, "--fast", "--repair"]) == 0
+        report = capsys.readouterr().out
+        assert "checked 6 files" in report and "damaged: 2" in report, report
+        suffix = "" if round_number == 1 else f".{round_number}"
+        for path in (bad_row, bad_thumb):
+            moved = integrity.quarantine_path(results, path)
+            assert not storage.exists(path)
+            assert str(moved).startswith(f"{results}/{integrity.QUARANTINE}/")
+            assert storage.exists(f"{moved}{suffix}")
+            assert storage.get(f"{moved}{suffix}{integrity.WHY_SUFFIX}").strip()
+        assert storage.get(good_row)[:4] == b"PAR1"
+        assert storage.get(layout.thumb_path(results, "good", TAG)) == JPEG
+        assert main(["verify", "--results", results]) == 0
+    storage.forget_clients()

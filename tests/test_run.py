@@ -177,3 +177,74 @@ def test_facts_of_a_workflow_without_cores_or_in_a_job() -> None:
     assert (facts.cores, facts.nodes, facts.is_job) == (None, 20, False)
     job = SnakemakeFacts.of_workflow(FakeWorkflow(1, None, main=False), ["python", "-m"])
     assert (job.cores, job.nodes, job.is_job, job.argv) == (1, None, True, ("python", "-m"))
+
+
+JOB = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from thumbfeat.run import SnakemakeFacts, build_run
+run = build_run(json.loads(sys.argv[2]), sys.argv[3],
+                SnakemakeFacts(cores=2, nodes=4, is_job=True), os.environ)
+print(json.dumps({"results": run.results, "keys": [b.key for b in run.plan.batches],
+                  "urls": run.plan.urls, "slots": run.slots, "handed": run.handed is not None}))
+"""
+
+
+def test_a_job_sharing_no_file_system_follows_a_plan_handed_over_in_the_bucket(
+        tmp_path: Path, s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With results in a bucket the plan travels as an object under the prefix: a job started in
+    an empty working directory, with nothing but the AWS variables and the handover variable,
+    follows it; the run removes the object when it succeeds."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from thumbfeat import storage
+
+    from tests.s3server import ACCESS_KEY, BUCKET, SECRET_KEY
+
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    storage.forget_clients()
+    main_dir, job_dir = tmp_path / "main", tmp_path / "job"
+    main_dir.mkdir()
+    job_dir.mkdir()
+    monkeypatch.chdir(main_dir)
+    write_catalog(tmp_path / "catalog.csv", [(i, f"http://127.0.0.1:9/{i}.jpg") for i in IDS])
+    s3.put("handover-test/catalog.csv", (tmp_path / "catalog.csv").read_bytes())
+    prefix = "handover-test/run"
+    config = config_for(tmp_path, catalog=f"s3://{BUCKET}/handover-test/catalog.csv",
+                        results=f"s3://{BUCKET}/{prefix}", batch_size=3)
+    facts = SnakemakeFacts(cores=2, nodes=4, is_job=False, argv=("snakemake",))
+    for attempt in range(3):
+        main = build_run(config, REPO, facts, os.environ)
+        assert main.results == f"s3://{BUCKET}/{prefix}"
+        environ: dict[str, str] = {}
+        main.on_start(True, environ)
+        url = environ[handover.ENV_VAR]
+        assert url.startswith(f"s3://{BUCKET}/{prefix}/{handover.REMOTE_FOLDER}/plan-")
+        # Nothing was handed over through the submitting machine's disk.
+        assert not list(main_dir.rglob("plan-*.json"))
+        handed = s3.read(url.split("/", 3)[3])
+        assert ACCESS_KEY.encode() not in handed and SECRET_KEY.encode() not in handed
+        job_env = {"PATH": os.environ["PATH"], handover.ENV_VAR: url,
+                   **{k: v for k, v in s3.env.items()}}
+        job = subprocess.run([sys.executable, "-c", JOB, str(REPO / "workflow"),
+                              json.dumps(config), str(REPO)], cwd=job_dir, env=job_env,
+                             capture_output=True, text=True, check=True)
+        seen = json.loads(job.stdout)
+        assert seen == {"results": main.results, "keys": [b.key for b in main.plan.batches],
+                        "urls": main.plan.urls, "slots": main.slots, "handed": True}
+        main.on_success(environ)
+        assert s3.objects(f"{prefix}/{handover.REMOTE_FOLDER}/") == {}
+        assert handover.ENV_VAR not in environ
+        # A job finished one batch: the next attempt plans the rest, and hands that over.
+        for image_id in main.plan.batches[0].image_ids:
+            s3.put(f"{prefix}/{layout.THUMBS}/{TAG}/{layout.shard_of(image_id)}/{image_id}"
+                   f"{layout.THUMB_SUFFIX}", b"")
+            s3.put(f"{prefix}/{layout.FEATURES}/{TAG}/{layout.shard_of(image_id)}/{image_id}"
+                   f"{layout.FEATURE_SUFFIX}", b"")
+        assert len(build_run(config, REPO, facts, os.environ).plan.download) == max(
+            0, len(IDS) - 3 * (attempt + 1))
+    storage.forget_clients()

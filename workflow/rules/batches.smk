@@ -30,6 +30,7 @@ for batch in RUN.plan.batches:
             sources=[(i, RUN.plan.urls[i]) for i in batch.download_ids],
             measure=list(batch.feature_ids),
             source_urls={i: RUN.plan.urls[i] for i in batch.feature_ids},
+            failure_records=RUN.failure_records(batch),
             batch_key=batch.key,
             settings=RUN.fetch_settings,
             thumbnails=RUN.thumbnail_params,

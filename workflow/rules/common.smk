@@ -35,6 +35,9 @@ try:
     RUN = build_run(config, workflow.basedir, FACTS, os.environ)
 except RUN_ERRORS as error:
     raise WorkflowError(str(error)) from None
+if RUN.remote:
+    # Results in a bucket: the rules' run-level files go through Snakemake's S3 storage plugin.
+    RUN.declare = storage
 for message in RUN.messages:
     logger.info(message)
 for warning in RUN.warnings:

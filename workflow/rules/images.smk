@@ -2,41 +2,44 @@
 # .parquet` builds that image alone, downloading it first when its thumbnail is missing (one
 # decode makes the thumbnail and its row). Full runs never ask for these rules; the batches write
 # the same files.
+# With results in a bucket (results=s3://...) only whole runs are offered: these rules write
+# local files.
 
 
-rule thumbnail:
-    output:
-        f"{RESULTS}/{layout.THUMBS}/{RUN.tag}/{{shard}}/{{image_id}}{layout.THUMB_SUFFIX}",
-    log:
-        RUN.log("images/{shard}/{image_id}.thumbnail"),
-    wildcard_constraints:
-        shard=layout.SHARD_PATTERN,
-        image_id=layout.IMAGE_ID_PATTERN,
-    conda:
-        "../../envs/thumbfeat.yaml"
-    params:
-        url=url_of_image,
-        settings=RUN.fetch_settings,
-        thumbnails=RUN.thumbnail_params,
-        measure=False,
-    script:
-        "../scripts/fetch_thumbnail.py"
+if not RUN.remote:
 
+    rule thumbnail:
+        output:
+            f"{RESULTS}/{layout.THUMBS}/{RUN.tag}/{{shard}}/{{image_id}}{layout.THUMB_SUFFIX}",
+        log:
+            RUN.log("images/{shard}/{image_id}.thumbnail"),
+        wildcard_constraints:
+            shard=layout.SHARD_PATTERN,
+            image_id=layout.IMAGE_ID_PATTERN,
+        conda:
+            "../../envs/thumbfeat.yaml"
+        params:
+            url=url_of_image,
+            settings=RUN.fetch_settings,
+            thumbnails=RUN.thumbnail_params,
+            measure=False,
+        script:
+            "../scripts/fetch_thumbnail.py"
 
-rule image_features:
-    output:
-        f"{RESULTS}/{layout.FEATURES}/{RUN.tag}/{{shard}}/{{image_id}}{layout.FEATURE_SUFFIX}",
-    log:
-        RUN.log("images/{shard}/{image_id}.features"),
-    wildcard_constraints:
-        shard=layout.SHARD_PATTERN,
-        image_id=layout.IMAGE_ID_PATTERN,
-    conda:
-        "../../envs/thumbfeat.yaml"
-    params:
-        url=url_of_image,
-        settings=RUN.fetch_settings,
-        thumbnails=RUN.thumbnail_params,
-        measure=True,
-    script:
-        "../scripts/fetch_thumbnail.py"
+    rule image_features:
+        output:
+            f"{RESULTS}/{layout.FEATURES}/{RUN.tag}/{{shard}}/{{image_id}}{layout.FEATURE_SUFFIX}",
+        log:
+            RUN.log("images/{shard}/{image_id}.features"),
+        wildcard_constraints:
+            shard=layout.SHARD_PATTERN,
+            image_id=layout.IMAGE_ID_PATTERN,
+        conda:
+            "../../envs/thumbfeat.yaml"
+        params:
+            url=url_of_image,
+            settings=RUN.fetch_settings,
+            thumbnails=RUN.thumbnail_params,
+            measure=True,
+        script:
+            "../scripts/fetch_thumbnail.py"

@@ -19,9 +19,9 @@ WAREHOUSE = RUN.warehouse
 WAREHOUSE_TARGET = Target(
     WAREHOUSE.path, WAREHOUSE.table, RUN.catalog_key or TEXT_KEY, WAREHOUSE.prune
 )
-WAREHOUSE_RECEIPT = WAREHOUSE_TARGET.receipt_path(RESULTS)
+WAREHOUSE_RECEIPT = RUN.path(WAREHOUSE_TARGET.receipt_path(RESULTS))
 WAREHOUSE_CREATED = [] if os.path.exists(WAREHOUSE.path) else [WAREHOUSE.path]
-WRITE_BACK_RECEIPT = layout.write_back_receipt_path(RESULTS)
+WRITE_BACK_RECEIPT = RUN.path(layout.write_back_receipt_path(RESULTS))
 WAREHOUSE_TARGETS = []
 if WAREHOUSE.enabled:
     WAREHOUSE_TARGETS += [WAREHOUSE_RECEIPT, *WAREHOUSE_CREATED]

@@ -8,10 +8,11 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from thumbfeat.batch import finish_one
 from thumbfeat.fetch import FetchSettings
 from thumbfeat.joblog import job_logger
-from thumbfeat.layout import RESULTS
+from thumbfeat.layout import results_root
 from thumbfeat.thumbnail import ThumbnailSettings
 
 smk = snakemake  # noqa: F821
+RESULTS = results_root(smk.config)
 outcome = finish_one(
     smk.wildcards.image_id,
     smk.params.url,

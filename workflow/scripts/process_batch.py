@@ -9,10 +9,11 @@ from thumbfeat import layout
 from thumbfeat.batch import process_batch
 from thumbfeat.fetch import FetchSettings
 from thumbfeat.joblog import job_logger
-from thumbfeat.layout import RESULTS
+from thumbfeat.layout import results_root
 from thumbfeat.thumbnail import ThumbnailSettings
 
 smk = snakemake  # noqa: F821
+RESULTS = results_root(smk.config)
 process_batch(
     smk.params.sources,
     smk.params.measure,
@@ -29,4 +30,5 @@ process_batch(
     progress_path=layout.progress_path(RESULTS, smk.params.batch_key),
     owner_pid=smk.params.owner_pid,
     source_urls=smk.params.source_urls,
+    failure_records=smk.params.failure_records,
 )

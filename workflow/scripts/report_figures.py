@@ -6,10 +6,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from thumbfeat.joblog import job_logger
-from thumbfeat.layout import RESULTS
+from thumbfeat.layout import results_root
 from thumbfeat.report import ReportSettings, build_report
 
 smk = snakemake  # noqa: F821
+RESULTS = results_root(smk.config)
 build_report(
     smk.input.table,
     RESULTS,

@@ -10,9 +10,10 @@ from thumbfeat import atomic
 from thumbfeat.catalog import read_snapshot_ids
 from thumbfeat.dbcatalog import write_back_and_log
 from thumbfeat.joblog import job_logger
-from thumbfeat.layout import RESULTS
+from thumbfeat.layout import results_root
 
 smk = snakemake  # noqa: F821
+RESULTS = results_root(smk.config)
 result = write_back_and_log(
     Path(smk.params.database),
     smk.params.table,

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     CancelledError,
@@ -30,12 +30,11 @@ from concurrent.futures import (
     wait,
 )
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
 
-from thumbfeat import atomic, layout, lineage
+from thumbfeat import atomic, layout, lineage, storage
 from thumbfeat.failures import read_failure, record_failure
 from thumbfeat.features import FEATURE_VERSION, compute_features, warm_kernels
 from thumbfeat.fetch import (
@@ -137,12 +136,15 @@ def _failed_row(image_id: str, kind: str, error: str, retryable: bool, tag: str,
 
 def store_one(image_id: str, data: bytes, fetched: Outcome, results: str,
               thumbnails: ThumbnailSettings, max_pixels: int, measure: bool,
-              source_url: str | None = None) -> tuple[Outcome, Outcome | None, Row | None]:
+              source_url: str | None = None,
+              clear_failure: bool = True) -> tuple[Outcome, Outcome | None, Row | None]:
     """Decode downloaded bytes once, store the thumbnail and, if asked, the row measured from it.
 
     Returns how the download ended (bytes that are not a whole image fail it), and the row's
     outcome and row when measured. The thumbnail is written before the row; ``source_url``,
-    the URL the bytes came from, is recorded in the row and in a failure record.
+    the URL the bytes came from, is recorded in the row and in a failure record. A stored
+    thumbnail removes the image's failure record unless ``clear_failure`` says it has none (in
+    a bucket a removal is a request of its own).
     """
     tag = thumbnails.tag
     try:
@@ -157,9 +159,9 @@ def store_one(image_id: str, data: bytes, fetched: Outcome, results: str,
         row = _failed_row(image_id, rejected.kind, rejected.message, False, tag, source_url)
         write_row(layout.feature_path(results, image_id, tag), row)
         return failed, Outcome(image_id, False, rejected.kind, rejected.message), row
-    atomic.write_bytes(layout.thumb_path(results, image_id, tag), thumb.data)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(layout.failure_path(results, image_id))
+    storage.put(layout.thumb_path(results, image_id, tag), thumb.data)
+    if clear_failure:
+        storage.delete(layout.failure_path(results, image_id))
     stored = Outcome(image_id, True, attempts=fetched.attempts, size=len(data))
     if not measure:
         return stored, None, None
@@ -169,14 +171,15 @@ def store_one(image_id: str, data: bytes, fetched: Outcome, results: str,
 
 
 def measure_one(image_id: str, results: str, tag: str, max_pixels: int,
-                source_url: str | None = None) -> tuple[Outcome, Row]:
+                source_url: str | None = None,
+                clear_failure: bool = True) -> tuple[Outcome, Row]:
     """Compute and store the row of one image from its stored thumbnail (or its failure record).
 
     The stored thumbnail is exactly what a fresh download measured, so the row is the same.
     ``source_url`` is recorded in the row, so a later change of the catalog URL is noticed.
+    ``clear_failure`` as for store_one.
     """
-    thumb_file = Path(layout.thumb_path(results, image_id, tag))
-    data = thumb_file.read_bytes()
+    data = storage.get(layout.thumb_path(results, image_id, tag))
     if not data:
         record = read_failure(layout.failure_path(results, image_id))
         if record is None:
@@ -189,8 +192,8 @@ def measure_one(image_id: str, results: str, tag: str, max_pixels: int,
     else:
         # A download that succeeded after a failure removes the record; a kill in between can
         # leave it behind, and a thumbnail with content outranks it.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(layout.failure_path(results, image_id))
+        if clear_failure:
+            storage.delete(layout.failure_path(results, image_id))
         try:
             decoded = decode_image(data, max_pixels=max_pixels)
         except ImageRejected as rejected:
@@ -236,6 +239,8 @@ class Work:
     fetched: Outcome | None = None
     measure: bool = True
     source_url: str | None = None
+    # Whether the image may have a failure record to remove once it has a thumbnail.
+    clear_failure: bool = True
 
 
 Done = tuple[Outcome | None, Outcome | None, Row | None]
@@ -256,15 +261,27 @@ class InlineExecutor(Executor):
 
 def finish_many(work: Sequence[Work], results: str, thumbnails: ThumbnailSettings,
                 max_pixels: int) -> list[Done]:
-    """Finish several images in one task, so handing work to a process costs little per image."""
+    """Finish several images in one task, so handing work to a process costs little per image.
+
+    In a bucket the images' objects are sent while the next image is measured (see
+    thumbfeat.storage.writes_in_background); the task ends once all of them are stored, so an
+    image counts as done only when its objects exist.
+    """
+    with storage.writes_in_background():
+        return _finish_each(work, results, thumbnails, max_pixels)
+
+
+def _finish_each(work: Sequence[Work], results: str, thumbnails: ThumbnailSettings,
+                 max_pixels: int) -> list[Done]:
     done: list[Done] = []
     for item in work:
         if item.data is not None and item.fetched is not None:
             done.append(store_one(item.image_id, item.data, item.fetched, results, thumbnails,
-                                  max_pixels, item.measure, item.source_url))
+                                  max_pixels, item.measure, item.source_url,
+                                  item.clear_failure))
         else:
             outcome, row = measure_one(item.image_id, results, thumbnails.tag, max_pixels,
-                                       item.source_url)
+                                       item.source_url, item.clear_failure)
             done.append((item.fetched, outcome, row))
     return done
 
@@ -274,7 +291,8 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                   max_pixels: int, manifest_path: str, partial_path: str, batch_key: str,
                   logger: logging.Logger, progress_interval: float = 10.0,
                   progress_path: str | None = None, owner_pid: int | None = None,
-                  source_urls: Mapping[str, str] | None = None) -> Progress:
+                  source_urls: Mapping[str, str] | None = None,
+                  failure_records: Collection[str] | None = None) -> Progress:
     """Download ``download`` (id, URL pairs) and measure ``measure`` (ids), overlapping the two.
 
     Download threads only fetch bytes; the measuring processes decode them once, store the
@@ -284,6 +302,8 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     cost of waiting stay small however large the batch. A job whose Snakemake process
     (``owner_pid``) ends stops as if cancelled (see thumbfeat.lineage). ``source_urls`` gives
     the URL each measured image's row records as its source (a download's own URL otherwise).
+    ``failure_records`` names the images that had a failure record when the run was planned
+    (None: not known); only their records are removed once they have a thumbnail.
     """
     progress = Progress(logger, progress_interval, len(download), len(measure), label=batch_key,
                         state_path=progress_path)
@@ -296,7 +316,12 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     # The URL each row records: a download's own URL, else the one handed in.
     urls = {**(source_urls or {}), **dict(download)}
     downloading = {image_id for image_id, _ in download}
-    ready: deque[Work] = deque(Work(i, source_url=urls.get(i))
+    recorded = None if failure_records is None else set(failure_records)
+
+    def clears(image_id: str) -> bool:
+        return recorded is None or image_id in recorded
+
+    ready: deque[Work] = deque(Work(i, source_url=urls.get(i), clear_failure=clears(i))
                                for i in measure if i not in downloading)
     rows: list[Row] = []
     workers = max(1, threads)
@@ -355,14 +380,16 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                     wanted = outcome.image_id in to_measure
                     if data is not None:
                         ready.append(Work(outcome.image_id, data, outcome, wanted,
-                                          urls.get(outcome.image_id)))
+                                          urls.get(outcome.image_id),
+                                          clears(outcome.image_id)))
                         queued_bytes += len(data)
                         continue
                     progress.download.add(outcome)
                     if wanted:
                         # Its failure record and empty thumbnail are written: the row follows.
                         ready.append(Work(outcome.image_id,
-                                          source_url=urls.get(outcome.image_id)))
+                                          source_url=urls.get(outcome.image_id),
+                                          clear_failure=clears(outcome.image_id)))
                 progress.tick()
     except KeyboardInterrupt:
         keep_fetched(fetcher, in_flight - measuring, chunks, ready, results, thumbnails,
@@ -414,7 +441,7 @@ def keep_fetched(fetcher: Executor, fetching: set[Future[Any]],
     for work in left:
         if work.data is not None and work.fetched is not None:
             store_one(work.image_id, work.data, work.fetched, results, thumbnails, max_pixels,
-                      False, work.source_url)
+                      False, work.source_url, work.clear_failure)
     if left:
         logger.info("stopping: stored the %d fetched images not yet stored", len(left))
 
@@ -436,7 +463,7 @@ def finish_one(image_id: str, url: str, results: str, settings: FetchSettings,
     A stored thumbnail is measured as it is; otherwise the download is decoded once for both.
     """
     tag = thumbnails.tag
-    if measure and os.path.exists(layout.thumb_path(results, image_id, tag)):
+    if measure and storage.exists(layout.thumb_path(results, image_id, tag)):
         return measure_one(image_id, results, tag, max_pixels, url)[0]
     session = make_session(settings)
     limiter = host_limiter(settings)

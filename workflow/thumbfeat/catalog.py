@@ -13,6 +13,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import os
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from thumbfeat import atomic, dbcatalog, layout
+from thumbfeat import atomic, dbcatalog, layout, storage
 from thumbfeat.fetch import display_url, local_file_problem, url_problem
 
 SAFE_ID = re.compile(layout.IMAGE_ID_PATTERN)
@@ -474,4 +475,30 @@ def write_snapshot(spec: CatalogSpec, out_path: str | Path, *, expected_digest: 
 
 
 def read_snapshot_ids(path: str | Path) -> list[str]:
-    return pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist()
+    source = pa.BufferReader(storage.get(path)) if storage.is_remote(path) else path
+    return pq.read_table(source, columns=["image_id"]).column("image_id").to_pylist()
+
+
+# Where catalogs kept in a bucket are copied to be read, under the working directory.
+REMOTE_COPIES = Path(".snakemake", "thumbfeat", "catalogs")
+
+
+def local_copy(url: str, folder: Path = REMOTE_COPIES,
+               environ: Mapping[str, str] | None = None) -> Path:
+    """Copy a catalog object (``s3://bucket/key``) to ``folder/bucket/key`` and return that file.
+
+    Read through pyarrow's S3 file system, then read like any local catalog, so every check
+    and message (line numbers included) works the same; the copy is refreshed at every parse.
+    """
+    bucket, key = storage.split(url)
+    if not bucket or not key:
+        raise CatalogError(f"{url}: a catalog in a bucket is named s3://BUCKET/KEY")
+    filesystem = storage.s3_filesystem(os.environ if environ is None else environ)
+    try:
+        with filesystem.open_input_stream(f"{bucket}/{key}") as source:
+            data = source.read()
+    except (OSError, pa.ArrowException) as exc:
+        raise CatalogError(f"{url}: cannot read the catalog: {exc}") from None
+    target = folder / bucket / key
+    atomic.write_bytes(target, data)
+    return target

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from thumbfeat import integrity, layout
+from thumbfeat import integrity, layout, storage
 from thumbfeat.catalog import (
     SAFE_ID,
     CatalogError,
@@ -31,14 +31,26 @@ from thumbfeat.runs import (
 from thumbfeat.wording import counts_text
 
 
-def latest_snapshot(results: Path) -> Path | None:
-    snapshots = sorted((results / "catalog").glob("*.parquet"), key=lambda p: p.stat().st_mtime)
+def latest_snapshot(results: str | Path) -> str | Path | None:
+    if storage.is_remote(results):
+        folder = layout.catalog_snapshot_dir(results)
+        times = {name: when for name, when in storage.listing(folder).items()
+                 if name.endswith(".parquet") and not layout.is_temporary_name(name)}
+        return f"{folder}/{max(times, key=lambda n: (times[n], n))}" if times else None
+    snapshots = sorted((Path(results) / "catalog").glob("*.parquet"),
+                       key=lambda p: p.stat().st_mtime)
     return snapshots[-1] if snapshots else None
 
 
-def latest_tag(results: Path) -> str:
+def latest_tag(results: str | Path) -> str:
     """The thumbnail settings most recently written to (those of the latest run), else the
-    default settings'."""
+    default settings'.
+
+    A bucket has no folder times: there the settings of the newest table's settings marker
+    (its name ends with the settings) are taken, else the only settings folder.
+    """
+    if storage.is_remote(results):
+        return _latest_remote_tag(str(results))
     root = Path(results) / layout.THUMBS
     try:
         folders = [e for e in os.scandir(root) if e.is_dir() and e.name not in layout.SHARD_SET]
@@ -51,7 +63,21 @@ def latest_tag(results: Path) -> str:
     return default_settings().tag
 
 
-def status_report(results: Path, catalog: CatalogSpec | None = None,
+def _latest_remote_tag(results: str) -> str:
+    markers = storage.listing(f"{results}/{layout.TABLE_SETTINGS}")
+    for name in sorted(markers, key=lambda n: (markers[n], n), reverse=True):
+        if layout.TAG_MARK in name and name.endswith(".json"):
+            return name[name.index(layout.TAG_MARK) + len(layout.TAG_MARK):-len(".json")]
+    folders = [n for n in storage.subfolders(f"{results}/{layout.THUMBS}")
+               if n not in layout.SHARD_SET]
+    if len(folders) == 1:
+        return folders[0]
+    from thumbfeat.thumbnail import default_settings  # numpy and Pillow: only when needed
+
+    return default_settings().tag
+
+
+def status_report(results: str | Path, catalog: CatalogSpec | None = None,
                   tag: str | None = None) -> str:
     """Done, failed by kind and pending images of a catalog, and what the batch jobs did.
 
@@ -70,7 +96,7 @@ def status_report(results: Path, catalog: CatalogSpec | None = None,
                      "count against one)", *activity(results)]
             return "\n".join(lines)
         ids = read_snapshot_ids(snapshot)
-        source = f"snapshot {snapshot.name}"
+        source = f"snapshot {Path(snapshot).name}"
     wanted = set(ids)
     tag = tag or latest_tag(results)
     rows = present_ids(results, layout.stage_dir(layout.FEATURES, tag),
@@ -91,15 +117,15 @@ def status_report(results: Path, catalog: CatalogSpec | None = None,
         + (f" ({retry} will be retried by the next run)" if retry else ""),
     ]
     lines += activity(results)
-    table = results / "feature_table.parquet"
-    lines.append(f"table: {table}" + ("" if table.exists() else " (not built yet)"))
+    table = layout.feature_table_path(results)
+    lines.append(f"table: {table}" + ("" if storage.exists(table) else " (not built yet)"))
     return "\n".join(lines)
 
 
-def activity(results: Path) -> list[str]:
+def activity(results: str | Path) -> list[str]:
     """What the batch jobs did: all recorded ones, those running now, the last run."""
     lines = []
-    rate = batch_rate(results / layout.BATCHES)
+    rate = batch_rate(f"{results}/{layout.BATCHES}")
     if rate:
         lines.append(f"batches: {rate}")
     running = describe_running(running_batches(results, time.time()))
@@ -111,9 +137,10 @@ def activity(results: Path) -> list[str]:
     return lines
 
 
-def batch_rate(folder: Path) -> str | None:
+def batch_rate(folder: str | Path) -> str | None:
     """What the recorded batch jobs did, and their rate (per job; jobs may run side by side)."""
-    manifests = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    manifests = [json.loads(storage.get(f"{folder}/{name}")) for name in storage.names(folder)
+                 if name.endswith(layout.MANIFEST_SUFFIX) and not layout.is_temporary_name(name)]
     if not manifests:
         return None
     fetched = sum(m["download"]["images"] for m in manifests)
@@ -150,18 +177,18 @@ def path_report(results: str, image_id: str, tag: str | None = None) -> str:
         raise CatalogError(f"image id {image_id!r} is not a safe file name, so no image has it "
                            "(allowed: letters, digits, '.', '_', '-', starting with a letter, "
                            "digit or '_', at most 200 characters)")
-    tag = tag or latest_tag(Path(results))
+    tag = tag or latest_tag(results)
     paths = [layout.thumb_path(results, image_id, tag), layout.feature_path(results, image_id, tag),
              layout.failure_path(results, image_id)]
-    snapshot = latest_snapshot(Path(results))
-    on_disk = any(Path(path).exists() for path in paths)
+    snapshot = latest_snapshot(results)
+    on_disk = any(storage.exists(path) for path in paths)
     if snapshot is not None and not on_disk and image_id not in set(read_snapshot_ids(snapshot)):
         raise CatalogError(f"image {image_id!r} is not in the catalog of the last table "
                            f"({snapshot}) and has no files under {results}")
     return "\n".join(paths)
 
 
-def verify(results: Path, *, fast: bool, repair: bool, workers: int,
+def verify(results: str | Path, *, fast: bool, repair: bool, workers: int,
            progress_every: float = 2.0) -> tuple[str, int]:
     """Check every per-image file; the report and the exit status (1: damage left in place).
 
@@ -189,7 +216,7 @@ def verify(results: Path, *, fast: bool, repair: bool, workers: int,
     lines += [f"  {d.path}: {d.reason}" for d in damaged]
     if damaged and repair:
         moved = integrity.quarantine_all(results, damaged)
-        lines.append(f"moved {len(moved)} to {results / integrity.QUARANTINE}; the next run "
+        lines.append(f"moved {len(moved)} to {results}/{integrity.QUARANTINE}; the next run "
                      "builds them again")
         return "\n".join(lines), 0
     if damaged:
@@ -218,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thumbfeat", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="summarise the results folder")
-    status.add_argument("--results", type=Path, default=Path("results"))
+    status.add_argument("--results", default=layout.RESULTS,
+                        help="the results folder, or s3://BUCKET/PREFIX (endpoint and "
+                             "credentials from the AWS_* variables)")
     status.add_argument("--catalog", type=Path,
                         help="count against this catalog file instead of the last table's "
                              "snapshot (e.g. while a first run is under way)")
@@ -239,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser(
         "verify", help="check that every per-image file is whole (thumbnails decode, rows read, "
                        "failure records parse)")
-    check.add_argument("--results", type=Path, default=Path("results"))
+    check.add_argument("--results", default=layout.RESULTS,
+                       help="the results folder, or s3://BUCKET/PREFIX (each object is read: "
+                            "a GET per file)")
     check.add_argument("--fast", action="store_true",
                        help="check only sizes and magic bytes (no decoding, no Parquet read)")
     check.add_argument("--repair", action="store_true",

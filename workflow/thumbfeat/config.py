@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thumbfeat import layout
-from thumbfeat.catalog import CatalogSpec
+from thumbfeat import layout, storage
+from thumbfeat.catalog import CatalogSpec, local_copy
 from thumbfeat.dbcatalog import DEFAULT_TABLE, SUFFIXES, CatalogKey, DatabaseError, find_catalog_key
 from thumbfeat.fetch import FetchSettings
 
@@ -37,12 +37,19 @@ def resolve_path(value: str, basedir: str | Path, key: str) -> Path:
     )
 
 
+def catalog_path(value: str, basedir: str | Path) -> Path:
+    """The catalog file to read: a local file, or a local copy of an ``s3://`` object."""
+    if storage.is_remote(value):
+        return local_copy(value)
+    return resolve_path(value, basedir, "catalog")
+
+
 def catalog_spec(config: Mapping[str, Any], basedir: str | Path) -> CatalogSpec:
     if not config.get("catalog"):
         raise ConfigError("config key 'catalog' is not set: pass --config catalog=PATH "
                           "(a .csv, .tsv or .parquet file, or a DuckDB or SQLite database)")
     spec = CatalogSpec(
-        path=resolve_path(str(config["catalog"]), basedir, "catalog"),
+        path=catalog_path(str(config["catalog"]), basedir),
         id_column=config.get("id_column", "image_id"),
         url_column=config.get("url_column", "url"),
         url_template=config.get("url_template"),

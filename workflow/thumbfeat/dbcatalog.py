@@ -30,7 +30,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from thumbfeat import layout
+from thumbfeat import layout, storage
 
 SUFFIXES = frozenset({".duckdb", ".ddb", ".db", ".sqlite", ".sqlite3"})
 FLAG_COLUMN = "thumb_downloaded"
@@ -252,7 +252,12 @@ class WriteBack:
 
 def thumbnail_flags(results: str | Path, image_ids: Sequence[str],
                     tag: str) -> dict[str, bool]:
-    """For each image: is its thumbnail (of the settings ``tag``) on disk and non-empty."""
+    """For each image: is its thumbnail (of the settings ``tag``) on disk and non-empty.
+
+    In a bucket: one LIST per shard prefix gives every object's size, never a look per image.
+    """
+    if storage.is_remote(results):
+        return _remote_thumbnail_flags(str(results), image_ids, tag)
     flags = {}
     for image_id in image_ids:
         try:
@@ -260,6 +265,15 @@ def thumbnail_flags(results: str | Path, image_ids: Sequence[str],
         except FileNotFoundError:
             flags[image_id] = False
     return flags
+
+
+def _remote_thumbnail_flags(results: str, image_ids: Sequence[str],
+                            tag: str) -> dict[str, bool]:
+    root = f"{results}/{layout.stage_dir(layout.THUMBS, tag)}"
+    sizes: dict[str, int] = {}
+    for shard in sorted({layout.shard_of(i) for i in image_ids}):
+        sizes.update(storage.sizes(f"{root}/{shard}"))
+    return {i: sizes.get(f"{i}{layout.THUMB_SUFFIX}", 0) > 0 for i in image_ids}
 
 
 def _columns_sqlite(con: sqlite3.Connection, table: str) -> list[str]:

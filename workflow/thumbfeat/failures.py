@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from thumbfeat import atomic, layout
+from thumbfeat import layout, storage
 from thumbfeat.urls import recorded_url
 
 
@@ -40,14 +40,14 @@ def record_failure(results: str, image_id: str, kind: str, error: str, retryable
     record = {"image_id": image_id, "kind": kind, "error": error, "retryable": retryable,
               "url": None if url is None else recorded_url(url),
               "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic.write_bytes(layout.failure_path(results, image_id), json.dumps(record).encode())
-    atomic.write_bytes(layout.thumb_path(results, image_id, tag), b"")
+    storage.put(layout.failure_path(results, image_id), json.dumps(record).encode())
+    storage.put(layout.thumb_path(results, image_id, tag), b"")
 
 
 def read_failure(path: str | Path) -> FailureRecord | None:
     """The record at ``path``, or None when it is missing or unreadable."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(storage.get(path).decode("utf-8"))
         url = data.get("url")
         return FailureRecord(str(data["image_id"]), str(data["kind"]), str(data["error"]),
                              bool(data["retryable"]), None if url is None else str(url))
@@ -71,7 +71,7 @@ def read_failure_records(results: str | Path,
         record = read_failure(path)
         if record is not None:
             records[image_id] = record
-        elif Path(path).exists():
+        elif storage.exists(path):
             unreadable.append(image_id)
     return records, unreadable
 

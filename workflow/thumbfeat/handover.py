@@ -8,6 +8,11 @@ the run's job slots. So the main process writes its plan once, before the first 
 to a file named by its content, and passes the file's path to its jobs in an environment variable
 (cluster submissions carry the environment along, e.g. ``sbatch --export=ALL``). A job that finds
 the variable reads the plan instead of planning.
+
+With results in a bucket the jobs share no file system with the main process (cloud executors),
+so the plan travels as an object under the results prefix (``handover/plan-<hash>.json``) and the
+variable holds its ``s3://`` URL; the job reads it with the same AWS variables it writes results
+with. Like the local file, it is removed when the run succeeds.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from thumbfeat import atomic
+from thumbfeat import atomic, storage
 from thumbfeat.plan import Batch, WorkPlan
 
 ENV_VAR = "THUMBFEAT_HANDED_PLAN"
-FORMAT = 4
+FORMAT = 5
+# Where a run with results in a bucket keeps its handover objects, under the results prefix.
+REMOTE_FOLDER = "handover"
 # Handover files of runs that were killed before they could remove theirs are removed after this.
 STALE_AFTER_S = 7 * 24 * 3600
 
@@ -50,7 +57,8 @@ def encode(plan: WorkPlan, catalog_digest: str, slots: int) -> bytes:
     ]
     document = {"format": FORMAT, "catalog_size": plan.catalog_size,
                 "catalog_digest": catalog_digest, "slots": slots,
-                "batches": batches, "urls": plan.urls}
+                "batches": batches, "urls": plan.urls,
+                "failure_ids": sorted(plan.failure_ids)}
     return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
@@ -73,22 +81,46 @@ def decode(data: bytes) -> HandedPlan:
         features=[i for b in batches for i in b.feature_ids],
         batches=batches,
         urls=urls,
+        failure_ids=set(document["failure_ids"]),
     )
     return HandedPlan(plan=plan, catalog_digest=str(document["catalog_digest"]),
                       slots=int(document["slots"]))
 
 
-def save(folder: str | Path, plan: WorkPlan, catalog_digest: str, slots: int) -> Path:
-    """Write the plan atomically to ``folder``, named by its content; return the absolute path.
+def folder_of(results: str) -> str | Path:
+    """Where a run hands its plan over: the submitting machine's ``.snakemake/thumbfeat`` for
+    local results (its jobs share its file system), else a folder under the results prefix."""
+    if storage.is_remote(results):
+        return f"{results}/{REMOTE_FOLDER}"
+    return Path(".snakemake", "thumbfeat")
+
+
+def save(folder: str | Path, plan: WorkPlan, catalog_digest: str, slots: int) -> str | Path:
+    """Write the plan atomically to ``folder``, named by its content; return the absolute path
+    (the object's URL in a bucket: a PUT is atomic too).
 
     Old handover files (of runs killed before they could remove theirs) are pruned on the way.
     """
     data = encode(plan, catalog_digest, slots)
+    name = f"plan-{hashlib.sha1(data).hexdigest()[:16]}.json"
+    if storage.is_remote(folder):
+        prune_remote(str(folder))
+        url = f"{folder}/{name}"
+        storage.put(url, data)
+        return url
     directory = Path(folder).resolve()
     prune(directory)
-    path = directory / f"plan-{hashlib.sha1(data).hexdigest()[:16]}.json"
+    path = directory / name
     atomic.write_bytes(path, data)
     return path
+
+
+def prune_remote(folder: str, older_than_s: float = STALE_AFTER_S) -> None:
+    """``prune`` for handover objects in a bucket (one LIST)."""
+    cutoff = time.time() - older_than_s
+    for name, when in storage.listing(folder).items():
+        if name.startswith("plan-") and when < cutoff:
+            storage.delete(f"{folder}/{name}")
 
 
 def prune(directory: Path, older_than_s: float = STALE_AFTER_S) -> None:
@@ -105,12 +137,15 @@ def prune(directory: Path, older_than_s: float = STALE_AFTER_S) -> None:
 
 def load(path: str | Path) -> HandedPlan:
     try:
-        return decode(Path(path).read_bytes())
+        return decode(storage.get(path))
     except FileNotFoundError:
         raise HandoverError(
             f"the plan handed over by the main snakemake process, {path}, is gone: was the run's "
-            f".snakemake folder removed while jobs were queued? Run the workflow again."
+            f"{'handover prefix' if storage.is_remote(path) else '.snakemake folder'} removed "
+            f"while jobs were queued? Run the workflow again."
         ) from None
+    except storage.StorageError as error:
+        raise HandoverError(f"the handed-over plan cannot be read: {error}") from None
     except (ValueError, KeyError, TypeError) as error:
         raise HandoverError(f"the handed-over plan {path} cannot be read ({error}); "
                             f"run the workflow again") from None
@@ -127,7 +162,7 @@ def handed_plan_path(environ: Mapping[str, str], is_job: bool) -> str | None:
     return environ.get(ENV_VAR) or None
 
 
-def publish(path: Path, environ: MutableMapping[str, str]) -> None:
+def publish(path: str | Path, environ: MutableMapping[str, str]) -> None:
     """Make the plan visible to every job this process submits from now on.
 
     ``environ`` is the main process's own environment (``os.environ``): Snakemake gives its jobs
@@ -139,6 +174,6 @@ def publish(path: Path, environ: MutableMapping[str, str]) -> None:
 def withdraw(path: str | None, environ: MutableMapping[str, str]) -> None:
     """Remove a run's handover file once its jobs are done."""
     if path:
-        Path(path).unlink(missing_ok=True)
+        storage.delete(path)
         if environ.get(ENV_VAR) == path:
             del environ[ENV_VAR]

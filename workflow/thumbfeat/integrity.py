@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from thumbfeat import atomic, layout
+from thumbfeat import atomic, layout, storage
 
 QUARANTINE = "quarantine"
 # The failure kind of an image whose stored file was damaged: retried by the next run.
@@ -58,6 +58,8 @@ class Damage:
 
 def cheap_row_problem(path: str | Path) -> str | None:
     """Why a feature row file is not whole by its size and magic bytes, or None."""
+    if storage.is_remote(path):
+        return _remote_row_problem(path)
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -69,6 +71,20 @@ def cheap_row_problem(path: str | Path) -> str | None:
     except FileNotFoundError:
         return None
     if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
+        return ("Parquet magic bytes (PAR1) missing at its start or end: the file is cut or "
+                "overwritten")
+    return None
+
+
+def _remote_row_problem(path: str | Path) -> str | None:
+    """``cheap_row_problem`` of an object: a row is a few kilobytes, read whole."""
+    try:
+        data = storage.get(path)
+    except FileNotFoundError:
+        return None
+    if len(data) < PARQUET_MIN_BYTES:
+        return f"only {len(data)} bytes, too short for a Parquet file"
+    if data[:4] != PARQUET_MAGIC or data[-4:] != PARQUET_MAGIC:
         return ("Parquet magic bytes (PAR1) missing at its start or end: the file is cut or "
                 "overwritten")
     return None
@@ -86,8 +102,11 @@ def image_signature_ok(head: bytes) -> bool:
 def cheap_thumb_problem(path: str | Path) -> str | None:
     """Why a thumbnail is not whole by its first bytes, or None (empty marks a failed download)."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
+        if storage.is_remote(path):
+            head = storage.get(path)[:16]
+        else:
+            with open(path, "rb") as handle:
+                head = handle.read(16)
     except FileNotFoundError:
         return None
     if not head or image_signature_ok(head):
@@ -98,7 +117,7 @@ def cheap_thumb_problem(path: str | Path) -> str | None:
 def failure_problem(path: str | Path) -> str | None:
     """Why a failure record does not parse, or None."""
     try:
-        data = json.loads(Path(path).read_bytes())
+        data = json.loads(storage.get(path))
     except FileNotFoundError:
         return None
     except ValueError as error:
@@ -133,7 +152,7 @@ def full_thumb_problem(path: str | Path) -> str | None:
     from thumbfeat.imaging import ImageRejected, decode_image
 
     try:
-        data = Path(path).read_bytes()
+        data = storage.get(path)
     except FileNotFoundError:
         return None
     if not data:
@@ -179,20 +198,20 @@ def stage_folders(results: str | Path, stage: str) -> list[str]:
     features (every settings folder is checked), the stage itself for failure records."""
     if stage == layout.FAILED:
         return [stage]
-    try:
-        tags = sorted(entry.name for entry in os.scandir(Path(results) / stage)
-                      if entry.is_dir() and entry.name not in layout.SHARD_SET)
-    except FileNotFoundError:
-        return []
+    tags = sorted(name for name in storage.subfolders(f"{results}/{stage}")
+                  if name not in layout.SHARD_SET)
     return [layout.stage_dir(stage, tag) for tag in tags]
 
 
 def per_image_files(results: str | Path) -> Iterator[str]:
-    """Every finished per-image file under ``results``, stage by stage, shard by shard."""
+    """Every finished per-image file under ``results``, stage by stage, shard by shard (one
+    listing per shard folder or prefix)."""
     for stage, suffix, _, _ in STAGES:
-        for shard in (shard for folder in stage_folders(results, stage)
-                      for shard in layout.existing_shard_dirs(results, folder)):
-            for name in sorted(os.listdir(shard)):
+        for shard in (f"{results}/{folder}/{shard}"
+                      for folder in stage_folders(results, stage)
+                      for shard in sorted(storage.subfolders(f"{results}/{folder}"))
+                      if shard in layout.SHARD_SET):
+            for name in sorted(storage.names(shard)):
                 if name.endswith(suffix) and not layout.is_temporary_name(name):
                     yield f"{shard}/{name}"
 
@@ -221,25 +240,30 @@ def check_files(paths: Sequence[str], *, fast: bool, workers: int,
     return damaged
 
 
-def quarantine_path(results: str | Path, path: str | Path) -> Path:
-    """Where a damaged file goes: its path under the results folder, moved under quarantine/."""
+def quarantine_path(results: str | Path, path: str | Path) -> Path | str:
+    """Where a damaged file goes: its path under the results folder, moved under quarantine/
+    (in a bucket, the same key under the prefix's quarantine/)."""
+    if storage.is_remote(results):
+        return f"{results}/{QUARANTINE}/{str(path)[len(str(results)) + 1:]}"
     relative = Path(os.path.relpath(path, results))
     return Path(results, QUARANTINE, relative)
 
 
 def quarantine(results: str | Path, damage: Damage,
-               logger: logging.Logger | None = None) -> Path | None:
+               logger: logging.Logger | None = None) -> Path | str | None:
     """Move a damaged file to the quarantine folder with a note of why; warn naming it.
 
     An earlier quarantined copy of the same file is kept under a numbered name: nothing is ever
     deleted. Returns where the file went, or None when it was already gone.
     """
-    target = quarantine_path(results, damage.path)
+    if storage.is_remote(results):
+        return _quarantine_object(results, damage, logger)
+    target = Path(quarantine_path(results, damage.path))
     target.parent.mkdir(parents=True, exist_ok=True)
     number = 1
     while target.exists():
         number += 1
-        target = target.with_name(f"{quarantine_path(results, damage.path).name}.{number}")
+        target = target.with_name(f"{Path(quarantine_path(results, damage.path)).name}.{number}")
     try:
         os.replace(damage.path, target)
     except FileNotFoundError:
@@ -251,8 +275,25 @@ def quarantine(results: str | Path, damage: Damage,
     return target
 
 
+def _quarantine_object(results: str | Path, damage: Damage,
+                       logger: logging.Logger | None) -> str | None:
+    """``quarantine`` in a bucket: a server-side copy under quarantine/, then a delete."""
+    first = str(quarantine_path(results, damage.path))
+    target, number = first, 1
+    while storage.exists(target):
+        number += 1
+        target = f"{first}.{number}"
+    if not storage.move(damage.path, target):
+        return None
+    storage.put(f"{target}{WHY_SUFFIX}", (damage.reason + "\n").encode("utf-8"))
+    if logger is not None:
+        logger.warning("damaged file %s moved to %s: %s; it is built again", damage.path,
+                       target, damage.reason)
+    return target
+
+
 def quarantine_all(results: str | Path, damaged: Iterable[Damage],
-                   logger: logging.Logger | None = None) -> list[Path]:
+                   logger: logging.Logger | None = None) -> list[Path | str]:
     """Quarantine each damaged file (see quarantine); the ones moved."""
     moved = []
     for damage in damaged:

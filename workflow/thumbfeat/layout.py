@@ -16,7 +16,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+from thumbfeat import storage
 
 # The results folder, relative to the folder the workflow runs in.
 RESULTS = "results"
@@ -66,6 +71,11 @@ _PER_IMAGE_TARGET = re.compile(
 _SUFFIX_OF_STAGE = {THUMBS: THUMB_SUFFIX, FEATURES: FEATURE_SUFFIX}
 
 
+def results_root(config: Mapping[str, Any]) -> str:
+    """The results root a config names: a folder, or ``s3://bucket/prefix`` (no trailing /)."""
+    return str(config.get("results") or RESULTS).rstrip("/") or RESULTS
+
+
 def shard_of(image_id: str) -> str:
     """The shard folder of an image: stable, evenly spread, independent of catalog order."""
     return hashlib.sha1(image_id.encode("utf-8")).hexdigest()[:SHARD_DIGITS]
@@ -110,6 +120,11 @@ def catalog_snapshot_dir(results: str | Path) -> str:
     return f"{results}/catalog"
 
 
+TABLE_SETTINGS = "table-settings"
+# What precedes the thumbnail settings' tag in a settings marker's name.
+TAG_MARK = "-thumbnails-"
+
+
 def table_settings_path(results: str | Path, near_duplicate_distance: int, tag: str) -> str:
     """The file recording the settings the table was grouped and its rows measured with.
 
@@ -117,8 +132,8 @@ def table_settings_path(results: str | Path, near_duplicate_distance: int, tag: 
     not exist, which rebuilds the table (Snakemake's own parameter tracking is off: metadata is
     dropped for speed).
     """
-    return (f"{results}/table-settings/near-duplicate-distance-{near_duplicate_distance}"
-            f"-thumbnails-{tag}.json")
+    return (f"{results}/{TABLE_SETTINGS}/near-duplicate-distance-{near_duplicate_distance}"
+            f"{TAG_MARK}{tag}.json")
 
 
 def batch_manifest_path(results: str | Path, batch_key: str) -> str:
@@ -155,10 +170,7 @@ def write_back_receipt_path(results: str | Path) -> str:
 
 def manifest_keys(results: str | Path) -> list[str]:
     """The keys of the batch manifests on disk (one directory read), finished jobs' record."""
-    try:
-        names = os.listdir(Path(results) / BATCHES)
-    except FileNotFoundError:
-        return []
+    names = storage.names(f"{results}/{BATCHES}")
     return [name[: -len(MANIFEST_SUFFIX)] for name in names
             if name.endswith(MANIFEST_SUFFIX) and not is_temporary_name(name)]
 
@@ -169,7 +181,12 @@ def is_temporary_name(name: str) -> bool:
 
 
 def existing_shard_dirs(results: str | Path, stage: str) -> list[str]:
-    """The shard folders of ``stage`` that exist now (one directory read)."""
+    """The shard folders of ``stage`` that exist now (one directory read).
+
+    None in a bucket: it has no folders, hence no folder times for Snakemake to compare.
+    """
+    if storage.is_remote(results):
+        return []
     root = Path(results) / stage
     try:
         names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
@@ -199,6 +216,8 @@ def present_ids(results: str | Path, stage: str, suffix: str) -> set[str]:
 
     Plain name lists (no per-entry objects): this runs at every parse, over every image.
     """
+    if storage.is_remote(results):
+        return _present_remote_ids(f"{results}/{stage}", suffix)
     found: set[str] = set()
     root = Path(results) / stage
     try:
@@ -213,24 +232,54 @@ def present_ids(results: str | Path, stage: str, suffix: str) -> set[str]:
 
 
 def thumbs_made_elsewhere(results: str | Path, tag: str) -> set[str]:
-    """Ids with a thumbnail made with settings other than ``tag``: one directory read per shard.
+    """Ids with a thumbnail made with settings other than ``tag``: one directory read (in a
+    bucket, one LIST) per settings folder and per shard, never a look at one image.
 
     Shard folders right under ``thumbs/`` hold the originals of results written before thumbnails
     had settings; they count as other settings too.
     """
-    root = Path(results) / THUMBS
-    try:
-        folders = [entry.name for entry in os.scandir(root) if entry.is_dir()]
-    except FileNotFoundError:
-        return set()
+    root = f"{results}/{THUMBS}"
     found: set[str] = set()
     cut = len(THUMB_SUFFIX)
-    for name in folders:
+    for name in storage.subfolders(root):
         if name == tag:
             continue
         if name in SHARD_SET:
-            found.update(entry[:-cut] for entry in os.listdir(root / name)
+            found.update(entry[:-cut] for entry in storage.names(f"{root}/{name}")
                          if entry.endswith(THUMB_SUFFIX) and not is_temporary_name(entry))
         else:
             found.update(present_ids(results, stage_dir(THUMBS, name), THUMB_SUFFIX))
+    return found
+
+
+# Shard prefixes listed at once: each LIST waits mostly on the store.
+LIST_THREADS = 16
+
+
+def list_ahead(results: str, stages: list[str]) -> None:
+    """List the shard prefixes of several stage folders at once, all in one pool of requests.
+
+    Called inside a storage.listed_once block before the plan reads them stage by stage: the
+    store then answers the LISTs of all stages side by side instead of one stage after another.
+    Does nothing for a local folder.
+    """
+    if not storage.is_remote(results):
+        return
+    roots = [f"{results}/{stage}" for stage in stages]
+    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+        shard_lists = list(pool.map(storage.subfolders, roots))
+        shards = [f"{root}/{name}" for root, names in zip(roots, shard_lists, strict=True)
+                  for name in names if name in SHARD_SET]
+        list(pool.map(storage.names, shards))
+
+
+def _present_remote_ids(root: str, suffix: str) -> set[str]:
+    """``present_ids`` in a bucket: one LIST for the shard prefixes, then one per shard."""
+    shards = [f"{root}/{name}" for name in storage.subfolders(root) if name in SHARD_SET]
+    cut = len(suffix)
+    found: set[str] = set()
+    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+        for shard_names in pool.map(storage.names, shards):
+            found.update([name[:-cut] for name in shard_names
+                          if name.endswith(suffix) and not is_temporary_name(name)])
     return found

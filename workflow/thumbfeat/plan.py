@@ -130,6 +130,10 @@ class WorkPlan:
     damaged: list[Damage] = field(default_factory=list)
     # The force switch in effect ("refetch" or "remeasure"), "" for none.
     forced: str = ""
+    # Images of the batches that have a failure record: a batch removes only those records once
+    # their images have a thumbnail (in a bucket, removing a record that is not there would
+    # still cost a request per image).
+    failure_ids: set[str] = field(default_factory=set)
 
     def stage_notes(self) -> tuple[str, str]:
         """What the download and features counts include beyond missing files, for the preview."""
@@ -306,6 +310,7 @@ def plan_work(catalog: Catalog, results: str | Path, *, tag: str, batch_size: in
                                if i in elsewhere and i not in redo and i not in refetch]
     # The URL of every image a batch handles: fetched from, or recorded as its row's source.
     plan.urls = {i: catalog_urls[i] for i in download | compute}
+    plan.failure_ids = {i for i in failures if i in plan.urls}
     work = len(download | compute)
     size = batch_size if batch_size is not None else auto_batch_size(work, slots)
     salt = rebuilds.force_salt if plan.forced else ""

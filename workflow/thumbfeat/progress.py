@@ -4,16 +4,14 @@ the manifest a finished batch leaves.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from thumbfeat import atomic
+from thumbfeat import storage
 from thumbfeat.wording import counts_text, format_duration
 
 
@@ -115,13 +113,12 @@ class Progress:
                      **{s.name: {"done": s.done, "total": s.total,
                                  "failed_by_kind": dict(s.failed)}
                         for s in (self.download, self.features)}}
-            atomic.write_bytes(self.state_path, json.dumps(state).encode())
+            storage.put(self.state_path, json.dumps(state).encode())
 
     def finish(self) -> None:
         """The batch's manifest now tells what it did: its running state goes."""
         if self.state_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.state_path)
+            storage.delete(self.state_path)
 
     def manifest(self, batch_key: str) -> dict[str, object]:
         return {

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from thumbfeat import atomic, layout
+from thumbfeat import atomic, layout, storage
 from thumbfeat.features import to_rgb_on_white
 from thumbfeat.imaging import ImageRejected, decode_image
 from thumbfeat.rows import STATUS_FAILED, STATUS_OK
@@ -90,7 +90,7 @@ def load_tile(results: str | Path, image_id: str, tag: str | None,
     try:
         if tag is None:
             raise FileNotFoundError(image_id)
-        data = Path(layout.thumb_path(results, image_id, tag)).read_bytes()
+        data = storage.get(layout.thumb_path(results, image_id, tag))
         picture = to_rgb_on_white(decode_image(data, max_pixels=max_pixels).image)
     except (OSError, ImageRejected):
         ImageDraw.Draw(tile).text((8, TILE // 2 - 8), "not readable", fill=MUTED, font=font(12))

@@ -7,6 +7,11 @@ the table), once, as three columns. Only files written after that table (found t
 folders changed since it, then one stat per file in those folders) are opened one by one.
 Without a table the inputs are unknown: nothing is measured again or fetched again on their
 account, and the next table records them.
+
+With results in a bucket there are no folder times: the objects' times come from the LIST of
+each feature shard prefix that the plan makes anyway (thumbfeat.storage.listed_once), and S3
+keeps whole seconds, so a row object from the same second as the table is opened rather than
+trusted to be older.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from thumbfeat import layout
+from thumbfeat import layout, storage
 from thumbfeat.urls import recorded_from
 
 COLUMNS = ("image_id", "status", "feature_version", "source_url")
@@ -101,10 +107,11 @@ def _read_columns(path: str | Path, tag: str) -> pa.Table:
     Rows of other settings (or written before rows recorded their settings) were not built from
     this run's thumbnails: they tell nothing about the files the plan compares.
     """
-    schema = pq.read_schema(path)
+    source: Any = pa.BufferReader(storage.get(path)) if storage.is_remote(path) else path
+    schema = pq.read_schema(source)
     if SETTINGS_COLUMN not in schema.names:
         return SCHEMA.empty_table()
-    table = pq.read_table(path, columns=[c for c in COLUMNS if c in schema.names]
+    table = pq.read_table(source, columns=[c for c in COLUMNS if c in schema.names]
                           + [SETTINGS_COLUMN])
     table = table.filter(pc.fill_null(pc.equal(table.column(SETTINGS_COLUMN), tag), False))
     return table.drop_columns([SETTINGS_COLUMN])
@@ -156,6 +163,8 @@ def read_row_inputs(results: str | Path, shard_dirs: Iterable[str], tag: str) ->
     ``shard_dirs`` are the feature shard folders of the settings ``tag``; only rows of those
     settings are read.
     """
+    if storage.is_remote(results):
+        return _remote_row_inputs(str(results), tag)
     inputs = RowInputs()
     table = _last_table(results)
     if table is None:
@@ -192,6 +201,60 @@ def read_row_inputs(results: str | Path, shard_dirs: Iterable[str], tag: str) ->
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         later += [_normalised(rows) for rows in pool.map(read_one, newer) if rows is not None]
+    if later:
+        inputs.later = last_of_each(pa.concat_tables(later))
+        inputs.add(inputs.later, unique=True)
+    inputs.files_opened = len(newer)
+    return inputs
+
+
+def _read_or_none(path: str, tag: str) -> pa.Table | None:
+    try:
+        return _normalised(_read_columns(path, tag))
+    except (OSError, pa.ArrowException):
+        return None  # a damaged file: integrity checks deal with it
+
+
+def _remote_row_inputs(results: str, tag: str) -> RowInputs:
+    """``read_row_inputs`` in a bucket: times from LISTs, never a request per image."""
+    batches = f"{results}/{layout.BATCHES}"
+    times = {name: when for name, when in storage.listing(batches).items()
+             if name.endswith(".parquet") and not layout.is_temporary_name(name)}
+    table = (f"{batches}/{layout.TABLE_CACHE}" if layout.TABLE_CACHE in times
+             else layout.feature_table_path(results))
+    since = times.get(layout.TABLE_CACHE)
+    if since is None:
+        since = storage.modified(table)
+    if since is None:
+        return RowInputs()
+    inputs = RowInputs()
+    try:
+        inputs.add(_read_columns(table, tag), unique=True)
+    except (OSError, pa.ArrowException):
+        return RowInputs()
+    inputs.from_table = True
+    covered: dict[str, float] = {}
+    later: list[pa.Table] = []
+    for name in sorted((n for n in times if n != layout.TABLE_CACHE and times[n] >= since),
+                       key=lambda n: (times[n], n)):
+        rows = _read_or_none(f"{batches}/{name}", tag)
+        if rows is not None:
+            later.append(rows)
+            covered.update(dict.fromkeys(rows.column("image_id").to_pylist(), times[name]))
+    root = f"{results}/{layout.stage_dir(layout.FEATURES, tag)}"
+    shards = [f"{root}/{shard}" for shard in storage.subfolders(root)
+              if shard in layout.SHARD_SET]
+    cut = len(layout.FEATURE_SUFFIX)
+    newer: list[str] = []
+    with ThreadPoolExecutor(max_workers=layout.LIST_THREADS) as pool:
+        for shard, listed in zip(shards, pool.map(storage.listing, shards), strict=True):
+            newer += [f"{shard}/{name}" for name, when in listed.items()
+                      if name.endswith(layout.FEATURE_SUFFIX)
+                      and not layout.is_temporary_name(name)
+                      and when >= int(since) and when >= covered.get(name[:-cut], 0)]
+    with ThreadPoolExecutor(max_workers=layout.LIST_THREADS) as pool:
+        later += [rows for rows in pool.map(lambda p: _read_or_none(p, tag), newer)
+                  if rows is not None]
     if later:
         inputs.later = last_of_each(pa.concat_tables(later))
         inputs.add(inputs.later, unique=True)

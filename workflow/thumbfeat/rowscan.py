@@ -28,9 +28,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from thumbfeat import atomic, layout
+from thumbfeat import atomic, layout, storage
 from thumbfeat.rows import ROW_SCHEMA, read_row
 
+# Row objects in a bucket read at once.
+REMOTE_THREADS = 16
 # Below this many files one process is quicker: a worker costs an interpreter start and imports.
 WORKER_MIN_FILES = 5000
 
@@ -145,7 +147,10 @@ def read_rows(paths: Sequence[str], *, threads: int = 8, workers: int = 1,
     """
     if not paths:
         return ROW_SCHEMA.empty_table()
-    if len(paths) >= MANY_FILES:
+    if storage.is_remote(paths[0]):
+        # Objects in a bucket: each is one GET, waiting on the store, so many threads.
+        threads = max(threads, REMOTE_THREADS)
+    elif len(paths) >= MANY_FILES:
         if scratch is None:
             return scan_files(paths)
         return scan_in_workers(paths, workers, scratch)

@@ -4,20 +4,23 @@ Snakemake parses the workflow in every process of a run: the main process that p
 schedules, and, on a cluster, each job again. ``build_run`` turns the validated config and the
 facts Snakemake gives (cores, nodes, whether this process is a job) into one ``RunContext``: the
 catalog, the plan of remaining work, the download settings with their per-host rate share, and the
-run-level paths. A cluster job does not plan: it follows the plan its main process handed over
-(see ``thumbfeat.handover``). ``workflow/rules/common.smk`` only validates the config and calls
-``build_run``; the rules read the context.
+run-level paths. The results root is a local folder or an S3 prefix (``--config
+results=s3://BUCKET/PREFIX``); with a prefix, the workflow hands the run-level paths to
+Snakemake's S3 storage plugin through ``declare`` (see thumbfeat.storage). A cluster job does
+not plan: it follows the plan its main process handed over (see ``thumbfeat.handover``).
+``workflow/rules/common.smk`` only validates the config and calls ``build_run``; the rules read
+the context.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thumbfeat import handover, integrity, layout
+from thumbfeat import handover, integrity, layout, storage
 from thumbfeat.catalog import Catalog, CatalogError, CatalogSpec, load_catalog, url_warnings
 from thumbfeat.config import (
     ConfigError,
@@ -105,6 +108,19 @@ class RunContext:
     # Lines for the person starting the run: the plan, then warnings.
     messages: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # How a rule declares a run-level path: as is for a local folder; in a bucket, the workflow
+    # sets Snakemake's ``storage`` here, so its S3 plugin moves the declared files.
+    declare: Callable[[str], Any] = str
+
+    @property
+    def remote(self) -> bool:
+        """Whether the results live in an object store (``s3://``)."""
+        return storage.is_remote(self.results)
+
+    @property
+    def local_results(self) -> str:
+        """The local folder of what stays on the machine running Snakemake (report figures)."""
+        return layout.RESULTS if self.remote else self.results
 
     @property
     def tag(self) -> str:
@@ -117,31 +133,39 @@ class RunContext:
         return asdict(self.thumbnail)
 
     @property
-    def feature_table(self) -> str:
-        return layout.feature_table_path(self.results)
+    def feature_table(self) -> Any:
+        return self.declare(layout.feature_table_path(self.results))
 
     @property
-    def catalog_snapshot(self) -> str:
-        return layout.catalog_snapshot_path(self.results, self.catalog_digest)
+    def catalog_snapshot(self) -> Any:
+        return self.declare(layout.catalog_snapshot_path(self.results, self.catalog_digest))
 
     @property
-    def table_settings(self) -> str:
-        return layout.table_settings_path(self.results, self.config["near_duplicate_distance"],
-                                          self.tag)
+    def table_settings(self) -> Any:
+        return self.declare(layout.table_settings_path(
+            self.results, self.config["near_duplicate_distance"], self.tag))
 
     @property
     def catalog_params(self) -> dict[str, Any]:
         """The catalog spec as plain values, for the job that snapshots the catalog."""
         return asdict(self.catalog_spec)
 
-    def batch_manifest(self, batch: Batch) -> str:
-        return layout.batch_manifest_path(self.results, batch.key)
+    def batch_manifest(self, batch: Batch) -> Any:
+        return self.declare(layout.batch_manifest_path(self.results, batch.key))
 
-    def batch_partial(self, batch: Batch) -> str:
-        return layout.batch_partial_path(self.results, batch.key)
+    def batch_partial(self, batch: Batch) -> Any:
+        return self.declare(layout.batch_partial_path(self.results, batch.key))
 
-    def log(self, name: str) -> str:
-        return layout.log_path(self.results, name)
+    def log(self, name: str) -> Any:
+        return self.declare(layout.log_path(self.results, name))
+
+    def path(self, run_path: str) -> Any:
+        """Any other run-level path under the results root, declared as the rules need it."""
+        return self.declare(run_path)
+
+    def failure_records(self, batch: Batch) -> list[str]:
+        """The batch's images that had a failure record when the run was planned."""
+        return [i for i in batch.image_ids if i in self.plan.failure_ids]
 
     def url_of_image(self, image_id: str, shard: str) -> str:
         """The catalog URL of one requested per-image file's image."""
@@ -167,7 +191,7 @@ class RunContext:
         if self.handed is None:
             integrity.quarantine_all(self.results, self.plan.damaged, logger)
         if non_local_exec and self.handed is None:
-            path = handover.save(Path(".snakemake", "thumbfeat"), self.plan,
+            path = handover.save(handover.folder_of(self.results), self.plan,
                                  self.catalog_digest, self.slots)
             handover.publish(path, environ)
 
@@ -178,11 +202,19 @@ class RunContext:
 
 
 def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFacts,
-              environ: Mapping[str, str], *, results: str = layout.RESULTS) -> RunContext:
+              environ: Mapping[str, str], *, results: str | None = None) -> RunContext:
     """Build the run's context from a validated config (schema defaults filled in).
 
+    ``results`` defaults to the config's ``results`` (a folder, or an ``s3://`` prefix).
     Raises one of RUN_ERRORS for input that cannot work, before any work starts.
     """
+    results = layout.results_root(config) if results is None else results
+    with storage.listed_once():
+        return _build_run(config, basedir, facts, environ, results)
+
+
+def _build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFacts,
+               environ: Mapping[str, str], results: str) -> RunContext:
     spec = catalog_spec(config, basedir)
     thumbnail = thumbnail_settings(config["thumbnail"])
     settings = asdict(fetch_settings(config, basedir, environ))
@@ -213,7 +245,8 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
         context.warnings.extend(url_warnings(
             spec.path, {i: context.plan.urls[i] for i in context.plan.download},
             settings["local_file_roots"]))
-        if warning := report_warning(facts.argv[1:], results, context.feature_table):
+        if warning := report_warning(facts.argv[1:], context.local_results,
+                                     layout.feature_table_path(context.local_results)):
             context.warnings.append(f"snakemake --report: {warning}")
         context.warnings.extend(f"damaged file {d.path}: {d.reason}; it will be moved to "
                                 f"{integrity.quarantine_path(results, d.path)} and built again"
@@ -226,17 +259,24 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
 
 def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkPlan:
     config = context.config
+    layout.list_ahead(context.results, [layout.stage_dir(layout.THUMBS, context.tag),
+                                        layout.stage_dir(layout.FEATURES, context.tag),
+                                        layout.FAILED])
     requested = requested_image_ids(facts.argv, catalog.ids)
-    table_missing = not os.path.exists(context.feature_table)
+    table = layout.feature_table_path(context.results)
+    snapshot = layout.catalog_snapshot_path(context.results, context.catalog_digest)
+    table_missing = not storage.exists(table)
     rebuilds = Rebuilds(
         feature_version=FEATURE_VERSION,
         row_inputs=read_row_inputs(context.results, context.feature_shard_dirs, context.tag),
-        # Without a table every row is read again: check first that each file is whole.
-        check_files=table_missing and requested is None,
+        # Without a table every row is read again: check first that each file is whole. In a
+        # bucket every object was written by one PUT, hence whole, and a check would cost a
+        # request per image: the table job survives a row that does not read instead.
+        check_files=table_missing and requested is None and not context.remote,
         remeasure=config["remeasure"],
         refetch=config["refetch"],
         force_salt=_last_table_time(context.results),
-        table_of_this_catalog=_newest_snapshot(context.results) == context.catalog_snapshot,
+        table_of_this_catalog=_newest_snapshot(context.results) == snapshot,
     )
     plan = plan_work(
         catalog,
@@ -249,15 +289,33 @@ def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkP
         rebuilds=rebuilds,
     )
     if requested is None:
-        plan.table_reason = table_rebuild_reason(
-            context.feature_table, context.catalog_snapshot, plan.batches,
-            context.feature_shard_dirs,
-        )
+        if context.remote:
+            plan.table_reason = remote_table_reason(table, snapshot, plan.batches)
+        else:
+            plan.table_reason = table_rebuild_reason(table, snapshot, plan.batches,
+                                                     context.feature_shard_dirs)
     return plan
+
+
+def remote_table_reason(table: str, snapshot: str, batches: Sequence[Batch]) -> str:
+    """Why the table in a bucket will be rebuilt, or "" (as table_rebuild_reason, without the
+    folder times a bucket does not have)."""
+    if not storage.exists(table):
+        return "no table yet"
+    if not storage.exists(snapshot):
+        return "the catalog selection changed"
+    if batches:
+        return f"{len(batches)} batch{'es' if len(batches) != 1 else ''} to run"
+    return ""
 
 
 def _newest_snapshot(results: str) -> str | None:
     """The catalog snapshot the last table was built with (the table job writes one each time)."""
+    if storage.is_remote(results):
+        folder = layout.catalog_snapshot_dir(results)
+        times = {name: when for name, when in storage.listing(folder).items()
+                 if name.endswith(".parquet") and not layout.is_temporary_name(name)}
+        return f"{folder}/{max(times, key=lambda n: (times[n], n))}" if times else None
     try:
         entries = [e for e in os.scandir(layout.catalog_snapshot_dir(results))
                    if e.name.endswith(".parquet") and not layout.is_temporary_name(e.name)]
@@ -271,6 +329,9 @@ def _newest_snapshot(results: str) -> str | None:
 
 def _last_table_time(results: str) -> str:
     """When the last table was built (its cache survives Snakemake deleting the table), or ""."""
+    if storage.is_remote(results):
+        when = storage.listing(f"{results}/{layout.BATCHES}").get(layout.TABLE_CACHE)
+        return "" if when is None else str(int(when * 1e9))
     try:
         return str(os.stat(Path(results, layout.BATCHES, layout.TABLE_CACHE)).st_mtime_ns)
     except FileNotFoundError:

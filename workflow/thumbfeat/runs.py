@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from thumbfeat import layout
+from thumbfeat import layout, storage
 from thumbfeat.wording import counts_text, format_duration
 
 # Longer than a job's start-up on a busy machine, shorter than a person rerunning a command.
@@ -107,9 +107,9 @@ def parse_manifest(data: dict[str, object]) -> BatchRecord | None:
 def read_batch_records(results: str | Path) -> list[BatchRecord]:
     """Every readable manifest under ``results``, oldest start first."""
     records = []
-    for path in (Path(results) / layout.BATCHES).glob("*.json"):
+    for path in storage.files(f"{results}/{layout.BATCHES}", layout.MANIFEST_SUFFIX):
         try:
-            record = parse_manifest(json.loads(path.read_text()))
+            record = parse_manifest(json.loads(storage.get(path)))
         except (OSError, ValueError):
             continue
         if record is not None:
@@ -144,9 +144,9 @@ def running_batches(results: str | Path, now: float) -> list[dict[str, Any]]:
     30 s) was left by a job that was stopped, and its images are planned again by the next run.
     """
     states = []
-    for path in (Path(results) / layout.PROGRESS).glob("*.json"):
+    for path in storage.files(f"{results}/{layout.PROGRESS}", ".json"):
         try:
-            state = json.loads(path.read_text())
+            state = json.loads(storage.get(path))
             fresh = now - float(state["updated_at"]) <= max(30.0, 3 * float(state["interval"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,10 +218,14 @@ def write_settings_marker(path: str | Path, near_duplicate_distance: int) -> Non
 
 def assemble_and_log(image_ids: Sequence[str], results: str, out_path: str | Path, *,
                      tag: str, threads: int, logger: logging.Logger, workers: int = 1,
-                     near_duplicate_distance: int = DEFAULT_MAX_DISTANCE) -> pa.Table:
-    """Build the table for ``image_ids`` and log its outcome counts and where rows came from."""
+                     near_duplicate_distance: int = DEFAULT_MAX_DISTANCE,
+                     assemble: Callable[..., Assembled] | None = None) -> pa.Table:
+    """Build the table for ``image_ids`` and log its outcome counts and where rows came from.
+
+    ``assemble`` builds it: ``assemble_table`` here, thumbfeat.remote_table's for a bucket.
+    """
     started = time.monotonic()
-    assembled = assemble_table(image_ids, results, out_path, tag=tag, threads=threads,
+    assembled = (assemble or assemble_table)(image_ids, results, out_path, tag=tag, threads=threads,
                                workers=workers, near_duplicate_distance=near_duplicate_distance,
                                logger=logger)
     statuses = Counter(assembled.table.column("status").to_pylist())
