@@ -17,6 +17,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from thumbfeat import layout
+from thumbfeat.batch import images_held
 from thumbfeat.thumbnail import default_settings
 
 from tests.s3server import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedServer
@@ -34,8 +35,10 @@ PROFILE = str(REPO / "profiles" / "s3")
 TAG = default_settings().tag
 CONCURRENCY = 8
 CORES = 2
-# Download jobs take one core each, so at most CORES batches download at once.
-MOST_IN_FLIGHT = CORES * CONCURRENCY
+# Download jobs take one core each, so at most CORES batches download at once; each holds its
+# downloads in flight and the fetched images its measuring process has not stored yet (a task
+# ends only once its objects are stored), as on disk (tests/test_interrupts.py).
+MOST_IN_FLIGHT = CORES * images_held(CONCURRENCY, 1)
 
 
 def s3_run(workdir: Path, s3: SeaweedServer, config: dict[str, str],
