@@ -12,9 +12,10 @@ import pytest
 from thumbfeat import layout
 from thumbfeat.cli import main
 from thumbfeat.failures import record_failure
+from thumbfeat.plan import plan_line
 from thumbfeat.rows import failed_row, write_row
 
-from tests.support import TAG, make_jpeg
+from tests.support import TAG, make_jpeg, run_planned, write_catalog
 
 IDS = ["a", "b", "c", "d", "e", "f"]
 
@@ -229,6 +230,41 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main([])
     assert caught.value.code == 2
+    # Options of their own only: only `plan` passes the others on to snakemake.
+    with pytest.raises(SystemExit) as caught:
+        main(["status", "--cores", "2"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --cores 2" in capsys.readouterr().err
+
+
+def test_plan_prints_the_plan_the_run_announces(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [(f"p{i:03d}", f"http://127.0.0.1:9/p{i:03d}.jpg") for i in range(150)]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    config = {"catalog": str(catalog), "batch_size": "100"}
+    options = ["--directory", str(tmp_path), "--cores", "2", "--config",
+               *(f"{k}={v}" for k, v in config.items())]
+    # Ten images already have their thumbnail: the plan only measures them.
+    for image_id, _ in rows[:10]:
+        touch(layout.thumb_path(tmp_path / "results", image_id, TAG), make_jpeg(image_id))
+    assert main(["plan", "--json", *options]) == 0
+    document = json.loads(capsys.readouterr().out)
+    dry, announced = run_planned(tmp_path, "-n", config=config)
+    assert document == announced
+    assert (document["fetch"]["images"], document["measure"]["images"]) == (140, 150)
+    assert [(b["fetch"], b["measure"]) for b in document["batches"]] == [(90, 100), (50, 50)]
+    # Without --json: the very line the run prints.
+    assert main(["plan", *options]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line == plan_line(announced)
+    assert line in dry.stdout + dry.stderr
+    # A config Snakemake refuses: its message, no plan, no traceback.
+    assert main(["plan", "--json", *options, "batch_size=0"]) == 1
+    refused = capsys.readouterr()
+    assert refused.out == ""
+    assert "config key 'batch_size': value 0 is not allowed" in refused.err
+    assert "Traceback" not in refused.err
+    assert not (tmp_path / ".snakemake" / "thumbfeat").exists()
 
 
 def whole_results(results: Path, count: int) -> list[str]:

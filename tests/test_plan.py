@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 from thumbfeat import layout
 from thumbfeat.catalog import Catalog
 from thumbfeat.failures import FailureRecord, read_failure, record_failure
+from thumbfeat.integrity import Damage
 from thumbfeat.layout import present_ids
 from thumbfeat.plan import (
     Batch,
     Rebuilds,
+    WorkPlan,
     attempts_on_disk,
     make_batches,
+    plan_line,
     plan_work,
     report_warning,
     requested_image_ids,
@@ -241,14 +247,81 @@ def test_requested_image_ids_from_argv() -> None:
     assert requested_image_ids([x1], ids) is None
 
 
-def test_summary_mentions_the_counts(results: Path) -> None:
-    summary = plan_work(catalog(), results, tag=TAG, batch_size=2).summary()
-    for part in ("6 images", "download: 3", "features: 4", "1 kept as failed", "1 to retry",
-                 "2 batches"):
-        assert part in summary, summary
-    empty = plan_work(catalog(), results, tag=TAG, batch_size=2, only={"a"}).summary()
-    assert "to retry" not in empty
-    assert "0 batches" in empty
+def test_the_plan_document_counts_each_stage(results: Path) -> None:
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=2)
+    document = plan.document()
+    assert (document["catalog_images"], document["fetch"]["images"],
+            document["measure"]["images"]) == (6, 3, 4)
+    assert document["failures"] == {"kept": 1, "retried": 1}
+    assert document["batches"] == [{"key": b.key, "fetch": len(b.download_ids),
+                                    "measure": len(b.feature_ids)} for b in plan.batches]
+    assert len(document["batches"]) == 2
+    assert json.loads(json.dumps(document)) == document
+    empty = plan_work(catalog(), results, tag=TAG, batch_size=2, only={"a"}).document()
+    assert empty["failures"]["retried"] == 0
+    assert empty["batches"] == []
+
+
+def full_plan() -> WorkPlan:
+    """A plan with every count of the document set, each to a number of its own."""
+    ids = [f"i{n:02d}" for n in range(40)]
+    return WorkPlan(
+        catalog_size=40, download=ids[:9], features=ids[:11],
+        failed_kept={i: FailureRecord(i, "http_status", "HTTP 404", False) for i in ids[30:32]},
+        failed_retried={i: FailureRecord(i, "timeout", "slow", True) for i in ids[32:35]},
+        other_settings=ids[:4], changed_urls=ids[4:9],
+        remeasure=dict.fromkeys(ids[9:11], "2") | {ids[11]: "1"}, feature_version="3",
+        damaged=[Damage(f"results/thumbs/{i}.jpg", "cut") for i in ids[20:26]],
+        batches=make_batches(ids, set(ids[:9]), set(ids[:11]), 7), table_reason="no table yet")
+
+
+def test_the_plan_line_wording() -> None:
+    _, line = full_plan().describe()
+    assert line == (
+        "thumbfeat plan: 40 images in the catalog; fetch: 9 images (5 with a changed URL; "
+        "4 made with other thumbnail settings); measure: 11 images (3 measured at version 1, 2, "
+        "now 3); failures: 2 kept, 3 to retry; 2 batches; quarantine: 6 damaged files, then "
+        "build again; table: will be rebuilt (no table yet)")
+    forced = dataclasses.replace(full_plan(), forced="refetch", changed_urls=[], other_settings=[],
+                     remeasure={}, failed_retried={}, damaged=[], table_reason="")
+    assert forced.describe()[1] == (
+        "thumbfeat plan: 40 images in the catalog; fetch: 9 images (all of them again: "
+        "refetch=true); measure: 11 images; failures: 2 kept; 2 batches; table: up to date")
+
+
+def count_paths(document: dict[str, Any], path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Where a plan document holds a count (a whole number)."""
+    found = set()
+    for key, value in document.items():
+        if isinstance(value, dict):
+            found |= count_paths(value, (*path, key))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            found.add((*path, key))
+    return found
+
+
+def test_the_line_is_written_from_the_document_alone() -> None:
+    plan = full_plan()
+    document, line = plan.describe()
+    assert document == plan.document()
+    assert line == plan_line(document)
+    counts = count_paths(document) - {("format",)}
+    assert len(counts) == 9
+    # Any count changed in the document shows in the line: the line has no other source.
+    for path in counts:
+        changed = copy.deepcopy(document)
+        *parents, last = path
+        holder = changed
+        for key in parents:
+            holder = holder[key]
+        holder[last] = 987
+        assert "987" in plan_line(changed), path
+    assert "987" not in line
+    changed = copy.deepcopy(document)
+    changed["batches"] *= 7
+    changed["measure"].update(other_versions=["0.5"], feature_version="9")
+    assert "; 14 batches;" in plan_line(changed)
+    assert "measured at version 0.5, now 9" in plan_line(changed)
 
 
 def test_table_rebuild_reason_follows_snakemake_rules(tmp_path: Path) -> None:
@@ -269,12 +342,12 @@ def test_table_rebuild_reason_follows_snakemake_rules(tmp_path: Path) -> None:
     os.utime(shard, (200, 200))
     assert (table_rebuild_reason(table, snapshot, [], [shard])
             == "feature files changed since it was written")
-    summary = plan_work(catalog(), tmp_path / "results", tag=TAG, batch_size=2)
-    assert "table" not in summary.summary()
-    summary.table_reason = ""
-    assert summary.summary().endswith("; table: up to date")
-    summary.table_reason = "no table yet"
-    assert summary.summary().endswith("; table: will be rebuilt (no table yet)")
+    plan = plan_work(catalog(), tmp_path / "results", tag=TAG, batch_size=2)
+    assert plan.document()["table"] is None
+    plan.table_reason = ""
+    assert plan.document()["table"] == {"rebuild": False, "reason": ""}
+    plan.table_reason = "no table yet"
+    assert plan.document()["table"] == {"rebuild": True, "reason": "no table yet"}
 
 
 def test_auto_batch_size_gives_each_slot_whole_rounds() -> None:
@@ -339,11 +412,12 @@ def test_thumbnails_of_other_settings_are_counted_to_fetch_again(tmp_path: Path)
     assert plan.download == ["a", "b", "d"]
     assert plan.other_settings == ["a", "b"]
     assert plan.features == ["a", "b", "d"]
-    assert "thumbnails: 2 made with other settings, to fetch again" in plan.summary()
+    assert plan.document()["fetch"] == {"images": 3, "changed_url": 0, "other_settings": 2,
+                                        "forced": False}
     # Back to the other settings: their files are all there, nothing to do.
     back = plan_work(catalog(("a", "b", "c")), results, tag="256px-webp-q80", batch_size=10)
     assert (back.download, back.features, back.other_settings) == ([], [], [])
-    assert "made with other settings" not in back.summary()
+    assert back.document()["fetch"]["other_settings"] == 0
 
 
 def test_plan_keeps_urls_of_the_images_it_works_on_only(results: Path) -> None:
@@ -372,9 +446,11 @@ def test_stale_rows_are_measured_again_and_changed_urls_fetched_again(results: P
     assert plan.changed_urls == ["b"]
     assert plan.download == ["b", "d", "e", "f"]
     assert plan.features == ["a", "b", "d", "e", "f"]
-    line = plan.summary()
-    assert "download: 4 to fetch (1 with a changed URL)" in line
-    assert "features: 5 to compute, 1 to measure again (version 2 -> 3)" in line
+    document = plan.document()
+    assert document["fetch"] == {"images": 4, "changed_url": 1, "other_settings": 0,
+                                 "forced": False}
+    assert document["measure"] == {"images": 5, "other_version": 1, "other_versions": ["2"],
+                                   "feature_version": "3", "forced": False}
     # Measured again, the row is current: nothing more.
     inputs.add(pa.table({"image_id": ["a"], "status": ["ok"], "feature_version": ["3"]}))
     plan = plan_work(catalog(), results, tag=TAG, batch_size=10,
@@ -397,11 +473,13 @@ def test_force_switches(results: Path) -> None:
     plan = plan_work(catalog(), results, tag=TAG, batch_size=10, rebuilds=Rebuilds(remeasure=True))
     assert plan.features == list(IDS)
     assert plan.download == ["d", "e", "f"]
-    assert "features: 6 to compute, all of them again: remeasure=true" in plan.summary()
+    assert plan.document()["measure"] == {"images": 6, "other_version": 0, "other_versions": [],
+                                          "feature_version": "", "forced": True}
     plan = plan_work(catalog(), results, tag=TAG, batch_size=10, rebuilds=Rebuilds(refetch=True),
                      only={"a", "b"})
     assert plan.download == plan.features == ["a", "b"]
-    assert "download: 2 to fetch (all of them again: refetch=true)" in plan.summary()
+    assert plan.document()["fetch"] == {"images": 2, "changed_url": 0, "other_settings": 0,
+                                        "forced": True}
 
 
 def test_damaged_files_found_by_the_plan_are_built_again(tmp_path: Path) -> None:
@@ -421,7 +499,7 @@ def test_damaged_files_found_by_the_plan_are_built_again(tmp_path: Path) -> None
     # a: its record is lost, so it is tried again; b: fetched again; c: measured again.
     assert plan.download == ["a", "b"]
     assert plan.features == ["a", "c"]
-    assert "damaged: 3 files to quarantine and build again" in plan.summary()
+    assert plan.document()["quarantine"] == 3
     # The plan moves nothing: that is for the run, when it starts.
     assert Path(layout.thumb_path(results, "b", TAG)).exists()
     # Without the check (a table exists) only the unreadable record is found.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 from thumbfeat import handover, layout
 from thumbfeat.catalog import CatalogError
 from thumbfeat.config import ConfigError, validated_config
+from thumbfeat.plan import PLAN_JSON_VAR, plan_line
 from thumbfeat.run import (
     RUN_ERRORS,
     SnakemakeFacts,
@@ -47,8 +49,9 @@ def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
     assert run.catalog is not None and list(run.catalog.ids) == IDS
     assert run.plan.download == [i for i in IDS if i != "img03"]
     assert run.plan.features == IDS
-    assert run.messages == [run.plan.summary()]
-    assert "table: will be rebuilt (no table yet)" in run.messages[0]
+    assert run.plan_document == run.plan.document()
+    assert run.messages == [plan_line(run.plan_document)]
+    assert run.plan_document["table"] == {"rebuild": True, "reason": "no table yet"}
     # 4 cores, one thread per batch job: 4 slots; ten images are one batch (batches hold at least
     # 100 images), which then has the whole of each host's limits.
     assert run.slots == 4
@@ -60,6 +63,26 @@ def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
     assert run.feature_table == layout.feature_table_path(results)
     assert run.catalog_snapshot == layout.catalog_snapshot_path(results, run.catalog_digest)
     assert run.batch_manifest(run.plan.batches[0]).startswith(f"{results}/batches/00001-")
+
+
+def test_the_plan_document_is_written_where_the_environment_asks(tmp_path: Path) -> None:
+    results = results_of(tmp_path)
+    wanted = tmp_path / "out" / "plan.json"
+    run = build_run(config_for(tmp_path), REPO, MAIN, {PLAN_JSON_VAR: str(wanted)},
+                    results=results)
+    assert json.loads(wanted.read_text()) == run.plan_document
+    assert run.plan_document["fetch"]["images"] == len(IDS)
+    # A place it cannot be written is one clear error naming the variable.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(RUN_ERRORS) as error:
+        build_run(config_for(tmp_path), REPO, MAIN, {PLAN_JSON_VAR: str(blocker / "plan.json")},
+                  results=results)
+    assert str(error.value).startswith(f"{PLAN_JSON_VAR}={blocker / 'plan.json'}: ")
+    # Without the variable nothing is written; Snakemake's working folder is left alone.
+    wanted.unlink()
+    build_run(config_for(tmp_path), REPO, MAIN, {}, results=results)
+    assert not wanted.exists()
 
 
 def test_per_image_targets_on_the_command_line_scope_the_plan(tmp_path: Path) -> None:
@@ -85,8 +108,11 @@ def test_cluster_job_follows_the_handed_plan_without_reading_the_catalog(tmp_pat
     Path(layout.thumb_path(results, "img00", TAG)).write_bytes(b"done meanwhile")
     job_config = {**main.config}
     job_config["catalog"] = str(tmp_path)  # any existing path: the job never reads it
+    # A job does not plan, so it writes no plan document even when the variable is passed on.
+    job_plan = tmp_path / "job-plan.json"
     job = build_run(job_config, REPO, SnakemakeFacts(cores=1, nodes=None, is_job=True),
-                    environ, results=results)
+                    {**environ, PLAN_JSON_VAR: str(job_plan)}, results=results)
+    assert job.plan_document is None and not job_plan.exists()
     assert job.catalog is None
     assert job.plan.batches == main.plan.batches
     assert [b.key for b in job.plan.batches] == [b.key for b in main.plan.batches]

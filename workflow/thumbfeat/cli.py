@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from thumbfeat.catalog import (
 )
 from thumbfeat.failures import read_failures
 from thumbfeat.layout import present_ids
+from thumbfeat.plan import PLAN_JSON_VAR, plan_line
 from thumbfeat.runs import (
     describe_run,
     describe_running,
@@ -198,6 +201,32 @@ def verify(results: Path, *, fast: bool, repair: bool, workers: int,
     return "\n".join(lines), 1 if damaged else 0
 
 
+# The workflow this package belongs to: the repository holding it.
+SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
+
+
+def dry_run_plan(snakemake_args: Sequence[str]) -> tuple[dict[str, object] | None, str]:
+    """The plan a run with these Snakemake options would follow, and Snakemake's output.
+
+    The plan comes from the workflow itself, parsed by ``snakemake --dry-run`` with the options
+    given (config, profile, cores, targets): the same code and config handling as the run, so the
+    two cannot differ. None when Snakemake refuses (its output then says why).
+    """
+    with tempfile.TemporaryDirectory(prefix="thumbfeat-plan-") as folder:
+        document_path = Path(folder, "plan.json")
+        given_snakefile = any(a in ("-s", "--snakefile") or a.startswith("--snakefile=")
+                              for a in snakemake_args)
+        command = [sys.executable, "-m", "snakemake",
+                   *([] if given_snakefile else ["--snakefile", str(SNAKEFILE)]),
+                   "--dry-run", *snakemake_args]
+        result = subprocess.run(command, capture_output=True, text=True,
+                                env={**os.environ, PLAN_JSON_VAR: str(document_path)})
+        output = result.stdout + result.stderr
+        if result.returncode != 0 or not document_path.exists():
+            return None, output
+        return json.loads(document_path.read_text()), output
+
+
 STAGE_NAMES = {layout.THUMBS: "thumbnails", layout.FEATURES: "feature rows",
                layout.FAILED: "failure records"}
 
@@ -247,9 +276,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "builds them again")
     check.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="processes checking files (default: one per core)")
+    preview = commands.add_parser(
+        "plan", allow_abbrev=False,
+        help="print what a run would do (a dry run of the workflow); every other option is "
+             "passed to snakemake, e.g. thumbfeat plan --json --cores 4 --config catalog=x.csv")
+    preview.add_argument("--json", action="store_true",
+                         help="print the plan as JSON (see README \"The plan as JSON\")")
     commands.add_parser("warm", help="compile the feature kernels now (done once per machine; "
                                      "batch jobs then load them)")
-    args = parser.parse_args(argv)
+    args, snakemake_args = parser.parse_known_args(argv)
+    if args.command == "plan":
+        document, output = dry_run_plan(snakemake_args)
+        if document is None:
+            sys.stderr.write(output)
+            return 1
+        print(json.dumps(document, indent=1) if args.json else plan_line(document))
+        return 0
+    if snakemake_args:
+        parser.error(f"unrecognized arguments: {' '.join(snakemake_args)}")
     if args.command == "status" and args.catalog is None and (args.filter or args.catalog_query):
         parser.error("--filter and --catalog-query apply to --catalog FILE")
     if args.command == "warm":

@@ -33,6 +33,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from thumbfeat import layout
 from thumbfeat.catalog import Catalog
@@ -131,43 +132,84 @@ class WorkPlan:
     # The force switch in effect ("refetch" or "remeasure"), "" for none.
     forced: str = ""
 
-    def stage_notes(self) -> tuple[str, str]:
-        """What the download and features counts include beyond missing files, for the preview."""
-        fetch_notes, measure_notes = [], []
-        if self.forced == "refetch":
-            fetch_notes.append("all of them again: refetch=true")
-        elif self.forced == "remeasure":
-            measure_notes.append("all of them again: remeasure=true")
-        if self.changed_urls:
-            fetch_notes.append(f"{len(self.changed_urls)} with a changed URL")
-        if self.remeasure:
-            old = ", ".join(sorted(set(self.remeasure.values())))
-            measure_notes.append(f"{len(self.remeasure)} to measure again "
-                                 f"(version {old} -> {self.feature_version})")
-        return "; ".join(fetch_notes), "; ".join(measure_notes)
+    def describe(self) -> tuple[dict[str, Any], str]:
+        """The plan as a JSON document for tools, and the line a person reads, from one source.
 
-    def summary(self) -> str:
-        """One line a person reads before a run (and in a dry run) to know what is left."""
-        kept = len(self.failed_kept)
-        retried = len(self.failed_retried)
-        fetch_notes, measure_notes = self.stage_notes()
-        parts = [
-            f"{self.catalog_size} images in the catalog",
-            f"download: {len(self.download)} to fetch"
-            + (f" ({fetch_notes})" if fetch_notes else ""),
-            *([f"thumbnails: {len(self.other_settings)} made with other settings, to fetch again"]
-              if self.other_settings else []),
-            f"features: {len(self.features)} to compute"
-            + (f", {measure_notes}" if measure_notes else ""),
-            f"failed: {kept} kept as failed" + (f", {retried} to retry" if retried else ""),
-            f"{len(self.batches)} batches",
-        ]
-        if self.damaged:
-            parts.append(f"damaged: {len(self.damaged)} files to quarantine and build again")
-        if self.table_reason is not None:
-            parts.append(f"table: will be rebuilt ({self.table_reason})" if self.table_reason
-                         else "table: up to date")
-        return "thumbfeat plan: " + "; ".join(parts)
+        The line is written from the document alone, so the two can never tell different numbers.
+        """
+        document = self.document()
+        return document, plan_line(document)
+
+    def document(self) -> dict[str, Any]:
+        """Every count of the plan under stable keys (README "The plan as JSON" lists them)."""
+        return {
+            "format": PLAN_FORMAT,
+            "catalog_images": self.catalog_size,
+            "fetch": {
+                "images": len(self.download),
+                "changed_url": len(self.changed_urls),
+                "other_settings": len(self.other_settings),
+                "forced": self.forced == "refetch",
+            },
+            "measure": {
+                "images": len(self.features),
+                "other_version": len(self.remeasure),
+                "other_versions": sorted(set(self.remeasure.values())),
+                "feature_version": self.feature_version,
+                "forced": self.forced == "remeasure",
+            },
+            "failures": {"kept": len(self.failed_kept), "retried": len(self.failed_retried)},
+            "quarantine": len(self.damaged),
+            "batches": [{"key": b.key, "fetch": len(b.download_ids),
+                         "measure": len(b.feature_ids)} for b in self.batches],
+            "table": None if self.table_reason is None else {
+                "rebuild": bool(self.table_reason), "reason": self.table_reason},
+        }
+
+
+# Raised when a key of the plan document changes meaning or goes; new keys keep it.
+PLAN_FORMAT = 1
+# The environment variable naming a file where the main process of a parse writes the plan
+# document: an environment variable because Snakemake passes no other option through to a parse
+# (every config key is the workflow's, and checked against its schema).
+PLAN_JSON_VAR = "THUMBFEAT_PLAN_JSON"
+
+
+def plan_line(document: Mapping[str, Any]) -> str:
+    """One line a person reads before a run (and in a dry run) to know what is left."""
+    fetch, measure, failures = document["fetch"], document["measure"], document["failures"]
+    fetch_notes, measure_notes = [], []
+    if fetch["forced"]:
+        fetch_notes.append("all of them again: refetch=true")
+    if fetch["changed_url"]:
+        fetch_notes.append(f"{fetch['changed_url']} with a changed URL")
+    if fetch["other_settings"]:
+        fetch_notes.append(f"{fetch['other_settings']} made with other thumbnail settings")
+    if measure["forced"]:
+        measure_notes.append("all of them again: remeasure=true")
+    if measure["other_version"]:
+        measure_notes.append(f"{measure['other_version']} measured at version "
+                             f"{', '.join(measure['other_versions'])}, now "
+                             f"{measure['feature_version']}")
+    parts = [
+        f"{document['catalog_images']} images in the catalog",
+        f"fetch: {fetch['images']} images" + _notes(fetch_notes),
+        f"measure: {measure['images']} images" + _notes(measure_notes),
+        f"failures: {failures['kept']} kept"
+        + (f", {failures['retried']} to retry" if failures["retried"] else ""),
+        f"{len(document['batches'])} batches",
+    ]
+    if document["quarantine"]:
+        parts.append(f"quarantine: {document['quarantine']} damaged files, then build again")
+    table = document["table"]
+    if table is not None:
+        parts.append(f"table: will be rebuilt ({table['reason']})" if table["rebuild"]
+                     else "table: up to date")
+    return "thumbfeat plan: " + "; ".join(parts)
+
+
+def _notes(notes: Sequence[str]) -> str:
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def make_batches(ordered_ids: Iterable[str], download: Collection[str],

@@ -11,13 +11,14 @@ run-level paths. A cluster job does not plan: it follows the plan its main proce
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thumbfeat import handover, integrity, layout
+from thumbfeat import atomic, handover, integrity, layout
 from thumbfeat.catalog import Catalog, CatalogError, CatalogSpec, load_catalog, url_warnings
 from thumbfeat.config import (
     ConfigError,
@@ -30,6 +31,7 @@ from thumbfeat.config import (
 from thumbfeat.dbcatalog import CatalogKey
 from thumbfeat.features import FEATURE_VERSION
 from thumbfeat.plan import (
+    PLAN_JSON_VAR,
     Batch,
     Rebuilds,
     WorkPlan,
@@ -42,8 +44,13 @@ from thumbfeat.ratelimit import rate_share
 from thumbfeat.rowinputs import read_row_inputs
 from thumbfeat.thumbnail import ThumbnailSettings, thumbnail_settings
 
+
+class PlanOutputError(OSError):
+    """The plan document cannot be written where the environment asked for it."""
+
+
 # Everything build_run raises for a user's input: the workflow turns these into one clear message.
-RUN_ERRORS = (ConfigError, CatalogError, handover.HandoverError)
+RUN_ERRORS = (ConfigError, CatalogError, handover.HandoverError, PlanOutputError)
 
 
 class UnknownImageError(LookupError):
@@ -104,6 +111,9 @@ class RunContext:
     feature_shard_dirs: list[str] = field(default_factory=list)
     # Lines for the person starting the run: the plan, then warnings.
     messages: list[str] = field(default_factory=list)
+    # The plan as a JSON document (see WorkPlan.describe); None in a cluster job, which does
+    # not plan.
+    plan_document: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -209,7 +219,10 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
         context.feature_shard_dirs = layout.existing_shard_dirs(
             results, layout.stage_dir(layout.FEATURES, thumbnail.tag))
         context.plan = _plan(context, catalog, facts)
-        context.messages.append(context.plan.summary())
+        context.plan_document, line = context.plan.describe()
+        context.messages.append(line)
+        if path := environ.get(PLAN_JSON_VAR):
+            write_plan_document(path, context.plan_document)
         context.warnings.extend(url_warnings(
             spec.path, {i: context.plan.urls[i] for i in context.plan.download},
             settings["local_file_roots"]))
@@ -222,6 +235,15 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
     # Per-host limits hold for the whole run: each batch job gets its share of them.
     settings["rate_share"] = rate_share(context.slots, len(context.plan.batches))
     return context
+
+
+def write_plan_document(path: str, document: Mapping[str, Any]) -> None:
+    """Write the plan where a caller asked for it (``thumbfeat plan --json`` reads it there)."""
+    try:
+        atomic.write_bytes(path, json.dumps(document, indent=1).encode())
+    except OSError as error:
+        raise PlanOutputError(f"{PLAN_JSON_VAR}={path}: cannot write the plan there "
+                              f"({error.strerror or error})") from None
 
 
 def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkPlan:
