@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -304,3 +305,39 @@ def test_orphaned_batch_stops_keeping_only_whole_files(tmp_path: Path) -> None:
             assert "gone" in Path(f"{listed}.log").read_text()
     finally:
         server.stop()
+
+
+# Measures an image with the feature code alone, then runs one job's work: which of them tuned
+# the process (malloc and BLAS settings, see thumbfeat.runtime)?
+TUNING_PROBE = """
+import logging, sys
+from thumbfeat import batch, runtime
+from thumbfeat.features import warm_kernels
+from thumbfeat.fetch import FetchSettings
+from thumbfeat.thumbnail import ThumbnailSettings
+results, job = sys.argv[1], sys.argv[2]
+warm_kernels()
+tuned = [runtime.tune_for_measuring.cache_info().currsize]
+settings = FetchSettings(max_attempts=1, connect_timeout=2.0)
+thumbnails = ThumbnailSettings(max_side=512, format="jpeg", quality=85, only_if_larger=True)
+source = ("x", "http://127.0.0.1:9/x.jpg")
+if job == "one image":
+    batch.finish_one(*source, results, settings, thumbnails, max_pixels=10**7, measure=True)
+else:
+    batch.process_batch([source], ["x"], results, settings, thumbnails=thumbnails, threads=1,
+                        max_pixels=10**7, manifest_path=f"{results}/m.json",
+                        partial_path=f"{results}/p.parquet", batch_key="k",
+                        logger=logging.getLogger("probe"), progress_interval=0.0)
+tuned.append(runtime.tune_for_measuring.cache_info().currsize)
+print(tuned)
+"""
+
+
+@pytest.mark.parametrize("job", ["one image", "batch"])
+def test_the_measuring_process_is_tuned_when_it_starts_not_per_image(tmp_path: Path,
+                                                                     job: str) -> None:
+    # In a fresh interpreter: the tuning holds for the whole process it happens in.
+    result = subprocess.run([sys.executable, "-c", TUNING_PROBE, str(tmp_path / "results"), job],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0, 1]"

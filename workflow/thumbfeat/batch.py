@@ -50,6 +50,7 @@ from thumbfeat.integrity import DAMAGED_KIND, Damage, quarantine
 from thumbfeat.progress import Outcome, Progress
 from thumbfeat.ratelimit import HostLimiter
 from thumbfeat.rows import failed_row, ok_row, write_partial, write_row
+from thumbfeat.runtime import tune_for_measuring
 from thumbfeat.thumbnail import (
     SourceFacts,
     ThumbnailSettings,
@@ -301,6 +302,9 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     rows: list[Row] = []
     workers = max(1, threads)
     if measure or download:
+        # Process-wide on purpose (malloc and BLAS): this job process and the measuring
+        # processes forked from it below, which inherit the settings, exist to measure images.
+        tune_for_measuring()
         # Loaded once here, the compiled feature kernels are inherited by every forked process.
         warm_kernels()
     measurer: Executor = (ProcessPoolExecutor(max_workers=workers) if threads > 1 or download
@@ -436,6 +440,9 @@ def finish_one(image_id: str, url: str, results: str, settings: FetchSettings,
     A stored thumbnail is measured as it is; otherwise the download is decoded once for both.
     """
     tag = thumbnails.tag
+    if measure:
+        # Process-wide on purpose: this job process exists to make this one image.
+        tune_for_measuring()
     if measure and os.path.exists(layout.thumb_path(results, image_id, tag)):
         return measure_one(image_id, results, tag, max_pixels, url)[0]
     session = make_session(settings)

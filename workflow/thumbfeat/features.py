@@ -61,7 +61,6 @@ from PIL import __version__ as PILLOW_VERSION
 from thumbfeat import kernels
 from thumbfeat.imaging import DecodedImage
 from thumbfeat.resample import resize_gray_like_pillow
-from thumbfeat.runtime import tune_for_measuring
 
 FEATURE_VERSION = "3"
 
@@ -672,9 +671,9 @@ def compute_features(decoded: DecodedImage, data: bytes, *,
     ``data`` is the downloaded file, for its size and SHA-256, so a feature row is
     self-contained. When ``timings`` is given, the seconds spent preparing the pixels and in each
     of :data:`MEASURES` are added to it under their names, read from ``clock`` (the benchmark's
-    breakdown, in wall or CPU time).
+    breakdown, in wall or CPU time). The process measuring is expected to have been tuned for it
+    when it started (thumbfeat.runtime.tune_for_measuring): that is no business of one image.
     """
-    tune_for_measuring()
     started = clock()
     pixels = prepare(decoded)
     if timings is not None:
