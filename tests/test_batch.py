@@ -74,7 +74,7 @@ def download(server: ImageServer, results: Path) -> tuple[list[object], dict, li
                              max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
                              partial_path=str(results / layout.BATCHES / "00001-key.parquet"),
                              batch_key="00001-key", logger=logger, progress_interval=0.0)
-    return progress.download.outcomes, json.loads(manifest_path.read_text()), lines.lines
+    return progress.fetch.outcomes, json.loads(manifest_path.read_text()), lines.lines
 
 
 def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
     assert sorted(f["image_id"] for f in fetched["failed"]) == ["h", "m"]
     assert fetched["bytes"] >= sum(len(server.image(i)) for i in OK_IDS)
     assert manifest["features"]["images"] == 0
-    assert lines and any("download 7/7" in line for line in lines)
+    assert lines and any("fetch 7/7" in line for line in lines)
 
     # Nothing but finished files and records: no temporary files anywhere.
     assert not [p for p in results.rglob(".*") if p.is_file()]
@@ -133,7 +133,7 @@ def test_feature_batch_after_download(server: ImageServer, tmp_path: Path) -> No
                                  max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
                                  partial_path=str(partial_path), batch_key="00002-key",
                                  logger=logger, progress_interval=0.0)
-        outcomes = progress.features.outcomes
+        outcomes = progress.measure.outcomes
         assert sorted(o.image_id for o in outcomes) == sorted(ids)
         measured = json.loads(manifest_path.read_text())["features"]
         assert (measured["images"], measured["ok"]) == (7, 5)
@@ -187,7 +187,7 @@ def test_fetch_and_measure_in_one_batch(server: ImageServer, tmp_path: Path) -> 
                              max_pixels=MAX_PIXELS, manifest_path=str(tmp_path / "m.json"),
                              partial_path=str(tmp_path / "m.parquet"), batch_key="k",
                              logger=logger)
-    assert progress.download.done == progress.features.done == 7
+    assert progress.fetch.done == progress.measure.done == 7
     rows = rows_of(results, ids)
     assert {i for i, r in rows.items() if r["status"] == "ok"} == set(OK_IDS)
     assert pq.read_table(tmp_path / "m.parquet").num_rows == 7

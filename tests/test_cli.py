@@ -68,8 +68,8 @@ def test_status_of_an_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_status_counts(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = status(results, capsys)
     assert "catalog: 6 images (snapshot 0123abcd.parquet)" in out
-    assert "downloaded: 3 ok, 2 failed, 1 pending" in out
-    assert "features: 3 done, 3 pending" in out
+    assert "fetched: 3 ok, 2 failed, 1 pending" in out
+    assert "measured: 3 done, 3 pending" in out
     assert "failed by kind: http_status 1, timeout 1 (1 will be retried by the next run)" in out
     assert "batches" not in out
     assert f"table: {results / 'feature_table.parquet'} (not built yet)" in out
@@ -123,8 +123,8 @@ def test_status_against_a_catalog_file(results: Path, tmp_path: Path,
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"catalog: 7 images ({catalog})" in out
-    assert "downloaded: 3 ok, 2 failed, 2 pending" in out
-    assert "features: 3 done, 4 pending" in out
+    assert "fetched: 3 ok, 2 failed, 2 pending" in out
+    assert "measured: 3 done, 4 pending" in out
     with pytest.raises(SystemExit) as caught:
         main(["status", "--results", str(results), "--catalog", str(catalog)])
     assert caught.value.code == 2
@@ -144,7 +144,7 @@ def test_status_counts_what_the_filter_selects_without_needing_urls(
     assert main([*base, "--filter", "split=TRAIN"]) == 0
     out = capsys.readouterr().out
     assert "catalog: 4 images" in out
-    assert "downloaded: 3 ok, 1 failed, 0 pending" in out
+    assert "fetched: 3 ok, 1 failed, 0 pending" in out
     assert main([*base, "--filter", "split=train", "--filter", "split=test"]) == 0
     assert "catalog: 7 images" in capsys.readouterr().out
     for bad, message in ((["--filter", "split"], "expected COLUMN=VALUE"),
@@ -166,8 +166,8 @@ def test_status_after_thumbnails_were_deleted(results: Path,
     for path in (results / layout.THUMBS).rglob("*.img"):
         path.unlink()
     out = status(results, capsys)
-    assert "downloaded: 0 ok, 0 failed, 6 pending" in out
-    assert "features: 3 done, 3 pending" in out
+    assert "fetched: 0 ok, 0 failed, 6 pending" in out
+    assert "measured: 3 done, 3 pending" in out
     assert "failed by kind: none" in out
 
 
@@ -178,8 +178,8 @@ def test_status_without_failures(tmp_path: Path, capsys: pytest.CaptureFixture[s
     pq.write_table(pa.table({"image_id": ["a", "b"], "url": ["u", "v"]}), snapshot)
     touch(layout.thumb_path(results, "a", TAG), b"jpeg")
     out = status(results, capsys)
-    assert "downloaded: 1 ok, 0 failed, 1 pending" in out
-    assert "features: 0 done, 2 pending" in out
+    assert "fetched: 1 ok, 0 failed, 1 pending" in out
+    assert "measured: 0 done, 2 pending" in out
     assert "failed by kind: none" in out
     assert "retried" not in out
 

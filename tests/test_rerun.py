@@ -85,7 +85,7 @@ def test_thumbnails_deleted_again_are_fetched_again(tmp_path: Path, server: Imag
             with Image.open(layout.thumb_path(results, name, TAG)) as image:
                 image.load()
         status = status_lines(results)
-        assert status["downloaded"] == "40 ok, 0 failed, 0 pending", status
+        assert status["fetched"] == "40 ok, 0 failed, 0 pending", status
     # Nothing is missing now: nothing is announced, nothing runs.
     assert run_as_planned(tmp_path, config=config)["batches"] == 0
 
@@ -102,7 +102,7 @@ def test_feature_files_deleted_again_are_rebuilt(tmp_path: Path, server: ImageSe
         for path in (results / layout.FEATURES / TAG).glob("*/*.parquet"):
             path.unlink()
         status = status_lines(results)
-        assert status["features"] == "0 done, 40 pending", status
+        assert status["measured"] == "0 done, 40 pending", status
         plan = run_as_planned(tmp_path, config=config)
         assert (plan["fetch"], plan["measure"], plan["batches"]) == (0, 40, 1)
         assert plan["table"] not in (None, "up to date")
@@ -111,7 +111,7 @@ def test_feature_files_deleted_again_are_rebuilt(tmp_path: Path, server: ImageSe
             assert pq.read_table(layout.feature_path(results, name, TAG)).num_rows == 1
         assert rows_by_id(tmp_path) == first_rows
         status = status_lines(results)
-        assert status["features"] == "40 done, 0 pending", status
+        assert status["measured"] == "40 done, 0 pending", status
 
 
 def test_transient_failures_are_retried_by_every_run(tmp_path: Path, server: ImageServer) -> None:

@@ -47,8 +47,8 @@ def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
     run = build_run(config_for(tmp_path), REPO, MAIN, {}, results=results)
     assert run.handed is None
     assert run.catalog is not None and list(run.catalog.ids) == IDS
-    assert run.plan.download == [i for i in IDS if i != "img03"]
-    assert run.plan.features == IDS
+    assert run.plan.fetch == [i for i in IDS if i != "img03"]
+    assert run.plan.measure == IDS
     assert run.plan_document == run.plan.document()
     assert run.messages == [plan_line(run.plan_document)]
     assert run.plan_document["table"] == {"rebuild": True, "reason": "no table yet"}
@@ -90,7 +90,7 @@ def test_per_image_targets_on_the_command_line_scope_the_plan(tmp_path: Path) ->
     target = layout.feature_path(results, "img05", TAG)
     facts = SnakemakeFacts(cores=1, nodes=None, is_job=False, argv=("snakemake", target))
     run = build_run(config_for(tmp_path), REPO, facts, {}, results=results)
-    assert run.plan.features == ["img05"]
+    assert run.plan.measure == ["img05"]
     assert run.plan.table_reason is None
 
 

@@ -349,9 +349,9 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                         del chunks[future]
                         for fetched, measured, row in future.result():
                             if fetched is not None:
-                                progress.download.add(fetched)
+                                progress.fetch.add(fetched)
                             if measured is not None and row is not None:
-                                progress.features.add(measured)
+                                progress.measure.add(measured)
                                 rows.append(row)
                         continue
                     fetching -= 1
@@ -362,7 +362,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                                           urls.get(outcome.image_id)))
                         queued_bytes += len(data)
                         continue
-                    progress.download.add(outcome)
+                    progress.fetch.add(outcome)
                     if wanted:
                         # Its failure record and empty thumbnail are written: the row follows.
                         ready.append(Work(outcome.image_id,

@@ -24,6 +24,7 @@ from thumbfeat.catalog import (
 from thumbfeat.failures import read_failures
 from thumbfeat.layout import present_ids
 from thumbfeat.plan import PLAN_JSON_VAR, plan_line
+from thumbfeat.progress import FETCH, MEASURE, RECORD_KEYS
 from thumbfeat.runs import (
     describe_run,
     describe_running,
@@ -87,9 +88,9 @@ def status_report(results: Path, catalog: CatalogSpec | None = None,
     lines = [
         f"catalog: {len(ids)} images ({source})",
         f"thumbnails: {tag}",
-        f"downloaded: {len(thumbs) - len(failures)} ok, {len(failures)} failed, "
+        f"fetched: {len(thumbs) - len(failures)} ok, {len(failures)} failed, "
         f"{len(wanted) - len(thumbs)} pending",
-        f"features: {len(rows)} done, {len(wanted) - len(rows)} pending",
+        f"measured: {len(rows)} done, {len(wanted) - len(rows)} pending",
         "failed by kind: " + counts_text(kinds)
         + (f" ({retry} will be retried by the next run)" if retry else ""),
     ]
@@ -119,8 +120,8 @@ def batch_rate(folder: Path) -> str | None:
     manifests = [json.loads(p.read_text()) for p in folder.glob("*.json")]
     if not manifests:
         return None
-    fetched = sum(m["download"]["images"] for m in manifests)
-    measured = sum(m["features"]["images"] for m in manifests)
+    fetched = sum(m[RECORD_KEYS[FETCH]]["images"] for m in manifests)
+    measured = sum(m[RECORD_KEYS[MEASURE]]["images"] for m in manifests)
     seconds = sum(m["seconds"] for m in manifests)
     rate = max(fetched, measured) / max(seconds, 1e-9)
     return (f"{len(manifests)} recorded, {fetched} images fetched, {measured} measured, "

@@ -23,7 +23,7 @@ from thumbfeat import atomic
 from thumbfeat.plan import Batch, WorkPlan
 
 ENV_VAR = "THUMBFEAT_HANDED_PLAN"
-FORMAT = 4
+FORMAT = 5
 # Handover files of runs that were killed before they could remove theirs are removed after this.
 STALE_AFTER_S = 7 * 24 * 3600
 
@@ -43,8 +43,7 @@ class HandedPlan:
 
 def encode(plan: WorkPlan, catalog_digest: str, slots: int) -> bytes:
     batches = [
-        {"number": b.number, "image_ids": list(b.image_ids),
-         "download_ids": list(b.download_ids), "feature_ids": list(b.feature_ids),
+        {"number": b.number, "fetch_ids": list(b.fetch_ids), "measure_ids": list(b.measure_ids),
          "attempt": b.attempt, "tag": b.tag, "salt": b.salt}
         for b in plan.batches
     ]
@@ -60,17 +59,16 @@ def decode(data: bytes) -> HandedPlan:
         raise ValueError(f"unknown format {document.get('format')!r}")
     urls = dict(document["urls"])
     batches = [
-        Batch(number=int(b["number"]), image_ids=tuple(b["image_ids"]),
-              download_ids=tuple(b["download_ids"]), feature_ids=tuple(b["feature_ids"]),
-              attempt=int(b["attempt"]), tag=str(b["tag"]),
-              download_urls=tuple(urls[i] for i in b["download_ids"]),
+        Batch(number=int(b["number"]), fetch_ids=tuple(b["fetch_ids"]),
+              measure_ids=tuple(b["measure_ids"]), attempt=int(b["attempt"]), tag=str(b["tag"]),
+              fetch_urls=tuple(urls[i] for i in b["fetch_ids"]),
               salt=str(b["salt"]))
         for b in document["batches"]
     ]
     plan = WorkPlan(
         catalog_size=int(document["catalog_size"]),
-        download=[i for b in batches for i in b.download_ids],
-        features=[i for b in batches for i in b.feature_ids],
+        fetch=[i for b in batches for i in b.fetch_ids],
+        measure=[i for b in batches for i in b.measure_ids],
         batches=batches,
         urls=urls,
     )

@@ -224,7 +224,7 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
         if path := environ.get(PLAN_JSON_VAR):
             write_plan_document(path, context.plan_document)
         context.warnings.extend(url_warnings(
-            spec.path, {i: context.plan.urls[i] for i in context.plan.download},
+            spec.path, {i: context.plan.urls[i] for i in context.plan.fetch},
             settings["local_file_roots"]))
         if warning := report_warning(facts.argv[1:], results, context.feature_table):
             context.warnings.append(f"snakemake --report: {warning}")
