@@ -76,7 +76,6 @@ HUE_MIN_SATURATION = 0.2
 HUE_VALUE_RANGE = (0.15, 0.95)
 """... and V lies strictly inside this range: near-grey, near-black and near-white pixels have
 no reliable hue."""
-HUE_BINS = 12
 
 GRAYSCALE_CHROMA = 10
 """A pixel is neutral when max(R, G, B) - min(R, G, B) is at most this (of 255), which absorbs
@@ -399,17 +398,6 @@ def _detail_sums(gray: NDArray[np.uint8], threshold: float) -> tuple[int, int, i
     # The Sobel sums are integers: "magnitude > threshold" equals "gx² + gy² > floor(threshold²)".
     return kernels.detail_sums(np.ascontiguousarray(gray, dtype=np.uint8),
                                math.floor(threshold * threshold))
-
-
-def laplacian_variance(gray: NDArray[np.uint8]) -> float:
-    """Variance of the 4-neighbour Laplacian over the valid region; 0.0 below 3x3.
-
-    A standard focus measure: blur removes the high-frequency energy the Laplacian responds to.
-    """
-    if not _has_interior(gray):
-        return 0.0
-    count, total, squares, _ = _detail_sums(gray, EDGE_THRESHOLD)
-    return _variance(count, total, squares)
 
 
 def sobel_edge_density(gray: NDArray[np.uint8], threshold: float = EDGE_THRESHOLD) -> float:
