@@ -240,6 +240,7 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
 def test_plan_prints_the_plan_the_run_announces(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     rows = [(f"p{i:03d}", f"http://127.0.0.1:9/p{i:03d}.jpg") for i in range(150)]
+    rows[-1] = ("p149", "ftp://127.0.0.1/p149.jpg")  # cannot be fetched: the run warns
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
     config = {"catalog": str(catalog), "batch_size": "100"}
     options = ["--directory", str(tmp_path), "--cores", "2", "--config",
@@ -253,11 +254,14 @@ def test_plan_prints_the_plan_the_run_announces(tmp_path: Path,
     assert document == announced
     assert (document["fetch"]["images"], document["measure"]["images"]) == (140, 150)
     assert [(b["fetch"], b["measure"]) for b in document["batches"]] == [(90, 100), (50, 50)]
-    # Without --json: the very line the run prints.
+    assert len(document["warnings"]) == 1 and "'ftp'" in document["warnings"][0]
+    # Without --json: the very line the run prints, and its warnings.
     assert main(["plan", *options]) == 0
-    line = capsys.readouterr().out.strip()
+    shown = capsys.readouterr()
+    line = shown.out.strip()
     assert line == plan_line(announced)
     assert line in dry.stdout + dry.stderr
+    assert shown.err == f"warning: {document['warnings'][0]}\n"
     # A config Snakemake refuses: its message, no plan, no traceback.
     assert main(["plan", "--json", *options, "batch_size=0"]) == 1
     refused = capsys.readouterr()

@@ -68,10 +68,16 @@ def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
 def test_the_plan_document_is_written_where_the_environment_asks(tmp_path: Path) -> None:
     results = results_of(tmp_path)
     wanted = tmp_path / "out" / "plan.json"
+    # A failure record that does not parse: the plan quarantines it, and the run warns about it.
+    unreadable = Path(layout.failure_path(results, "img01"))
+    unreadable.parent.mkdir(parents=True)
+    unreadable.write_text("{not json")
     run = build_run(config_for(tmp_path), REPO, MAIN, {PLAN_JSON_VAR: str(wanted)},
                     results=results)
-    assert json.loads(wanted.read_text()) == run.plan_document
-    assert run.plan_document["fetch"]["images"] == len(IDS)
+    written = json.loads(wanted.read_text())
+    assert written == {**run.plan_document, "warnings": run.warnings}
+    assert (written["fetch"]["images"], written["quarantine"]) == (len(IDS), 1)
+    assert len(written["warnings"]) == 1 and str(unreadable) in written["warnings"][0]
     # A place it cannot be written is one clear error naming the variable.
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -291,7 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if document is None:
             sys.stderr.write(output)
             return 1
-        print(json.dumps(document, indent=1) if args.json else plan_line(document))
+        if args.json:
+            print(json.dumps(document, indent=1))
+        else:
+            print(plan_line(document))
+            for warning in document["warnings"]:
+                print(f"warning: {warning}", file=sys.stderr)
         return 0
     if snakemake_args:
         parser.error(f"unrecognized arguments: {' '.join(snakemake_args)}")

@@ -221,8 +221,6 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
         context.plan = _plan(context, catalog, facts)
         context.plan_document, line = context.plan.describe()
         context.messages.append(line)
-        if path := environ.get(PLAN_JSON_VAR):
-            write_plan_document(path, context.plan_document)
         context.warnings.extend(url_warnings(
             spec.path, {i: context.plan.urls[i] for i in context.plan.fetch},
             settings["local_file_roots"]))
@@ -232,6 +230,8 @@ def build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeFa
                                 f"{integrity.quarantine_path(results, d.path)} and built again"
                                 for d in context.plan.damaged)
         context.warnings.extend(_thread_cap_warnings(config, facts))
+        if path := environ.get(PLAN_JSON_VAR):
+            write_plan_document(path, {**context.plan_document, "warnings": context.warnings})
     # Per-host limits hold for the whole run: each batch job gets its share of them.
     settings["rate_share"] = rate_share(context.slots, len(context.plan.batches))
     return context
