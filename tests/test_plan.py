@@ -290,10 +290,11 @@ def test_the_plan_line_wording() -> None:
         "now 3); failures: 2 kept, 3 to retry; 2 batches; quarantine: 6 damaged files, then "
         "build again; table: will be rebuilt (no table yet)")
     forced = dataclasses.replace(full_plan(), forced="refetch", changed_urls=[], other_settings=[],
-                     other_version={}, failed_retried={}, damaged=[], table_reason="")
+                     other_version={}, failed_retried={}, damaged=[], table_reason="",
+                     batches=full_plan().batches[:1])
     assert forced.describe()[1] == (
         "thumbfeat plan: 40 images in the catalog; fetch: 9 images (all of them again: "
-        "refetch=true); measure: 11 images; failures: 2 kept; 2 batches; table: up to date")
+        "refetch=true); measure: 11 images; failures: 2 kept; 1 batch; table: up to date")
 
 
 def count_paths(document: dict[str, Any], path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:

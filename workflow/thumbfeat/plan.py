@@ -197,7 +197,7 @@ def plan_line(document: Mapping[str, Any]) -> str:
         f"measure: {measure['images']} images" + _notes(measure_notes),
         f"failures: {failures['kept']} kept"
         + (f", {failures['retried']} to retry" if failures["retried"] else ""),
-        f"{len(document['batches'])} batches",
+        _batches(len(document["batches"])),
     ]
     if document["quarantine"]:
         parts.append(f"quarantine: {document['quarantine']} damaged files, then build again")
@@ -206,6 +206,10 @@ def plan_line(document: Mapping[str, Any]) -> str:
         parts.append(f"table: will be rebuilt ({table['reason']})" if table["rebuild"]
                      else "table: up to date")
     return "thumbfeat plan: " + "; ".join(parts)
+
+
+def _batches(count: int) -> str:
+    return f"{count} batch{'es' if count != 1 else ''}"
 
 
 def _notes(notes: Sequence[str]) -> str:
@@ -372,7 +376,7 @@ def table_rebuild_reason(table: str | Path, snapshot: str | Path, batches: Seque
             return "no table yet"
         return "the catalog selection changed"
     if batches:
-        return f"{len(batches)} batch{'es' if len(batches) != 1 else ''} to run"
+        return f"{_batches(len(batches))} to run"
     for folder in shard_dirs:
         if os.stat(folder).st_mtime > built:
             return "feature files changed since it was written"
