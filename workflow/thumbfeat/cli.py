@@ -1,4 +1,4 @@
-"""The ``thumbfeat`` command: questions answered from what is on disk, without running anything."""
+"""The ``thumbfeat`` command: questions answered from what is on disk, without running any job."""
 
 from __future__ import annotations
 
@@ -278,9 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="processes checking files (default: one per core)")
     preview = commands.add_parser(
-        "plan", allow_abbrev=False,
-        help="print what a run would do (a dry run of the workflow); every other option is "
-             "passed to snakemake, e.g. thumbfeat plan --json --cores 4 --config catalog=x.csv")
+        "plan", allow_abbrev=False, usage="thumbfeat plan [--json] [SNAKEMAKE OPTION ...]",
+        help="print what a run would do (a dry run of the workflow)",
+        description="Print the plan a run with these Snakemake options would follow: every "
+                    "option but --json is passed to snakemake, e.g. thumbfeat plan --json "
+                    "--cores 4 --config catalog=x.csv")
     preview.add_argument("--json", action="store_true",
                          help="print the plan as JSON (see README \"The plan as JSON\")")
     commands.add_parser("warm", help="compile the feature kernels now (done once per machine; "
