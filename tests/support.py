@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
-import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -17,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -30,6 +32,7 @@ CLUSTER_SNAKEMAKE = str(REPO / ".venv-cluster" / "bin" / "snakemake")
 CLUSTER_PROFILES = {"slurm", "cluster-generic"}
 sys.path.insert(0, str(REPO / "workflow"))
 
+from thumbfeat.plan import PLAN_JSON_VAR  # noqa: E402
 from thumbfeat.thumbnail import thumbnail_settings  # noqa: E402
 
 TAG = thumbnail_settings(yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -219,15 +222,30 @@ def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = Non
     return result
 
 
-def preview(output: str) -> dict[str, object]:
-    """Every number of the plan line, and the table's fate."""
-    match = re.search(r"thumbfeat plan: (\d+) images in the catalog; download: (\d+) to fetch; "
-                      r"features: (\d+) to compute; failed: (\d+) kept as failed"
-                      r"(?:, (\d+) to retry)?; (\d+) batches; table: ([^\n]+)", output)
-    assert match, output
-    return {"catalog": int(match[1]), "download": int(match[2]), "features": int(match[3]),
-            "kept": int(match[4]), "retry": int(match[5] or 0), "batches": int(match[6]),
-            "table": match[7].strip()}
+def run_planned(workdir: Path, *args: str, **options: Any,
+                ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run the workflow as run_snakemake does, with the plan it announced (its JSON document)."""
+    with tempfile.TemporaryDirectory(prefix="plan-") as folder:
+        path = Path(folder) / "plan.json"
+        env = {**(options.pop("env", None) or {}), PLAN_JSON_VAR: str(path)}
+        result = run_snakemake(workdir, *args, env=env, **options)
+        assert path.exists(), f"no plan written:\n{result.stdout}\n{result.stderr[-6000:]}"
+        return result, json.loads(path.read_text())
+
+
+def plan_of(workdir: Path, *args: str, **options: Any) -> dict[str, Any]:
+    """The plan document of a dry run with these options (nothing is fetched or written)."""
+    return run_planned(workdir, "-n", *args, **options)[1]
+
+
+def preview(document: dict[str, Any]) -> dict[str, object]:
+    """The counts of a plan document most tests compare, and the table's fate."""
+    table = document["table"]
+    return {"catalog": document["catalog_images"], "fetch": document["fetch"]["images"],
+            "measure": document["measure"]["images"], "kept": document["failures"]["kept"],
+            "retry": document["failures"]["retried"], "batches": len(document["batches"]),
+            "table": None if table is None else table["reason"] if table["rebuild"]
+            else "up to date"}
 
 
 # A stand-in for Snakemake: runs a job through a shell that outlives it, as Snakemake runs jobs

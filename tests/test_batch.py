@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,7 +74,7 @@ def download(server: ImageServer, results: Path) -> tuple[list[object], dict, li
                              max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
                              partial_path=str(results / layout.BATCHES / "00001-key.parquet"),
                              batch_key="00001-key", logger=logger, progress_interval=0.0)
-    return progress.download.outcomes, json.loads(manifest_path.read_text()), lines.lines
+    return progress.fetch.outcomes, json.loads(manifest_path.read_text()), lines.lines
 
 
 def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_download_batch(server: ImageServer, tmp_path: Path) -> None:
     assert sorted(f["image_id"] for f in fetched["failed"]) == ["h", "m"]
     assert fetched["bytes"] >= sum(len(server.image(i)) for i in OK_IDS)
     assert manifest["features"]["images"] == 0
-    assert lines and any("download 7/7" in line for line in lines)
+    assert lines and any("fetch 7/7" in line for line in lines)
 
     # Nothing but finished files and records: no temporary files anywhere.
     assert not [p for p in results.rglob(".*") if p.is_file()]
@@ -132,7 +133,7 @@ def test_feature_batch_after_download(server: ImageServer, tmp_path: Path) -> No
                                  max_pixels=MAX_PIXELS, manifest_path=str(manifest_path),
                                  partial_path=str(partial_path), batch_key="00002-key",
                                  logger=logger, progress_interval=0.0)
-        outcomes = progress.features.outcomes
+        outcomes = progress.measure.outcomes
         assert sorted(o.image_id for o in outcomes) == sorted(ids)
         measured = json.loads(manifest_path.read_text())["features"]
         assert (measured["images"], measured["ok"]) == (7, 5)
@@ -186,7 +187,7 @@ def test_fetch_and_measure_in_one_batch(server: ImageServer, tmp_path: Path) -> 
                              max_pixels=MAX_PIXELS, manifest_path=str(tmp_path / "m.json"),
                              partial_path=str(tmp_path / "m.parquet"), batch_key="k",
                              logger=logger)
-    assert progress.download.done == progress.features.done == 7
+    assert progress.fetch.done == progress.measure.done == 7
     rows = rows_of(results, ids)
     assert {i for i, r in rows.items() if r["status"] == "ok"} == set(OK_IDS)
     assert pq.read_table(tmp_path / "m.parquet").num_rows == 7
@@ -304,3 +305,39 @@ def test_orphaned_batch_stops_keeping_only_whole_files(tmp_path: Path) -> None:
             assert "gone" in Path(f"{listed}.log").read_text()
     finally:
         server.stop()
+
+
+# Measures an image with the feature code alone, then runs one job's work: which of them tuned
+# the process (malloc and BLAS settings, see thumbfeat.runtime)?
+TUNING_PROBE = """
+import logging, sys
+from thumbfeat import batch, runtime
+from thumbfeat.features import warm_kernels
+from thumbfeat.fetch import FetchSettings
+from thumbfeat.thumbnail import ThumbnailSettings
+results, job = sys.argv[1], sys.argv[2]
+warm_kernels()
+tuned = [runtime.tune_for_measuring.cache_info().currsize]
+settings = FetchSettings(max_attempts=1, connect_timeout=2.0)
+thumbnails = ThumbnailSettings(max_side=512, format="jpeg", quality=85, only_if_larger=True)
+source = ("x", "http://127.0.0.1:9/x.jpg")
+if job == "one image":
+    batch.finish_one(*source, results, settings, thumbnails, max_pixels=10**7, measure=True)
+else:
+    batch.process_batch([source], ["x"], results, settings, thumbnails=thumbnails, threads=1,
+                        max_pixels=10**7, manifest_path=f"{results}/m.json",
+                        partial_path=f"{results}/p.parquet", batch_key="k",
+                        logger=logging.getLogger("probe"), progress_interval=0.0)
+tuned.append(runtime.tune_for_measuring.cache_info().currsize)
+print(tuned)
+"""
+
+
+@pytest.mark.parametrize("job", ["one image", "batch"])
+def test_the_measuring_process_is_tuned_when_it_starts_not_per_image(tmp_path: Path,
+                                                                     job: str) -> None:
+    # In a fresh interpreter: the tuning holds for the whole process it happens in.
+    result = subprocess.run([sys.executable, "-c", TUNING_PROBE, str(tmp_path / "results"), job],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0, 1]"

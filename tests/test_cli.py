@@ -12,9 +12,10 @@ import pytest
 from thumbfeat import layout
 from thumbfeat.cli import main
 from thumbfeat.failures import record_failure
+from thumbfeat.plan import plan_line
 from thumbfeat.rows import failed_row, write_row
 
-from tests.support import TAG, make_jpeg
+from tests.support import TAG, make_jpeg, run_planned, write_catalog
 
 IDS = ["a", "b", "c", "d", "e", "f"]
 
@@ -67,8 +68,8 @@ def test_status_of_an_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_status_counts(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = status(results, capsys)
     assert "catalog: 6 images (snapshot 0123abcd.parquet)" in out
-    assert "downloaded: 3 ok, 2 failed, 1 pending" in out
-    assert "features: 3 done, 3 pending" in out
+    assert "fetched: 3 ok, 2 failed, 1 pending" in out
+    assert "measured: 3 done, 3 pending" in out
     assert "failed by kind: http_status 1, timeout 1 (1 will be retried by the next run)" in out
     assert "batches" not in out
     assert f"table: {results / 'feature_table.parquet'} (not built yet)" in out
@@ -122,8 +123,8 @@ def test_status_against_a_catalog_file(results: Path, tmp_path: Path,
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"catalog: 7 images ({catalog})" in out
-    assert "downloaded: 3 ok, 2 failed, 2 pending" in out
-    assert "features: 3 done, 4 pending" in out
+    assert "fetched: 3 ok, 2 failed, 2 pending" in out
+    assert "measured: 3 done, 4 pending" in out
     with pytest.raises(SystemExit) as caught:
         main(["status", "--results", str(results), "--catalog", str(catalog)])
     assert caught.value.code == 2
@@ -143,7 +144,7 @@ def test_status_counts_what_the_filter_selects_without_needing_urls(
     assert main([*base, "--filter", "split=TRAIN"]) == 0
     out = capsys.readouterr().out
     assert "catalog: 4 images" in out
-    assert "downloaded: 3 ok, 1 failed, 0 pending" in out
+    assert "fetched: 3 ok, 1 failed, 0 pending" in out
     assert main([*base, "--filter", "split=train", "--filter", "split=test"]) == 0
     assert "catalog: 7 images" in capsys.readouterr().out
     for bad, message in ((["--filter", "split"], "expected COLUMN=VALUE"),
@@ -165,8 +166,8 @@ def test_status_after_thumbnails_were_deleted(results: Path,
     for path in (results / layout.THUMBS).rglob("*.img"):
         path.unlink()
     out = status(results, capsys)
-    assert "downloaded: 0 ok, 0 failed, 6 pending" in out
-    assert "features: 3 done, 3 pending" in out
+    assert "fetched: 0 ok, 0 failed, 6 pending" in out
+    assert "measured: 3 done, 3 pending" in out
     assert "failed by kind: none" in out
 
 
@@ -177,8 +178,8 @@ def test_status_without_failures(tmp_path: Path, capsys: pytest.CaptureFixture[s
     pq.write_table(pa.table({"image_id": ["a", "b"], "url": ["u", "v"]}), snapshot)
     touch(layout.thumb_path(results, "a", TAG), b"jpeg")
     out = status(results, capsys)
-    assert "downloaded: 1 ok, 0 failed, 1 pending" in out
-    assert "features: 0 done, 2 pending" in out
+    assert "fetched: 1 ok, 0 failed, 1 pending" in out
+    assert "measured: 0 done, 2 pending" in out
     assert "failed by kind: none" in out
     assert "retried" not in out
 
@@ -229,6 +230,45 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main([])
     assert caught.value.code == 2
+    # Options of their own only: only `plan` passes the others on to snakemake.
+    with pytest.raises(SystemExit) as caught:
+        main(["status", "--cores", "2"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --cores 2" in capsys.readouterr().err
+
+
+def test_plan_prints_the_plan_the_run_announces(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [(f"p{i:03d}", f"http://127.0.0.1:9/p{i:03d}.jpg") for i in range(150)]
+    rows[-1] = ("p149", "ftp://127.0.0.1/p149.jpg")  # cannot be fetched: the run warns
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    config = {"catalog": str(catalog), "batch_size": "100"}
+    options = ["--directory", str(tmp_path), "--cores", "2", "--config",
+               *(f"{k}={v}" for k, v in config.items())]
+    # Ten images already have their thumbnail: the plan only measures them.
+    for image_id, _ in rows[:10]:
+        touch(layout.thumb_path(tmp_path / "results", image_id, TAG), make_jpeg(image_id))
+    assert main(["plan", "--json", *options]) == 0
+    document = json.loads(capsys.readouterr().out)
+    dry, announced = run_planned(tmp_path, "-n", config=config)
+    assert document == announced
+    assert (document["fetch"]["images"], document["measure"]["images"]) == (140, 150)
+    assert [(b["fetch"], b["measure"]) for b in document["batches"]] == [(90, 100), (50, 50)]
+    assert len(document["warnings"]) == 1 and "'ftp'" in document["warnings"][0]
+    # Without --json: the very line the run prints, and its warnings.
+    assert main(["plan", *options]) == 0
+    shown = capsys.readouterr()
+    line = shown.out.strip()
+    assert line == plan_line(announced)
+    assert line in dry.stdout + dry.stderr
+    assert shown.err == f"warning: {document['warnings'][0]}\n"
+    # A config Snakemake refuses: its message, no plan, no traceback.
+    assert main(["plan", "--json", *options, "batch_size=0"]) == 1
+    refused = capsys.readouterr()
+    assert refused.out == ""
+    assert "config key 'batch_size': value 0 is not allowed" in refused.err
+    assert "Traceback" not in refused.err
+    assert not (tmp_path / ".snakemake" / "thumbfeat").exists()
 
 
 def whole_results(results: Path, count: int) -> list[str]:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support import ImageServer, file_times, run_snakemake, write_catalog
+from tests.support import ImageServer, file_times, run_planned, run_snakemake, write_catalog
 
 FAST = {"batch_size": "100", "local_file_roots": "[]"}
 # flag and code cells: booleans spelled several ways, a blank, and codes with leading zeros.
@@ -112,8 +112,8 @@ def test_whole_floats_are_integers_and_others_stop_before_any_work(
     # A whole batch_size given as a float plans batches of that size.
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    planned = run_snakemake(fresh, "-n", config={**config, "batch_size": "2.0"})
-    assert "3 batches" in output_of(planned)
+    _, plan = run_planned(fresh, "-n", config={**config, "batch_size": "2.0"})
+    assert [b["fetch"] for b in plan["batches"]] == [2, 2, 2]
 
 
 def parquet_with_nested_columns(path: Path, server: ImageServer) -> Path:
@@ -167,11 +167,11 @@ def test_config_by_section_as_readme_shows(tmp_path: Path) -> None:
     refused = run_snakemake(tmp_path, "-n", config={**base, "download": "{max_attempts: 0}"},
                             check=False)
     assert "config key 'download.max_attempts': value 0 is not allowed" in output_of(refused)
-    planned = run_snakemake(tmp_path, "-n", config={
+    planned, plan = run_planned(tmp_path, "-n", config={
         **base, "download": "{max_attempts: 3, read_timeout: 2}",
         "warehouse": "{enabled: false}", "report": "{sheet_images: 10}"})
     output = output_of(planned)
-    assert "thumbfeat plan: 1 images in the catalog" in output
+    assert plan["catalog_images"] == 1
     assert "Job stats:" in output
     assert "rule warehouse" not in output and "warehouse.load.json" not in output
     enabled = output_of(run_snakemake(tmp_path, "-n", config=base))

@@ -33,9 +33,9 @@ def test_round_trip_keeps_batches_keys_urls_and_slots(tmp_path: Path) -> None:
     assert [b.key for b in handed.plan.batches] == [b.key for b in plan.batches]
     assert handed.plan.urls == plan.urls
     # img03 is only measured: its URL is handed over as the source its row records.
-    assert set(handed.plan.urls) == set(plan.download) | {"img03"}
-    assert handed.plan.download == plan.download
-    assert handed.plan.features == plan.features
+    assert set(handed.plan.urls) == set(plan.fetch) | {"img03"}
+    assert handed.plan.fetch == plan.fetch
+    assert handed.plan.measure == plan.measure
     assert handed.plan.catalog_size == 10
 
 
@@ -44,7 +44,7 @@ def test_jobs_keep_their_plan_while_the_disk_changes(tmp_path: Path) -> None:
     results = tmp_path / "results"
     plan = planned(results)
     path = handover.save(tmp_path / "handover", plan, "d", slots=2)
-    for image_id in plan.batches[0].image_ids:
+    for image_id in {*plan.batches[0].fetch_ids, *plan.batches[0].measure_ids}:
         for target in (layout.thumb_path(results, image_id, TAG),
                        layout.feature_path(results, image_id, TAG)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)

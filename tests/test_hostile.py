@@ -23,7 +23,7 @@ from PIL import Image
 from thumbfeat import layout
 
 from tests.faults import FaultServer, max_in_window, one_bit_png, png_chunk, refused_port
-from tests.support import make_jpeg, run_snakemake, write_catalog
+from tests.support import make_jpeg, plan_of, run_snakemake, write_catalog
 
 # Short deadlines keep the matrix quick; the bound on the run's wall time is derived from them.
 CONNECT, READ, TOTAL, ATTEMPTS, BACKOFF_MAX, RETRY_AFTER_MAX = 1, 1, 3, 3, 0.2, 2
@@ -159,12 +159,11 @@ def test_every_fault_in_one_run(tmp_path: Path, faults: FaultServer) -> None:
     assert summary["ok"] == sum(1 for m in MATRIX if m[2] == "ok")
 
     # The next run asks again only for the transient failures.
-    preview = run_snakemake(tmp_path, "-n", "--configfile", config,
-                            config={"catalog": str(catalog)})
+    plan = plan_of(tmp_path, "--configfile", config, config={"catalog": str(catalog)})
     transient = sum(1 for m in MATRIX if m[4] is True)
     permanent = sum(1 for m in MATRIX if m[4] is False)
-    assert (f"download: {transient} to fetch" in preview.stdout + preview.stderr)
-    assert (f"failed: {permanent} kept as failed" in preview.stdout + preview.stderr)
+    assert plan["fetch"]["images"] == transient
+    assert plan["failures"]["kept"] == permanent
 
 
 JITTER = 0.25

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from thumbfeat import layout, lineage
 from thumbfeat.batch import images_held
+from thumbfeat.plan import PLAN_JSON_VAR
 
 from tests.support import (
     TAG,
@@ -149,8 +150,10 @@ def test_jobs_stop_when_the_main_process_alone_is_killed(tmp_path: Path,
                                 cores=CORES)
 
     def start(log: Path) -> tuple[subprocess.Popen[bytes], float]:
+        """Start a run logging to ``log``; its plan document goes beside the log."""
+        env = {**os.environ, PLAN_JSON_VAR: str(log.with_suffix(".plan.json"))}
         with open(log, "wb") as out:
-            return (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+            return (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True), time.time())
 
     process, _ = start(tmp_path / "run0.log")
@@ -180,13 +183,13 @@ def test_jobs_stop_when_the_main_process_alone_is_killed(tmp_path: Path,
     assert max(slower_server.counts.values()) <= 2, repeated
     assert sum(n - 1 for n in repeated.values()) <= kills * CORES * ORPHAN_CONCURRENCY, repeated
     assert set(slower_server.counts) == {f"/img/{n}.jpg" for n in names}
-    # The last run did what its plan line announced.
-    plan = preview((tmp_path / f"run{kills}.log").read_text())
+    # The last run did what its plan announced.
+    plan = preview(json.loads((tmp_path / f"run{kills}.plan.json").read_text()))
     manifests = (json.loads(p.read_text()) for p in (results / layout.BATCHES).glob("*.json"))
     made = [m for m in manifests if m["started"] >= started]
     assert plan["batches"] == len(made) > 0
-    assert plan["download"] == sum(m["download"]["images"] for m in made)
-    assert plan["features"] == sum(m["features"]["images"] for m in made)
+    assert plan["fetch"] == sum(m["download"]["images"] for m in made)
+    assert plan["measure"] == sum(m["features"]["images"] for m in made)
 
     table = pq.read_table(results / "feature_table.parquet").to_pylist()
     assert [row["image_id"] for row in table] == names

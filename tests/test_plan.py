@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 from thumbfeat import layout
 from thumbfeat.catalog import Catalog
 from thumbfeat.failures import FailureRecord, read_failure, record_failure
+from thumbfeat.integrity import Damage
 from thumbfeat.layout import present_ids
 from thumbfeat.plan import (
     Batch,
     Rebuilds,
+    WorkPlan,
     attempts_on_disk,
     make_batches,
+    plan_line,
     plan_work,
     report_warning,
     requested_image_ids,
@@ -32,6 +39,12 @@ IDS = ("a", "b", "c", "d", "e", "f")
 
 def catalog(ids: tuple[str, ...] = IDS) -> Catalog:
     return Catalog(source=Path("cat.csv"), ids=ids, urls=tuple(f"http://h/{i}.jpg" for i in ids))
+
+
+def members(batch: Batch, order: Sequence[str] = IDS) -> tuple[str, ...]:
+    """The images of a batch (fetched, measured or both), in catalog order."""
+    mine = {*batch.fetch_ids, *batch.measure_ids}
+    return tuple(i for i in order if i in mine)
 
 
 def touch(path: str, data: bytes = b"") -> None:
@@ -68,25 +81,25 @@ def results(tmp_path: Path) -> Path:
 def test_empty_results_means_everything_to_do(tmp_path: Path) -> None:
     plan = plan_work(catalog(), tmp_path / "results", tag=TAG, batch_size=4)
     assert plan.catalog_size == 6
-    assert plan.download == list(IDS)
-    assert plan.features == list(IDS)
+    assert plan.fetch == list(IDS)
+    assert plan.measure == list(IDS)
     assert plan.failed_kept == {} and plan.failed_retried == {}
-    assert [b.image_ids for b in plan.batches] == [("a", "b", "c", "d"), ("e", "f")]
+    assert [members(b) for b in plan.batches] == [("a", "b", "c", "d"), ("e", "f")]
     assert [b.number for b in plan.batches] == [1, 2]
 
 
 def test_files_on_disk_are_skipped(results: Path) -> None:
     plan = plan_work(catalog(), results, tag=TAG, batch_size=2)
-    assert plan.download == ["d", "e", "f"]
-    assert plan.features == ["b", "d", "e", "f"]
+    assert plan.fetch == ["d", "e", "f"]
+    assert plan.measure == ["b", "d", "e", "f"]
     assert set(plan.failed_kept) == {"c"}
     assert plan.failed_kept["c"] == FailureRecord("c", "http_status", "http_status happened",
                                                   False)
     assert set(plan.failed_retried) == {"d"}
-    assert [b.image_ids for b in plan.batches] == [("b", "d"), ("e", "f")]
+    assert [members(b) for b in plan.batches] == [("b", "d"), ("e", "f")]
     first = plan.batches[0]
-    assert first.download_ids == ("d",)
-    assert first.feature_ids == ("b", "d")
+    assert first.fetch_ids == ("d",)
+    assert first.measure_ids == ("b", "d")
 
 
 def test_empty_files_count_as_present(tmp_path: Path) -> None:
@@ -94,7 +107,7 @@ def test_empty_files_count_as_present(tmp_path: Path) -> None:
     touch(layout.thumb_path(results, "a", TAG))
     touch(layout.feature_path(results, "a", TAG))
     plan = plan_work(catalog(("a",)), results, tag=TAG, batch_size=10)
-    assert plan.download == [] and plan.features == [] and plan.batches == []
+    assert plan.fetch == [] and plan.measure == [] and plan.batches == []
 
 
 def test_temporary_files_are_ignored(results: Path) -> None:
@@ -107,8 +120,8 @@ def test_temporary_files_are_ignored(results: Path) -> None:
 
 def test_retry_failed_redoes_permanent_failures(results: Path) -> None:
     plan = plan_work(catalog(), results, tag=TAG, batch_size=10, retry_failed=True)
-    assert plan.download == ["c", "d", "e", "f"]
-    assert plan.features == ["b", "c", "d", "e", "f"]
+    assert plan.fetch == ["c", "d", "e", "f"]
+    assert plan.measure == ["b", "c", "d", "e", "f"]
     assert plan.failed_kept == {}
     assert set(plan.failed_retried) == {"c", "d"}
 
@@ -120,8 +133,8 @@ def test_failure_record_written_by_the_batch_is_understood(tmp_path: Path) -> No
     assert read_failure(layout.failure_path(results, "a")) == FailureRecord(
         "a", "not_image", "bytes are HTML", False)
     plan = plan_work(catalog(("a", "b")), results, tag=TAG, batch_size=10)
-    assert plan.download == ["b"]
-    assert plan.features == ["a", "b"]
+    assert plan.fetch == ["b"]
+    assert plan.measure == ["a", "b"]
     assert set(plan.failed_kept) == {"a"}
 
 
@@ -134,23 +147,23 @@ def test_unreadable_failure_record_is_ignored(tmp_path: Path) -> None:
     assert read_failure(layout.failure_path(results, "missing")) is None
     plan = plan_work(catalog(("a", "b")), results, tag=TAG, batch_size=10)
     assert plan.failed_kept == {} and plan.failed_retried == {}
-    assert plan.download == ["a", "b"]
+    assert plan.fetch == ["a", "b"]
 
 
 def test_only_restricts_the_work(results: Path) -> None:
     plan = plan_work(catalog(), results, tag=TAG, batch_size=10, only={"f", "b", "not-in-catalog"})
     assert plan.catalog_size == 6
-    assert plan.download == ["f"]
-    assert plan.features == ["b", "f"]
-    assert [b.image_ids for b in plan.batches] == [("b", "f")]
+    assert plan.fetch == ["f"]
+    assert plan.measure == ["b", "f"]
+    assert [members(b) for b in plan.batches] == [("b", "f")]
     assert plan.failed_retried == {}
 
     kept = plan_work(catalog(), results, tag=TAG, batch_size=10, only={"c"})
-    assert kept.download == [] and kept.features == [] and kept.batches == []
+    assert kept.fetch == [] and kept.measure == [] and kept.batches == []
     assert set(kept.failed_kept) == {"c"}
 
     retried = plan_work(catalog(), results, tag=TAG, batch_size=10, only={"d"})
-    assert retried.download == ["d"] and retried.features == ["d"]
+    assert retried.fetch == ["d"] and retried.measure == ["d"]
 
 
 def test_make_batches_keeps_catalog_order_and_sizes() -> None:
@@ -158,13 +171,13 @@ def test_make_batches_keeps_catalog_order_and_sizes() -> None:
     download = {"i07", "i01", "i03", "i09"}
     features = {"i05", "i03", "i00"}
     batches = make_batches(order, download, features, batch_size=2)
-    assert [b.image_ids for b in batches] == [("i00", "i01"), ("i03", "i05"), ("i07", "i09")]
+    assert [members(b, order) for b in batches] == [("i00", "i01"), ("i03", "i05"), ("i07", "i09")]
     assert [b.number for b in batches] == [1, 2, 3]
-    assert batches[1].download_ids == ("i03",)
-    assert batches[1].feature_ids == ("i03", "i05")
+    assert batches[1].fetch_ids == ("i03",)
+    assert batches[1].measure_ids == ("i03", "i05")
     assert make_batches(order, set(), set(), batch_size=2) == []
     one = make_batches(order, set(order), set(order), batch_size=100)
-    assert len(one) == 1 and one[0].image_ids == tuple(order)
+    assert len(one) == 1 and members(one[0], order) == tuple(order)
 
 
 def test_batch_keys_follow_members() -> None:
@@ -176,8 +189,8 @@ def test_batch_keys_follow_members() -> None:
     assert first.key == again.key
     assert first.key.startswith("00001-")
     assert len({first.key, other_members.key, other_stage.key}) == 3
-    moved = Batch(number=2, image_ids=("a",), download_ids=("a",), feature_ids=())
-    swapped = Batch(number=2, image_ids=("a",), download_ids=(), feature_ids=("a",))
+    moved = Batch(number=2, fetch_ids=("a",), measure_ids=())
+    swapped = Batch(number=2, fetch_ids=(), measure_ids=("a",))
     assert moved.key != swapped.key
     assert moved.key.startswith("00002-")
 
@@ -241,14 +254,82 @@ def test_requested_image_ids_from_argv() -> None:
     assert requested_image_ids([x1], ids) is None
 
 
-def test_summary_mentions_the_counts(results: Path) -> None:
-    summary = plan_work(catalog(), results, tag=TAG, batch_size=2).summary()
-    for part in ("6 images", "download: 3", "features: 4", "1 kept as failed", "1 to retry",
-                 "2 batches"):
-        assert part in summary, summary
-    empty = plan_work(catalog(), results, tag=TAG, batch_size=2, only={"a"}).summary()
-    assert "to retry" not in empty
-    assert "0 batches" in empty
+def test_the_plan_document_counts_each_stage(results: Path) -> None:
+    plan = plan_work(catalog(), results, tag=TAG, batch_size=2)
+    document = plan.document()
+    assert (document["catalog_images"], document["fetch"]["images"],
+            document["measure"]["images"]) == (6, 3, 4)
+    assert document["failures"] == {"kept": 1, "retried": 1}
+    assert document["batches"] == [{"key": b.key, "fetch": len(b.fetch_ids),
+                                    "measure": len(b.measure_ids)} for b in plan.batches]
+    assert len(document["batches"]) == 2
+    assert json.loads(json.dumps(document)) == document
+    empty = plan_work(catalog(), results, tag=TAG, batch_size=2, only={"a"}).document()
+    assert empty["failures"]["retried"] == 0
+    assert empty["batches"] == []
+
+
+def full_plan() -> WorkPlan:
+    """A plan with every count of the document set, each to a number of its own."""
+    ids = [f"i{n:02d}" for n in range(40)]
+    return WorkPlan(
+        catalog_size=40, fetch=ids[:9], measure=ids[:11],
+        failed_kept={i: FailureRecord(i, "http_status", "HTTP 404", False) for i in ids[30:32]},
+        failed_retried={i: FailureRecord(i, "timeout", "slow", True) for i in ids[32:35]},
+        other_settings=ids[:4], changed_urls=ids[4:9],
+        other_version=dict.fromkeys(ids[9:11], "2") | {ids[11]: "1"}, feature_version="3",
+        damaged=[Damage(f"results/thumbs/{i}.jpg", "cut") for i in ids[20:26]],
+        batches=make_batches(ids, set(ids[:9]), set(ids[:11]), 7), table_reason="no table yet")
+
+
+def test_the_plan_line_wording() -> None:
+    _, line = full_plan().describe()
+    assert line == (
+        "thumbfeat plan: 40 images in the catalog; fetch: 9 images (5 with a changed URL; "
+        "4 made with other thumbnail settings); measure: 11 images (3 measured at version 1, 2, "
+        "now 3); failures: 2 kept, 3 to retry; 2 batches; quarantine: 6 damaged files, then "
+        "build again; table: will be rebuilt (no table yet)")
+    forced = dataclasses.replace(full_plan(), forced="refetch", changed_urls=[], other_settings=[],
+                     other_version={}, failed_retried={}, damaged=[], table_reason="",
+                     batches=full_plan().batches[:1])
+    assert forced.describe()[1] == (
+        "thumbfeat plan: 40 images in the catalog; fetch: 9 images (all of them again: "
+        "refetch=true); measure: 11 images; failures: 2 kept; 1 batch; table: up to date")
+
+
+def count_paths(document: dict[str, Any], path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Where a plan document holds a count (a whole number)."""
+    found = set()
+    for key, value in document.items():
+        if isinstance(value, dict):
+            found |= count_paths(value, (*path, key))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            found.add((*path, key))
+    return found
+
+
+def test_the_line_is_written_from_the_document_alone() -> None:
+    plan = full_plan()
+    document, line = plan.describe()
+    assert document == plan.document()
+    assert line == plan_line(document)
+    counts = count_paths(document) - {("format",)}
+    assert len(counts) == 9
+    # Any count changed in the document shows in the line: the line has no other source.
+    for path in counts:
+        changed = copy.deepcopy(document)
+        *parents, last = path
+        holder = changed
+        for key in parents:
+            holder = holder[key]
+        holder[last] = 987
+        assert "987" in plan_line(changed), path
+    assert "987" not in line
+    changed = copy.deepcopy(document)
+    changed["batches"] *= 7
+    changed["measure"].update(other_versions=["0.5"], feature_version="9")
+    assert "; 14 batches;" in plan_line(changed)
+    assert "measured at version 0.5, now 9" in plan_line(changed)
 
 
 def test_table_rebuild_reason_follows_snakemake_rules(tmp_path: Path) -> None:
@@ -269,12 +350,12 @@ def test_table_rebuild_reason_follows_snakemake_rules(tmp_path: Path) -> None:
     os.utime(shard, (200, 200))
     assert (table_rebuild_reason(table, snapshot, [], [shard])
             == "feature files changed since it was written")
-    summary = plan_work(catalog(), tmp_path / "results", tag=TAG, batch_size=2)
-    assert "table" not in summary.summary()
-    summary.table_reason = ""
-    assert summary.summary().endswith("; table: up to date")
-    summary.table_reason = "no table yet"
-    assert summary.summary().endswith("; table: will be rebuilt (no table yet)")
+    plan = plan_work(catalog(), tmp_path / "results", tag=TAG, batch_size=2)
+    assert plan.document()["table"] is None
+    plan.table_reason = ""
+    assert plan.document()["table"] == {"rebuild": False, "reason": ""}
+    plan.table_reason = "no table yet"
+    assert plan.document()["table"] == {"rebuild": True, "reason": "no table yet"}
 
 
 def test_auto_batch_size_gives_each_slot_whole_rounds() -> None:
@@ -297,9 +378,9 @@ def test_plan_without_a_batch_size_sizes_batches_for_the_slots(tmp_path: Path) -
     catalog = Catalog(source=tmp_path / "c.csv", ids=tuple(f"i{n:04d}" for n in range(1000)),
                       urls=tuple(f"http://h/{n}.jpg" for n in range(1000)))
     plan = plan_work(catalog, tmp_path / "results", tag=TAG, batch_size=None, slots=2)
-    assert [len(b.image_ids) for b in plan.batches] == [500, 500]
+    assert [len(members(b, catalog.ids)) for b in plan.batches] == [500, 500]
     plan = plan_work(catalog, tmp_path / "results", tag=TAG, batch_size=None, slots=1)
-    assert [len(b.image_ids) for b in plan.batches] == [1000]
+    assert [len(members(b, catalog.ids)) for b in plan.batches] == [1000]
 
 
 def test_report_warning_says_when_a_report_would_hold_no_figures(tmp_path: Path) -> None:
@@ -336,19 +417,20 @@ def test_thumbnails_of_other_settings_are_counted_to_fetch_again(tmp_path: Path)
     touch(layout.thumb_path(results, "c", TAG), b"jpeg")
     touch(layout.feature_path(results, "c", TAG), b"row")
     plan = plan_work(catalog(("a", "b", "c", "d")), results, tag=TAG, batch_size=10)
-    assert plan.download == ["a", "b", "d"]
+    assert plan.fetch == ["a", "b", "d"]
     assert plan.other_settings == ["a", "b"]
-    assert plan.features == ["a", "b", "d"]
-    assert "thumbnails: 2 made with other settings, to fetch again" in plan.summary()
+    assert plan.measure == ["a", "b", "d"]
+    assert plan.document()["fetch"] == {"images": 3, "changed_url": 0, "other_settings": 2,
+                                        "forced": False}
     # Back to the other settings: their files are all there, nothing to do.
     back = plan_work(catalog(("a", "b", "c")), results, tag="256px-webp-q80", batch_size=10)
-    assert (back.download, back.features, back.other_settings) == ([], [], [])
-    assert "made with other settings" not in back.summary()
+    assert (back.fetch, back.measure, back.other_settings) == ([], [], [])
+    assert back.document()["fetch"]["other_settings"] == 0
 
 
 def test_plan_keeps_urls_of_the_images_it_works_on_only(results: Path) -> None:
     plan = plan_work(catalog(), results, tag=TAG, batch_size=2)
-    assert set(plan.urls) == set(plan.download) | set(plan.features) == {"b", "d", "e", "f"}
+    assert set(plan.urls) == set(plan.fetch) | set(plan.measure) == {"b", "d", "e", "f"}
     assert all(url.endswith(f"{i}.jpg") for i, url in plan.urls.items())
 
 
@@ -368,18 +450,20 @@ def test_stale_rows_are_measured_again_and_changed_urls_fetched_again(results: P
                         "c": ("failed", "1", "http://h/c.jpg")})
     plan = plan_work(catalog(), results, tag=TAG, batch_size=10,
                      rebuilds=Rebuilds(feature_version="3", row_inputs=inputs))
-    assert plan.remeasure == {"a": "2"}
+    assert plan.other_version == {"a": "2"}
     assert plan.changed_urls == ["b"]
-    assert plan.download == ["b", "d", "e", "f"]
-    assert plan.features == ["a", "b", "d", "e", "f"]
-    line = plan.summary()
-    assert "download: 4 to fetch (1 with a changed URL)" in line
-    assert "features: 5 to compute, 1 to measure again (version 2 -> 3)" in line
+    assert plan.fetch == ["b", "d", "e", "f"]
+    assert plan.measure == ["a", "b", "d", "e", "f"]
+    document = plan.document()
+    assert document["fetch"] == {"images": 4, "changed_url": 1, "other_settings": 0,
+                                 "forced": False}
+    assert document["measure"] == {"images": 5, "other_version": 1, "other_versions": ["2"],
+                                   "feature_version": "3", "forced": False}
     # Measured again, the row is current: nothing more.
     inputs.add(pa.table({"image_id": ["a"], "status": ["ok"], "feature_version": ["3"]}))
     plan = plan_work(catalog(), results, tag=TAG, batch_size=10,
                      rebuilds=Rebuilds(feature_version="3", row_inputs=inputs))
-    assert plan.remeasure == {}
+    assert plan.other_version == {}
 
 
 def test_a_failure_whose_url_changed_is_retried(tmp_path: Path) -> None:
@@ -390,18 +474,20 @@ def test_a_failure_whose_url_changed_is_retried(tmp_path: Path) -> None:
     plan = plan_work(catalog(("a", "b", "c")), results, tag=TAG, batch_size=10)
     assert set(plan.failed_retried) == {"a"}
     assert set(plan.failed_kept) == {"b", "c"}
-    assert plan.download == ["a"]
+    assert plan.fetch == ["a"]
 
 
 def test_force_switches(results: Path) -> None:
     plan = plan_work(catalog(), results, tag=TAG, batch_size=10, rebuilds=Rebuilds(remeasure=True))
-    assert plan.features == list(IDS)
-    assert plan.download == ["d", "e", "f"]
-    assert "features: 6 to compute, all of them again: remeasure=true" in plan.summary()
+    assert plan.measure == list(IDS)
+    assert plan.fetch == ["d", "e", "f"]
+    assert plan.document()["measure"] == {"images": 6, "other_version": 0, "other_versions": [],
+                                          "feature_version": "", "forced": True}
     plan = plan_work(catalog(), results, tag=TAG, batch_size=10, rebuilds=Rebuilds(refetch=True),
                      only={"a", "b"})
-    assert plan.download == plan.features == ["a", "b"]
-    assert "download: 2 to fetch (all of them again: refetch=true)" in plan.summary()
+    assert plan.fetch == plan.measure == ["a", "b"]
+    assert plan.document()["fetch"] == {"images": 2, "changed_url": 0, "other_settings": 0,
+                                        "forced": True}
 
 
 def test_damaged_files_found_by_the_plan_are_built_again(tmp_path: Path) -> None:
@@ -419,9 +505,9 @@ def test_damaged_files_found_by_the_plan_are_built_again(tmp_path: Path) -> None
         layout.failure_path(results, "a"), layout.thumb_path(results, "b", TAG),
         layout.feature_path(results, "c", TAG)])
     # a: its record is lost, so it is tried again; b: fetched again; c: measured again.
-    assert plan.download == ["a", "b"]
-    assert plan.features == ["a", "c"]
-    assert "damaged: 3 files to quarantine and build again" in plan.summary()
+    assert plan.fetch == ["a", "b"]
+    assert plan.measure == ["a", "c"]
+    assert plan.document()["quarantine"] == 3
     # The plan moves nothing: that is for the run, when it starts.
     assert Path(layout.thumb_path(results, "b", TAG)).exists()
     # Without the check (a table exists) only the unreadable record is found.

@@ -19,7 +19,7 @@ from thumbfeat.progress import Outcome, Progress, StageCount
 from tests.support import ImageServer, image_rows, snakemake_command, write_catalog
 
 LINE = re.compile(
-    r"progress (?P<batch>\S+) (?P<stage>download|features) (?P<done>\d+)/(?P<total>\d+) "
+    r"progress (?P<batch>\S+) (?P<stage>fetch|measure) (?P<done>\d+)/(?P<total>\d+) "
     r"\(\d+%\), (?P<rate>[\d.]+) images/s, ETA (?P<eta>.+?), failed: (?P<failed>.+?) "
     r"\| (?P<elapsed>[\d.]+) s elapsed")
 
@@ -32,11 +32,11 @@ def failures_of(text: str) -> Counter[str]:
 
 
 def test_stage_line_has_rate_eta_and_failures() -> None:
-    stage = StageCount("download", 10)
-    assert stage.line(1.0) == ("download 0/10 (0%), 0.0 images/s, ETA unknown, failed: none")
+    stage = StageCount("fetch", 10)
+    assert stage.line(1.0) == ("fetch 0/10 (0%), 0.0 images/s, ETA unknown, failed: none")
     for n in range(4):
         stage.add(Outcome(f"i{n}", ok=n != 3, kind=None if n != 3 else "timeout"))
-    assert stage.line(2.0) == ("download 4/10 (40%), 2.0 images/s, ETA 3.0 s, "
+    assert stage.line(2.0) == ("fetch 4/10 (40%), 2.0 images/s, ETA 3.0 s, "
                                "failed: timeout 1")
 
 
@@ -68,7 +68,7 @@ def test_progress_lines_at_the_interval_and_adding_up(tmp_path: Path,
             running += [line for line in out.splitlines() if line.startswith("running now:")]
             time.sleep(0.3)
     assert run.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
-    counts = [re.search(r"1 batch job, download (\d+)/40, features (\d+)/40", line)
+    counts = [re.search(r"1 batch job, fetch (\d+)/40, measure (\d+)/40", line)
               for line in running]
     assert running and all(counts), running
     assert len({m[1] for m in counts if m}) >= 2, "the counts did not move"
@@ -86,7 +86,7 @@ def test_progress_lines_at_the_interval_and_adding_up(tmp_path: Path,
     table = pq.read_table(tmp_path / "results" / "feature_table.parquet").to_pylist()
     failed_rows = Counter(r["error_kind"] for r in table if r["status"] == "failed")
     assert failed_rows == {"http_status": 3, "not_image": 1}
-    for stage in ("download", "features"):
+    for stage in ("fetch", "measure"):
         lines = [line for line in logged if line["stage"] == stage]
         elapsed = [float(line["elapsed"]) for line in lines]
         done = [int(line["done"]) for line in lines]
@@ -120,7 +120,7 @@ def test_lines_keep_their_pace_and_never_burst(monkeypatch: pytest.MonkeyPatch) 
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
     logger.handlers = [handler]
     logger.setLevel(logging.INFO)
-    progress = Progress(logger, 1.0, download_total=10, measure_total=0, label="b1")
+    progress = Progress(logger, 1.0, fetch_total=10, measure_total=0, label="b1")
     when = []
     # Work completes every 0.25 s, with a 2.5 s stall after 2.0 s.
     for t in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 4.5, 4.75, 5.0, 5.25, 6.0):
@@ -130,5 +130,5 @@ def test_lines_keep_their_pace_and_never_burst(monkeypatch: pytest.MonkeyPatch) 
         if len(lines) > before:
             when.append(t)
     assert when == [1.0, 2.0, 4.5, 5.0, 6.0]
-    assert all(line.startswith("progress b1 download 0/10") for line in lines)
+    assert all(line.startswith("progress b1 fetch 0/10") for line in lines)
     assert progress.due_in() == 1.0

@@ -3,8 +3,8 @@ loopback server that counts requests. Each dry run's numbers are compared with t
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -20,6 +20,8 @@ from tests.support import (
     ImageServer,
     file_times,
     image_rows,
+    plan_of,
+    run_planned,
     run_snakemake,
     write_catalog,
 )
@@ -33,16 +35,15 @@ SCORES = ("dark_score", "light_score", "blurriness_score", "low_information_scor
           "odd_aspect_score")
 
 
-def preview(output: str) -> dict[str, object]:
-    """The counts of the plan line a run prints first."""
-    match = re.search(r"download: (\d+) to fetch(?: \(([^)]*)\))?; features: (\d+) to compute"
-                      r"(?:, ([^;]*))?; failed: (\d+) kept as failed(?:, (\d+) to retry)?"
-                      r"; (\d+) batches(?:; damaged: (\d+) files)?", output)
-    assert match, output
-    return {"download": int(match[1]), "fetch_notes": match[2] or "",
-            "features": int(match[3]), "measure_notes": match[4] or "",
-            "kept": int(match[5]), "retry": int(match[6] or 0),
-            "damaged": int(match[8] or 0)}
+def preview(document: dict[str, Any]) -> dict[str, object]:
+    """The counts of a plan document, with what the fetch and measure counts include."""
+    fetch, measure = document["fetch"], document["measure"]
+    return {"fetch": fetch["images"], "changed_url": fetch["changed_url"],
+            "refetch": fetch["forced"], "measure": measure["images"],
+            "other_version": (measure["other_version"], measure["other_versions"],
+                              measure["feature_version"]),
+            "remeasure": measure["forced"], "kept": document["failures"]["kept"],
+            "retry": document["failures"]["retried"], "quarantine": document["quarantine"]}
 
 
 def written(before: dict[str, int], after: dict[str, int]) -> set[str]:
@@ -94,10 +95,10 @@ def test_older_feature_versions_are_measured_again_without_a_request(
         rewrite_as_older_version(results, stale)
         rows_before = file_times(results, ROWS)
         requests = server.total()
-        shown = preview(run_snakemake(workdir, "-n", config=config).stdout)
-        assert shown["download"] == 0
-        assert shown["features"] == 25
-        assert shown["measure_notes"] == f"25 to measure again (version 2 -> {FEATURE_VERSION})"
+        shown = preview(plan_of(workdir, config=config))
+        assert shown["fetch"] == 0
+        assert shown["measure"] == 25
+        assert shown["other_version"] == (25, ["2"], FEATURE_VERSION)
         run_snakemake(workdir, config=config)
         assert server.total() == requests
         assert written(rows_before, file_times(results, ROWS)) == set(stale)
@@ -120,9 +121,9 @@ def test_changed_urls_are_fetched_again(workdir: Path, server: ImageServer) -> N
         changed = NAMES[10 + round_number * 3 : 13 + round_number * 3]
         moved.update({n: f"moved{round_number}-{n}" for n in changed})
         repoint(workdir, server, moved)
-        shown = preview(run_snakemake(workdir, "-n", config=config).stdout)
-        assert (shown["download"], shown["features"]) == (3, 3)
-        assert shown["fetch_notes"] == "3 with a changed URL"
+        shown = preview(plan_of(workdir, config=config))
+        assert (shown["fetch"], shown["measure"]) == (3, 3)
+        assert (shown["changed_url"], shown["refetch"]) == (3, False)
         before = server.snapshot()
         thumbs_before = file_times(results, THUMBS)
         run_snakemake(workdir, config=config)
@@ -134,7 +135,7 @@ def test_changed_urls_are_fetched_again(workdir: Path, server: ImageServer) -> N
         assert {table[n]["source_url"] for n in changed} == {
             recorded_url(f"{server.base}/img/{moved[n]}.jpg") for n in changed}
         # Nothing is left: the next run fetches nothing.
-        assert preview(run_snakemake(workdir, "-n", config=config).stdout)["download"] == 0
+        assert preview(plan_of(workdir, config=config))["fetch"] == 0
 
 
 def test_a_changed_url_retries_a_failed_image(workdir: Path, server: ImageServer) -> None:
@@ -149,8 +150,8 @@ def test_a_changed_url_retries_a_failed_image(workdir: Path, server: ImageServer
             100 + round_number]["status"] == "failed"
         # Failed for good (404) and kept as failed, until its URL is fixed.
         write_catalog(workdir / "catalog.csv", image_rows(server, NAMES))
-        shown = preview(run_snakemake(workdir, "-n", config=config).stdout)
-        assert (shown["download"], shown["retry"]) == (1, 1)
+        shown = preview(plan_of(workdir, config=config))
+        assert (shown["fetch"], shown["retry"]) == (1, 1)
         before = server.snapshot()
         run_snakemake(workdir, config=config)
         assert server.snapshot() - before == {f"/img/{name}.jpg": 1}
@@ -173,11 +174,11 @@ def test_damaged_files_are_quarantined_and_built_again(workdir: Path,
 
         before = server.snapshot()
         files_before = file_times(workdir, "**/*")
-        dry = run_snakemake(workdir, "-n", config=config)
-        shown = preview(dry.stdout + dry.stderr)
+        dry, plan = run_planned(workdir, "-n", config=config)
+        shown = preview(plan)
         # The thumbnail is fetched again (its row stays: it was measured before the damage);
         # the row is measured again from its thumbnail.
-        assert (shown["download"], shown["features"], shown["damaged"]) == (1, 1, 2)
+        assert (shown["fetch"], shown["measure"], shown["quarantine"]) == (1, 1, 2)
         assert str(row_path.relative_to(workdir)) in dry.stdout + dry.stderr
         changed = {p for p, t in file_times(workdir, "**/*").items()
                    if files_before.get(p) != t and not p.startswith(".snakemake")}
@@ -209,9 +210,9 @@ def test_force_switches_measure_or_fetch_everything_again(workdir: Path,
     # Forcing again forces again: the second forced run is not "already done".
     for _ in range(2):
         config = config_of(workdir, remeasure="true")
-        shown = preview(run_snakemake(workdir, "-n", config=config).stdout)
-        assert (shown["features"], shown["measure_notes"]) == (300, "all of them again: "
-                                                                    "remeasure=true")
+        shown = preview(plan_of(workdir, config=config))
+        assert (shown["measure"], shown["remeasure"]) == (300, True)
+        assert shown["other_version"][0] == 0
         requests = server.total()
         rows_before = file_times(results, ROWS)
         run_snakemake(workdir, config=config)
@@ -219,9 +220,9 @@ def test_force_switches_measure_or_fetch_everything_again(workdir: Path,
         assert written(rows_before, file_times(results, ROWS)) == set(NAMES)
     for _ in range(2):
         config = config_of(workdir, refetch="true")
-        shown = preview(run_snakemake(workdir, "-n", config=config).stdout)
-        assert (shown["download"], shown["features"]) == (300, 300)
-        assert shown["fetch_notes"] == "all of them again: refetch=true"
+        shown = preview(plan_of(workdir, config=config))
+        assert (shown["fetch"], shown["measure"]) == (300, 300)
+        assert shown["refetch"] is True
         before = server.snapshot()
         run_snakemake(workdir, config=config)
         assert server.snapshot() - before == {f"/img/{n}.jpg": 1 for n in NAMES}

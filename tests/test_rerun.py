@@ -18,25 +18,32 @@ from PIL import Image
 from thumbfeat import layout
 from thumbfeat.cli import status_report
 
-from tests.support import TAG, ImageServer, image_rows, preview, run_snakemake, write_catalog
+from tests.support import (
+    TAG,
+    ImageServer,
+    image_rows,
+    preview,
+    run_planned,
+    write_catalog,
+)
 
 FAST = {"batch_size": "100", "local_file_roots": "[]"}
 
 
 def run_as_planned(workdir: Path, *args: str, config: dict[str, str]) -> dict[str, object]:
-    """Run the workflow; check that what it did is what its plan line announced."""
+    """Run the workflow; check that what it did is what its plan announced."""
     results = workdir / "results"
     before = set(layout.manifest_keys(results))
     table = results / "feature_table.parquet"
     table_before = table.stat().st_mtime_ns if table.exists() else None
-    result = run_snakemake(workdir, *args, config=config)
+    result, document = run_planned(workdir, *args, config=config)
     output = result.stdout + result.stderr
-    plan = preview(output)
+    plan = preview(document)
     made = [json.loads((results / layout.BATCHES / f"{key}.json").read_text())
             for key in set(layout.manifest_keys(results)) - before]
     assert plan["batches"] == len(made), output
-    assert plan["download"] == sum(m["download"]["images"] for m in made), output
-    assert plan["features"] == sum(m["features"]["images"] for m in made), output
+    assert plan["fetch"] == sum(m["download"]["images"] for m in made), output
+    assert plan["measure"] == sum(m["features"]["images"] for m in made), output
     rebuilt = table.stat().st_mtime_ns != table_before
     assert rebuilt == (plan["table"] != "up to date"), output
     assert ("Nothing to be done" in output) == (not made and not rebuilt), output
@@ -72,13 +79,13 @@ def test_thumbnails_deleted_again_are_fetched_again(tmp_path: Path, server: Imag
             Path(layout.thumb_path(results, name, TAG)).unlink()
         before = server.snapshot()
         plan = run_as_planned(tmp_path, config=config)
-        assert (plan["download"], plan["features"], plan["batches"]) == (7, 0, 1)
+        assert (plan["fetch"], plan["measure"], plan["batches"]) == (7, 0, 1)
         assert server.snapshot() - before == {f"/img/{n}.jpg": 1 for n in lost}
         for name in lost:
             with Image.open(layout.thumb_path(results, name, TAG)) as image:
                 image.load()
         status = status_lines(results)
-        assert status["downloaded"] == "40 ok, 0 failed, 0 pending", status
+        assert status["fetched"] == "40 ok, 0 failed, 0 pending", status
     # Nothing is missing now: nothing is announced, nothing runs.
     assert run_as_planned(tmp_path, config=config)["batches"] == 0
 
@@ -95,16 +102,16 @@ def test_feature_files_deleted_again_are_rebuilt(tmp_path: Path, server: ImageSe
         for path in (results / layout.FEATURES / TAG).glob("*/*.parquet"):
             path.unlink()
         status = status_lines(results)
-        assert status["features"] == "0 done, 40 pending", status
+        assert status["measured"] == "0 done, 40 pending", status
         plan = run_as_planned(tmp_path, config=config)
-        assert (plan["download"], plan["features"], plan["batches"]) == (0, 40, 1)
-        assert plan["table"].startswith("will be rebuilt")
+        assert (plan["fetch"], plan["measure"], plan["batches"]) == (0, 40, 1)
+        assert plan["table"] not in (None, "up to date")
         assert server.total() == requests
         for name in names:
             assert pq.read_table(layout.feature_path(results, name, TAG)).num_rows == 1
         assert rows_by_id(tmp_path) == first_rows
         status = status_lines(results)
-        assert status["features"] == "40 done, 0 pending", status
+        assert status["measured"] == "40 done, 0 pending", status
 
 
 def test_transient_failures_are_retried_by_every_run(tmp_path: Path, server: ImageServer) -> None:
@@ -123,12 +130,12 @@ def test_transient_failures_are_retried_by_every_run(tmp_path: Path, server: Ima
     results = tmp_path / "results"
 
     plan = run()
-    assert (plan["download"], plan["features"]) == (22, 22)
+    assert (plan["fetch"], plan["measure"]) == (22, 22)
     assert server.counts["/error/down.jpg"] == 2
     for _ in range(3):
         before = server.snapshot()
         plan = run()
-        assert (plan["retry"], plan["download"], plan["features"], plan["batches"]) == (2, 2, 2, 1)
+        assert (plan["retry"], plan["fetch"], plan["measure"], plan["batches"]) == (2, 2, 2, 1)
         assert server.snapshot() - before == {"/error/down.jpg": 2}
         failed = {f["image_id"]: f for m in plan["manifests"] for f in m["download"]["failed"]}
         assert failed["later"]["kind"] == "connection" and failed["later"]["retryable"]
@@ -142,12 +149,12 @@ def test_transient_failures_are_retried_by_every_run(tmp_path: Path, server: Ima
     late_server = ImageServer(port=port).start()
     try:
         plan = run()
-        assert (plan["retry"], plan["download"], plan["batches"]) == (2, 2, 1)
+        assert (plan["retry"], plan["fetch"], plan["batches"]) == (2, 2, 1)
         assert late_server.snapshot() == {"/img/later.jpg": 1}
         assert rows_by_id(tmp_path)["later"]["status"] == "ok"
         assert not Path(layout.failure_path(results, "later")).exists()
         plan = run()
-        assert (plan["retry"], plan["download"]) == (1, 1)
+        assert (plan["retry"], plan["fetch"]) == (1, 1)
         assert late_server.total() == 1
         assert server.counts["/error/down.jpg"] == 2 * 6
     finally:
@@ -167,6 +174,6 @@ def test_retry_failed_retries_permanent_failures_every_run(tmp_path: Path,
     assert server.counts["/missing/lost.jpg"] == 1
     for attempt in range(3):
         plan = run_as_planned(tmp_path, config={**config, "retry_failed": "true"})
-        assert (plan["kept"], plan["retry"], plan["download"], plan["batches"]) == (0, 1, 1, 1)
+        assert (plan["kept"], plan["retry"], plan["fetch"], plan["batches"]) == (0, 1, 1, 1)
         assert server.counts["/missing/lost.jpg"] == 2 + attempt
     assert server.total("/img/") == 2

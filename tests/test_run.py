@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 from thumbfeat import handover, layout
 from thumbfeat.catalog import CatalogError
 from thumbfeat.config import ConfigError, validated_config
+from thumbfeat.plan import PLAN_JSON_VAR, plan_line
 from thumbfeat.run import (
     RUN_ERRORS,
     SnakemakeFacts,
@@ -45,10 +47,11 @@ def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
     run = build_run(config_for(tmp_path), REPO, MAIN, {}, results=results)
     assert run.handed is None
     assert run.catalog is not None and list(run.catalog.ids) == IDS
-    assert run.plan.download == [i for i in IDS if i != "img03"]
-    assert run.plan.features == IDS
-    assert run.messages == [run.plan.summary()]
-    assert "table: will be rebuilt (no table yet)" in run.messages[0]
+    assert run.plan.fetch == [i for i in IDS if i != "img03"]
+    assert run.plan.measure == IDS
+    assert run.plan_document == run.plan.document()
+    assert run.messages == [plan_line(run.plan_document)]
+    assert run.plan_document["table"] == {"rebuild": True, "reason": "no table yet"}
     # 4 cores, one thread per batch job: 4 slots; ten images are one batch (batches hold at least
     # 100 images), which then has the whole of each host's limits.
     assert run.slots == 4
@@ -62,12 +65,38 @@ def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
     assert run.batch_manifest(run.plan.batches[0]).startswith(f"{results}/batches/00001-")
 
 
+def test_the_plan_document_is_written_where_the_environment_asks(tmp_path: Path) -> None:
+    results = results_of(tmp_path)
+    wanted = tmp_path / "out" / "plan.json"
+    # A failure record that does not parse: the plan quarantines it, and the run warns about it.
+    unreadable = Path(layout.failure_path(results, "img01"))
+    unreadable.parent.mkdir(parents=True)
+    unreadable.write_text("{not json")
+    run = build_run(config_for(tmp_path), REPO, MAIN, {PLAN_JSON_VAR: str(wanted)},
+                    results=results)
+    written = json.loads(wanted.read_text())
+    assert written == {**run.plan_document, "warnings": run.warnings}
+    assert (written["fetch"]["images"], written["quarantine"]) == (len(IDS), 1)
+    assert len(written["warnings"]) == 1 and str(unreadable) in written["warnings"][0]
+    # A place it cannot be written is one clear error naming the variable.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(RUN_ERRORS) as error:
+        build_run(config_for(tmp_path), REPO, MAIN, {PLAN_JSON_VAR: str(blocker / "plan.json")},
+                  results=results)
+    assert str(error.value).startswith(f"{PLAN_JSON_VAR}={blocker / 'plan.json'}: ")
+    # Without the variable nothing is written; Snakemake's working folder is left alone.
+    wanted.unlink()
+    build_run(config_for(tmp_path), REPO, MAIN, {}, results=results)
+    assert not wanted.exists()
+
+
 def test_per_image_targets_on_the_command_line_scope_the_plan(tmp_path: Path) -> None:
     results = results_of(tmp_path)
     target = layout.feature_path(results, "img05", TAG)
     facts = SnakemakeFacts(cores=1, nodes=None, is_job=False, argv=("snakemake", target))
     run = build_run(config_for(tmp_path), REPO, facts, {}, results=results)
-    assert run.plan.features == ["img05"]
+    assert run.plan.measure == ["img05"]
     assert run.plan.table_reason is None
 
 
@@ -85,8 +114,11 @@ def test_cluster_job_follows_the_handed_plan_without_reading_the_catalog(tmp_pat
     Path(layout.thumb_path(results, "img00", TAG)).write_bytes(b"done meanwhile")
     job_config = {**main.config}
     job_config["catalog"] = str(tmp_path)  # any existing path: the job never reads it
+    # A job does not plan, so it writes no plan document even when the variable is passed on.
+    job_plan = tmp_path / "job-plan.json"
     job = build_run(job_config, REPO, SnakemakeFacts(cores=1, nodes=None, is_job=True),
-                    environ, results=results)
+                    {**environ, PLAN_JSON_VAR: str(job_plan)}, results=results)
+    assert job.plan_document is None and not job_plan.exists()
     assert job.catalog is None
     assert job.plan.batches == main.plan.batches
     assert [b.key for b in job.plan.batches] == [b.key for b in main.plan.batches]
@@ -240,11 +272,12 @@ def test_a_job_sharing_no_file_system_follows_a_plan_handed_over_in_the_bucket(
         assert s3.objects(f"{prefix}/{handover.REMOTE_FOLDER}/") == {}
         assert handover.ENV_VAR not in environ
         # A job finished one batch: the next attempt plans the rest, and hands that over.
-        for image_id in main.plan.batches[0].image_ids:
+        first = main.plan.batches[0]
+        for image_id in dict.fromkeys(first.fetch_ids + first.measure_ids):
             s3.put(f"{prefix}/{layout.THUMBS}/{TAG}/{layout.shard_of(image_id)}/{image_id}"
                    f"{layout.THUMB_SUFFIX}", b"")
             s3.put(f"{prefix}/{layout.FEATURES}/{TAG}/{layout.shard_of(image_id)}/{image_id}"
                    f"{layout.FEATURE_SUFFIX}", b"")
-        assert len(build_run(config, REPO, facts, os.environ).plan.download) == max(
+        assert len(build_run(config, REPO, facts, os.environ).plan.fetch) == max(
             0, len(IDS) - 3 * (attempt + 1))
     storage.forget_clients()

@@ -91,7 +91,7 @@ def test_running_jobs_are_summed_and_stale_ones_left_out(tmp_path: Path) -> None
     (folder / "00004-bad.json").write_text("{")
     running = running_batches(results, now=1000.0)
     assert sorted(s["batch"] for s in running) == ["00001-a", "00002-a"]
-    assert describe_running(running) == ("2 batch jobs, download 70/200, features 60/200, "
+    assert describe_running(running) == ("2 batch jobs, fetch 70/200, measure 60/200, "
                                          "failed: http_status 1, timeout 3")
     assert describe_running([]) is None
     assert running_batches(tmp_path / "nothing", now=0.0) == []

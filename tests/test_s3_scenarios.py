@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
@@ -26,6 +27,7 @@ from tests.support import (
     ImageServer,
     image_rows,
     preview,
+    run_planned,
     run_snakemake,
     snakemake_command,
     write_catalog,
@@ -43,8 +45,14 @@ MOST_IN_FLIGHT = CORES * images_held(CONCURRENCY, 1)
 
 def s3_run(workdir: Path, s3: SeaweedServer, config: dict[str, str],
            *args: str) -> subprocess.CompletedProcess[str]:
-    return run_snakemake(workdir, "--profile", PROFILE, *args, config=config, env=s3.env,
-                         cores=CORES)
+    return s3_run_planned(workdir, s3, config, *args)[0]
+
+
+def s3_run_planned(workdir: Path, s3: SeaweedServer, config: dict[str, str],
+                   *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """A run into the bucket, with the plan it announced (its JSON document)."""
+    return run_planned(workdir, "--profile", PROFILE, *args, config=config, env=s3.env,
+                       cores=CORES)
 
 
 def upload_catalog(s3: SeaweedServer, tmp_path: Path, key: str,
@@ -106,9 +114,9 @@ def test_a_run_into_a_bucket_resumes_as_on_disk(tmp_path: Path, s3: SeaweedServe
 
     # A rerun: no download, no object written, replaced or deleted.
     puts_before = s3.requests()
-    rerun = s3_run(workdir, s3, config)
-    assert preview(rerun.stderr)["download"] == 0
-    assert preview(rerun.stderr)["table"] == "up to date"
+    rerun, plan = s3_run_planned(workdir, s3, config)
+    assert preview(plan)["fetch"] == 0
+    assert preview(plan)["table"] == "up to date"
     assert server.total() == 300
     requests = s3.requests() - puts_before
     assert requests["PUT"] == 0 and requests["DELETE"] == 0, requests
@@ -121,9 +129,9 @@ def test_a_run_into_a_bucket_resumes_as_on_disk(tmp_path: Path, s3: SeaweedServe
         deleted = names[round_number * 7 + 5 : round_number * 7 + 12]
         s3.delete(image_keys(prefix, layout.THUMBS, layout.THUMB_SUFFIX, deleted))
         before = server.snapshot()
-        again = s3_run(workdir, s3, config)
+        again, plan = s3_run_planned(workdir, s3, config)
         outputs.append(again.stdout + again.stderr)
-        assert preview(again.stderr)["download"] == 7
+        assert preview(plan)["fetch"] == 7
         assert server.snapshot() - before == Counter({f"/img/{n}.jpg": 1 for n in deleted})
         assert set(image_keys(prefix, layout.THUMBS, layout.THUMB_SUFFIX, deleted)) <= set(
             s3.objects(f"{prefix}/{layout.THUMBS}/"))

@@ -136,7 +136,7 @@ def test_one_requested_file_is_built_by_cluster_jobs(
 
     # One job fetches the image, makes its thumbnail and measures it (one decode).
     assert sorted(j["Comment"] for j in slurm_jobs(tmp_path)) == [
-        "rule_image_features_wildcards_" + Path(target).parent.name + "_o03",
+        "rule_measure_image_wildcards_" + Path(target).parent.name + "_o03",
     ]
     assert server.counts == {"/img/o03.jpg": 1}
     assert pq.read_table(tmp_path / target).to_pylist()[0]["status"] == "ok"

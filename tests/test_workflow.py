@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +18,9 @@ from tests.support import (
     ImageServer,
     file_times,
     image_rows,
+    plan_of,
     preview,
+    run_planned,
     run_snakemake,
     write_catalog,
 )
@@ -31,11 +33,9 @@ def read_table(workdir: Path) -> list[dict[str, object]]:
     return pq.read_table(workdir / "results" / "feature_table.parquet").to_pylist()
 
 
-def plan_counts(output: str) -> dict[str, int]:
-    match = re.search(r"download: (\d+) to fetch; features: (\d+) to compute; "
-                      r"failed: (\d+) kept as failed", output)
-    assert match, output
-    return {"download": int(match[1]), "features": int(match[2]), "failed": int(match[3])}
+def plan_counts(document: dict[str, Any]) -> dict[str, int]:
+    return {"fetch": document["fetch"]["images"], "measure": document["measure"]["images"],
+            "failed": document["failures"]["kept"]}
 
 
 def test_fresh_rerun_repair_and_append(tmp_path: Path, server: ImageServer) -> None:
@@ -99,7 +99,7 @@ def test_failures_recorded_not_retried_unless_asked(tmp_path: Path, server: Imag
     settings = tmp_path / "fast-retries.yaml"
     settings.write_text("download: {max_attempts: 2, backoff_base: 0.01}\n")
     config = {**FAST, "catalog": str(catalog)}
-    run = functools.partial(run_snakemake, tmp_path, "--configfile", str(settings))
+    run = functools.partial(run_planned, tmp_path, "--configfile", str(settings))
 
     run(config=config)
     table = {r["image_id"]: r for r in read_table(tmp_path)}
@@ -112,9 +112,8 @@ def test_failures_recorded_not_retried_unless_asked(tmp_path: Path, server: Imag
     assert server.counts["/error/down.jpg"] == 2
 
     # Permanent failures stay failed; the transient one is tried again.
-    result = run(config=config)
-    assert plan_counts(result.stdout + result.stderr) == {"download": 1, "features": 1,
-                                                          "failed": 2}
+    _, plan = run(config=config)
+    assert plan_counts(plan) == {"fetch": 1, "measure": 1, "failed": 2}
     assert server.counts["/missing/lost.jpg"] == 1
     assert server.counts["/html/page.jpg"] == 1
     assert server.counts["/error/down.jpg"] == 4
@@ -139,10 +138,9 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
             *((n, f"{server.base}/flaky/1/{n}.jpg") for n in flaky)]
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
     config = {**FAST, "catalog": str(catalog), "download": "{max_attempts: 1}"}
-    first = run_snakemake(tmp_path, "-n", config=config)
-    assert preview(first.stdout + first.stderr) == {
-        "catalog": 125, "download": 125, "features": 125, "kept": 0, "retry": 0, "batches": 2,
-        "table": "will be rebuilt (no table yet)"}
+    assert preview(plan_of(tmp_path, config=config)) == {
+        "catalog": 125, "fetch": 125, "measure": 125, "kept": 0, "retry": 0, "batches": 2,
+        "table": "no table yet"}
     run_snakemake(tmp_path, config=config)
     results = tmp_path / "results"
     table = results / "feature_table.parquet"
@@ -155,14 +153,14 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
 
     before = server.snapshot()
     files_before = file_times(tmp_path, "**/*")
-    plan = run_snakemake(tmp_path, "-n", config=config)
+    plan = plan_of(tmp_path, config=config)
     assert server.snapshot() == before
     changed = {p for p, t in file_times(tmp_path, "**/*").items()
                if files_before.get(p) != t and not p.startswith(".snakemake")}
     assert changed == set(), "a dry run wrote files"
-    assert preview(plan.stdout + plan.stderr) == {
-        "catalog": 125, "download": 32, "features": 47, "kept": 3, "retry": 2, "batches": 1,
-        "table": "will be rebuilt (1 batch to run)"}
+    assert preview(plan) == {
+        "catalog": 125, "fetch": 32, "measure": 47, "kept": 3, "retry": 2, "batches": 1,
+        "table": "1 batch to run"}
 
     # The next run does exactly that: one request per image to fetch, those thumbnails and
     # feature files written and no others, the kept failures untouched, the table rewritten.
@@ -181,25 +179,25 @@ def test_dry_run_reports_exact_remaining_work(tmp_path: Path, server: ImageServe
 
     # Finished: the preview says so, and the run touches nothing.
     def preview_then_run() -> tuple[dict[str, object], bool]:
-        shown = preview(run_snakemake(tmp_path, "-n", config=config).stdout)
+        shown = preview(plan_of(tmp_path, config=config))
         table_time, requests = table.stat().st_mtime_ns, server.total()
         run_snakemake(tmp_path, config=config)
         assert server.total() == requests
         return shown, table.stat().st_mtime_ns != table_time
 
-    assert preview_then_run() == ({"catalog": 125, "download": 0, "features": 0, "kept": 3,
+    assert preview_then_run() == ({"catalog": 125, "fetch": 0, "measure": 0, "kept": 3,
                                    "retry": 0, "batches": 0, "table": "up to date"}, False)
     # A feature shard folder changed (say a file of an image outside the catalog was removed).
     shard = Path(layout.feature_path(results, names[50], TAG)).parent
     os.utime(shard, ns=(table.stat().st_mtime_ns + 10**9,) * 2)
     shown, rebuilt = preview_then_run()
-    assert shown["table"] == "will be rebuilt (feature files changed since it was written)"
-    assert (shown["download"], shown["features"], rebuilt) == (0, 0, True)
+    assert shown["table"] == "feature files changed since it was written"
+    assert (shown["fetch"], shown["measure"], rebuilt) == (0, 0, True)
     # A new selection: fewer rows, nothing to fetch, a new table.
     write_catalog(catalog, rows[:100])
     shown, rebuilt = preview_then_run()
-    assert shown == {"catalog": 100, "download": 0, "features": 0, "kept": 0, "retry": 0,
-                     "batches": 0, "table": "will be rebuilt (the catalog selection changed)"}
+    assert shown == {"catalog": 100, "fetch": 0, "measure": 0, "kept": 0, "retry": 0,
+                     "batches": 0, "table": "the catalog selection changed"}
     assert rebuilt
     assert len(read_table(tmp_path)) == 100
 
@@ -295,9 +293,8 @@ def test_duplicate_groups_and_regrouping_without_remeasuring(tmp_path: Path) -> 
 
     # A new distance regroups the table; nothing is fetched or measured again.
     features = file_times(tmp_path / "results", "features/**/*.parquet")
-    result = run_snakemake(tmp_path, config={**config, "near_duplicate_distance": "0"})
-    assert plan_counts(result.stdout + result.stderr) == {"download": 0, "features": 0,
-                                                          "failed": 0}
+    _, plan = run_planned(tmp_path, config={**config, "near_duplicate_distance": "0"})
+    assert plan_counts(plan) == {"fetch": 0, "measure": 0, "failed": 0}
     assert file_times(tmp_path / "results", "features/**/*.parquet") == features
     table = pq.read_table(tmp_path / "results" / "feature_table.parquet")
     assert table.schema.metadata[b"thumbfeat.near_duplicate_distance"] == b"0"

@@ -27,9 +27,9 @@ for batch in RUN.plan.batches:
             mem_mb=config["batch_mem_mb"],
             runtime=config["batch_runtime"],
         params:
-            sources=[(i, RUN.plan.urls[i]) for i in batch.download_ids],
-            measure=list(batch.feature_ids),
-            source_urls={i: RUN.plan.urls[i] for i in batch.feature_ids},
+            sources=[(i, RUN.plan.urls[i]) for i in batch.fetch_ids],
+            measure=list(batch.measure_ids),
+            source_urls={i: RUN.plan.urls[i] for i in batch.measure_ids},
             failure_records=RUN.failure_records(batch),
             batch_key=batch.key,
             settings=RUN.fetch_settings,

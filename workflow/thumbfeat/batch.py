@@ -49,6 +49,7 @@ from thumbfeat.integrity import DAMAGED_KIND, Damage, quarantine
 from thumbfeat.progress import Outcome, Progress
 from thumbfeat.ratelimit import HostLimiter
 from thumbfeat.rows import failed_row, ok_row, write_partial, write_row
+from thumbfeat.runtime import tune_for_measuring
 from thumbfeat.thumbnail import (
     SourceFacts,
     ThumbnailSettings,
@@ -326,6 +327,9 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
     rows: list[Row] = []
     workers = max(1, threads)
     if measure or download:
+        # Process-wide on purpose (malloc and BLAS): this job process and the measuring
+        # processes forked from it below, which inherit the settings, exist to measure images.
+        tune_for_measuring()
         # Loaded once here, the compiled feature kernels are inherited by every forked process.
         warm_kernels()
     measurer: Executor = (ProcessPoolExecutor(max_workers=workers) if threads > 1 or download
@@ -370,9 +374,9 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                         del chunks[future]
                         for fetched, measured, row in future.result():
                             if fetched is not None:
-                                progress.download.add(fetched)
+                                progress.fetch.add(fetched)
                             if measured is not None and row is not None:
-                                progress.features.add(measured)
+                                progress.measure.add(measured)
                                 rows.append(row)
                         continue
                     fetching -= 1
@@ -384,7 +388,7 @@ def process_batch(download: Sequence[tuple[str, str]], measure: Sequence[str], r
                                           clears(outcome.image_id)))
                         queued_bytes += len(data)
                         continue
-                    progress.download.add(outcome)
+                    progress.fetch.add(outcome)
                     if wanted:
                         # Its failure record and empty thumbnail are written: the row follows.
                         ready.append(Work(outcome.image_id,
@@ -463,6 +467,9 @@ def finish_one(image_id: str, url: str, results: str, settings: FetchSettings,
     A stored thumbnail is measured as it is; otherwise the download is decoded once for both.
     """
     tag = thumbnails.tag
+    if measure:
+        # Process-wide on purpose: this job process exists to make this one image.
+        tune_for_measuring()
     if measure and storage.exists(layout.thumb_path(results, image_id, tag)):
         return measure_one(image_id, results, tag, max_pixels, url)[0]
     session = make_session(settings)

@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from thumbfeat import atomic, dbcatalog, layout, storage
-from thumbfeat.fetch import display_url, local_file_problem, url_problem
+from thumbfeat.urls import display_url, local_file_problem, url_problem
 
 SAFE_ID = re.compile(layout.IMAGE_ID_PATTERN)
 # Cells that spell a boolean, as CSV exports, DuckDB (true/false) and SQLite (1/0) write them.

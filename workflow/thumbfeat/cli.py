@@ -1,11 +1,13 @@
-"""The ``thumbfeat`` command: questions answered from what is on disk, without running anything."""
+"""The ``thumbfeat`` command: questions answered from what is on disk, without running any job."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +23,8 @@ from thumbfeat.catalog import (
 )
 from thumbfeat.failures import read_failures
 from thumbfeat.layout import present_ids
+from thumbfeat.plan import PLAN_JSON_VAR, plan_line
+from thumbfeat.progress import FETCH, MEASURE, RECORD_KEYS
 from thumbfeat.runs import (
     describe_run,
     describe_running,
@@ -110,9 +114,9 @@ def status_report(results: str | Path, catalog: CatalogSpec | None = None,
     lines = [
         f"catalog: {len(ids)} images ({source})",
         f"thumbnails: {tag}",
-        f"downloaded: {len(thumbs) - len(failures)} ok, {len(failures)} failed, "
+        f"fetched: {len(thumbs) - len(failures)} ok, {len(failures)} failed, "
         f"{len(wanted) - len(thumbs)} pending",
-        f"features: {len(rows)} done, {len(wanted) - len(rows)} pending",
+        f"measured: {len(rows)} done, {len(wanted) - len(rows)} pending",
         "failed by kind: " + counts_text(kinds)
         + (f" ({retry} will be retried by the next run)" if retry else ""),
     ]
@@ -143,8 +147,8 @@ def batch_rate(folder: str | Path) -> str | None:
                  if name.endswith(layout.MANIFEST_SUFFIX) and not layout.is_temporary_name(name)]
     if not manifests:
         return None
-    fetched = sum(m["download"]["images"] for m in manifests)
-    measured = sum(m["features"]["images"] for m in manifests)
+    fetched = sum(m[RECORD_KEYS[FETCH]]["images"] for m in manifests)
+    measured = sum(m[RECORD_KEYS[MEASURE]]["images"] for m in manifests)
     seconds = sum(m["seconds"] for m in manifests)
     rate = max(fetched, measured) / max(seconds, 1e-9)
     return (f"{len(manifests)} recorded, {fetched} images fetched, {measured} measured, "
@@ -225,6 +229,32 @@ def verify(results: str | Path, *, fast: bool, repair: bool, workers: int,
     return "\n".join(lines), 1 if damaged else 0
 
 
+# The workflow this package belongs to: the repository holding it.
+SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
+
+
+def dry_run_plan(snakemake_args: Sequence[str]) -> tuple[dict[str, object] | None, str]:
+    """The plan a run with these Snakemake options would follow, and Snakemake's output.
+
+    The plan comes from the workflow itself, parsed by ``snakemake --dry-run`` with the options
+    given (config, profile, cores, targets): the same code and config handling as the run, so the
+    two cannot differ. None when Snakemake refuses (its output then says why).
+    """
+    with tempfile.TemporaryDirectory(prefix="thumbfeat-plan-") as folder:
+        document_path = Path(folder, "plan.json")
+        given_snakefile = any(a in ("-s", "--snakefile") or a.startswith("--snakefile=")
+                              for a in snakemake_args)
+        command = [sys.executable, "-m", "snakemake",
+                   *([] if given_snakefile else ["--snakefile", str(SNAKEFILE)]),
+                   "--dry-run", *snakemake_args]
+        result = subprocess.run(command, capture_output=True, text=True,
+                                env={**os.environ, PLAN_JSON_VAR: str(document_path)})
+        output = result.stdout + result.stderr
+        if result.returncode != 0 or not document_path.exists():
+            return None, output
+        return json.loads(document_path.read_text()), output
+
+
 STAGE_NAMES = {layout.THUMBS: "thumbnails", layout.FEATURES: "feature rows",
                layout.FAILED: "failure records"}
 
@@ -278,9 +308,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "builds them again")
     check.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="processes checking files (default: one per core)")
+    preview = commands.add_parser(
+        "plan", allow_abbrev=False, usage="thumbfeat plan [--json] [SNAKEMAKE OPTION ...]",
+        help="print what a run would do (a dry run of the workflow)",
+        description="Print the plan a run with these Snakemake options would follow: every "
+                    "option but --json is passed to snakemake, e.g. thumbfeat plan --json "
+                    "--cores 4 --config catalog=x.csv")
+    preview.add_argument("--json", action="store_true",
+                         help="print the plan as JSON (see README \"The plan as JSON\")")
     commands.add_parser("warm", help="compile the feature kernels now (done once per machine; "
                                      "batch jobs then load them)")
-    args = parser.parse_args(argv)
+    args, snakemake_args = parser.parse_known_args(argv)
+    if args.command == "plan":
+        document, output = dry_run_plan(snakemake_args)
+        if document is None:
+            sys.stderr.write(output)
+            return 1
+        if args.json:
+            print(json.dumps(document, indent=1))
+        else:
+            print(plan_line(document))
+            for warning in document["warnings"]:
+                print(f"warning: {warning}", file=sys.stderr)
+        return 0
+    if snakemake_args:
+        parser.error(f"unrecognized arguments: {' '.join(snakemake_args)}")
     if args.command == "status" and args.catalog is None and (args.filter or args.catalog_query):
         parser.error("--filter and --catalog-query apply to --catalog FILE")
     if args.command == "warm":

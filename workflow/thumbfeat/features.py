@@ -64,7 +64,6 @@ from PIL import __version__ as PILLOW_VERSION
 from thumbfeat.imaging import DecodedImage
 from thumbfeat.lazy import lazy_module
 from thumbfeat.resample import resize_gray_like_pillow
-from thumbfeat.runtime import tune_for_measuring
 
 # Loaded on first use: see thumbfeat.lazy.
 kernels = lazy_module("thumbfeat.kernels")
@@ -83,7 +82,6 @@ HUE_MIN_SATURATION = 0.2
 HUE_VALUE_RANGE = (0.15, 0.95)
 """... and V lies strictly inside this range: near-grey, near-black and near-white pixels have
 no reliable hue."""
-HUE_BINS = 12
 
 GRAYSCALE_CHROMA = 10
 """A pixel is neutral when max(R, G, B) - min(R, G, B) is at most this (of 255), which absorbs
@@ -419,17 +417,6 @@ def _detail_sums(gray: NDArray[np.uint8], threshold: float) -> tuple[int, int, i
                                math.floor(threshold * threshold))
 
 
-def laplacian_variance(gray: NDArray[np.uint8]) -> float:
-    """Variance of the 4-neighbour Laplacian over the valid region; 0.0 below 3x3.
-
-    A standard focus measure: blur removes the high-frequency energy the Laplacian responds to.
-    """
-    if not _has_interior(gray):
-        return 0.0
-    count, total, squares, _ = _detail_sums(gray, EDGE_THRESHOLD)
-    return _variance(count, total, squares)
-
-
 def sobel_edge_density(gray: NDArray[np.uint8], threshold: float = EDGE_THRESHOLD) -> float:
     """Share of valid (interior) pixels whose Sobel gradient magnitude exceeds ``threshold``,
     decided exactly on the integer ``gx² + gy²`` (no square root)."""
@@ -692,9 +679,9 @@ def compute_features(decoded: DecodedImage, data: bytes, *,
     ``data`` is the downloaded file, for its size and SHA-256, so a feature row is
     self-contained. When ``timings`` is given, the seconds spent preparing the pixels and in each
     of :data:`MEASURES` are added to it under their names, read from ``clock`` (the benchmark's
-    breakdown, in wall or CPU time).
+    breakdown, in wall or CPU time). The process measuring is expected to have been tuned for it
+    when it started (thumbfeat.runtime.tune_for_measuring): that is no business of one image.
     """
-    tune_for_measuring()
     started = clock()
     pixels = prepare(decoded)
     if timings is not None:

@@ -9,7 +9,8 @@ permanent (never asked again unless the user says so) or transient (retried with
 again on the next run if it outlasts the retries).
 
 Secrets (header values taken from environment variables) and URL credentials or query strings never
-reach a failure message: messages name URLs through :func:`display_url` and pass :func:`redact`.
+reach a failure message: messages do not quote the URL, and pass :func:`redact`. Which URLs can
+be fetched at all is decided in thumbfeat.urls, which the catalog's warnings share.
 """
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from thumbfeat.ratelimit import HostLimit, HostLimiter, host_key
+from thumbfeat.urls import local_file_problem, url_problem
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Servers answer "not here" with these; asking again will not change the answer.
@@ -291,49 +293,12 @@ def secret_values(session: requests.Session, settings: FetchSettings) -> tuple[s
                  if session.headers.get(name))
 
 
-def display_url(url: str, limit: int = 120) -> str:
-    """A URL fit for messages: no user or password, query and fragment replaced by '...', and
-    nothing after the scheme of schemes that are not fetched."""
-    try:
-        parts = urlsplit(url)
-        if parts.scheme and parts.scheme.lower() not in {"http", "https", "file"}:
-            # javascript:, data: and the like can carry anything after the colon.
-            return f"{parts.scheme}:..."
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        shown = urlunsplit((parts.scheme, netloc, parts.path, "...", "") if parts.query
-                           else (parts.scheme, netloc, parts.path, "", ""))
-    except ValueError:
-        shown = url.split("?", 1)[0].split("#", 1)[0]
-    return shown if len(shown) <= limit else shown[:limit] + "..."
-
-
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every secret value replaced by ``***``."""
     for secret in sorted(secrets, key=len, reverse=True):
         if secret:
             text = text.replace(secret, "***")
     return text
-
-
-def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be fetched at all, or None when it is worth trying."""
-    if not url:
-        return "the URL is empty"
-    if any(ord(char) < 32 or ord(char) == 127 for char in url):
-        return "the URL contains control characters"
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError as exc:
-        return f"malformed URL ({exc})"
-    scheme = parts.scheme.lower()
-    if scheme in {"http", "https"}:
-        return None if parts.hostname else "the URL has no host"
-    if scheme == "file":
-        return None
-    if not scheme:
-        return "not a URL (no scheme such as https://)"
-    return f"unsupported URL scheme {scheme!r} (expected http, https or file)"
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -427,23 +392,6 @@ def _classify(exc: requests.exceptions.RequestException,
         return FetchFailure("connection", "the body ended before its announced length "
                             "(connection cut)", retryable=True)
     return FetchFailure("connection", f"connection failed: {type(exc).__name__}", retryable=True)
-
-
-def local_file_problem(url: str, roots: Sequence[str]) -> str | None:
-    """Why a ``file:`` URL may not be read under ``roots``, or None when it may.
-
-    The same check warns before a run (thumbfeat.catalog.url_warnings) and refuses at fetch time,
-    so a warning names exactly the images that will fail as ``bad_url``.
-    """
-    if not roots:
-        return "file:// sources are not allowed by the configuration (set local_file_roots)"
-    parts = urlsplit(url)
-    if parts.netloc not in {"", "localhost"}:
-        return f"file URL names a remote host {parts.hostname!r}"
-    path = Path(unquote(parts.path)).resolve()
-    if not any(path.is_relative_to(Path(root).resolve()) for root in roots):
-        return "file is outside the allowed local_file_roots"
-    return None
 
 
 def _fetch_file(url: str, settings: FetchSettings) -> bytes:

@@ -28,7 +28,7 @@ from thumbfeat import atomic, storage
 from thumbfeat.plan import Batch, WorkPlan
 
 ENV_VAR = "THUMBFEAT_HANDED_PLAN"
-FORMAT = 5
+FORMAT = 6
 # Where a run with results in a bucket keeps its handover objects, under the results prefix.
 REMOTE_FOLDER = "handover"
 # Handover files of runs that were killed before they could remove theirs are removed after this.
@@ -50,8 +50,7 @@ class HandedPlan:
 
 def encode(plan: WorkPlan, catalog_digest: str, slots: int) -> bytes:
     batches = [
-        {"number": b.number, "image_ids": list(b.image_ids),
-         "download_ids": list(b.download_ids), "feature_ids": list(b.feature_ids),
+        {"number": b.number, "fetch_ids": list(b.fetch_ids), "measure_ids": list(b.measure_ids),
          "attempt": b.attempt, "tag": b.tag, "salt": b.salt}
         for b in plan.batches
     ]
@@ -68,17 +67,16 @@ def decode(data: bytes) -> HandedPlan:
         raise ValueError(f"unknown format {document.get('format')!r}")
     urls = dict(document["urls"])
     batches = [
-        Batch(number=int(b["number"]), image_ids=tuple(b["image_ids"]),
-              download_ids=tuple(b["download_ids"]), feature_ids=tuple(b["feature_ids"]),
-              attempt=int(b["attempt"]), tag=str(b["tag"]),
-              download_urls=tuple(urls[i] for i in b["download_ids"]),
+        Batch(number=int(b["number"]), fetch_ids=tuple(b["fetch_ids"]),
+              measure_ids=tuple(b["measure_ids"]), attempt=int(b["attempt"]), tag=str(b["tag"]),
+              fetch_urls=tuple(urls[i] for i in b["fetch_ids"]),
               salt=str(b["salt"]))
         for b in document["batches"]
     ]
     plan = WorkPlan(
         catalog_size=int(document["catalog_size"]),
-        download=[i for b in batches for i in b.download_ids],
-        features=[i for b in batches for i in b.feature_ids],
+        fetch=[i for b in batches for i in b.fetch_ids],
+        measure=[i for b in batches for i in b.measure_ids],
         batches=batches,
         urls=urls,
         failure_ids=set(document["failure_ids"]),

@@ -1,13 +1,14 @@
 """What is left to do, rebuilt every time from what is on disk.
 
 The workflow never keeps a queue: each run lists the shard folders once (one directory read per
-shard, no per-file stat) and compares them with the catalog. An image needs downloading when its
-thumbnail file is missing, and features when its Parquet file is missing. A recorded failure is
-redone when it was transient, or when the user asks for every failure to be retried.
+shard, no per-file stat) and compares them with the catalog. An image needs fetching when its
+thumbnail file is missing, and measuring when its feature row (a Parquet file) is missing. A
+recorded failure is redone when it was transient, or when the user asks for every failure to be
+retried.
 
 A batch job is known to Snakemake by its manifest (``batches/<key>.json``), so a batch's key must
 name work that has not been done yet, or Snakemake finds the manifest and skips the job. The key
-has two parts. The work part is the batch number and a hash of its download and feature lists;
+has two parts. The work part is the batch number and a hash of its fetch and measure lists;
 the attempt part counts the manifests already on disk for that same work (the same images went
 missing again after a run had rebuilt them, or a transient failure is retried once more). The
 first attempt is keyed ``<number>-<hash>``, later ones ``<number>-<hash>-<attempt>``, one past
@@ -33,6 +34,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from thumbfeat import layout
 from thumbfeat.catalog import Catalog
@@ -47,15 +49,14 @@ class Batch:
     """Images handled by one job; its key (naming its manifest) is new for every attempt at it."""
 
     number: int
-    image_ids: tuple[str, ...]
-    download_ids: tuple[str, ...]
-    feature_ids: tuple[str, ...]
+    fetch_ids: tuple[str, ...]
+    measure_ids: tuple[str, ...]
     # 1 for the first job doing this work; one more for each finished job that did it before.
     attempt: int = 1
     # The thumbnail settings it works under: the same images under other settings are other work.
     tag: str = ""
-    # The URLs of download_ids, in order: fetching an image from a new URL is new work.
-    download_urls: tuple[str, ...] = ()
+    # The URLs of fetch_ids, in order: fetching an image from a new URL is new work.
+    fetch_urls: tuple[str, ...] = ()
     # Set by a forced run (see Rebuilds.force_salt): forcing again is new work too.
     salt: str = ""
 
@@ -63,11 +64,11 @@ class Batch:
     def work_key(self) -> str:
         """The batch number and a hash of its work: equal for batches doing the same work."""
         hasher = hashlib.sha1()
-        for group in (self.download_ids, self.feature_ids, (self.tag,)):
+        for group in (self.fetch_ids, self.measure_ids, (self.tag,)):
             hasher.update("\n".join(group).encode("utf-8"))
             hasher.update(b"\x00")
-        if self.download_urls:
-            hasher.update("\n".join(self.download_urls).encode("utf-8"))
+        if self.fetch_urls:
+            hasher.update("\n".join(self.fetch_urls).encode("utf-8"))
         if self.salt:
             hasher.update(b"\x00" + self.salt.encode("utf-8"))
         return f"{self.number:05d}-{hasher.hexdigest()[:12]}"
@@ -107,14 +108,14 @@ class WorkPlan:
     """The remaining work of a run, in images, with the batches that will do it."""
 
     catalog_size: int
-    download: list[str] = field(default_factory=list)
-    features: list[str] = field(default_factory=list)
+    fetch: list[str] = field(default_factory=list)
+    measure: list[str] = field(default_factory=list)
     failed_kept: dict[str, FailureRecord] = field(default_factory=dict)
     failed_retried: dict[str, FailureRecord] = field(default_factory=dict)
-    # Images to download whose thumbnails exist, made with other thumbnail settings.
+    # Images to fetch whose thumbnails exist, made with other thumbnail settings.
     other_settings: list[str] = field(default_factory=list)
     batches: list[Batch] = field(default_factory=list)
-    # URLs of the images to download or measure, and only those: a finished catalog costs no
+    # URLs of the images to fetch or measure, and only those: a finished catalog costs no
     # lookup table.
     urls: dict[str, str] = field(default_factory=dict)
     # Why the feature table will be rebuilt ("" when it is up to date, None when not asked for);
@@ -122,7 +123,7 @@ class WorkPlan:
     table_reason: str | None = None
     # Images measured again because their row is of another feature version (id -> that version),
     # and the version they are measured at.
-    remeasure: dict[str, str] = field(default_factory=dict)
+    other_version: dict[str, str] = field(default_factory=dict)
     feature_version: str = ""
     # Images fetched again because their catalog URL changed since they were fetched.
     changed_urls: list[str] = field(default_factory=list)
@@ -135,60 +136,104 @@ class WorkPlan:
     # still cost a request per image).
     failure_ids: set[str] = field(default_factory=set)
 
-    def stage_notes(self) -> tuple[str, str]:
-        """What the download and features counts include beyond missing files, for the preview."""
-        fetch_notes, measure_notes = [], []
-        if self.forced == "refetch":
-            fetch_notes.append("all of them again: refetch=true")
-        elif self.forced == "remeasure":
-            measure_notes.append("all of them again: remeasure=true")
-        if self.changed_urls:
-            fetch_notes.append(f"{len(self.changed_urls)} with a changed URL")
-        if self.remeasure:
-            old = ", ".join(sorted(set(self.remeasure.values())))
-            measure_notes.append(f"{len(self.remeasure)} to measure again "
-                                 f"(version {old} -> {self.feature_version})")
-        return "; ".join(fetch_notes), "; ".join(measure_notes)
+    def describe(self) -> tuple[dict[str, Any], str]:
+        """The plan as a JSON document for tools, and the line a person reads, from one source.
 
-    def summary(self) -> str:
-        """One line a person reads before a run (and in a dry run) to know what is left."""
-        kept = len(self.failed_kept)
-        retried = len(self.failed_retried)
-        fetch_notes, measure_notes = self.stage_notes()
-        parts = [
-            f"{self.catalog_size} images in the catalog",
-            f"download: {len(self.download)} to fetch"
-            + (f" ({fetch_notes})" if fetch_notes else ""),
-            *([f"thumbnails: {len(self.other_settings)} made with other settings, to fetch again"]
-              if self.other_settings else []),
-            f"features: {len(self.features)} to compute"
-            + (f", {measure_notes}" if measure_notes else ""),
-            f"failed: {kept} kept as failed" + (f", {retried} to retry" if retried else ""),
-            f"{len(self.batches)} batches",
-        ]
-        if self.damaged:
-            parts.append(f"damaged: {len(self.damaged)} files to quarantine and build again")
-        if self.table_reason is not None:
-            parts.append(f"table: will be rebuilt ({self.table_reason})" if self.table_reason
-                         else "table: up to date")
-        return "thumbfeat plan: " + "; ".join(parts)
+        The line is written from the document alone, so the two can never tell different numbers.
+        """
+        document = self.document()
+        return document, plan_line(document)
+
+    def document(self) -> dict[str, Any]:
+        """Every count of the plan under stable keys (README "The plan as JSON" lists them)."""
+        return {
+            "format": PLAN_FORMAT,
+            "catalog_images": self.catalog_size,
+            "fetch": {
+                "images": len(self.fetch),
+                "changed_url": len(self.changed_urls),
+                "other_settings": len(self.other_settings),
+                "forced": self.forced == "refetch",
+            },
+            "measure": {
+                "images": len(self.measure),
+                "other_version": len(self.other_version),
+                "other_versions": sorted(set(self.other_version.values())),
+                "feature_version": self.feature_version,
+                "forced": self.forced == "remeasure",
+            },
+            "failures": {"kept": len(self.failed_kept), "retried": len(self.failed_retried)},
+            "quarantine": len(self.damaged),
+            "batches": [{"key": b.key, "fetch": len(b.fetch_ids),
+                         "measure": len(b.measure_ids)} for b in self.batches],
+            "table": None if self.table_reason is None else {
+                "rebuild": bool(self.table_reason), "reason": self.table_reason},
+        }
 
 
-def make_batches(ordered_ids: Iterable[str], download: Collection[str],
-                 features: Collection[str], batch_size: int, tag: str = "",
+# Raised when a key of the plan document changes meaning or goes; new keys keep it.
+PLAN_FORMAT = 1
+# The environment variable naming a file where the main process of a parse writes the plan
+# document: an environment variable because Snakemake passes no other option through to a parse
+# (every config key is the workflow's, and checked against its schema).
+PLAN_JSON_VAR = "THUMBFEAT_PLAN_JSON"
+
+
+def plan_line(document: Mapping[str, Any]) -> str:
+    """One line a person reads before a run (and in a dry run) to know what is left."""
+    fetch, measure, failures = document["fetch"], document["measure"], document["failures"]
+    fetch_notes, measure_notes = [], []
+    if fetch["forced"]:
+        fetch_notes.append("all of them again: refetch=true")
+    if fetch["changed_url"]:
+        fetch_notes.append(f"{fetch['changed_url']} with a changed URL")
+    if fetch["other_settings"]:
+        fetch_notes.append(f"{fetch['other_settings']} made with other thumbnail settings")
+    if measure["forced"]:
+        measure_notes.append("all of them again: remeasure=true")
+    if measure["other_version"]:
+        measure_notes.append(f"{measure['other_version']} measured at version "
+                             f"{', '.join(measure['other_versions'])}, now "
+                             f"{measure['feature_version']}")
+    parts = [
+        f"{document['catalog_images']} images in the catalog",
+        f"fetch: {fetch['images']} images" + _notes(fetch_notes),
+        f"measure: {measure['images']} images" + _notes(measure_notes),
+        f"failures: {failures['kept']} kept"
+        + (f", {failures['retried']} to retry" if failures["retried"] else ""),
+        _batches(len(document["batches"])),
+    ]
+    if document["quarantine"]:
+        parts.append(f"quarantine: {document['quarantine']} damaged files, then build again")
+    table = document["table"]
+    if table is not None:
+        parts.append(f"table: will be rebuilt ({table['reason']})" if table["rebuild"]
+                     else "table: up to date")
+    return "thumbfeat plan: " + "; ".join(parts)
+
+
+def _batches(count: int) -> str:
+    return f"{count} batch{'es' if count != 1 else ''}"
+
+
+def _notes(notes: Sequence[str]) -> str:
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def make_batches(ordered_ids: Iterable[str], fetch: Collection[str],
+                 measure: Collection[str], batch_size: int, tag: str = "",
                  urls: Mapping[str, str] | None = None, salt: str = "") -> list[Batch]:
     """Group images with work left into batches in catalog order: appended rows batch together."""
-    work = [i for i in ordered_ids if i in download or i in features]
+    work = [i for i in ordered_ids if i in fetch or i in measure]
     batches = []
     for number, start in enumerate(range(0, len(work), batch_size), start=1):
         members = tuple(work[start : start + batch_size])
         batches.append(Batch(
             number=number,
-            image_ids=members,
-            download_ids=tuple(i for i in members if i in download),
-            feature_ids=tuple(i for i in members if i in features),
+            fetch_ids=tuple(i for i in members if i in fetch),
+            measure_ids=tuple(i for i in members if i in measure),
             tag=tag,
-            download_urls=tuple(urls[i] for i in members if i in download) if urls else (),
+            fetch_urls=tuple(urls[i] for i in members if i in fetch) if urls else (),
             salt=salt,
         ))
     return batches
@@ -299,14 +344,14 @@ def plan_work(catalog: Catalog, results: str | Path, *, tag: str, batch_size: in
         compute = set(wanted)
     elif rebuilds.row_inputs is not None:
         stale = rebuilds.row_inputs.stale(wanted & features - compute, rebuilds.feature_version)
-        plan.remeasure = stale
+        plan.other_version = stale
         compute |= stale.keys()
     ordered = [i for i in catalog.ids if i in wanted]
-    plan.download = [i for i in ordered if i in download]
-    plan.features = [i for i in ordered if i in compute]
+    plan.fetch = [i for i in ordered if i in download]
+    plan.measure = [i for i in ordered if i in compute]
     if download - redo:
         elsewhere = layout.thumbs_made_elsewhere(results, tag)
-        plan.other_settings = [i for i in plan.download
+        plan.other_settings = [i for i in plan.fetch
                                if i in elsewhere and i not in redo and i not in refetch]
     # The URL of every image a batch handles: fetched from, or recorded as its row's source.
     plan.urls = {i: catalog_urls[i] for i in download | compute}
@@ -336,7 +381,7 @@ def table_rebuild_reason(table: str | Path, snapshot: str | Path, batches: Seque
             return "no table yet"
         return "the catalog selection changed"
     if batches:
-        return f"{len(batches)} batch{'es' if len(batches) != 1 else ''} to run"
+        return f"{_batches(len(batches))} to run"
     for folder in shard_dirs:
         if os.stat(folder).st_mtime > built:
             return "feature files changed since it was written"

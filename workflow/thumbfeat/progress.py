@@ -14,6 +14,12 @@ from pathlib import Path
 from thumbfeat import storage
 from thumbfeat.wording import counts_text, format_duration
 
+# The two per-image stages, as code and messages name them (README "How it is built").
+FETCH, MEASURE = "fetch", "measure"
+# The keys under which manifests and running-state files record each stage: those of the first
+# manifests, kept so that the records of every earlier run still read.
+RECORD_KEYS = {FETCH: "download", MEASURE: "features"}
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -72,14 +78,14 @@ class Progress:
     running side by side (in one terminal or in their logs) can be told apart and timed.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float, download_total: int,
+    def __init__(self, logger: logging.Logger, interval: float, fetch_total: int,
                  measure_total: int, label: str = "batch",
                  state_path: str | Path | None = None) -> None:
         self.logger, self.interval, self.label = logger, interval, label
         # Where the counts are also kept, for `thumbfeat status` to sum over running jobs.
         self.state_path = state_path
-        self.download = StageCount("download", download_total)
-        self.features = StageCount("features", measure_total)
+        self.fetch = StageCount(FETCH, fetch_total)
+        self.measure = StageCount(MEASURE, measure_total)
         self.started = time.monotonic()
         self.started_epoch = time.time()
         self.next_due = self.started + interval
@@ -98,7 +104,7 @@ class Progress:
 
     def report(self) -> None:
         elapsed = time.monotonic() - self.started
-        for stage in (self.download, self.features):
+        for stage in (self.fetch, self.measure):
             if stage.total:
                 self.logger.info("progress %s %s | %.1f s elapsed", self.label,
                                  stage.line(elapsed), elapsed)
@@ -110,9 +116,9 @@ class Progress:
             elapsed = time.monotonic() - self.started
             state = {"batch": self.label, "updated_at": time.time(), "interval": self.interval,
                      "elapsed": round(elapsed, 3),
-                     **{s.name: {"done": s.done, "total": s.total,
-                                 "failed_by_kind": dict(s.failed)}
-                        for s in (self.download, self.features)}}
+                     **{RECORD_KEYS[s.name]: {"done": s.done, "total": s.total,
+                                              "failed_by_kind": dict(s.failed)}
+                        for s in (self.fetch, self.measure)}}
             storage.put(self.state_path, json.dumps(state).encode())
 
     def finish(self) -> None:
@@ -127,6 +133,6 @@ class Progress:
             "started": round(self.started_epoch, 3),
             "finished": round(time.time(), 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "download": self.download.summary(),
-            "features": self.features.summary(),
+            RECORD_KEYS[FETCH]: self.fetch.summary(),
+            RECORD_KEYS[MEASURE]: self.measure.summary(),
         }

@@ -14,13 +14,14 @@ the context.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thumbfeat import handover, integrity, layout, storage
+from thumbfeat import atomic, handover, integrity, layout, storage
 from thumbfeat.catalog import Catalog, CatalogError, CatalogSpec, load_catalog, url_warnings
 from thumbfeat.config import (
     ConfigError,
@@ -33,6 +34,7 @@ from thumbfeat.config import (
 from thumbfeat.dbcatalog import CatalogKey
 from thumbfeat.features import FEATURE_VERSION
 from thumbfeat.plan import (
+    PLAN_JSON_VAR,
     Batch,
     Rebuilds,
     WorkPlan,
@@ -45,8 +47,13 @@ from thumbfeat.ratelimit import rate_share
 from thumbfeat.rowinputs import read_row_inputs
 from thumbfeat.thumbnail import ThumbnailSettings, thumbnail_settings
 
+
+class PlanOutputError(OSError):
+    """The plan document cannot be written where the environment asked for it."""
+
+
 # Everything build_run raises for a user's input: the workflow turns these into one clear message.
-RUN_ERRORS = (ConfigError, CatalogError, handover.HandoverError)
+RUN_ERRORS = (ConfigError, CatalogError, handover.HandoverError, PlanOutputError)
 
 
 class UnknownImageError(LookupError):
@@ -107,6 +114,9 @@ class RunContext:
     feature_shard_dirs: list[str] = field(default_factory=list)
     # Lines for the person starting the run: the plan, then warnings.
     messages: list[str] = field(default_factory=list)
+    # The plan as a JSON document (see WorkPlan.describe); None in a cluster job, which does
+    # not plan.
+    plan_document: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     # How a rule declares a run-level path: as is for a local folder; in a bucket, the workflow
     # sets Snakemake's ``storage`` here, so its S3 plugin moves the declared files.
@@ -241,9 +251,10 @@ def _build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeF
         context.feature_shard_dirs = layout.existing_shard_dirs(
             results, layout.stage_dir(layout.FEATURES, thumbnail.tag))
         context.plan = _plan(context, catalog, facts)
-        context.messages.append(context.plan.summary())
+        context.plan_document, line = context.plan.describe()
+        context.messages.append(line)
         context.warnings.extend(url_warnings(
-            spec.path, {i: context.plan.urls[i] for i in context.plan.download},
+            spec.path, {i: context.plan.urls[i] for i in context.plan.fetch},
             settings["local_file_roots"]))
         if warning := report_warning(facts.argv[1:], context.local_results,
                                      layout.feature_table_path(context.local_results)):
@@ -252,9 +263,20 @@ def _build_run(config: Mapping[str, Any], basedir: str | Path, facts: SnakemakeF
                                 f"{integrity.quarantine_path(results, d.path)} and built again"
                                 for d in context.plan.damaged)
         context.warnings.extend(_thread_cap_warnings(config, facts))
+        if path := environ.get(PLAN_JSON_VAR):
+            write_plan_document(path, {**context.plan_document, "warnings": context.warnings})
     # Per-host limits hold for the whole run: each batch job gets its share of them.
     settings["rate_share"] = rate_share(context.slots, len(context.plan.batches))
     return context
+
+
+def write_plan_document(path: str, document: Mapping[str, Any]) -> None:
+    """Write the plan where a caller asked for it (``thumbfeat plan --json`` reads it there)."""
+    try:
+        atomic.write_bytes(path, json.dumps(document, indent=1).encode())
+    except OSError as error:
+        raise PlanOutputError(f"{PLAN_JSON_VAR}={path}: cannot write the plan there "
+                              f"({error.strerror or error})") from None
 
 
 def _plan(context: RunContext, catalog: Catalog, facts: SnakemakeFacts) -> WorkPlan:

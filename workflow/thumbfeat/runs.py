@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from thumbfeat import layout, storage
+from thumbfeat.progress import FETCH, MEASURE, RECORD_KEYS
 from thumbfeat.wording import counts_text, format_duration
 
 # Longer than a job's start-up on a busy machine, shorter than a person rerunning a command.
@@ -82,8 +83,8 @@ class Run:
 def parse_manifest(data: dict[str, object]) -> BatchRecord | None:
     """A manifest as a record, or None when it lacks what a record needs."""
     try:
-        download = data.get("download") or {}
-        features = data.get("features") or {}
+        download = data.get(RECORD_KEYS[FETCH]) or {}
+        features = data.get(RECORD_KEYS[MEASURE]) or {}
         if not isinstance(download, dict) or not isinstance(features, dict):
             return None
         seconds = float(data["seconds"])  # type: ignore[arg-type]
@@ -162,13 +163,14 @@ def describe_running(states: Iterable[dict[str, Any]]) -> str | None:
         return None
     parts = [f"{len(states)} batch job{'s' if len(states) != 1 else ''}"]
     failed: Counter[str] = Counter()
-    for stage in ("download", "features"):
-        done = sum(int(s.get(stage, {}).get("done", 0)) for s in states)
-        total = sum(int(s.get(stage, {}).get("total", 0)) for s in states)
-        parts.append(f"{stage} {done}/{total}")
+    for name, key in RECORD_KEYS.items():
+        done = sum(int(s.get(key, {}).get("done", 0)) for s in states)
+        total = sum(int(s.get(key, {}).get("total", 0)) for s in states)
+        parts.append(f"{name} {done}/{total}")
+    fetched, measured = RECORD_KEYS[FETCH], RECORD_KEYS[MEASURE]
     for state in states:
-        # Each image's failure shows in its row; count the features stage, else downloads.
-        stage = state.get("features") if state.get("features", {}).get("total") else (
-            state.get("download", {}))
+        # Each image's failure shows in its row; count the measure stage, else the fetch stage.
+        stage = state.get(measured) if state.get(measured, {}).get("total") else (
+            state.get(fetched, {}))
         failed.update(stage.get("failed_by_kind") or {})
     return ", ".join(parts) + f", failed: {counts_text(failed)}"

@@ -28,9 +28,6 @@ from thumbfeat import layout
 from thumbfeat.features import to_rgb_on_white
 from thumbfeat.imaging import ACCEPTED_FORMATS, DecodedImage, decode_image
 
-FORMATS = ("jpeg", "webp", "png", "source")
-"""Values of ``thumbnail.format``; ``source`` keeps every image's bytes as served."""
-
 LOSSY = frozenset({"jpeg", "webp"})
 
 SOURCE_KEY = "thumbfeat-source"
@@ -117,7 +114,6 @@ THUMBNAIL_FIELDS: tuple[pa.Field, ...] = (
     pa.field("source_sha256", pa.string()),
     pa.field("thumbnail_settings", pa.string()),
 )
-SOURCE_COLUMNS = tuple(f.name for f in THUMBNAIL_FIELDS if f.name.startswith("source_"))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""The form in which an image's source URL is recorded beside its results.
+"""Image URLs outside of fetching them: which can be fetched at all, how messages show them, and
+the form in which one is recorded beside its results.
+
+The catalog warns before a run with the same checks that the fetcher applies (thumbfeat.fetch),
+so a warning names exactly the images that will fail as ``bad_url``.
 
 Catalog URLs may carry secrets (``user:password@`` or ``?token=...``), which stay in the catalog
 and its snapshot and appear nowhere else. Rows and failure records keep the URL without them, with
@@ -9,7 +13,9 @@ still noticed by comparing recorded forms.
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 DIGEST_LENGTH = 16
 DIGEST_MARK = "#sha256="
@@ -50,3 +56,56 @@ def recorded_from(recorded: str, url: str) -> bool:
     """
     _, mark, digest = recorded.rpartition(DIGEST_MARK)
     return bool(mark) and digest == url_digest(url)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched at all, or None when it is worth trying."""
+    if not url:
+        return "the URL is empty"
+    if any(ord(char) < 32 or ord(char) == 127 for char in url):
+        return "the URL contains control characters"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        return f"malformed URL ({exc})"
+    scheme = parts.scheme.lower()
+    if scheme in {"http", "https"}:
+        return None if parts.hostname else "the URL has no host"
+    if scheme == "file":
+        return None
+    if not scheme:
+        return "not a URL (no scheme such as https://)"
+    return f"unsupported URL scheme {scheme!r} (expected http, https or file)"
+
+
+def display_url(url: str, limit: int = 120) -> str:
+    """A URL fit for messages: no user or password, query and fragment replaced by '...', and
+    nothing after the scheme of schemes that are not fetched."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme and parts.scheme.lower() not in PLACE_SCHEMES:
+            # javascript:, data: and the like can carry anything after the colon.
+            return f"{parts.scheme}:..."
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        shown = urlunsplit((parts.scheme, netloc, parts.path, "...", "") if parts.query
+                           else (parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        shown = url.split("?", 1)[0].split("#", 1)[0]
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def local_file_problem(url: str, roots: Sequence[str]) -> str | None:
+    """Why a ``file:`` URL may not be read under ``roots``, or None when it may.
+
+    The same check warns before a run (thumbfeat.catalog.url_warnings) and refuses at fetch time.
+    """
+    if not roots:
+        return "file:// sources are not allowed by the configuration (set local_file_roots)"
+    parts = urlsplit(url)
+    if parts.netloc not in {"", "localhost"}:
+        return f"file URL names a remote host {parts.hostname!r}"
+    path = Path(unquote(parts.path)).resolve()
+    if not any(path.is_relative_to(Path(root).resolve()) for root in roots):
+        return "file is outside the allowed local_file_roots"
+    return None

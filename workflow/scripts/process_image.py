@@ -1,4 +1,5 @@
-"""Snakemake job: make one requested thumbnail, and its row when asked (see thumbfeat.batch)."""
+"""Snakemake job: fetch one requested image (its thumbnail), and measure it when asked (see
+thumbfeat.batch)."""
 
 import sys
 from pathlib import Path
@@ -22,6 +23,6 @@ outcome = finish_one(
     max_pixels=smk.config["max_pixels"],
     measure=smk.params.measure,
 )
-job_logger(smk.log[0], "features" if smk.params.measure else "thumbnail").info(
+job_logger(smk.log[0], "measure" if smk.params.measure else "fetch").info(
     "%s: %s", outcome.image_id, "ok" if outcome.ok else f"failed ({outcome.kind}: {outcome.error})"
 )
