@@ -52,6 +52,18 @@ def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:
     assert run.plan_document == run.plan.document()
     assert run.messages == [plan_line(run.plan_document)]
     assert run.plan_document["table"] == {"rebuild": True, "reason": "no table yet"}
+    told: list[tuple[str, str]] = []
+
+    class Logger:
+        def info(self, text: str) -> None:
+            told.append(("info", text))
+
+        def warning(self, text: str) -> None:
+            told.append(("warning", text))
+
+    run.warnings.append("a warning")
+    run.announce(Logger())
+    assert told == [("info", plan_line(run.plan_document)), ("warning", "a warning")]
     # 4 cores, one thread per batch job: 4 slots; ten images are one batch (batches hold at least
     # 100 images), which then has the whole of each host's limits.
     assert run.slots == 4

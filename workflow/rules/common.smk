@@ -38,10 +38,7 @@ except RUN_ERRORS as error:
 if RUN.remote:
     # Results in a bucket: the rules' run-level files go through Snakemake's S3 storage plugin.
     RUN.declare = storage
-for message in RUN.messages:
-    logger.info(message)
-for warning in RUN.warnings:
-    logger.warning(warning)
+RUN.announce(logger)
 RESULTS = RUN.results
 
 

@@ -192,6 +192,13 @@ class RunContext:
         except ValueError:
             raise UnknownImageError(f"image {image_id!r} is not in the catalog") from None
 
+    def announce(self, logger: Any) -> None:
+        """Tell the person starting the run what it will do (the plan), then its warnings."""
+        for message in self.messages:
+            logger.info(message)
+        for warning in self.warnings:
+            logger.warning(warning)
+
     def on_start(self, non_local_exec: bool, environ: MutableMapping[str, str],
                   logger: Any = None) -> None:
         """Before the first job: move the damaged files the plan found to the quarantine folder
