@@ -11,6 +11,7 @@ import yaml
 from thumbfeat import handover, layout
 from thumbfeat.catalog import CatalogError
 from thumbfeat.config import ConfigError, validated_config
+from thumbfeat.failures import record_failure
 from thumbfeat.plan import PLAN_JSON_VAR, plan_line
 from thumbfeat.run import (
     RUN_ERRORS,
@@ -37,6 +38,13 @@ def config_for(tmp_path: Path, **changes: Any) -> dict[str, Any]:
 
 def results_of(tmp_path: Path) -> str:
     return str(tmp_path / "results")
+
+
+def test_a_batch_is_handed_the_failure_records_its_images_had(tmp_path: Path) -> None:
+    results = results_of(tmp_path)
+    record_failure(results, "img05", "http_status", "HTTP 503", True, TAG, "http://x/img05.jpg")
+    run = build_run(config_for(tmp_path), REPO, MAIN, {}, results=results)
+    assert [r for b in run.plan.batches for r in run.failure_records(b)] == ["img05"]
 
 
 def test_main_process_plans_from_the_disk(tmp_path: Path) -> None:

@@ -175,7 +175,8 @@ class RunContext:
 
     def failure_records(self, batch: Batch) -> list[str]:
         """The batch's images that had a failure record when the run was planned."""
-        return [i for i in batch.image_ids if i in self.plan.failure_ids]
+        return [i for i in dict.fromkeys((*batch.fetch_ids, *batch.measure_ids))
+                if i in self.plan.failure_ids]
 
     def url_of_image(self, image_id: str, shard: str) -> str:
         """The catalog URL of one requested per-image file's image."""
