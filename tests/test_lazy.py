@@ -1,4 +1,4 @@
-"""Tests for thumbfeat.lazy: a parse reads the feature declarations without loading numba."""
+"""Tests for thumbfeat.lazy: a parse loads neither numba nor DuckDB."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ def test_what_a_parse_imports_leaves_the_kernels_unloaded_until_first_used() -> 
     script = (
         f"import sys; sys.path.insert(0, {str(WORKFLOW)!r})\n"
         "import thumbfeat.run, thumbfeat.rows, thumbfeat.features, thumbfeat.batch\n"
+        "import thumbfeat.config, thumbfeat.dbcatalog, thumbfeat.warehouse\n"
         "assert 'numba' not in sys.modules, 'numba loaded at import'\n"
+        "assert '_duckdb' not in sys.modules, 'duckdb loaded at import'\n"
         "from thumbfeat.features import FEATURE_VERSION, warm_kernels\n"
         "warm_kernels()\n"
         "assert 'numba' in sys.modules\n"

@@ -27,10 +27,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 
 from thumbfeat import layout, storage
+from thumbfeat.lazy import lazy_module
+
+# Loaded on first use (see thumbfeat.lazy): every parse reads file catalogs without it.
+duckdb = lazy_module("duckdb")
 
 SUFFIXES = frozenset({".duckdb", ".ddb", ".db", ".sqlite", ".sqlite3"})
 FLAG_COLUMN = "thumb_downloaded"

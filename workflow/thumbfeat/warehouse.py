@@ -34,7 +34,6 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,8 +46,12 @@ from thumbfeat.duplicates import (
     near_duplicate_groups,
 )
 from thumbfeat.grouping import DISTANCE_KEY
+from thumbfeat.lazy import lazy_module
 from thumbfeat.rows import GROUP_COLUMNS
 from thumbfeat.rowscan import read_rows
+
+# Loaded on first use (see thumbfeat.lazy): every parse reads file catalogs without it.
+duckdb = lazy_module("duckdb")
 
 TABLE = "feature_image_visual"
 LOADS = "thumbfeat_loads"
