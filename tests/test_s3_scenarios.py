@@ -147,8 +147,8 @@ def test_a_run_into_a_bucket_resumes_as_on_disk(tmp_path: Path, s3: SeaweedServe
                              config["results"]], capture_output=True, text=True, check=True,
                             env={**os.environ, **s3.env, "PYTHONPATH": str(REPO / "workflow")})
     outputs.append(status.stdout + status.stderr)
-    assert "downloaded: 300 ok, 0 failed, 0 pending" in status.stdout, status.stdout
-    assert "features: 300 done, 0 pending" in status.stdout
+    assert "fetched: 300 ok, 0 failed, 0 pending" in status.stdout, status.stdout
+    assert "measured: 300 done, 0 pending" in status.stdout
     assert "batches: 6 recorded, 321 images fetched" in status.stdout
     assert f"table: s3://{BUCKET}/{prefix}/feature_table.parquet\n" in status.stdout + "\n"
     report = s3_run(workdir, s3, config, "report_figures")
