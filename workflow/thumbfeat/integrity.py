@@ -64,12 +64,20 @@ def cheap_row_problem(path: str | Path) -> str | None:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size < PARQUET_MIN_BYTES:
-                return f"only {size} bytes, too short for a Parquet file"
+                return _parquet_ends_problem(size, b"", b"")
             head = handle.read(4)
             handle.seek(-4, os.SEEK_END)
             tail = handle.read(4)
     except FileNotFoundError:
         return None
+    return _parquet_ends_problem(size, head, tail)
+
+
+def _parquet_ends_problem(size: int, head: bytes, tail: bytes) -> str | None:
+    """Why a file of ``size`` bytes starting with ``head`` and ending with ``tail`` (4 bytes
+    each) cannot be a whole Parquet file, or None."""
+    if size < PARQUET_MIN_BYTES:
+        return f"only {size} bytes, too short for a Parquet file"
     if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
         return ("Parquet magic bytes (PAR1) missing at its start or end: the file is cut or "
                 "overwritten")
@@ -82,12 +90,7 @@ def _remote_row_problem(path: str | Path) -> str | None:
         data = storage.get(path)
     except FileNotFoundError:
         return None
-    if len(data) < PARQUET_MIN_BYTES:
-        return f"only {len(data)} bytes, too short for a Parquet file"
-    if data[:4] != PARQUET_MAGIC or data[-4:] != PARQUET_MAGIC:
-        return ("Parquet magic bytes (PAR1) missing at its start or end: the file is cut or "
-                "overwritten")
-    return None
+    return _parquet_ends_problem(len(data), data[:4], data[-4:])
 
 
 def image_signature_ok(head: bytes) -> bool:

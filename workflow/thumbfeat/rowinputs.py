@@ -192,15 +192,9 @@ def read_row_inputs(results: str | Path, shard_dirs: Iterable[str], tag: str) ->
         later.append(rows)
         covered.update(dict.fromkeys(rows.column("image_id").to_pylist(), written))
     newer = newer_row_files(shard_dirs, since, covered)
-
-    def read_one(path: str) -> pa.Table | None:
-        try:
-            return _read_columns(path, tag)
-        except (OSError, pa.ArrowException):
-            return None  # a damaged file: integrity checks deal with it
-
     with ThreadPoolExecutor(max_workers=8) as pool:
-        later += [_normalised(rows) for rows in pool.map(read_one, newer) if rows is not None]
+        later += [rows for rows in pool.map(lambda path: _read_or_none(path, tag), newer)
+                  if rows is not None]
     if later:
         inputs.later = last_of_each(pa.concat_tables(later))
         inputs.add(inputs.later, unique=True)
