@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, slow_server: ImageServe
 
     table = pq.read_table(results / "feature_table.parquet").to_pylist()
     assert [row["image_id"] for row in table] == names
-    assert {row["status"] for row in table} == {"ok"}
+    assert [row for row in table if row["status"] != "ok"] == []
     for name in names:
         with Image.open(layout.thumb_path(results, name, TAG)) as image:
             image.load()
@@ -193,7 +193,7 @@ def test_jobs_stop_when_the_main_process_alone_is_killed(tmp_path: Path,
 
     table = pq.read_table(results / "feature_table.parquet").to_pylist()
     assert [row["image_id"] for row in table] == names
-    assert {row["status"] for row in table} == {"ok"}
+    assert [row for row in table if row["status"] != "ok"] == []
     for name in names:
         with Image.open(layout.thumb_path(results, name, TAG)) as image:
             image.load()

@@ -102,7 +102,7 @@ def test_a_run_into_a_bucket_resumes_as_on_disk(tmp_path: Path, s3: SeaweedServe
     assert set(server.counts) == {f"/img/{n}.jpg" for n in names}
     table = read_table(s3, prefix)
     assert [row["image_id"] for row in table] == names
-    assert {row["status"] for row in table} == {"ok"}
+    assert [row for row in table if row["status"] != "ok"] == []
     objects = s3.objects(f"{prefix}/")
     for keys in (image_keys(prefix, layout.THUMBS, layout.THUMB_SUFFIX, names),
                  image_keys(prefix, layout.FEATURES, layout.FEATURE_SUFFIX, names)):
@@ -140,7 +140,7 @@ def test_a_run_into_a_bucket_resumes_as_on_disk(tmp_path: Path, s3: SeaweedServe
         assert now == features
         table = read_table(s3, prefix)
         assert [row["image_id"] for row in table] == names
-        assert {row["status"] for row in table} == {"ok"}
+        assert [row for row in table if row["status"] != "ok"] == []
 
     # `thumbfeat status` and the report read the bucket.
     status = subprocess.run([sys.executable, "-m", "thumbfeat.cli", "status", "--results",
@@ -207,6 +207,6 @@ def test_kill_9_mid_run_costs_only_the_downloads_in_flight(tmp_path: Path, s3: S
     assert set(slow_server.counts) == {f"/img/{n}.jpg" for n in names}
     table = read_table(s3, prefix)
     assert [row["image_id"] for row in table] == names
-    assert {row["status"] for row in table} == {"ok"}
+    assert [row for row in table if row["status"] != "ok"] == []
     for key in image_keys(prefix, layout.THUMBS, layout.THUMB_SUFFIX, names):
         assert s3.read(key)[:2] == b"\xff\xd8"  # whole JPEGs: a PUT stores all or nothing

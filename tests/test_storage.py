@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from thumbfeat import layout, storage
@@ -182,3 +185,59 @@ def test_a_failed_background_write_fails_the_block(aws_env: SeaweedServer) -> No
     # The block closed: the next write is made at once again.
     storage.put(good, b"[]")
     assert storage.get(good) == b"[]"
+
+
+class CuttingProxy:
+    """A loopback proxy to the S3 server that passes each request's headers on, waits for the
+    store's first answer ("100 Continue" to a PUT), then closes the connection before any of the
+    body: a writer killed in the middle of a PUT, as the store sees it."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.cut = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+                address = (self.upstream.hostname, self.upstream.port)
+                with socket.create_connection(address, timeout=10) as upstream:
+                    upstream.sendall(head.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+                    upstream.recv(1024)
+                self.cut += 1
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_put_cut_before_its_body_leaves_no_object(aws_env: SeaweedServer,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = CuttingProxy(aws_env.endpoint)
+    root = f"s3://{BUCKET}/storage-{next(_prefixes)}"
+    try:
+        for attempt in range(3):
+            path = f"{root}/thumbs/ab/cut{attempt}.jpg"
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+            storage.forget_clients()
+            with pytest.raises(storage.StorageError, match=f"cut{attempt}.jpg"):
+                storage.put(path, b"\xff\xd8 thumbnail bytes " * 500)
+            # Straight from the store: no object, where an empty one would pass for a failed
+            # download.
+            monkeypatch.setenv("AWS_ENDPOINT_URL", aws_env.endpoint)
+            storage.forget_clients()
+            assert not storage.exists(path)
+    finally:
+        proxy.close()
+    assert proxy.cut >= 3

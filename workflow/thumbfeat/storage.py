@@ -14,7 +14,9 @@ never passed through the workflow, so they never appear in its params, logs or r
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -210,9 +212,20 @@ def put(path: str | Path, data: bytes) -> None:
 def _put_now(path: str, data: bytes) -> None:
     bucket, key = split(str(path))
     try:
-        client().put_object(Bucket=bucket, Key=key, Body=data)
+        client().put_object(Bucket=bucket, Key=key, Body=data, ContentMD5=content_md5(data))
     except Exception as error:
         raise _failed("write", str(path), error) from error
+
+
+def content_md5(data: bytes) -> str:
+    """The Content-MD5 header of a PUT of ``data``.
+
+    With it the store checks that the whole body arrived before it keeps the object. Without it,
+    an S3-compatible store (SeaweedFS) keeps an empty object when the writer is killed after the
+    store has answered "100 Continue" and before the body is sent; an empty thumbnail would then
+    read as a failed download.
+    """
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
 def get(path: str | Path) -> bytes:
