@@ -18,6 +18,8 @@ from tests.support import REPO
 
 # The workflow engine runs outside the rules' environments (it creates them).
 NOT_IN_ENVS = {"snakemake"}
+# Extras whose packages the jobs themselves import (results in a bucket: boto3).
+JOB_EXTRAS = ("s3",)
 # Conda package names that differ from the PyPI ones.
 CONDA_NAMES = {"duckdb": "python-duckdb"}
 
@@ -39,8 +41,14 @@ def env_specs(path) -> dict[str, str]:
 
 
 def runtime_requirements() -> dict[str, Requirement]:
-    requirements = (Requirement(r) for r in pyproject()["project"]["dependencies"])
-    return {r.name.lower(): r for r in requirements if r.name.lower() not in NOT_IN_ENVS}
+    """What the rules' jobs import: the core dependencies and, of the extras the jobs use, what
+    is not a Snakemake plugin (plugins run in Snakemake's own process)."""
+    project = pyproject()["project"]
+    listed = [*project["dependencies"],
+              *(r for extra in JOB_EXTRAS for r in project["optional-dependencies"][extra])]
+    requirements = (Requirement(r) for r in listed)
+    return {r.name.lower(): r for r in requirements
+            if r.name.lower() not in NOT_IN_ENVS and not r.name.lower().startswith("snakemake-")}
 
 
 def rule_env_files() -> set[str]:
