@@ -32,6 +32,15 @@ from tests.support import (
     snakemake_command,
     write_catalog,
 )
+from tests.test_warehouse_loop import (
+    FAST,
+    add_rows,
+    dim_rows,
+    flagged,
+    loop_config,
+    pool,
+    statuses,
+)
 
 PROFILE = str(REPO / "profiles" / "s3")
 TAG = default_settings().tag
@@ -210,3 +219,39 @@ def test_kill_9_mid_run_costs_only_the_downloads_in_flight(tmp_path: Path, s3: S
     assert [row for row in table if row["status"] != "ok"] == []
     for key in image_keys(prefix, layout.THUMBS, layout.THUMB_SUFFIX, names):
         assert s3.read(key)[:2] == b"\xff\xd8"  # whole JPEGs: a PUT stores all or nothing
+
+
+def test_the_seed_loop_with_results_in_a_bucket(tmp_path: Path, s3: SeaweedServer,
+                                                server: ImageServer) -> None:
+    """A DuckDB catalog selecting what is not flagged yet, results in the bucket, and the
+    download flags written back from the thumbnail objects found there."""
+    database = tmp_path / "catalog.duckdb"
+    add_rows(database, dim_rows(server, 0, 100))
+    options = loop_config(tmp_path, database)
+    prefix = "loop"
+    config = {**FAST, "results": f"s3://{BUCKET}/{prefix}"}
+
+    def run() -> None:
+        run_snakemake(tmp_path, "--profile", PROFILE, *options, config=config, env=s3.env,
+                      cores=CORES)
+
+    run()
+    assert server.total() == 60
+    assert len(flagged(database)) == 54 and flagged(database) <= pool(database)
+    got = statuses(database)
+    assert len(got) == 60 and sorted(got.values()).count("ok") == 54
+    assert s3.read(f"{prefix}/catalog_write_back.json")
+
+    # Nothing new, three times over: no request, the flags and the warehouse as they were.
+    for _ in range(3):
+        run()
+        assert server.total() == 60
+        assert len(flagged(database)) == 54
+        assert statuses(database) == got
+
+    added = [row for row in dim_rows(server, 100, 40) if row[2]][:20]
+    add_rows(database, added)
+    run()
+    assert server.total() == 80
+    assert len(flagged(database)) == 74 and flagged(database) <= pool(database)
+    assert sorted(statuses(database).values()).count("ok") == 74
