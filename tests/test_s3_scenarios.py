@@ -3,6 +3,7 @@ and a loopback image server that counts requests."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import signal
@@ -43,6 +44,7 @@ from tests.test_warehouse_loop import (
 )
 
 PROFILE = str(REPO / "profiles" / "s3")
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()  # the ETag of an empty object
 TAG = default_settings().tag
 CONCURRENCY = 8
 CORES = 2
@@ -207,6 +209,11 @@ def test_kill_9_mid_run_costs_only_the_downloads_in_flight(tmp_path: Path, s3: S
         kills += 1
         time.sleep(0.5)  # nothing reaps the jobs' children after SIGKILL; give them a moment
         assert stop_at <= thumbs() < 600
+        # Every object is whole: none is empty (an empty thumbnail means a failed download,
+        # and none of these fails).
+        empty = [key for key, (etag, _) in s3.objects(f"{prefix}/").items()
+                 if etag.strip('"') == EMPTY_MD5]
+        assert empty == []
         run_snakemake(tmp_path, "--profile", PROFILE, "--unlock", "--configfile", str(settings),
                       config=config, env=s3.env)
     s3_run(tmp_path, s3, config, "--configfile", str(settings))
