@@ -22,6 +22,7 @@ from thumbfeat.features import (
     WORKING_SIZE,
     Pixels,
     compute_features,
+    histogram_std,
     histogram_variance,
     hue_sixths,
     order_statistics,
@@ -693,3 +694,14 @@ def test_histogram_variance_is_the_same_float_as_imagestat() -> None:
     for image in images:
         histogram = np.asarray(image.histogram(), dtype=np.int64)
         assert histogram_variance(histogram) == ImageStat.Stat(image).var[0]
+
+
+def test_histogram_std_is_the_same_float_as_numpy() -> None:
+    rng = np.random.default_rng(13)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 64), dtype=np.uint8)),
+              Image.fromarray(rng.integers(100, 104, (64, 64), dtype=np.uint8)),
+              Image.fromarray(rng.integers(0, 256, (1, 37), dtype=np.uint8)),
+              Image.new("L", (64, 64), 77), checkerboard(64, 3)]
+    for image in images:
+        histogram = np.asarray(image.histogram(), dtype=np.int64)
+        assert histogram_std(histogram) == float(np.std(histogram.astype(np.float64)))

@@ -591,8 +591,7 @@ def cleanvision_blurriness(pixels: Pixels) -> tuple[float, float]:
         channels = [resize_gray_like_pillow(channel, [size], Image.Resampling.BICUBIC)[0]
                     for channel in channels]
     grey_counts, edge_counts = kernels.grey_and_edge_histograms(*channels)
-    return (math.sqrt(histogram_variance(edge_counts)),
-            float(np.std(grey_counts.astype(np.float64))))
+    return math.sqrt(histogram_variance(edge_counts)), histogram_std(grey_counts)
 
 
 def histogram_variance(histogram: NDArray[np.int64]) -> float:
@@ -604,6 +603,20 @@ def histogram_variance(histogram: NDArray[np.int64]) -> float:
     total = int(histogram @ levels)
     squares = int(histogram @ (levels * levels))
     return (squares - total**2 / count) / count if count else 0.0
+
+
+def histogram_std(histogram: NDArray[np.int64]) -> float:
+    """``np.std`` of the bin counts of a 256-bin histogram of at most 64x64 pixels, from exact
+    integers: the same float, without numpy's general-purpose reduction steps.
+
+    Why it is the same: the mean ``n / 256`` has at most 8 fractional bits, so numpy's deviations,
+    their squares (under 2**41) and their sum are all exact in float64, and its result is the
+    correctly rounded square root of the exact ``(256 Σc² - n²) / 256²``, as this is.
+    """
+    bins = histogram.size
+    count = int(histogram.sum())
+    squares = int(histogram @ histogram)
+    return math.sqrt((bins * squares - count * count) / (bins * bins))
 
 
 def blurry_score(blurriness: float, histogram_std: float) -> float:

@@ -147,19 +147,20 @@ def _hue_parts(red: int, green: int, blue: int, high: int, chroma: int) -> tuple
 
     HSV takes the formula of the first channel (red, green, blue) holding the maximum: hue
     ``base + d / chroma`` sixths, base 0, 2 or 4, with ``d`` (-chroma..chroma) the difference of
-    the other two channels. Written without branches (0/1 factors), so the compiler can process
-    several pixels per instruction.
+    the other two channels. Every choice is a conditional expression of simple values, which the
+    compiler turns into selects (no branch, no multiplication), so it processes several pixels
+    per instruction.
     """
-    from_red = np.int32(high == red)
-    from_green = np.int32(high == green) * (1 - from_red)
-    from_blue = 1 - from_red - from_green
-    base = 2 * from_green + 4 * from_blue
-    offset = from_red * (green - blue) + from_green * (blue - red) + from_blue * (red - green)
-    below = np.int32(offset < 0)
-    whole = np.int32(offset == chroma)
-    sextant = base - below + whole
-    sextant += 6 * np.int32(sextant < 0)  # a red maximum with green < blue: the last sextant
-    return sextant, offset + chroma * (below - whole)
+    from_red = high == red
+    from_green = high == green
+    base = 0 if from_red else (2 if from_green else 4)
+    offset = green - blue if from_red else (blue - red if from_green else red - green)
+    below = offset < 0
+    whole = offset == chroma
+    sextant = base - np.int32(below) + np.int32(whole)
+    sextant = sextant + SEXTANTS if sextant < 0 else sextant  # red maximum, green < blue
+    remainder = offset + chroma if below else (offset - chroma if whole else offset)
+    return sextant, remainder
 
 
 @njit(cache=True, nogil=True)
@@ -343,15 +344,14 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         yb2_sum += yb2
         yb2_squares += yb2 * yb2
         sextant, remainder = _hue_parts(r, g, b, high, chroma)
-        reliable = (np.int32(value_low <= high) * np.int32(high <= value_high)
-                    * np.int32(chroma * saturation_divisor > high))
-        selected += reliable
+        reliable = (value_low <= high) & (high <= value_high) & (
+            chroma * saturation_divisor > high)
+        selected += np.int32(reliable)
         # Bin 12: no reliable hue.
-        hue_bin = reliable * (2 * sextant + np.int32(2 * remainder >= chroma)) + (
-            1 - reliable) * 2 * SEXTANTS
+        hue_bin = 2 * sextant + np.int32(2 * remainder >= chroma) if reliable else 2 * SEXTANTS
         # The colour cell in the low bits, the hue bin above: one count gives both tallies.
         fraction = ((chroma * (chroma - 1)) >> 1) + remainder
-        hue = reliable * (8 * fraction + sextant) + (1 - reliable) * NO_HUE
+        hue = 8 * fraction + sextant if reliable else NO_HUE
         cell_of[i] = (hue << hue_shift) | (hue_bin << (3 * cell_bits)) | (
             (r >> shift) << (2 * cell_bits)) | ((g >> shift) << cell_bits) | (b >> shift)
     saturation_mean = first + saturation / n
