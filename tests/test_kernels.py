@@ -226,7 +226,7 @@ import json
 from thumbfeat import features, kernels
 seconds = features.warm_kernels()
 kernels_used = (kernels.split_channels, kernels.level_counts, kernels.pixel_sums,
-                kernels.ranked_pairs, kernels.detail_sums, kernels.combine_rows,
+                kernels.ranked_pairs, kernels.detail_sums, kernels.resize_passes,
                 kernels.grey_and_edge_histograms)
 print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels_used),
                   "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels_used)}))

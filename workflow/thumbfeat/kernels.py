@@ -552,3 +552,34 @@ def combine_rows(source: NDArray[np.uint8], starts: NDArray[np.int64],
         for j in range(length):
             out[row, j] = min(max(sums[j] >> precision_bits, 0), 255)
     return out
+
+
+@njit(cache=True, nogil=True)
+def resize_passes(plane: NDArray[np.uint8], across: NDArray[np.uint8],
+                  across_starts: NDArray[np.int64], across_coefficients: NDArray[np.int32],
+                  down_starts: NDArray[np.int64], down_coefficients: NDArray[np.int32],
+                  across_first: bool, precision_bits: int) -> NDArray[np.uint8]:
+    """One whole resize of a 2-D uint8 ``plane`` as Pillow does it: the horizontal pass
+    (:func:`combine_rows` on ``across``, the plane transposed, given by the caller so that
+    several sizes share it) and the vertical pass, in the order ``across_first`` says, each
+    skipped when its ``starts`` are empty. One call per size, where calling the passes and
+    transposing the small intermediate images one by one from Python cost more than the
+    arithmetic for thumbnail-sized planes."""
+    if across_first:
+        if across_starts.size:
+            narrow = combine_rows(across, across_starts, across_coefficients, precision_bits)
+            current = np.ascontiguousarray(narrow.T)
+        else:
+            current = plane.copy()
+        if down_starts.size:
+            current = combine_rows(current, down_starts, down_coefficients, precision_bits)
+        return current
+    if down_starts.size:
+        current = combine_rows(plane, down_starts, down_coefficients, precision_bits)
+    else:
+        current = plane.copy()
+    if across_starts.size:
+        narrow = combine_rows(np.ascontiguousarray(current.T), across_starts,
+                              across_coefficients, precision_bits)
+        current = np.ascontiguousarray(narrow.T)
+    return current
