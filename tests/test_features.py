@@ -26,6 +26,8 @@ from thumbfeat.features import (
     histogram_variance,
     hue_sixths,
     order_statistics,
+    packed_words,
+    pixel_words,
     prepare,
     sobel_edge_density,
     to_rgb_on_white,
@@ -705,3 +707,15 @@ def test_histogram_std_is_the_same_float_as_numpy() -> None:
     for image in images:
         histogram = np.asarray(image.histogram(), dtype=np.int64)
         assert histogram_std(histogram) == float(np.std(histogram.astype(np.float64)))
+
+
+def test_pixel_words_are_the_pixels_whether_shared_by_pillow_or_packed() -> None:
+    # A small image is shared by Pillow as it stores it (with a padding byte); a large one is
+    # stored in several blocks, which Pillow does not share, and is packed instead.
+    rng = np.random.default_rng(14)
+    for height, width in ((5, 7), (1, 1), (2400, 2400)):
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        words = pixel_words(Image.fromarray(rgb))
+        assert words.shape == (height * width,)
+        assert np.array_equal(words & 0xFFFFFF, packed_words(rgb))
+        assert np.array_equal(prepare(wrap(Image.fromarray(rgb))).rgb, rgb)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 from thumbfeat import kernels
+from thumbfeat.features import packed_words
 
 from tests.support import REPO
 
@@ -165,16 +166,17 @@ def test_grey_equals_pillow_for_every_rgb_colour() -> None:
     codes = np.arange(1 << 24, dtype=np.uint32)
     rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8)
     rgb = rgb.reshape(4096, 4096, 3)
-    red, green, blue, gray = kernels.split_channels(rgb)
+    red, green, blue, gray, packed = kernels.split_channels(packed_words(rgb))
     expected = np.asarray(Image.fromarray(rgb).convert("L")).reshape(-1)
     assert np.array_equal(gray, expected)
     assert np.array_equal(np.stack([red, green, blue], axis=-1), rgb.reshape(-1, 3))
+    assert np.array_equal(packed, rgb.reshape(-1, 3))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_level_counts_equal_pillow_histograms(seed: int) -> None:
     rgb = tricky(seed, pixels=4001).reshape(-1, 1, 3)  # an odd count: the last pixel alone
-    red, green, blue, gray = kernels.split_channels(np.ascontiguousarray(rgb))
+    red, green, blue, gray, _ = kernels.split_channels(packed_words(rgb))
     levels = kernels.level_counts(red, green, blue, gray)
     image = Image.fromarray(rgb)
     assert levels[0].tolist() == image.convert("L").histogram()

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -294,14 +295,45 @@ class Pixels:
         return np.ptp(self.rgb.reshape(-1, 3), axis=1).astype(np.uint8)
 
 
+def packed_words(rgb: NDArray[np.uint8]) -> NDArray[np.uint32]:
+    """(height, width, 3) RGB bytes as one word per pixel, red in the low byte (the layout of
+    Pillow's RGB storage), flat and read-only like the words shared by Pillow (so the compiled
+    code sees one argument type)."""
+    rgb = rgb.reshape(-1, 3).astype(np.uint32)
+    words = rgb[:, 0] | (rgb[:, 1] << 8) | (rgb[:, 2] << 16)
+    words.setflags(write=False)
+    return words
+
+
+def pixel_words(rgb_image: Image.Image) -> NDArray[np.uint32]:
+    """The pixels of an RGB image as one word each, red in the low byte, flat.
+
+    Pillow keeps an RGB pixel in four bytes (R, G, B, padding) and shares that memory through
+    the Arrow interface, so it is read without a copy; ``np.asarray`` would first have Pillow
+    pack it into three bytes a pixel. Where Pillow cannot share it (an image stored in several
+    blocks) or words are not little-endian, the packed bytes are turned into words instead.
+    """
+    if sys.byteorder == "little":
+        try:
+            exported = pa.array(rgb_image)
+        except (ValueError, TypeError, pa.ArrowException):
+            exported = None
+        if (exported is not None and exported.offset == 0 and exported.values.offset == 0
+                and len(exported) == rgb_image.width * rgb_image.height):
+            storage = exported.values.buffers()[1]
+            return np.frombuffer(storage, np.uint32, count=len(exported))
+    return packed_words(np.asarray(rgb_image))
+
+
 def prepare(decoded: DecodedImage) -> Pixels:
     """Flatten to RGB on white, derive the shared grey image, channels and histograms (compiled
     passes that equal Pillow's ``convert("L")`` and ``histogram()``), and run the compiled pass
     gathering the light and colour sums."""
     rgb_image = to_rgb_on_white(decoded.image)
-    rgb = np.ascontiguousarray(np.asarray(rgb_image))
-    red, green, blue, gray = kernels.split_channels(rgb)
-    gray = gray.reshape(rgb.shape[:2])
+    shape = (rgb_image.height, rgb_image.width)
+    red, green, blue, gray, rgb = kernels.split_channels(pixel_words(rgb_image))
+    rgb = rgb.reshape(*shape, 3)
+    gray = gray.reshape(shape)
     return Pixels(
         rgb_image=rgb_image,
         rgb=rgb,

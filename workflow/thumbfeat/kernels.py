@@ -72,23 +72,31 @@ the tests check against Pillow)."""
 
 
 @njit(cache=True, nogil=True)
-def split_channels(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], NDArray[np.uint8],
-                                                    NDArray[np.uint8], NDArray[np.uint8]]:
-    """The channels of a C-contiguous (height, width, 3) uint8 image as three flat arrays, and
-    its grey level (Pillow's ``L``, :data:`GRAY_WEIGHTS`) as a fourth: one pass, where Pillow's
-    ``split`` and ``convert`` plus copies into numpy take several."""
-    interleaved = rgb.reshape(-1)
-    pixels = interleaved.size // 3
-    red = np.empty(pixels, np.uint8)
-    green = np.empty(pixels, np.uint8)
-    blue = np.empty(pixels, np.uint8)
-    gray = np.empty(pixels, np.uint8)
-    for i in range(pixels):
-        r, g, b = interleaved[3 * i], interleaved[3 * i + 1], interleaved[3 * i + 2]
+def split_channels(words: NDArray[np.uint32]) -> tuple[NDArray[np.uint8], NDArray[np.uint8],
+                                                      NDArray[np.uint8], NDArray[np.uint8],
+                                                      NDArray[np.uint8]]:
+    """The channels of RGB pixels given as one word each (red in the low byte, then green and
+    blue; the high byte is ignored), as three flat arrays, their grey level (Pillow's ``L``,
+    :data:`GRAY_WEIGHTS`) as a fourth, and the pixels packed as ``(n, 3)`` bytes, the layout
+    numpy and the pixel digest use. Words are how Pillow stores RGB, so its storage is read
+    directly instead of first being packed by Pillow and then split here."""
+    n = words.size
+    red = np.empty(n, np.uint8)
+    green = np.empty(n, np.uint8)
+    blue = np.empty(n, np.uint8)
+    gray = np.empty(n, np.uint8)
+    for i in range(n):
+        word = words[i]
+        r = np.int32(word & 255)
+        g = np.int32((word >> 8) & 255)
+        b = np.int32((word >> 16) & 255)
         red[i], green[i], blue[i] = r, g, b
-        gray[i] = (GRAY_WEIGHTS[0] * np.int32(r) + GRAY_WEIGHTS[1] * np.int32(g)
-                   + GRAY_WEIGHTS[2] * np.int32(b) + (1 << 15)) >> 16
-    return red, green, blue, gray
+        gray[i] = (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
+                   + (1 << 15)) >> 16
+    packed = np.empty((n, 3), np.uint8)
+    for i in range(n):
+        packed[i, 0], packed[i, 1], packed[i, 2] = red[i], green[i], blue[i]
+    return red, green, blue, gray, packed
 
 
 @njit(cache=True, nogil=True)
