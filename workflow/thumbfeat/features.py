@@ -33,13 +33,16 @@ results are exact and independent of summation order (``docs/feature-table.md`` 
 floating-point columns and their tolerances).
 
 Speed: written as numpy expressions, the measures took about a hundred whole-image passes, each
-writing a temporary array. Instead, :mod:`thumbfeat.kernels` splits the channels and makes the
-grey image in one compiled pass, counts the grey and RGB histograms in another, gathers the inputs
-of the light and colour measures in one pass over the RGB channels (plus a second for the
-deviations and hue directions), the Laplacian and Sobel sums in one pass over the grey image, and
-does Pillow's resizes for the hashes and the blur flag as compiled row combinations; what remains
-here turns sums, counts and small tables into columns. Every compiled result that stands in for a
-Pillow or numpy call (grey, histograms, resizes, the pHash median) is the same value, tested so.
+writing a temporary array. Instead, :mod:`thumbfeat.kernels` reads the pixels where Pillow keeps
+them (one word a pixel, shared through the Arrow interface without a copy, see
+:func:`pixel_words`), splits the channels and makes the grey image in one compiled pass, counts
+the grey and RGB histograms in another, gathers the inputs of the light and colour measures in
+one pass over the RGB channels (plus a second for the deviations and hue directions), the
+Laplacian and Sobel sums in one pass over the grey image, and does each of Pillow's resizes for
+the hashes and the blur flag in one compiled call; what remains here turns sums, counts and small
+tables into columns. Every compiled result that stands in for a Pillow or numpy call (grey,
+histograms, resizes, the pHash median, the blur flag's histogram spread) is the same value,
+tested so.
 
 Bump :data:`FEATURE_VERSION` whenever any definition or the working-size rule changes, so rows
 computed under old definitions can be recognised.
