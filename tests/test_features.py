@@ -719,3 +719,14 @@ def test_pixel_words_are_the_pixels_whether_shared_by_pillow_or_packed() -> None
         assert words.shape == (height * width,)
         assert np.array_equal(words & 0xFFFFFF, packed_words(rgb))
         assert np.array_equal(prepare(wrap(Image.fromarray(rgb))).rgb, rgb)
+
+
+def test_a_digest_given_by_the_caller_is_used_and_nothing_else_changes() -> None:
+    data = encode(checkerboard(40, 4).convert("RGB"), "PNG")
+    decoded = decode_image(data)
+    computed = compute_features(decoded, data)
+    assert computed["sha256"] == hashlib.sha256(data).hexdigest()
+    given = compute_features(decoded, data, data_sha256="ab" * 32)
+    assert given["sha256"] == "ab" * 32
+    assert {k: v for k, v in given.items() if k != "sha256"} == {
+        k: v for k, v in computed.items() if k != "sha256"}

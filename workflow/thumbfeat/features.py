@@ -360,7 +360,10 @@ def pixels_digest(rgb: NDArray[np.uint8]) -> str:
     return hasher.hexdigest()
 
 
-def geometry(pixels: Pixels, decoded: DecodedImage, data: bytes) -> Features:
+def geometry(pixels: Pixels, decoded: DecodedImage, data: bytes,
+             data_sha256: str | None = None) -> Features:
+    """Size, file facts and both digests; ``data_sha256`` is the digest of ``data`` when the
+    caller already has it (the bytes are then not hashed again)."""
     height, width = pixels.rgb.shape[:2]
     return {
         "width": int(width),
@@ -369,7 +372,7 @@ def geometry(pixels: Pixels, decoded: DecodedImage, data: bytes) -> Features:
         "file_bytes": len(data),
         "format": str(decoded.format),
         "source_mode": str(decoded.source_mode),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": hashlib.sha256(data).hexdigest() if data_sha256 is None else data_sha256,
         "pixels_sha256": pixels_digest(pixels.rgb),
     }
 
@@ -693,7 +696,7 @@ def provenance() -> Features:
 Measure = Callable[[Pixels, DecodedImage, bytes, Features], Features]
 
 MEASURES: tuple[tuple[str, Measure], ...] = (
-    ("geometry", lambda p, d, data, found: geometry(p, d, data)),
+    ("geometry", lambda p, d, data, found: geometry(p, d, data, found.get("sha256"))),
     ("light", lambda p, d, data, found: light(p)),
     ("contrast_detail", lambda p, d, data, found: contrast_and_detail(p)),
     ("colour", lambda p, d, data, found: colour(p)),
@@ -719,22 +722,24 @@ def warm_kernels() -> float:
     return time.perf_counter() - started
 
 
-def compute_features(decoded: DecodedImage, data: bytes, *,
+def compute_features(decoded: DecodedImage, data: bytes, *, data_sha256: str | None = None,
                      timings: dict[str, float] | None = None,
                      clock: Callable[[], float] = time.perf_counter) -> Features:
     """Compute the :data:`FEATURE_COLUMNS` for one decoded image.
 
     ``data`` is the downloaded file, for its size and SHA-256, so a feature row is
-    self-contained. When ``timings`` is given, the seconds spent preparing the pixels and in each
-    of :data:`MEASURES` are added to it under their names, read from ``clock`` (the benchmark's
-    breakdown, in wall or CPU time). The process measuring is expected to have been tuned for it
-    when it started (thumbfeat.runtime.tune_for_measuring): that is no business of one image.
+    self-contained; ``data_sha256``, when given, is that SHA-256 (hex) computed already, by a
+    caller that hashed the same bytes. When ``timings`` is given, the seconds spent preparing the
+    pixels and in each of :data:`MEASURES` are added to it under their names, read from
+    ``clock`` (the benchmark's breakdown, in wall or CPU time). The process measuring is expected
+    to have been tuned for it when it started (thumbfeat.runtime.tune_for_measuring): that is no
+    business of one image.
     """
     started = clock()
     pixels = prepare(decoded)
     if timings is not None:
         timings["prepare"] = timings.get("prepare", 0.0) + clock() - started
-    found: Features = {}
+    found: Features = {} if data_sha256 is None else {"sha256": data_sha256}
     for name, measure in MEASURES:
         started = clock()
         found.update(measure(pixels, decoded, data, found))
