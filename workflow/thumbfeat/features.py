@@ -423,11 +423,27 @@ def light(pixels: Pixels) -> Features:
 # --- contrast and detail -------------------------------------------------------------------
 
 
+def _level_powers() -> NDArray[np.int64]:
+    levels = np.arange(256, dtype=np.int64)
+    powers = np.stack([np.ones_like(levels), levels, levels * levels])
+    powers.setflags(write=False)
+    return powers
+
+
+_LEVEL_POWERS = _level_powers()
+"""Rows 1, x and x² for the levels x of a 256-bin histogram (see :func:`level_moments`)."""
+
+
+def level_moments(histogram: NDArray[np.int64]) -> tuple[int, int, int]:
+    """How many values a 256-bin histogram counts, their sum and their sum of squares, as exact
+    integers (one matrix product)."""
+    count, total, squares = (_LEVEL_POWERS @ histogram).tolist()
+    return count, total, squares
+
+
 def contrast_rms(histogram: NDArray[np.int64]) -> float:
     """Standard deviation of grey levels / 255, exactly from the integer histogram moments."""
-    count = int(histogram.sum())
-    total = int(histogram @ np.arange(256, dtype=np.int64))
-    squares = int(histogram @ (np.arange(256, dtype=np.int64) ** 2))
+    count, total, squares = level_moments(histogram)
     variance = (count * squares - total * total) / (count * count)
     return math.sqrt(max(0.0, variance)) / 255.0
 
@@ -572,7 +588,9 @@ def _dct_rows(size: int, keep: int) -> NDArray[np.float64]:
 
 def average_hash(small: NDArray[np.uint8]) -> str:
     """aHash of the 8x8 reduction: bit set where the pixel is above the mean."""
-    return _bits_to_hex(small > small.mean())
+    # The mean of a few uint8 values, as numpy's mean gives it: their exact integer sum over their
+    # number, correctly rounded, without numpy's general reduction steps.
+    return _bits_to_hex(small > int(small.sum()) / small.size)
 
 
 def difference_hash(small: NDArray[np.uint8]) -> str:
@@ -636,10 +654,7 @@ def histogram_variance(histogram: NDArray[np.int64]) -> float:
     """Variance of the levels counted in a 256-bin histogram, computed as Pillow's
     ``ImageStat.Stat(image).var`` does (exact integer sums, then ``(Σx² - (Σx)² / n) / n``),
     so the result is the same float, without ImageStat's per-bin Python loops."""
-    levels = np.arange(histogram.size, dtype=np.int64)
-    count = int(histogram.sum())
-    total = int(histogram @ levels)
-    squares = int(histogram @ (levels * levels))
+    count, total, squares = level_moments(histogram)
     return (squares - total**2 / count) / count if count else 0.0
 
 
