@@ -314,7 +314,8 @@ def pixel_words(rgb_image: Image.Image) -> NDArray[np.uint32]:
     Pillow keeps an RGB pixel in four bytes (R, G, B, padding) and shares that memory through
     the Arrow interface, so it is read without a copy; ``np.asarray`` would first have Pillow
     pack it into three bytes a pixel. Where Pillow cannot share it (an image stored in several
-    blocks) or words are not little-endian, the packed bytes are turned into words instead.
+    blocks), or words are not little-endian or not aligned, the packed bytes are turned into
+    words instead.
     """
     if sys.byteorder == "little":
         try:
@@ -323,8 +324,9 @@ def pixel_words(rgb_image: Image.Image) -> NDArray[np.uint32]:
             exported = None
         if (exported is not None and exported.offset == 0 and exported.values.offset == 0
                 and len(exported) == rgb_image.width * rgb_image.height):
-            storage = exported.values.buffers()[1]
-            return np.frombuffer(storage, np.uint32, count=len(exported))
+            words = np.frombuffer(exported.values.buffers()[1], np.uint32, count=len(exported))
+            if words.flags.aligned:  # always so for Pillow's allocations; else another code path
+                return words
     return packed_words(np.asarray(rgb_image))
 
 
