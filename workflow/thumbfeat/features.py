@@ -325,7 +325,7 @@ def pixel_words(rgb_image: Image.Image) -> NDArray[np.uint32]:
         if (exported is not None and exported.offset == 0 and exported.values.offset == 0
                 and len(exported) == rgb_image.width * rgb_image.height):
             words = np.frombuffer(exported.values.buffers()[1], np.uint32, count=len(exported))
-            if words.flags.aligned:  # always so for Pillow's allocations; else another code path
+            if words.flags.aligned:  # Pillow aligns its rows; unaligned would need its own compile
                 return words
     return packed_words(np.asarray(rgb_image))
 
