@@ -117,14 +117,14 @@ def test_hue_direction_tables_are_accurate_for_every_hue() -> None:
     chroma, remainder = (np.array(v) for v in zip(*((c, r) for c in range(1, 256)
                                                     for r in range(c)), strict=True))
     entry = chroma * (chroma - 1) // 2 + remainder
-    assert np.array_equal(np.sort(entry), np.arange(within.shape[1]))  # each entry used once
+    assert np.array_equal(np.sort(entry), np.arange(within.shape[0]))  # each entry used once
     for sextant in range(kernels.SEXTANTS):
         angle = np.radians((sextant + remainder / chroma) * 60)
-        cos = starts[0, sextant] * within[0, entry] - starts[1, sextant] * within[1, entry]
-        sin = starts[1, sextant] * within[0, entry] + starts[0, sextant] * within[1, entry]
+        cos = starts[sextant, 0] * within[entry, 0] - starts[sextant, 1] * within[entry, 1]
+        sin = starts[sextant, 1] * within[entry, 0] + starts[sextant, 0] * within[entry, 1]
         assert np.abs(cos - np.cos(angle)).max() < 1e-14
         assert np.abs(sin - np.sin(angle)).max() < 1e-14
-    assert not starts[:, kernels.NO_HUE].any()
+    assert not starts[kernels.NO_HUE].any()
 
 
 def test_ranked_pair_across_bucket_edges() -> None:

@@ -201,24 +201,25 @@ def hue_direction_tables() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Cosine and sine tables for the hue directions summed by :func:`pixel_sums`.
 
     An HSV hue is ``(k + r / c) * 60`` degrees for sextant ``k``, remainder ``r`` and chroma
-    ``c`` (``0 <= r < c <= 255``). ``within[0 or 1, c (c - 1) / 2 + r]`` holds the cosine and
+    ``c`` (``0 <= r < c <= 255``). ``within[c (c - 1) / 2 + r, 0 or 1]`` holds the cosine and
     sine of ``r / c * 60`` degrees (one entry per fraction, 32,640 in all), and
-    ``starts[0 or 1, k]`` those of the sextant's start ``k * 60`` degrees (zero for
-    :data:`NO_HUE`); the direction is the product of the two rotations. Each entry comes from
+    ``starts[k, 0 or 1]`` those of the sextant's start ``k * 60`` degrees (zero for
+    :data:`NO_HUE`); the direction is the product of the two rotations. A cosine and its sine
+    are neighbours in memory, so a pixel's look-up reads one cache line of the 510 KB table. Each entry comes from
     the library functions, correctly rounded or within an ulp, so a pixel's direction is within
     a few ulps of the plain formula. Built once per process (a few milliseconds).
     """
-    within = np.zeros((2, 255 * 256 // 2))
+    within = np.zeros((255 * 256 // 2, 2))
     for chroma in range(1, 256):
         base = chroma * (chroma - 1) // 2
         for remainder in range(chroma):
             angle = math.pi / 3 * remainder / chroma
-            within[0, base + remainder] = math.cos(angle)
-            within[1, base + remainder] = math.sin(angle)
+            within[base + remainder, 0] = math.cos(angle)
+            within[base + remainder, 1] = math.sin(angle)
     half_root3 = math.sqrt(3) / 2
-    starts = np.zeros((2, 8))
-    starts[0, :SEXTANTS] = (1.0, 0.5, -0.5, -1.0, -0.5, 0.5)
-    starts[1, :SEXTANTS] = (0.0, half_root3, half_root3, 0.0, -half_root3, -half_root3)
+    starts = np.zeros((8, 2))
+    starts[:SEXTANTS, 0] = (1.0, 0.5, -0.5, -1.0, -0.5, 0.5)
+    starts[:SEXTANTS, 1] = (0.0, half_root3, half_root3, 0.0, -half_root3, -half_root3)
     within.setflags(write=False)
     starts.setflags(write=False)
     return within, starts
@@ -373,8 +374,8 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8], blue: NDArray[n
         deviations += gap * gap
         hue = cell_of[i] >> hue_shift
         entry, turn = hue >> 3, hue & 7
-        within_cos, within_sin = within[0, entry], within[1, entry]
-        start_cos, start_sin = starts[0, turn], starts[1, turn]
+        within_cos, within_sin = within[entry, 0], within[entry, 1]
+        start_cos, start_sin = starts[turn, 0], starts[turn, 1]
         hue_cos += start_cos * within_cos - start_sin * within_sin
         hue_sin += start_sin * within_cos + start_cos * within_sin
 
