@@ -205,9 +205,10 @@ def hue_direction_tables() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     sine of ``r / c * 60`` degrees (one entry per fraction, 32,640 in all), and
     ``starts[k, 0 or 1]`` those of the sextant's start ``k * 60`` degrees (zero for
     :data:`NO_HUE`); the direction is the product of the two rotations. A cosine and its sine
-    are neighbours in memory, so a pixel's look-up reads one cache line of the 510 KB table. Each entry comes from
-    the library functions, correctly rounded or within an ulp, so a pixel's direction is within
-    a few ulps of the plain formula. Built once per process (a few milliseconds).
+    are neighbours in memory, so a pixel's look-up reads one cache line of the 510 KB table.
+    Each entry comes from the library functions, correctly rounded or within an ulp, so a pixel's
+    direction is within a few ulps of the plain formula. Built once per process (a few
+    milliseconds).
     """
     within = np.zeros((255 * 256 // 2, 2))
     for chroma in range(1, 256):

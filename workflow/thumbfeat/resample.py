@@ -5,7 +5,9 @@ The image hashes must equal those of the ``imagehash`` package, which shrinks im
 default ``BICUBIC``. Pillow does each of those reductions as a scalar loop over every source pixel
 (about 0.25 ms per reduction of a 320x240 image). Here each pass adds whole rows of pixels times
 one weight at a time (:func:`thumbfeat.kernels.combine_rows`), which the compiler turns into
-instructions handling many pixels at once; a horizontal pass runs on the transposed image.
+instructions handling many pixels at once; a horizontal pass runs on the transposed image. Both
+passes of a resize, and the transposition of the small image between them, are one compiled call
+(:func:`thumbfeat.kernels.resize_passes`).
 
 Pillow's algorithm (``libImaging/Resample.c``), followed exactly:
 
