@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -191,6 +192,12 @@ def test_fetch_and_measure_in_one_batch(server: ImageServer, tmp_path: Path) -> 
     rows = rows_of(results, ids)
     assert {i for i, r in rows.items() if r["status"] == "ok"} == set(OK_IDS)
     assert pq.read_table(tmp_path / "m.parquet").num_rows == 7
+    for image_id in OK_IDS:
+        # These thumbnails are kept as served: the row reuses the download's digest, which must
+        # be that of the stored bytes.
+        stored = Path(layout.thumb_path(str(results), image_id, TAG)).read_bytes()
+        digest = hashlib.sha256(stored).hexdigest()
+        assert rows[image_id]["sha256"] == rows[image_id]["source_sha256"] == digest
 
 
 def thumbnail_on_disk(tmp_path: Path, image_id: str, data: bytes) -> str:

@@ -22,9 +22,12 @@ from thumbfeat.features import (
     WORKING_SIZE,
     Pixels,
     compute_features,
+    histogram_std,
     histogram_variance,
     hue_sixths,
     order_statistics,
+    packed_words,
+    pixel_words,
     prepare,
     sobel_edge_density,
     to_rgb_on_white,
@@ -693,3 +696,37 @@ def test_histogram_variance_is_the_same_float_as_imagestat() -> None:
     for image in images:
         histogram = np.asarray(image.histogram(), dtype=np.int64)
         assert histogram_variance(histogram) == ImageStat.Stat(image).var[0]
+
+
+def test_histogram_std_is_the_same_float_as_numpy() -> None:
+    rng = np.random.default_rng(13)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 64), dtype=np.uint8)),
+              Image.fromarray(rng.integers(100, 104, (64, 64), dtype=np.uint8)),
+              Image.fromarray(rng.integers(0, 256, (1, 37), dtype=np.uint8)),
+              Image.new("L", (64, 64), 77), checkerboard(64, 3)]
+    for image in images:
+        histogram = np.asarray(image.histogram(), dtype=np.int64)
+        assert histogram_std(histogram) == float(np.std(histogram.astype(np.float64)))
+
+
+def test_pixel_words_are_the_pixels_whether_shared_by_pillow_or_packed() -> None:
+    # A small image is shared by Pillow as it stores it (with a padding byte); a large one is
+    # stored in several blocks, which Pillow does not share, and is packed instead.
+    rng = np.random.default_rng(14)
+    for height, width in ((5, 7), (1, 1), (2400, 2400)):
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        words = pixel_words(Image.fromarray(rgb))
+        assert words.shape == (height * width,)
+        assert np.array_equal(words & 0xFFFFFF, packed_words(rgb))
+        assert np.array_equal(prepare(wrap(Image.fromarray(rgb))).rgb, rgb)
+
+
+def test_a_digest_given_by_the_caller_is_used_and_nothing_else_changes() -> None:
+    data = encode(checkerboard(40, 4).convert("RGB"), "PNG")
+    decoded = decode_image(data)
+    computed = compute_features(decoded, data)
+    assert computed["sha256"] == hashlib.sha256(data).hexdigest()
+    given = compute_features(decoded, data, data_sha256="ab" * 32)
+    assert given["sha256"] == "ab" * 32
+    assert {k: v for k, v in given.items() if k != "sha256"} == {
+        k: v for k, v in computed.items() if k != "sha256"}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 from thumbfeat import kernels
+from thumbfeat.features import packed_words
 
 from tests.support import REPO
 
@@ -116,14 +117,14 @@ def test_hue_direction_tables_are_accurate_for_every_hue() -> None:
     chroma, remainder = (np.array(v) for v in zip(*((c, r) for c in range(1, 256)
                                                     for r in range(c)), strict=True))
     entry = chroma * (chroma - 1) // 2 + remainder
-    assert np.array_equal(np.sort(entry), np.arange(within.shape[1]))  # each entry used once
+    assert np.array_equal(np.sort(entry), np.arange(within.shape[0]))  # each entry used once
     for sextant in range(kernels.SEXTANTS):
         angle = np.radians((sextant + remainder / chroma) * 60)
-        cos = starts[0, sextant] * within[0, entry] - starts[1, sextant] * within[1, entry]
-        sin = starts[1, sextant] * within[0, entry] + starts[0, sextant] * within[1, entry]
+        cos = starts[sextant, 0] * within[entry, 0] - starts[sextant, 1] * within[entry, 1]
+        sin = starts[sextant, 1] * within[entry, 0] + starts[sextant, 0] * within[entry, 1]
         assert np.abs(cos - np.cos(angle)).max() < 1e-14
         assert np.abs(sin - np.sin(angle)).max() < 1e-14
-    assert not starts[:, kernels.NO_HUE].any()
+    assert not starts[kernels.NO_HUE].any()
 
 
 def test_ranked_pair_across_bucket_edges() -> None:
@@ -165,16 +166,17 @@ def test_grey_equals_pillow_for_every_rgb_colour() -> None:
     codes = np.arange(1 << 24, dtype=np.uint32)
     rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8)
     rgb = rgb.reshape(4096, 4096, 3)
-    red, green, blue, gray = kernels.split_channels(rgb)
+    red, green, blue, gray, packed = kernels.split_channels(packed_words(rgb))
     expected = np.asarray(Image.fromarray(rgb).convert("L")).reshape(-1)
     assert np.array_equal(gray, expected)
     assert np.array_equal(np.stack([red, green, blue], axis=-1), rgb.reshape(-1, 3))
+    assert np.array_equal(packed, rgb.reshape(-1, 3))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_level_counts_equal_pillow_histograms(seed: int) -> None:
     rgb = tricky(seed, pixels=4001).reshape(-1, 1, 3)  # an odd count: the last pixel alone
-    red, green, blue, gray = kernels.split_channels(np.ascontiguousarray(rgb))
+    red, green, blue, gray, _ = kernels.split_channels(packed_words(rgb))
     levels = kernels.level_counts(red, green, blue, gray)
     image = Image.fromarray(rgb)
     assert levels[0].tolist() == image.convert("L").histogram()
@@ -226,7 +228,7 @@ import json
 from thumbfeat import features, kernels
 seconds = features.warm_kernels()
 kernels_used = (kernels.split_channels, kernels.level_counts, kernels.pixel_sums,
-                kernels.ranked_pairs, kernels.detail_sums, kernels.combine_rows,
+                kernels.ranked_pairs, kernels.detail_sums, kernels.resize_passes,
                 kernels.grey_and_edge_histograms)
 print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels_used),
                   "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels_used)}))

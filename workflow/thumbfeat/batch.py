@@ -120,9 +120,10 @@ def download_one(session: requests.Session, image_id: str, url: str, results: st
 
 
 def _row_of(image_id: str, decoded: DecodedImage, data: bytes, source: SourceFacts,
-            tag: str, source_url: str | None) -> Row:
-    """The row of a thumbnail (its pixels and bytes), with the facts of its source."""
-    features = compute_features(decoded, data)
+            tag: str, source_url: str | None, data_sha256: str | None = None) -> Row:
+    """The row of a thumbnail (its pixels and bytes), with the facts of its source;
+    ``data_sha256`` is the digest of ``data`` when it was computed already."""
+    features = compute_features(decoded, data, data_sha256=data_sha256)
     return ok_row(image_id, {**features, **source.columns(), "thumbnail_settings": tag},
                   FEATURE_VERSION, source_url)
 
@@ -166,7 +167,10 @@ def store_one(image_id: str, data: bytes, fetched: Outcome, results: str,
     stored = Outcome(image_id, True, attempts=fetched.attempts, size=len(data))
     if not measure:
         return stored, None, None
-    row = _row_of(image_id, thumb.decoded, thumb.data, thumb.source, tag, source_url)
+    # A thumbnail kept as served is the download, whose digest the source facts hold.
+    kept_digest = None if thumb.made else thumb.source.sha256
+    row = _row_of(image_id, thumb.decoded, thumb.data, thumb.source, tag, source_url,
+                  kept_digest)
     write_row(layout.feature_path(results, image_id, tag), row)
     return stored, Outcome(image_id, True, size=len(thumb.data)), row
 

@@ -33,13 +33,16 @@ results are exact and independent of summation order (``docs/feature-table.md`` 
 floating-point columns and their tolerances).
 
 Speed: written as numpy expressions, the measures took about a hundred whole-image passes, each
-writing a temporary array. Instead, :mod:`thumbfeat.kernels` splits the channels and makes the
-grey image in one compiled pass, counts the grey and RGB histograms in another, gathers the inputs
-of the light and colour measures in one pass over the RGB channels (plus a second for the
-deviations and hue directions), the Laplacian and Sobel sums in one pass over the grey image, and
-does Pillow's resizes for the hashes and the blur flag as compiled row combinations; what remains
-here turns sums, counts and small tables into columns. Every compiled result that stands in for a
-Pillow or numpy call (grey, histograms, resizes, the pHash median) is the same value, tested so.
+writing a temporary array. Instead, :mod:`thumbfeat.kernels` reads the pixels where Pillow keeps
+them (one word a pixel, shared through the Arrow interface without a copy, see
+:func:`pixel_words`), splits the channels and makes the grey image in one compiled pass, counts
+the grey and RGB histograms in another, gathers the inputs of the light and colour measures in
+one pass over the RGB channels (plus a second for the deviations and hue directions), the
+Laplacian and Sobel sums in one pass over the grey image, and does each of Pillow's resizes for
+the hashes and the blur flag in one compiled call; what remains here turns sums, counts and small
+tables into columns. Every compiled result that stands in for a Pillow or numpy call (grey,
+histograms, resizes, the pHash median, the blur flag's histogram spread) is the same value,
+tested so.
 
 Bump :data:`FEATURE_VERSION` whenever any definition or the working-size rule changes, so rows
 computed under old definitions can be recognised.
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -294,14 +298,47 @@ class Pixels:
         return np.ptp(self.rgb.reshape(-1, 3), axis=1).astype(np.uint8)
 
 
+def packed_words(rgb: NDArray[np.uint8]) -> NDArray[np.uint32]:
+    """(height, width, 3) RGB bytes as one word per pixel, red in the low byte (the layout of
+    Pillow's RGB storage), flat and read-only like the words shared by Pillow (so the compiled
+    code sees one argument type)."""
+    rgb = rgb.reshape(-1, 3).astype(np.uint32)
+    words = rgb[:, 0] | (rgb[:, 1] << 8) | (rgb[:, 2] << 16)
+    words.setflags(write=False)
+    return words
+
+
+def pixel_words(rgb_image: Image.Image) -> NDArray[np.uint32]:
+    """The pixels of an RGB image as one word each, red in the low byte, flat.
+
+    Pillow keeps an RGB pixel in four bytes (R, G, B, padding) and shares that memory through
+    the Arrow interface, so it is read without a copy; ``np.asarray`` would first have Pillow
+    pack it into three bytes a pixel. Where Pillow cannot share it (an image stored in several
+    blocks), or words are not little-endian or not aligned, the packed bytes are turned into
+    words instead.
+    """
+    if sys.byteorder == "little":
+        try:
+            exported = pa.array(rgb_image)
+        except (ValueError, TypeError, pa.ArrowException):
+            exported = None
+        if (exported is not None and exported.offset == 0 and exported.values.offset == 0
+                and len(exported) == rgb_image.width * rgb_image.height):
+            words = np.frombuffer(exported.values.buffers()[1], np.uint32, count=len(exported))
+            if words.flags.aligned:  # Pillow aligns its rows; unaligned would need its own compile
+                return words
+    return packed_words(np.asarray(rgb_image))
+
+
 def prepare(decoded: DecodedImage) -> Pixels:
     """Flatten to RGB on white, derive the shared grey image, channels and histograms (compiled
     passes that equal Pillow's ``convert("L")`` and ``histogram()``), and run the compiled pass
     gathering the light and colour sums."""
     rgb_image = to_rgb_on_white(decoded.image)
-    rgb = np.ascontiguousarray(np.asarray(rgb_image))
-    red, green, blue, gray = kernels.split_channels(rgb)
-    gray = gray.reshape(rgb.shape[:2])
+    shape = (rgb_image.height, rgb_image.width)
+    red, green, blue, gray, rgb = kernels.split_channels(pixel_words(rgb_image))
+    rgb = rgb.reshape(*shape, 3)
+    gray = gray.reshape(shape)
     return Pixels(
         rgb_image=rgb_image,
         rgb=rgb,
@@ -325,7 +362,10 @@ def pixels_digest(rgb: NDArray[np.uint8]) -> str:
     return hasher.hexdigest()
 
 
-def geometry(pixels: Pixels, decoded: DecodedImage, data: bytes) -> Features:
+def geometry(pixels: Pixels, decoded: DecodedImage, data: bytes,
+             data_sha256: str | None = None) -> Features:
+    """Size, file facts and both digests; ``data_sha256`` is the digest of ``data`` when the
+    caller already has it (the bytes are then not hashed again)."""
     height, width = pixels.rgb.shape[:2]
     return {
         "width": int(width),
@@ -334,7 +374,7 @@ def geometry(pixels: Pixels, decoded: DecodedImage, data: bytes) -> Features:
         "file_bytes": len(data),
         "format": str(decoded.format),
         "source_mode": str(decoded.source_mode),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": hashlib.sha256(data).hexdigest() if data_sha256 is None else data_sha256,
         "pixels_sha256": pixels_digest(pixels.rgb),
     }
 
@@ -385,11 +425,27 @@ def light(pixels: Pixels) -> Features:
 # --- contrast and detail -------------------------------------------------------------------
 
 
+def _level_powers() -> NDArray[np.int64]:
+    levels = np.arange(256, dtype=np.int64)
+    powers = np.stack([np.ones_like(levels), levels, levels * levels])
+    powers.setflags(write=False)
+    return powers
+
+
+_LEVEL_POWERS = _level_powers()
+"""Rows 1, x and x² for the levels x of a 256-bin histogram (see :func:`level_moments`)."""
+
+
+def level_moments(histogram: NDArray[np.int64]) -> tuple[int, int, int]:
+    """How many values a 256-bin histogram counts, their sum and their sum of squares, as exact
+    integers (one matrix product)."""
+    count, total, squares = (_LEVEL_POWERS @ histogram).tolist()
+    return count, total, squares
+
+
 def contrast_rms(histogram: NDArray[np.int64]) -> float:
     """Standard deviation of grey levels / 255, exactly from the integer histogram moments."""
-    count = int(histogram.sum())
-    total = int(histogram @ np.arange(256, dtype=np.int64))
-    squares = int(histogram @ (np.arange(256, dtype=np.int64) ** 2))
+    count, total, squares = level_moments(histogram)
     variance = (count * squares - total * total) / (count * count)
     return math.sqrt(max(0.0, variance)) / 255.0
 
@@ -534,7 +590,9 @@ def _dct_rows(size: int, keep: int) -> NDArray[np.float64]:
 
 def average_hash(small: NDArray[np.uint8]) -> str:
     """aHash of the 8x8 reduction: bit set where the pixel is above the mean."""
-    return _bits_to_hex(small > small.mean())
+    # The mean of a few uint8 values, as numpy's mean gives it: their exact integer sum over their
+    # number, correctly rounded, without numpy's general reduction steps.
+    return _bits_to_hex(small > int(small.sum()) / small.size)
 
 
 def difference_hash(small: NDArray[np.uint8]) -> str:
@@ -591,19 +649,29 @@ def cleanvision_blurriness(pixels: Pixels) -> tuple[float, float]:
         channels = [resize_gray_like_pillow(channel, [size], Image.Resampling.BICUBIC)[0]
                     for channel in channels]
     grey_counts, edge_counts = kernels.grey_and_edge_histograms(*channels)
-    return (math.sqrt(histogram_variance(edge_counts)),
-            float(np.std(grey_counts.astype(np.float64))))
+    return math.sqrt(histogram_variance(edge_counts)), histogram_std(grey_counts)
 
 
 def histogram_variance(histogram: NDArray[np.int64]) -> float:
     """Variance of the levels counted in a 256-bin histogram, computed as Pillow's
     ``ImageStat.Stat(image).var`` does (exact integer sums, then ``(Σx² - (Σx)² / n) / n``),
     so the result is the same float, without ImageStat's per-bin Python loops."""
-    levels = np.arange(histogram.size, dtype=np.int64)
-    count = int(histogram.sum())
-    total = int(histogram @ levels)
-    squares = int(histogram @ (levels * levels))
+    count, total, squares = level_moments(histogram)
     return (squares - total**2 / count) / count if count else 0.0
+
+
+def histogram_std(histogram: NDArray[np.int64]) -> float:
+    """``np.std`` of the bin counts of a 256-bin histogram of at most 64x64 pixels, from exact
+    integers: the same float, without numpy's general-purpose reduction steps.
+
+    Why it is the same: the mean ``n / 256`` has at most 8 fractional bits, so numpy's deviations,
+    their squares (under 2**41) and their sum are all exact in float64, and its result is the
+    correctly rounded square root of the exact ``(256 Σc² - n²) / 256²``, as this is.
+    """
+    bins = histogram.size
+    count = int(histogram.sum())
+    squares = int(histogram @ histogram)
+    return math.sqrt((bins * squares - count * count) / (bins * bins))
 
 
 def blurry_score(blurriness: float, histogram_std: float) -> float:
@@ -645,7 +713,7 @@ def provenance() -> Features:
 Measure = Callable[[Pixels, DecodedImage, bytes, Features], Features]
 
 MEASURES: tuple[tuple[str, Measure], ...] = (
-    ("geometry", lambda p, d, data, found: geometry(p, d, data)),
+    ("geometry", lambda p, d, data, found: geometry(p, d, data, found.get("sha256"))),
     ("light", lambda p, d, data, found: light(p)),
     ("contrast_detail", lambda p, d, data, found: contrast_and_detail(p)),
     ("colour", lambda p, d, data, found: colour(p)),
@@ -671,22 +739,24 @@ def warm_kernels() -> float:
     return time.perf_counter() - started
 
 
-def compute_features(decoded: DecodedImage, data: bytes, *,
+def compute_features(decoded: DecodedImage, data: bytes, *, data_sha256: str | None = None,
                      timings: dict[str, float] | None = None,
                      clock: Callable[[], float] = time.perf_counter) -> Features:
     """Compute the :data:`FEATURE_COLUMNS` for one decoded image.
 
     ``data`` is the downloaded file, for its size and SHA-256, so a feature row is
-    self-contained. When ``timings`` is given, the seconds spent preparing the pixels and in each
-    of :data:`MEASURES` are added to it under their names, read from ``clock`` (the benchmark's
-    breakdown, in wall or CPU time). The process measuring is expected to have been tuned for it
-    when it started (thumbfeat.runtime.tune_for_measuring): that is no business of one image.
+    self-contained; ``data_sha256``, when given, is that SHA-256 (hex) computed already, by a
+    caller that hashed the same bytes. When ``timings`` is given, the seconds spent preparing the
+    pixels and in each of :data:`MEASURES` are added to it under their names, read from
+    ``clock`` (the benchmark's breakdown, in wall or CPU time). The process measuring is expected
+    to have been tuned for it when it started (thumbfeat.runtime.tune_for_measuring): that is no
+    business of one image.
     """
     started = clock()
     pixels = prepare(decoded)
     if timings is not None:
         timings["prepare"] = timings.get("prepare", 0.0) + clock() - started
-    found: Features = {}
+    found: Features = {} if data_sha256 is None else {"sha256": data_sha256}
     for name, measure in MEASURES:
         started = clock()
         found.update(measure(pixels, decoded, data, found))

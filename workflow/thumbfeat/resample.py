@@ -5,7 +5,9 @@ The image hashes must equal those of the ``imagehash`` package, which shrinks im
 default ``BICUBIC``. Pillow does each of those reductions as a scalar loop over every source pixel
 (about 0.25 ms per reduction of a 320x240 image). Here each pass adds whole rows of pixels times
 one weight at a time (:func:`thumbfeat.kernels.combine_rows`), which the compiler turns into
-instructions handling many pixels at once; a horizontal pass runs on the transposed image.
+instructions handling many pixels at once; a horizontal pass runs on the transposed image. Both
+passes of a resize, and the transposition of the small image between them, are one compiled call
+(:func:`thumbfeat.kernels.resize_passes`).
 
 Pillow's algorithm (``libImaging/Resample.c``), followed exactly:
 
@@ -119,40 +121,38 @@ def taps(in_size: int, out_size: int, resample: int) -> tuple[NDArray[np.int64],
     return starts, coefficients
 
 
-def _pass(source: NDArray[np.uint8], in_size: int, out_size: int,
-          resample: int) -> NDArray[np.uint8]:
-    """Resize along the first axis of ``source`` (see :func:`kernels.combine_rows`)."""
-    starts, coefficients = taps(in_size, out_size, resample)
-    return kernels.combine_rows(source, starts, coefficients, _PRECISION_BITS)
-
-
 def _transposed(plane: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(plane.T)
 
 
-def resize_plane(plane: NDArray[np.uint8], size: tuple[int, int], resample: int,
-                 order: str = "hv", transposed: NDArray[np.uint8] | None = None
-                 ) -> NDArray[np.uint8]:
-    """Resize one 8-bit plane to ``size`` = (width, height), as Pillow does.
+def _skipped() -> tuple[NDArray[np.int64], NDArray[np.int32]]:
+    """The taps of a pass whose size does not change (Pillow skips it): empty, and read-only
+    like :func:`taps`, so the compiled code sees one argument type."""
+    starts = np.zeros(0, dtype=np.int64)
+    coefficients = np.zeros((0, 1), dtype=np.int32)
+    starts.setflags(write=False)
+    coefficients.setflags(write=False)
+    return starts, coefficients
 
-    ``order`` is ``"hv"`` (horizontal pass first, Pillow's classic order) or ``"vh"``. A pass
-    whose size does not change is skipped, as in Pillow. ``transposed`` may hold
-    ``plane.T`` (contiguous) when several sizes are made from one plane.
-    """
-    height, width = plane.shape
+
+_SKIPPED = _skipped()
+
+
+def _passes(width: int, height: int, size: tuple[int, int], resample: int
+            ) -> tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.int64], NDArray[np.int32]]:
+    """The taps of the horizontal and the vertical pass (empty for a pass that is skipped)."""
     out_width, out_height = size
-    if order == "hv":
-        if out_width != width:
-            across = transposed if transposed is not None else _transposed(plane)
-            plane = _transposed(_pass(across, width, out_width, resample))
-        if out_height != height:
-            plane = _pass(np.ascontiguousarray(plane), height, out_height, resample)
-        return plane
-    if out_height != height:
-        plane = _pass(np.ascontiguousarray(plane), height, out_height, resample)
-    if out_width != width:
-        plane = _transposed(_pass(_transposed(plane), width, out_width, resample))
-    return plane
+    across = taps(width, out_width, resample) if out_width != width else _SKIPPED
+    down = taps(height, out_height, resample) if out_height != height else _SKIPPED
+    return *across, *down
+
+
+def _resize(plane: NDArray[np.uint8], across: NDArray[np.uint8],
+            passes: tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.int64],
+                          NDArray[np.int32]], across_first: bool) -> NDArray[np.uint8]:
+    """Resize one contiguous plane (see :func:`kernels.resize_passes`); ``across`` is the plane
+    transposed when the horizontal pass goes first and is not skipped."""
+    return kernels.resize_passes(plane, across, *passes, across_first, _PRECISION_BITS)
 
 
 @lru_cache(maxsize=1024)
@@ -167,8 +167,9 @@ def pillow_order(width: int, height: int, size: tuple[int, int], resample: int) 
     rng = np.random.default_rng([width, height, *size, resample])
     probe = rng.integers(0, 256, (height, width), dtype=np.uint8)
     expected = np.asarray(Image.fromarray(probe).resize(size, resample))
+    passes = _passes(width, height, size, resample)
     for order in ("hv", "vh"):
-        if np.array_equal(resize_plane(probe, size, resample, order), expected):
+        if np.array_equal(_resize(probe, _transposed(probe), passes, order == "hv"), expected):
             return order
     return None
 
@@ -176,6 +177,18 @@ def pillow_order(width: int, height: int, size: tuple[int, int], resample: int) 
 MAX_MATRIX_PIXELS = 4_000_000
 """Larger images are resized by Pillow itself: the probe that confirms the pass order costs as
 much as a resize, and large images are rare here."""
+
+
+@lru_cache(maxsize=1024)
+def resize_plan(width: int, height: int, size: tuple[int, int], resample: int
+                ) -> tuple[bool, tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.int64],
+                                 NDArray[np.int32]]] | None:
+    """Whether the horizontal pass goes first, and the taps of both passes, for this resize;
+    None where the compiled path did not reproduce Pillow (see :func:`pillow_order`)."""
+    order = pillow_order(width, height, size, resample)
+    if order is None:
+        return None
+    return order == "hv", _passes(width, height, size, resample)
 
 
 def resize_gray_like_pillow(gray: NDArray[np.uint8], sizes: list[tuple[int, int]],
@@ -189,14 +202,16 @@ def resize_gray_like_pillow(gray: NDArray[np.uint8], sizes: list[tuple[int, int]
     height, width = gray.shape
     gray = np.ascontiguousarray(gray, dtype=np.uint8)
     transposed = None
+    compiled = gray.size <= MAX_MATRIX_PIXELS
     out = []
     for size in sizes:
-        order = (pillow_order(width, height, size, resample) if gray.size <= MAX_MATRIX_PIXELS
-                 else None)
-        if order is None:
+        plan = resize_plan(width, height, size, resample) if compiled else None
+        if plan is None:
             out.append(np.asarray(Image.fromarray(gray).resize(size, resample)))
             continue
-        if order == "hv" and size[0] != width and transposed is None:
+        across_first, passes = plan
+        if across_first and passes[0].size and transposed is None:
             transposed = _transposed(gray)
-        out.append(resize_plane(gray, size, resample, order, transposed))
+        across = transposed if across_first and passes[0].size else gray
+        out.append(_resize(gray, across, passes, across_first))
     return out
