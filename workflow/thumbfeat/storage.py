@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from thumbfeat import atomic
+from thumbfeat import atomic, s3direct
 
 SCHEME = "s3://"
 # Requests in flight per process: a batch job writes from all of its download threads at once.
@@ -122,14 +122,60 @@ def client() -> Any:
         return _clients[pid]
 
 
+_direct_clients: dict[int, s3direct.Client | None] = {}
+
+
+def _direct_client() -> s3direct.Client | None:
+    """This process's client for the per-object requests thumbfeat signs itself (see
+    s3direct), or None when boto3 sends them all (no credentials found, or a profile that
+    cannot be read: boto3 then says why)."""
+    pid = os.getpid()
+    if pid in _direct_clients:
+        return _direct_clients[pid]
+    with _client_lock:
+        if pid not in _direct_clients:
+            _direct_clients[pid] = _new_direct_client()
+        return _direct_clients[pid]
+
+
+def _new_direct_client() -> s3direct.Client | None:
+    """A direct client from the boto3 session: its credentials (asked for afresh at every
+    request), region, profile settings and certificate bundle."""
+    from botocore.exceptions import BotoCoreError
+    from botocore.httpsession import get_cert_path
+
+    session = _session()
+    settings = session._session  # botocore's session: the profile and the resolved settings
+    try:
+        credentials = session.get_credentials()
+        profile = settings.get_scoped_config()
+        ca_bundle = settings.get_config_variable("ca_bundle") or get_cert_path(True)
+    except BotoCoreError:
+        return None
+    if credentials is None:
+        return None
+    return s3direct.Client(credentials, session.region_name or "us-east-1", endpoint_url(),
+                           profile, dict(os.environ), ca_bundle, MAX_CONNECTIONS)
+
+
+def _direct(bucket: str) -> tuple[s3direct.Client, s3direct.Target] | None:
+    """The direct client and where it reaches ``bucket``, or None when boto3 must."""
+    direct = _direct_client()
+    target = direct.target(bucket) if direct is not None else None
+    return (direct, target) if direct is not None and target is not None else None
+
+
 def forget_clients() -> None:
     """Drop this process's clients, so the next request reads the environment again."""
     _clients.clear()
+    _direct_clients.clear()
     _filesystems.clear()
     _sessions.clear()
 
 
 def _missing(error: Exception) -> bool:
+    if isinstance(error, s3direct.Failed):
+        return error.missing
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
     return code in {"404", "NoSuchKey", "NotFound"}
 
@@ -210,7 +256,11 @@ def put(path: str | Path, data: bytes) -> None:
 def _put_now(path: str, data: bytes) -> None:
     bucket, key = split(str(path))
     try:
-        client().put_object(Bucket=bucket, Key=key, Body=data)
+        direct = _direct(bucket)
+        if direct is None:
+            client().put_object(Bucket=bucket, Key=key, Body=data)
+        else:
+            direct[0].put(direct[1], key, data)
     except Exception as error:
         raise _failed("write", str(path), error) from error
 
@@ -221,7 +271,10 @@ def get(path: str | Path) -> bytes:
         return Path(path).read_bytes()
     bucket, key = split(str(path))
     try:
-        return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        direct = _direct(bucket)
+        if direct is None:
+            return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return direct[0].get(direct[1], key)
     except Exception as error:
         if _missing(error):
             raise FileNotFoundError(2, "no such object", str(path)) from None
@@ -241,7 +294,11 @@ def delete(path: str | Path) -> None:
 def _delete_now(path: str) -> None:
     bucket, key = split(str(path))
     try:
-        client().delete_object(Bucket=bucket, Key=key)
+        direct = _direct(bucket)
+        if direct is None:
+            client().delete_object(Bucket=bucket, Key=key)
+        else:
+            direct[0].delete(direct[1], key)
     except Exception as error:
         if not _missing(error):
             raise _failed("delete", str(path), error) from error
