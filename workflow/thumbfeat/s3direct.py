@@ -42,7 +42,8 @@ MAX_BACKOFF = 20.0
 THROTTLED_BASE = 1.0
 TRANSIENT_BASE = 0.05
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
-TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
+TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException",
+                             "PriorRequestNotComplete"})
 THROTTLED_CODES = frozenset({
     "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
     "TooManyRequestsException", "ProvisionedThroughputExceededException",
