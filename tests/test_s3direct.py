@@ -143,12 +143,13 @@ def test_retries_wait_as_boto3_standard_mode_waits() -> None:
 
 class ScriptedStore:
     """A loopback stand-in for an S3 store: each object's requests are answered from its
-    script, a list of (status, error code) or "reset" (the connection is reset once the request
-    is read), then with 200. Every request is recorded: method, path and payload hash."""
+    script, a list of (status, error code), (status, error code, the bucket's region) or
+    "reset" (the connection is reset once the request is read), then with 200. Every request
+    is recorded: method, path, payload hash and user agent."""
 
     def __init__(self) -> None:
-        self.scripts: dict[str, list[tuple[int, str] | str]] = {}
-        self.seen: list[tuple[str, str, str]] = []
+        self.scripts: dict[str, list[tuple[int, str] | tuple[int, str, str] | str]] = {}
+        self.seen: list[tuple[str, str, str, str]] = []
         self.objects: dict[str, bytes] = {}
         self.lock = threading.Lock()
         store = self
@@ -175,10 +176,11 @@ class ScriptedStore:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
         with self.lock:
             self.seen.append((handler.command, handler.path,
-                              handler.headers.get("x-amz-content-sha256", "")))
+                              handler.headers.get("x-amz-content-sha256", ""),
+                              handler.headers.get("User-Agent", "")))
             script = self.scripts.get(handler.path, [])
             step = script.pop(0) if script else (200, "")
-            if step == (200, "") and handler.command == "PUT":
+            if step[0] == 200 and handler.command == "PUT":
                 self.objects[handler.path] = body
         if step == "reset":
             handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -186,7 +188,7 @@ class ScriptedStore:
             handler.connection.close()
             handler.close_connection = True
             return
-        status, code = step
+        status, code, *region = step
         reply = b""
         if status == 200 and handler.command == "GET":
             reply = self.objects.get(handler.path, b"")
@@ -194,11 +196,13 @@ class ScriptedStore:
             reply = (f"<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>scripted "
                      f"{code}</Message></Error>").encode()
         handler.send_response(status)
+        if region:
+            handler.send_header("x-amz-bucket-region", region[0])
         handler.send_header("Content-Length", str(len(reply)))
         handler.end_headers()
         handler.wfile.write(reply)
 
-    def requests_for(self, path: str) -> list[tuple[str, str, str]]:
+    def requests_for(self, path: str) -> list[tuple[str, str, str, str]]:
         with self.lock:
             return [request for request in self.seen if request[1] == path]
 
@@ -235,7 +239,7 @@ def test_a_failed_put_is_sent_again_with_its_payload_signed(store: ScriptedStore
         storage.put(f"s3://{BUCKET}/{key}", data)
         seen = store.requests_for(path)
         assert len(seen) == (3 if round_number == 2 else 2)
-        assert {payload for _, _, payload in seen} == {hashlib.sha256(data).hexdigest()}
+        assert {payload for _, _, payload, _ in seen} == {hashlib.sha256(data).hexdigest()}
         assert store.objects[path] == data
 
 
@@ -248,7 +252,7 @@ def test_a_failed_get_and_delete_are_sent_again(store: ScriptedStore) -> None:
         assert storage.get(url) == b"row"
         store.scripts[path] = [(503, "SlowDown")]
         storage.delete(url)
-        assert [method for method, _, _ in store.requests_for(path)] == [
+        assert [method for method, *_ in store.requests_for(path)] == [
             "PUT", "GET", "GET", "GET", "DELETE", "DELETE"]
 
 
@@ -284,6 +288,22 @@ def test_a_refusal_or_a_missing_object_is_asked_once(store: ScriptedStore) -> No
         assert len(store.requests_for(path)) == 3
 
 
+def test_a_bucket_in_another_region_is_left_to_boto3(store: ScriptedStore) -> None:
+    for round_number in range(3):
+        bucket = f"moved-{round_number}-{next(_numbers)}"
+        first, second = f"/{bucket}/run/a.img", f"/{bucket}/run/b.img"
+        store.scripts[first] = [(301, "PermanentRedirect", "eu-west-1")]
+        storage.put(f"s3://{bucket}/run/a.img", b"a")
+        storage.put(f"s3://{bucket}/run/b.img", b"b")
+        storage.put(f"s3://{BUCKET}/run/c{round_number}.img", b"c")
+        agents = [agent for *_, agent in store.requests_for(first) + store.requests_for(second)]
+        assert len(agents) == 3
+        assert "Boto3" not in agents[0] and "Boto3" in agents[1] and "Boto3" in agents[2]
+        assert store.objects[first] == b"a" and store.objects[second] == b"b"
+        # Other buckets are still reached directly.
+        assert "Boto3" not in store.requests_for(f"/{BUCKET}/run/c{round_number}.img")[0][3]
+
+
 # --- A real S3 server that checks signatures --------------------------------------------------
 
 
@@ -308,7 +328,8 @@ def checking_env(checking: SeaweedServer,
 
 def test_a_server_checking_signatures_takes_ours_for_every_key(checking_env: SeaweedServer,
                                                                 ) -> None:
-    assert storage._direct(BUCKET) is not None  # the requests below are thumbfeat's own
+    direct = storage._direct_client()
+    assert direct is not None and direct.target(BUCKET) is not None  # requests signed here
     folder = f"s3://{BUCKET}/keys-{next(_numbers)}"
     for number, key in enumerate(AWKWARD_KEYS):
         url = f"{folder}/{key.rsplit('/', 1)[1]}"

@@ -81,6 +81,11 @@ class Failed(Exception):
         return self.code in MISSING_CODES or (self.status == 404 and not self.code)
 
 
+class Elsewhere(Failed):
+    """The bucket lives in another region than the one configured: boto3 follows it there
+    (its redirects are not repeated here)."""
+
+
 # --- Signing (pure) -------------------------------------------------------------------------
 
 
@@ -147,10 +152,14 @@ class Target:
             return None
         if endpoint:
             parts = urlsplit(endpoint)
+            try:
+                port = parts.port
+            except ValueError:  # boto3 says what is wrong with it
+                return None
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
                 return None
             base = f"{parts.path.rstrip('/')}/{quoted_key(bucket)}/"
-            target = Target(parts.scheme, parts.hostname, parts.port, base)
+            target = Target(parts.scheme, parts.hostname, port, base)
         elif _DNS_BUCKET.fullmatch(bucket) and _AWS_REGION.fullmatch(region):
             target = Target("https", f"{bucket}.s3.{region}.amazonaws.com", None, "/")
         else:
@@ -265,18 +274,9 @@ class Client:
                                              self.environ)
         return self.targets[bucket]
 
-    def put(self, target: Target, key: str, data: bytes) -> None:
-        self.send("PUT", target, key, data)
-
-    def get(self, target: Target, key: str) -> bytes:
-        return self.send("GET", target, key, None)
-
-    def delete(self, target: Target, key: str) -> None:
-        try:
-            self.send("DELETE", target, key, None)
-        except Failed as failed:
-            if not failed.missing:
-                raise
+    def leave(self, bucket: str) -> None:
+        """Send no more requests for ``bucket`` (boto3 does, from now on)."""
+        self.targets[bucket] = None
 
     def pool(self, target: Target) -> _Pool:
         if target not in self.pools:
@@ -300,8 +300,9 @@ class Client:
             except (OSError, http.client.HTTPException) as error:
                 connection.close()
                 if attempt == ATTEMPTS:
-                    raise Failed(None, "", f"{type(error).__name__}: {error} "
-                                           f"({ATTEMPTS} attempts)") from None
+                    raise Failed(None, "", f"cannot reach {target.scheme}://"
+                                           f"{target.host_header}: {type(error).__name__}: "
+                                           f"{error} ({ATTEMPTS} attempts)") from None
                 self.sleep(backoff(attempt, False))
                 continue
             if answer.will_close:
@@ -311,6 +312,9 @@ class Client:
             if answer.status < 300:
                 return data
             code, message = _error_fields(data)
+            region = answer.getheader("x-amz-bucket-region")
+            if region and region != self.region:
+                raise Elsewhere(answer.status, code or answer.reason, f"in region {region}")
             throttled = answer.status == 429 or code in THROTTLED_CODES
             if attempt < ATTEMPTS and (throttled or answer.status in TRANSIENT_STATUSES
                                        or code in TRANSIENT_CODES):

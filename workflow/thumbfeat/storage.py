@@ -158,11 +158,19 @@ def _new_direct_client() -> s3direct.Client | None:
                            profile, dict(os.environ), ca_bundle, MAX_CONNECTIONS)
 
 
-def _direct(bucket: str) -> tuple[s3direct.Client, s3direct.Target] | None:
-    """The direct client and where it reaches ``bucket``, or None when boto3 must."""
+def _request(method: str, bucket: str, key: str, body: bytes | None,
+             boto3_request: Callable[[], Any]) -> Any:
+    """One per-object request: signed by thumbfeat where it can (see s3direct), else, and
+    for a bucket found to live in another region, by boto3. The direct answer's body, or
+    what ``boto3_request`` returns."""
     direct = _direct_client()
     target = direct.target(bucket) if direct is not None else None
-    return (direct, target) if direct is not None and target is not None else None
+    if direct is not None and target is not None:
+        try:
+            return direct.send(method, target, key, body)
+        except s3direct.Elsewhere:
+            direct.leave(bucket)
+    return boto3_request()
 
 
 def forget_clients() -> None:
@@ -256,11 +264,8 @@ def put(path: str | Path, data: bytes) -> None:
 def _put_now(path: str, data: bytes) -> None:
     bucket, key = split(str(path))
     try:
-        direct = _direct(bucket)
-        if direct is None:
-            client().put_object(Bucket=bucket, Key=key, Body=data)
-        else:
-            direct[0].put(direct[1], key, data)
+        _request("PUT", bucket, key, data,
+                 lambda: client().put_object(Bucket=bucket, Key=key, Body=data))
     except Exception as error:
         raise _failed("write", str(path), error) from error
 
@@ -271,10 +276,9 @@ def get(path: str | Path) -> bytes:
         return Path(path).read_bytes()
     bucket, key = split(str(path))
     try:
-        direct = _direct(bucket)
-        if direct is None:
-            return client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        return direct[0].get(direct[1], key)
+        data: bytes = _request("GET", bucket, key, None, lambda: client().get_object(
+            Bucket=bucket, Key=key)["Body"].read())
+        return data
     except Exception as error:
         if _missing(error):
             raise FileNotFoundError(2, "no such object", str(path)) from None
@@ -294,11 +298,8 @@ def delete(path: str | Path) -> None:
 def _delete_now(path: str) -> None:
     bucket, key = split(str(path))
     try:
-        direct = _direct(bucket)
-        if direct is None:
-            client().delete_object(Bucket=bucket, Key=key)
-        else:
-            direct[0].delete(direct[1], key)
+        _request("DELETE", bucket, key, None,
+                 lambda: client().delete_object(Bucket=bucket, Key=key))
     except Exception as error:
         if not _missing(error):
             raise _failed("delete", str(path), error) from error
