@@ -10,6 +10,9 @@ per object). Local paths go through exactly the code they always went through.
 The endpoint and credentials come from the usual places of the AWS SDK: ``AWS_ENDPOINT_URL`` (or
 ``AWS_ENDPOINT_URL_S3``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, or a profile. They are
 never passed through the workflow, so they never appear in its params, logs or results.
+The requests for single objects (put, get, delete) are signed and sent by thumbfeat itself
+(s3direct: a fraction of boto3's CPU per request) wherever those settings allow; the rest, and
+every request under settings only boto3 knows, go through boto3; listings through pyarrow.
 """
 
 from __future__ import annotations
@@ -182,6 +185,7 @@ def forget_clients() -> None:
 
 
 def _missing(error: Exception) -> bool:
+    """Whether the store said the object is not there (from either client)."""
     if isinstance(error, s3direct.Failed):
         return error.missing
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
