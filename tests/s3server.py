@@ -83,8 +83,11 @@ class SeaweedServer:
     def start(self, timeout: float = 60) -> SeaweedServer:
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
+        # The Iceberg and Lance catalogs listen on fixed ports unless disabled: a second
+        # server on the machine would find them taken and exit.
         args = [WEED, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                *(f"-{flag}={port}" for flag, port in self.ports.items())]
+                *(f"-{flag}={port}" for flag, port in self.ports.items()),
+                "-s3.port.iceberg=0", "-s3.port.lance=0"]
         if self.checks_signatures:
             identities = self.folder / "s3-identities.json"
             identities.write_text(json.dumps({"identities": [{
