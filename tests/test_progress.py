@@ -103,7 +103,8 @@ def test_progress_lines_at_the_interval_and_adding_up(tmp_path: Path,
         # The periodic lines (all but the closing one) come about one interval apart: a loose
         # band, since the machine may be busy; not one line per image.
         periodic = elapsed[:-1]
-        gaps = [b - a for a, b in itertools.pairwise(periodic)]
+        # Elapsed times are printed to a tenth of a second: their differences are rounded again.
+        gaps = [round(b - a, 1) for a, b in itertools.pairwise(periodic)]
         assert len(periodic) >= 3, lines
         assert all(0.5 <= gap <= 3.0 for gap in gaps), gaps
         assert 0.9 <= periodic[0] <= 3.0
