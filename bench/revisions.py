@@ -88,6 +88,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
+    if args.dry_rows < 1:
+        parser.error("--dry-rows must be at least 1: the fresh dry run plans a catalog of that "
+                     "many rows, and a catalog that selects nothing is refused")
     if shutil.which("nginx") is None:
         sys.exit("nginx is not on PATH (Debian: apt-get install nginx-light)")
 
