@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from thumbfeat import atomic, s3direct
@@ -80,10 +80,7 @@ def _listing_filesystem() -> Any:
     Listings use pyarrow (the AWS C++ SDK): it reads a LIST page of a thousand objects about ten
     times faster than boto3, which matters when the plan lists every shard at every parse.
     """
-    pid = os.getpid()
-    if pid not in _filesystems:
-        _filesystems[pid] = s3_filesystem()
-    return _filesystems[pid]
+    return _for_this_process(_filesystems, s3_filesystem)
 
 
 _sessions: list[Any] = []
@@ -104,25 +101,36 @@ def _session() -> Any:
 # the caller may both make this process's first request).
 _client_lock = threading.Lock()
 
+_Made = TypeVar("_Made")
+
+
+def _for_this_process(made: dict[int, _Made], make: Callable[[], _Made]) -> _Made:
+    """What ``make`` returns, made once per process: a forked child makes its own, since it
+    must not share its parent's connections."""
+    pid = os.getpid()
+    if pid not in made:
+        with _client_lock:
+            if pid not in made:
+                made[pid] = make()
+    return made[pid]
+
 
 def client() -> Any:
-    """This process's S3 client (one per process: a forked child must not share a pool)."""
-    pid = os.getpid()
-    if pid in _clients:
-        return _clients[pid]
-    with _client_lock:
-        if pid in _clients:
-            return _clients[pid]
-        from botocore.config import Config
+    """This process's boto3 S3 client."""
+    return _for_this_process(_clients, _new_client)
 
-        # Checksums only where S3 requires them: S3-compatible stores may keep the trailing
-        # checksum of a streamed upload as part of the object.
-        config = Config(max_pool_connections=MAX_CONNECTIONS,
-                        retries={"max_attempts": 5, "mode": "standard"},
-                        request_checksum_calculation="when_required",
-                        response_checksum_validation="when_required")
-        _clients[pid] = _session().client("s3", config=config)
-        return _clients[pid]
+
+def _new_client() -> Any:
+    from botocore.config import Config
+
+    # Checksums only where S3 requires them: S3-compatible stores may keep the trailing
+    # checksum of a streamed upload as part of the object. PUTs carry their Content-MD5
+    # instead (s3direct.content_md5).
+    config = Config(max_pool_connections=MAX_CONNECTIONS,
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required")
+    return _session().client("s3", config=config)
 
 
 _direct_clients: dict[int, s3direct.Client | None] = {}
@@ -132,13 +140,7 @@ def _direct_client() -> s3direct.Client | None:
     """This process's client for the per-object requests thumbfeat signs itself (see
     s3direct), or None when boto3 sends them all (no credentials found, or a profile that
     cannot be read: boto3 then says why)."""
-    pid = os.getpid()
-    if pid in _direct_clients:
-        return _direct_clients[pid]
-    with _client_lock:
-        if pid not in _direct_clients:
-            _direct_clients[pid] = _new_direct_client()
-        return _direct_clients[pid]
+    return _for_this_process(_direct_clients, _new_direct_client)
 
 
 def _new_direct_client() -> s3direct.Client | None:
