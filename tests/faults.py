@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler
 import numpy as np
 from PIL import Image
 
-from tests.support import LoopbackServer, make_jpeg
+from tests.support import LoopbackServer, make_jpeg, quiet_handler
 
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>login</body></html>"
 
@@ -88,21 +88,7 @@ class FaultServer:
         self.cache: dict[str, bytes] = {}
         self.accepted: deque[float] = deque()
         self.api_key = ""
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_GET(self) -> None:
-                try:
-                    server.handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    self.close_connection = True
-
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), quiet_handler(self.answer))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -155,6 +141,13 @@ class FaultServer:
             handler.send_header(key, value)
         handler.end_headers()
         handler.wfile.write(body)
+
+    def answer(self, handler: BaseHTTPRequestHandler) -> None:
+        """Handle one request; a client that hung up mid-answer only closes the connection."""
+        try:
+            self.handle(handler)
+        except (BrokenPipeError, ConnectionResetError):
+            handler.close_connection = True
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         path = handler.path

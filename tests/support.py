@@ -61,6 +61,23 @@ def make_jpeg(name: str, size: tuple[int, int] = (320, 240)) -> bytes:
     return out.getvalue()
 
 
+def quiet_handler(answer: Callable[[BaseHTTPRequestHandler], None],
+                  methods: Sequence[str] = ("GET",)) -> type[BaseHTTPRequestHandler]:
+    """The request handler of the tests' loopback servers: HTTP/1.1 (keep-alive, as real
+    servers answer), no log line per request, and every request of ``methods`` handed to
+    ``answer``."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        answer(handler)
+
+    def log_message(handler: BaseHTTPRequestHandler, format: str, *args: object) -> None:
+        return
+
+    body: dict[str, object] = {"protocol_version": "HTTP/1.1", "log_message": log_message}
+    body.update({f"do_{method}": respond for method in methods})
+    return type("QuietHandler", (BaseHTTPRequestHandler,), body)
+
+
 class LoopbackServer(ThreadingHTTPServer):
     """A threaded server whose listen backlog holds a whole pool of connections arriving at once
     (the default of 5 drops the rest, which then fail as connect timeouts and get retried)."""
@@ -84,18 +101,7 @@ class ImageServer:
         self.cache: dict[str, bytes] = {}
         # Bytes served as they are at /file/<name>, for tests that need particular images.
         self.files: dict[str, bytes] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_GET(self) -> None:
-                server.handle(self)
-
-        self.httpd = LoopbackServer(("127.0.0.1", port), Handler)
+        self.httpd = LoopbackServer(("127.0.0.1", port), quiet_handler(self.handle))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

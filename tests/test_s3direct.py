@@ -26,6 +26,7 @@ from thumbfeat.s3direct import Target
 
 from tests.faults import QuietServer
 from tests.s3server import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedServer, seaweed_server
+from tests.support import quiet_handler
 
 # Keys that need URL-encoding: a space, non-ASCII letters, "+", "=", "%" and URL syntax.
 AWKWARD_KEYS = ["run/thumbs/ab/plain.img", "run/thumbs/ab/with space.img",
@@ -152,20 +153,8 @@ class ScriptedStore:
         self.seen: list[tuple[str, str, str, str]] = []
         self.objects: dict[str, bytes] = {}
         self.lock = threading.Lock()
-        store = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_PUT(self) -> None:
-                store.answer(self)
-
-            do_GET = do_DELETE = do_PUT
-
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0),
+                                 quiet_handler(self.answer, ("PUT", "GET", "DELETE")))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
