@@ -125,6 +125,10 @@ def _transposed(plane: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(plane.T)
 
 
+Passes = tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.int64], NDArray[np.int32]]
+"""The taps (starts, coefficients) of the horizontal pass, then of the vertical pass."""
+
+
 def _skipped() -> tuple[NDArray[np.int64], NDArray[np.int32]]:
     """The taps of a pass whose size does not change (Pillow skips it): empty, and read-only
     like :func:`taps`, so the compiled code sees one argument type."""
@@ -139,7 +143,7 @@ _SKIPPED = _skipped()
 
 
 def _passes(width: int, height: int, size: tuple[int, int], resample: int
-            ) -> tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.int64], NDArray[np.int32]]:
+            ) -> Passes:
     """The taps of the horizontal and the vertical pass (empty for a pass that is skipped)."""
     out_width, out_height = size
     across = taps(width, out_width, resample) if out_width != width else _SKIPPED
@@ -148,8 +152,7 @@ def _passes(width: int, height: int, size: tuple[int, int], resample: int
 
 
 def _resize(plane: NDArray[np.uint8], across: NDArray[np.uint8],
-            passes: tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.int64],
-                          NDArray[np.int32]], across_first: bool) -> NDArray[np.uint8]:
+            passes: Passes, across_first: bool) -> NDArray[np.uint8]:
     """Resize one contiguous plane (see :func:`kernels.resize_passes`); ``across`` is the plane
     transposed when the horizontal pass goes first and is not skipped."""
     return kernels.resize_passes(plane, across, *passes, across_first, _PRECISION_BITS)
@@ -181,8 +184,7 @@ much as a resize, and large images are rare here."""
 
 @lru_cache(maxsize=1024)
 def resize_plan(width: int, height: int, size: tuple[int, int], resample: int
-                ) -> tuple[bool, tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.int64],
-                                 NDArray[np.int32]]] | None:
+                ) -> tuple[bool, Passes] | None:
     """Whether the horizontal pass goes first, and the taps of both passes, for this resize;
     None where the compiled path did not reproduce Pillow (see :func:`pillow_order`)."""
     order = pillow_order(width, height, size, resample)
