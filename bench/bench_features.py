@@ -151,6 +151,16 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, floa
     return out
 
 
+def per_image_ratios(timings: Timings, clock_name: str) -> str:
+    """The whole feature set's after/before ratio of every image, summarised: what it is for
+    any one image, not only for the median image."""
+    ratios = [after / before for before, after in
+              zip(timings.medians_ms(f"before/{clock_name}", None),
+                  timings.medians_ms(f"after/{clock_name}", None), strict=True)]
+    return (f"{statistics.median(ratios):.2f} ({percentile(ratios, 0.1):.2f}-"
+            f"{percentile(ratios, 0.9):.2f}, largest {max(ratios):.2f})")
+
+
 class Timings:
     """Per implementation, clock and step: for each image the list of seconds over rounds."""
 
@@ -312,6 +322,11 @@ def section(args: argparse.Namespace, implementations: dict[str, types.ModuleTyp
         lines += [
             f"After against before, whole feature set: {after / before:.2f} of the CPU time "
             f"({before - after:.2f} ms less per image).",
+            "",
+            "Per image, after over before (each image's median over rounds), median, 10th-90th "
+            "percentile and largest: " + "; ".join(
+                f"{clock_name} {per_image_ratios(timings, clock_name)}"
+                for clock_name in ("cpu", "wall")) + ".",
             "",
             "Values, before against after, on all the images above: "
             + ("every column equal." if not changed else

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 from thumbfeat import kernels
 from thumbfeat.features import packed_words
@@ -127,6 +128,19 @@ def test_hue_direction_tables_are_accurate_for_every_hue() -> None:
     assert not starts[kernels.NO_HUE].any()
 
 
+def crowded_buckets() -> list[NDArray[np.int32]]:
+    """Values whose lowest or highest bucket holds more than COUNTED_BUCKET members, most of them
+    equal: a dark photograph's near-black pixels, a white background's top level."""
+    edge = 1 << kernels.BUCKET_SHIFT
+    rng = np.random.default_rng(6)
+    crowd = kernels.COUNTED_BUCKET + 300
+    dark = np.concatenate([np.zeros(crowd, np.int32), rng.integers(0, edge, 400, dtype=np.int32),
+                           [edge - 1, edge - 1, edge, 7 * edge]]).astype(np.int32)
+    white = np.concatenate([np.full(crowd, 65_025_000, np.int32),
+                            rng.integers(0, 65_025_001, 300, dtype=np.int32)]).astype(np.int32)
+    return [rng.permutation(dark), rng.permutation(white)]
+
+
 def test_ranked_pair_across_bucket_edges() -> None:
     edge = 1 << kernels.BUCKET_SHIFT
     cases = [
@@ -134,6 +148,7 @@ def test_ranked_pair_across_bucket_edges() -> None:
         np.array([3 * edge] * 7 + [3 * edge - 1], dtype=np.int32),  # ties inside one bucket
         np.random.default_rng(2).integers(0, 65_025_001, 4001, dtype=np.int32),
         np.array([42], dtype=np.int32),
+        *crowded_buckets(),
     ]
     for values in cases:
         ordered = np.sort(values)
@@ -150,6 +165,7 @@ def test_ranked_pairs_equal_sorting_for_two_ranks_in_one_pass() -> None:
         rng.integers(0, 65_025_001, 3001, dtype=np.int32),
         np.array([edge - 1, edge, edge + 1, 5 * edge, 0, 9 * edge], dtype=np.int32),
         np.array([3 * edge] * 7 + [3 * edge - 1], dtype=np.int32),  # both ranks in one bucket
+        *crowded_buckets(),
     ]
     for values in cases:
         ordered = np.sort(values)

@@ -44,8 +44,17 @@ alternating count tables then take 32 KB, which stays in the core's first-level 
 four times finer buckets they took four times as much, and counting was slower than sorting the
 larger buckets."""
 
+COUNTED_BUCKET = 1024
+"""A bucket holding more values than this is read by counting its members' low
+:data:`BUCKET_SHIFT` bits (a 64 KB table) instead of sorting them. A dark photograph puts
+thousands of near-black pixels into the lowest bucket, and a white background fills the highest
+one, most of them equal; sorting such a bucket took longer than the whole rest of the light
+measures."""
+
 SCAN_BLOCK = 64
-"""Values checked at a time when gathering the members of a bucket."""
+"""Values checked at a time when gathering the members of a bucket ..."""
+SCAN_PART = 8
+"""... and, in a block that holds some, the values checked at a time within it."""
 
 ALL_BITS = (1 << 31) - 1
 
@@ -418,12 +427,17 @@ def bucket_counts(values: NDArray[np.int32]) -> NDArray[np.int64]:
 
 
 @njit(cache=True, nogil=True)
-def _bucket_minimum(values: NDArray[np.int32], bucket: int) -> int:
-    smallest = np.iinfo(np.int32).max
-    for value in values:
-        if value >> BUCKET_SHIFT == bucket and value < smallest:
-            smallest = value
-    return smallest
+def _smallest_from(values: NDArray[np.int32], lower: int) -> int:
+    """The smallest of the non-negative ``values`` at or above ``lower`` (which one must be).
+
+    Unsigned, a value below ``lower`` minus ``lower`` wraps around to a huge number, so a plain
+    minimum of the differences finds it: no branch, and the compiler takes many values per
+    instruction (a conditional minimum took several times as long)."""
+    start = np.uint32(lower)
+    gap = np.uint32(0xFFFF_FFFF)
+    for i in range(values.size):
+        gap = min(gap, np.uint32(values[i]) - start)
+    return np.int64(gap) + lower
 
 
 @njit(cache=True, nogil=True)
@@ -438,20 +452,73 @@ def _bucket_of_rank(buckets: NDArray[np.int64], rank: int) -> tuple[int, int]:
 
 
 @njit(cache=True, nogil=True)
+def _sorted_pair(members: NDArray[np.int32], index: int) -> tuple[int, int]:
+    """The values at positions ``index`` and ``index + 1`` of the members of one bucket in sorted
+    order; the second is -1 when ``index`` is the last position. Sorts ``members`` in place,
+    or counts them when there are more than :data:`COUNTED_BUCKET`."""
+    if members.size <= COUNTED_BUCKET:
+        members.sort()
+        after = np.int64(members[index + 1]) if index + 1 < members.size else np.int64(-1)
+        return np.int64(members[index]), after
+    base = np.int64(members[0] >> BUCKET_SHIFT) << BUCKET_SHIFT
+    counts = np.zeros(1 << BUCKET_SHIFT, np.int32)
+    for value in members:
+        counts[value - base] += 1
+    passed = 0
+    at = np.int64(-1)
+    for slot in range(counts.size):
+        passed += counts[slot]
+        if at < 0:
+            if passed > index:
+                at = base + slot
+                if passed > index + 1:
+                    return at, at
+        elif counts[slot]:
+            return at, base + slot
+    return at, np.int64(-1)
+
+
+@njit(cache=True, nogil=True)
 def _pair_in_bucket(values: NDArray[np.int32], buckets: NDArray[np.int64],
                     members: NDArray[np.int32], bucket: int, seen: int, rank: int
                     ) -> tuple[int, int]:
-    """Ranks ``rank`` and ``rank + 1`` from the sorted ``members`` of the rank's bucket (and the
+    """Ranks ``rank`` and ``rank + 1`` from the ``members`` of the rank's bucket (and the
     smallest value of the next non-empty bucket, when ``rank`` is its bucket's last)."""
-    at = members[rank - seen]
+    at, after = _sorted_pair(members, rank - seen)
     if rank + 1 >= values.size:
         return at, at
-    if rank + 1 - seen < members.size:
-        return at, members[rank + 1 - seen]
-    following = bucket + 1
-    while buckets[following] == 0:
-        following += 1
-    return at, _bucket_minimum(values, following)
+    if after >= 0:
+        return at, after
+    return at, _smallest_from(values, (bucket + 1) << BUCKET_SHIFT)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _members_in(values: NDArray[np.int32], start: int, length: int, first_bucket: int,
+                second_bucket: int) -> int:
+    """How many of ``length`` values from ``start`` lie in either bucket (branch-free)."""
+    hits = 0
+    for offset in range(length):
+        bucket = values[start + offset] >> BUCKET_SHIFT
+        hits += np.int32(bucket == first_bucket) + np.int32(bucket == second_bucket)
+    return hits
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _gather(values: NDArray[np.int32], start: int, stop: int, first_bucket: int,
+            second_bucket: int, first_members: NDArray[np.int32],
+            second_members: NDArray[np.int32], first_found: int, second_found: int
+            ) -> tuple[int, int]:
+    """Append the members of either bucket among ``values[start:stop]``; the new counts."""
+    for i in range(start, stop):
+        value = values[i]
+        bucket = value >> BUCKET_SHIFT
+        if bucket == first_bucket:
+            first_members[first_found] = value
+            first_found += 1
+        elif bucket == second_bucket:
+            second_members[second_found] = value
+            second_found += 1
+    return first_found, second_found
 
 
 @njit(cache=True, nogil=True)
@@ -460,33 +527,27 @@ def ranked_pairs(values: NDArray[np.int32], buckets: NDArray[np.int64], first_ra
     """The values of ranks ``r`` and ``r + 1`` (0-based, clipped to the last) in sorted order,
     for ``r`` = ``first_rank`` and then ``second_rank``, given the :func:`bucket_counts` of
     ``values``: one pass gathers the members of the (at most two) buckets holding those ranks,
-    and only those are sorted."""
+    and only those are sorted or counted (:func:`_sorted_pair`)."""
     first_bucket, first_seen = _bucket_of_rank(buckets, first_rank)
     second_bucket, second_seen = _bucket_of_rank(buckets, second_rank)
     shared = first_bucket == second_bucket
     first_members = np.empty(buckets[first_bucket], np.int32)
     second_members = np.empty(0 if shared else buckets[second_bucket], np.int32)
     first_found = second_found = 0
-    # Blocks without a member (most of them) are passed over by a branch-free check.
-    for start in range(0, values.size, SCAN_BLOCK):
-        stop = min(start + SCAN_BLOCK, values.size)
-        hits = 0
-        for i in range(start, stop):
-            bucket = values[i] >> BUCKET_SHIFT
-            hits += np.int32(bucket == first_bucket) + np.int32(bucket == second_bucket)
-        if hits == 0:
+    # Blocks without a member (most of them) are passed over by a branch-free check of a fixed
+    # length, which the compiler unrolls into a few wide instructions; so are the parts of a
+    # block holding one, and only the parts that hold members are read value by value.
+    whole_blocks = values.size - values.size % SCAN_BLOCK
+    for start in range(0, whole_blocks, SCAN_BLOCK):
+        if _members_in(values, start, SCAN_BLOCK, first_bucket, second_bucket) == 0:
             continue
-        for i in range(start, stop):
-            value = values[i]
-            bucket = value >> BUCKET_SHIFT
-            if bucket == first_bucket:
-                first_members[first_found] = value
-                first_found += 1
-            elif bucket == second_bucket:
-                second_members[second_found] = value
-                second_found += 1
-    first_members.sort()
-    second_members.sort()
+        for part in range(start, start + SCAN_BLOCK, SCAN_PART):
+            if _members_in(values, part, SCAN_PART, first_bucket, second_bucket):
+                first_found, second_found = _gather(
+                    values, part, part + SCAN_PART, first_bucket, second_bucket,
+                    first_members, second_members, first_found, second_found)
+    _gather(values, whole_blocks, values.size, first_bucket, second_bucket,
+            first_members, second_members, first_found, second_found)
     if shared:
         second_members = first_members
     first_at, first_after = _pair_in_bucket(values, buckets, first_members, first_bucket,
