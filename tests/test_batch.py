@@ -24,7 +24,7 @@ from thumbfeat.fetch import FetchSettings
 from thumbfeat.rows import read_row
 from thumbfeat.thumbnail import ThumbnailSettings
 
-from tests.support import ImageServer, start_owner
+from tests.support import ImageServer, make_jpeg, start_owner
 
 SETTINGS = FetchSettings(concurrency=3, max_attempts=3, backoff_base=0.01, connect_timeout=2.0,
                          read_timeout=5.0, total_timeout=10.0)
@@ -236,6 +236,25 @@ def test_measure_one_quarantines_a_thumbnail_damaged_on_disk(tmp_path: Path) -> 
                      "x.img" + ("" if attempt == 0 else f".{attempt + 1}"))
         assert moved.read_bytes() == b"\x89PNG not really"
         assert "does not decode" in Path(f"{moved}.why").read_text()
+
+
+def test_measure_one_hashes_a_thumbnail_kept_as_served_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kept as served, the thumbnail is its own source: one digest serves both sha256 columns.
+    data = make_jpeg("kept", (64, 48))
+    results = thumbnail_on_disk(tmp_path, "x", data)
+    real_sha256 = hashlib.sha256
+    hashed = []
+
+    def counting_sha256(*args: bytes) -> object:
+        hashed.extend(arg for arg in args if arg == data)
+        return real_sha256(*args)
+
+    monkeypatch.setattr(hashlib, "sha256", counting_sha256)
+    outcome, row = measure_one("x", results, TAG, MAX_PIXELS)
+    assert outcome.ok
+    assert len(hashed) == 1
+    assert row["sha256"] == row["source_sha256"] == real_sha256(data).hexdigest()
 
 
 def test_measure_one_needs_the_thumbnail(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ failures by kind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -207,8 +208,10 @@ def measure_one(image_id: str, results: str, tag: str, max_pixels: int,
             row = _failed_row(image_id, kind, error, retryable, tag, source_url)
             outcome = Outcome(image_id, False, kind, error, retryable)
         else:
-            row = _row_of(image_id, decoded, data, stored_source_facts(data, decoded), tag,
-                          source_url)
+            # Hashed once: a thumbnail kept as served is its own source.
+            digest = hashlib.sha256(data).hexdigest()
+            row = _row_of(image_id, decoded, data, stored_source_facts(data, decoded, digest),
+                          tag, source_url, digest)
             outcome = Outcome(image_id, True, size=len(data))
     write_row(layout.feature_path(results, image_id, tag), row)
     return outcome, row

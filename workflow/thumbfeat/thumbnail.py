@@ -127,9 +127,13 @@ class Thumbnail:
     """True when the bytes were made here; False when they are the download, kept as served."""
 
 
-def facts_of_download(data: bytes, decoded: DecodedImage) -> SourceFacts:
+def facts_of_download(data: bytes, decoded: DecodedImage,
+                      data_sha256: str | None = None) -> SourceFacts:
+    """The facts of downloaded bytes; ``data_sha256`` is their SHA-256 (hex) when the caller
+    has computed it already."""
     width, height = decoded.source_size
-    return SourceFacts(width, height, len(data), decoded.format, hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).hexdigest() if data_sha256 is None else data_sha256
+    return SourceFacts(width, height, len(data), decoded.format, digest)
 
 
 def target_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -192,8 +196,10 @@ def make_thumbnail(data: bytes, settings: ThumbnailSettings, max_pixels: int) ->
     return Thumbnail(stored, decode_image(stored, max_pixels=max_pixels), source, made=True)
 
 
-def stored_source_facts(data: bytes, decoded: DecodedImage) -> SourceFacts:
-    """The source facts of a stored thumbnail: those it carries, else its own (kept as served)."""
+def stored_source_facts(data: bytes, decoded: DecodedImage,
+                        data_sha256: str | None = None) -> SourceFacts:
+    """The source facts of a stored thumbnail: those it carries, else its own (kept as served);
+    ``data_sha256`` as for :func:`facts_of_download`."""
     note = _note(data)
     if note is not None:
         try:
@@ -203,7 +209,7 @@ def stored_source_facts(data: bytes, decoded: DecodedImage) -> SourceFacts:
                                str(columns["source_sha256"]))
         except (ValueError, KeyError, TypeError):
             pass
-    return facts_of_download(data, decoded)
+    return facts_of_download(data, decoded, data_sha256)
 
 
 def _note(data: bytes) -> str | bytes | None:
