@@ -84,6 +84,9 @@ def features_at(revision: str, folder: Path) -> types.ModuleType:
     the compiled kernels cache their machine code next to their source."""
     import thumbfeat
 
+    # This revision's kernels first: they set how numba compiles (the vector width), once per
+    # process, so both revisions' kernels are compiled alike.
+    current.kernels.HSP_WEIGHTS  # noqa: B018
     replaced = {}
     try:
         for name in BEFORE_MODULES:

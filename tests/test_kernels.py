@@ -264,3 +264,46 @@ def test_a_fresh_process_loads_the_compiled_kernels_instead_of_compiling() -> No
         stats = warm_in_a_fresh_process()
         assert stats["misses"] == 0
         assert stats["hits"] >= 4
+
+
+def test_full_vector_width_on_cpus_with_avx512() -> None:
+    host = "+sse4.2,+avx2,+avx512f,+avx512bw"
+    assert kernels.vector_features("emeraldrapids", host) == host + ",-prefer-256-bit"
+    assert kernels.vector_features("znver4", host + ",+prefer-256-bit") == (
+        host + ",-prefer-256-bit")
+    # The Skylake server generation slows its clock most for 512-bit instructions.
+    assert kernels.vector_features("skylake-avx512", host) is None
+    assert kernels.vector_features("haswell", "+sse4.2,+avx2,-avx512f") is None
+    assert kernels.vector_features("generic", "") is None
+
+
+COMPILED_FOR = """
+import json
+import llvmlite.binding as llvm
+from numba.core import codegen
+from numba.core.registry import cpu_target
+from thumbfeat import kernels
+kernels.split_channels(kernels.np.zeros(4, kernels.np.uint32))
+print(json.dumps({"used": cpu_target.target_context.codegen().magic_tuple()[2],
+                  "host": codegen.get_host_cpu_features(),
+                  "name": llvm.get_host_cpu_name()}))
+"""
+
+
+def compiled_for(**environment: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU_")}
+    result = subprocess.run([sys.executable, "-c", COMPILED_FOR], capture_output=True, text=True,
+                            env={**clean, "PYTHONPATH": str(REPO / "workflow"), **environment},
+                            cwd=REPO, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_are_compiled_for_the_chosen_vector_width() -> None:
+    seen = compiled_for()
+    chosen = kernels.vector_features(seen["name"], seen["host"])
+    assert seen["used"] == (seen["host"] if chosen is None else chosen)
+
+
+def test_a_target_chosen_by_the_user_is_kept() -> None:
+    host = compiled_for()["host"]
+    assert compiled_for(NUMBA_CPU_FEATURES=host)["used"] == host

@@ -29,9 +29,49 @@ from __future__ import annotations
 import math
 from functools import cache
 
+import llvmlite.binding as llvm
 import numpy as np
 from numba import njit
+from numba.core import codegen, config
 from numpy.typing import NDArray
+
+NARROW_VECTOR_CPUS = frozenset({"skylake-avx512", "cascadelake", "cooperlake"})
+"""CPUs with AVX-512 whose clock drops most while they run 512-bit instructions (the Skylake
+server generation); the kernels keep LLVM's 256-bit preference there."""
+
+
+def vector_features(cpu_name: str, host_features: str) -> str | None:
+    """The CPU features to compile the kernels for (LLVM's comma-separated ``+name``/``-name``
+    list), or None to keep numba's choice, the host's own features.
+
+    On CPUs with AVX-512, LLVM prefers 256-bit vectors (the ``prefer-256-bit`` tuning), a
+    default set when the first such CPUs slowed their clock for wider instructions. The kernels
+    are dense loops over a few hundred KB, the measuring process's main work, so they are
+    compiled for the full width there, except on :data:`NARROW_VECTOR_CPUS`. Measured on an
+    Intel Xeon of the Emerald Rapids generation, side by side: the Lanczos reductions 20%
+    faster, the bicubic ones 13%, the light and colour pass 17% (BENCHMARKS.md, "Per-image
+    features"). Integer results do not change; float sums only in their order of addition, which
+    ``docs/feature-table.md``'s tolerances allow.
+    """
+    features = [feature for feature in host_features.split(",") if feature]
+    if "+avx512f" not in features or cpu_name in NARROW_VECTOR_CPUS:
+        return None
+    return ",".join([*(f for f in features if f != "+prefer-256-bit"), "-prefer-256-bit"])
+
+
+def _choose_vector_width() -> None:
+    """Apply :func:`vector_features` to numba's compiler, unless the user chose the target
+    (``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES``). Runs before the kernels below are defined,
+    which is when numba sets up its compiler; the compiled-code cache is keyed by these
+    features, so code cached for other ones is compiled again, not reused."""
+    if config.CPU_NAME is not None or config.CPU_FEATURES is not None:
+        return
+    chosen = vector_features(llvm.get_host_cpu_name(), codegen.get_host_cpu_features())
+    if chosen is not None:
+        config.CPU_FEATURES = chosen
+
+
+_choose_vector_width()
 
 HSP_WEIGHTS = (241, 691, 68)
 """HSP weights scaled to integers: ``241 R² + 691 G² + 68 B²`` is exact in int32 (at most
