@@ -21,7 +21,8 @@ not writable, in numba's per-user cache), so only the first process on a machine
 processes load it. Numba writes cache files under a temporary name and renames them, so processes
 compiling at the same time do not corrupt each other's files. Integer arithmetic is int64 in
 numba whatever the operand types, which the sums rely on. Each kernel is compiled once per set of
-argument types (read-only and writable arrays count as different types).
+argument types (read-only and writable arrays count as different types). Where the CPU has
+AVX-512, the kernels are compiled for its full vector width (:func:`vector_features`).
 """
 
 from __future__ import annotations
