@@ -545,12 +545,14 @@ def dominant_colors(sums: PixelSums) -> list[dict[str, object]]:
     Ties go to the lower cell number, so the result is deterministic.
     """
     out: list[dict[str, object]] = []
-    for cell, cell_sums in zip(sums.top_cells, sums.top_cell_sums, strict=True):
-        n = int(sums.cells[cell])
+    counts = sums.cells[sums.top_cells].tolist()
+    for n, (red, green, blue) in zip(counts, sums.top_cell_sums.tolist(), strict=True):
         if n == 0:
             break
         # Mean colour rounded half up, in integers: (2 sum + n) // (2 n).
-        colour = "#" + "".join(f"{(2 * int(s) + n) // (2 * n):02x}" for s in cell_sums)
+        halves = 2 * n
+        colour = (f"#{(2 * red + n) // halves:02x}{(2 * green + n) // halves:02x}"
+                  f"{(2 * blue + n) // halves:02x}")
         out.append({"color": colour, "share": n / sums.weighted.size})
     return out
 
