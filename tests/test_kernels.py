@@ -17,8 +17,8 @@ from thumbfeat.features import packed_words
 from tests.support import REPO
 
 # Thresholds as thumbfeat.features passes them: V in 39..242, S > 0.2, greyscale chroma 10,
-# 3 bits per channel for the colour cells, the 3 largest cells; then the hue direction tables.
-ARGUMENTS = (39, 242, 5, 10, 3, 3, *kernels.hue_direction_tables())
+# 3 bits per channel for the colour cells, the 3 largest cells; then the hue directions.
+ARGUMENTS = (39, 242, 5, 10, 3, 3, kernels.hue_directions())
 
 
 def channels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,19 +113,19 @@ def test_a_constant_colour_has_exactly_zero_saturation_spread() -> None:
     assert floats[2] == 0.0
 
 
-def test_hue_direction_tables_are_accurate_for_every_hue() -> None:
-    within, starts = kernels.hue_direction_tables()
+def test_hue_directions_are_accurate_for_every_hue() -> None:
+    directions = kernels.hue_directions()
     chroma, remainder = (np.array(v) for v in zip(*((c, r) for c in range(1, 256)
                                                     for r in range(c)), strict=True))
-    entry = chroma * (chroma - 1) // 2 + remainder
-    assert np.array_equal(np.sort(entry), np.arange(within.shape[0]))  # each entry used once
+    fraction = chroma * (chroma - 1) // 2 + remainder
+    assert np.array_equal(np.sort(fraction), np.arange(kernels.HUE_FRACTIONS))  # each row once
     for sextant in range(kernels.SEXTANTS):
-        angle = np.radians((sextant + remainder / chroma) * 60)
-        cos = starts[sextant, 0] * within[entry, 0] - starts[sextant, 1] * within[entry, 1]
-        sin = starts[sextant, 1] * within[entry, 0] + starts[sextant, 0] * within[entry, 1]
-        assert np.abs(cos - np.cos(angle)).max() < 1e-14
-        assert np.abs(sin - np.sin(angle)).max() < 1e-14
-    assert not starts[kernels.NO_HUE].any()
+        # The exact angle, (sextant * c + r) / c sixths of a turn, in float64 at the last step.
+        angle = 2 * np.pi * ((sextant * chroma + remainder) / (6 * chroma))
+        row = sextant * kernels.HUE_FRACTIONS + fraction
+        assert np.abs(directions[row, 0] - np.cos(angle)).max() < 3e-15
+        assert np.abs(directions[row, 1] - np.sin(angle)).max() < 3e-15
+    assert not directions[kernels.NO_HUE * kernels.HUE_FRACTIONS:].any()
 
 
 def crowded_buckets() -> list[NDArray[np.int32]]:

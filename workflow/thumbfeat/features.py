@@ -259,7 +259,7 @@ def pixel_sums(red: NDArray[np.uint8], green: NDArray[np.uint8],
     return PixelSums(*kernels.pixel_sums(
         red, green, blue, _VALUE_LOW, _VALUE_HIGH,
         _SATURATION_DIVISOR, GRAYSCALE_CHROMA, DOMINANT_BITS, DOMINANT_COLOURS,
-        *kernels.hue_direction_tables()))
+        kernels.hue_directions()))
 
 
 @dataclass(frozen=True)
