@@ -180,6 +180,13 @@ class Timings:
         for step in self.steps:
             by_image[index][step].append(timings.get(step, 0.0))
 
+    def round_medians_ms(self, key: str) -> list[float]:
+        """Per round, the median over images of the whole feature set: how steady the machine
+        was during the run (the same code, measured again a few seconds later)."""
+        rounds = len(self.totals[key][0])
+        return [statistics.median(per_image[r] for per_image in self.totals[key]) * 1000
+                for r in range(rounds)]
+
     def medians_ms(self, key: str, step: str | None) -> list[float]:
         series = (self.totals[key] if step is None
                   else [per[step] for per in self.by_step[key]])
@@ -294,8 +301,14 @@ def section(args: argparse.Namespace, implementations: dict[str, types.ModuleTyp
     ]
     for step in timings.steps:
         lines.append(row(step, step))
+    steadiness = timings.round_medians_ms(f"{labels[-1]}/cpu")
     lines += [
         row("**whole feature set** (`compute_features`)", None),
+        "",
+        f"How steady the machine was: round by round, the median CPU time of the whole set "
+        f"({labels[-1] if len(labels) > 1 else 'this revision'}) ranged from "
+        f"{min(steadiness):.2f} to {max(steadiness):.2f} ms, the same code on the same images "
+        "a few seconds apart; only ratios measured in the same rounds compare revisions.",
         "",
         f"For scale, decoding one of these JPEGs (not part of the feature set) takes "
         f"{statistics.median(decode_ms):.2f} ms (wall median).",
