@@ -226,6 +226,13 @@ def test_member_sums_of_more_cells_than_one_pass_takes() -> None:
         assert cell_sums.tolist() == wide[(cell_of & 511) == cell].sum(axis=0).tolist()
 
 
+def test_transposed_blocks_equal_numpy() -> None:
+    rng = np.random.default_rng(9)
+    for height, width in ((8, 8), (240, 320), (16, 512), (512, 8)):
+        plane = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        assert np.array_equal(kernels.transposed_blocks(plane), plane.T)
+
+
 def test_detail_sums_equal_numpy() -> None:
     gray = np.random.default_rng(4).integers(0, 256, (37, 53), dtype=np.uint8)
     g = gray.astype(np.int64)

@@ -73,3 +73,20 @@ def test_many_sizes_in_one_call_share_first_passes_and_equal_pillow(resample: in
     for size, ours in zip(sizes, got, strict=True):
         assert np.array_equal(ours, np.asarray(Image.fromarray(plane).resize(size, resample))), size
     assert orders <= {"hv", "vh"}
+
+
+@pytest.mark.parametrize("resample", FILTERS)
+def test_sides_in_eights_and_unaligned_pixels_equal_pillow(resample: int) -> None:
+    # Sides that are multiples of 8 are transposed by blocks, unless the pixels do not start on
+    # a word boundary (a view one byte into a buffer); both must give Pillow's result.
+    rng = np.random.default_rng(13)
+    for height, width in ((240, 320), (8, 512), (512, 8), (48, 64)):
+        plane = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        unaligned = np.empty(height * width + 1, dtype=np.uint8)[1:].reshape(height, width)
+        unaligned[:] = plane
+        for pixels in (plane, unaligned):
+            sizes = [(8, 8), (9, 8), (32, 32), (64, 48)]
+            for size, ours in zip(sizes, resize_gray_like_pillow(pixels, sizes, resample),
+                                  strict=True):
+                expected = np.asarray(Image.fromarray(plane).resize(size, resample))
+                assert np.array_equal(ours, expected), (plane.shape, size)

@@ -636,6 +636,61 @@ def detail_sums(gray: NDArray[np.uint8], strong_above: int) -> tuple[int, int, i
     return (height - 2) * (width - 2), total, squares, strong
 
 
+_LOW_32 = np.uint64(0x0000_0000_FFFF_FFFF)
+_LOW_16 = np.uint64(0x0000_FFFF_0000_FFFF)
+_LOW_8 = np.uint64(0x00FF_00FF_00FF_00FF)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _exchange(upper: np.uint64, lower: np.uint64, shift: np.uint64, mask: np.uint64
+              ) -> tuple[np.uint64, np.uint64]:
+    """Swap the bytes of ``upper`` selected by ``mask << shift`` with those of ``lower``
+    selected by ``mask``: one step of transposing 8x8 bytes held in eight words."""
+    differ = ((upper >> shift) ^ lower) & mask
+    return upper ^ (differ << shift), lower ^ differ
+
+
+@njit(cache=True, nogil=True)
+def transposed_blocks(plane: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """The transpose of a C-contiguous 2-D uint8 ``plane`` whose sides are multiples of 8.
+
+    Each 8x8 block is read as eight 64-bit words (one per row) and transposed in registers
+    by three rounds of masked byte swaps, then written as eight words: numpy's transpose
+    copies byte by byte, which took a third longer for a 320x240 plane.
+    """
+    height, width = plane.shape
+    out = np.empty((width, height), np.uint8)
+    rows_in, rows_out = width // 8, height // 8
+    source = plane.reshape(-1).view(np.uint64)
+    target = out.reshape(-1).view(np.uint64)
+    w32, w16, w8 = np.uint64(32), np.uint64(16), np.uint64(8)
+    for block_y in range(rows_out):
+        for block_x in range(rows_in):
+            at = 8 * block_y * rows_in + block_x
+            a0, a1 = source[at], source[at + rows_in]
+            a2, a3 = source[at + 2 * rows_in], source[at + 3 * rows_in]
+            a4, a5 = source[at + 4 * rows_in], source[at + 5 * rows_in]
+            a6, a7 = source[at + 6 * rows_in], source[at + 7 * rows_in]
+            a0, a4 = _exchange(a0, a4, w32, _LOW_32)
+            a1, a5 = _exchange(a1, a5, w32, _LOW_32)
+            a2, a6 = _exchange(a2, a6, w32, _LOW_32)
+            a3, a7 = _exchange(a3, a7, w32, _LOW_32)
+            a0, a2 = _exchange(a0, a2, w16, _LOW_16)
+            a1, a3 = _exchange(a1, a3, w16, _LOW_16)
+            a4, a6 = _exchange(a4, a6, w16, _LOW_16)
+            a5, a7 = _exchange(a5, a7, w16, _LOW_16)
+            a0, a1 = _exchange(a0, a1, w8, _LOW_8)
+            a2, a3 = _exchange(a2, a3, w8, _LOW_8)
+            a4, a5 = _exchange(a4, a5, w8, _LOW_8)
+            a6, a7 = _exchange(a6, a7, w8, _LOW_8)
+            to = 8 * block_x * rows_out + block_y
+            target[to], target[to + rows_out] = a0, a1
+            target[to + 2 * rows_out], target[to + 3 * rows_out] = a2, a3
+            target[to + 4 * rows_out], target[to + 5 * rows_out] = a4, a5
+            target[to + 6 * rows_out], target[to + 7 * rows_out] = a6, a7
+    return out
+
+
 @njit(cache=True, nogil=True)
 def combine_rows(source: NDArray[np.uint8], starts: NDArray[np.int64],
                  coefficients: NDArray[np.int32], precision_bits: int) -> NDArray[np.uint8]:
