@@ -234,16 +234,23 @@ def test_transposed_blocks_equal_numpy() -> None:
 
 
 def test_detail_sums_equal_numpy() -> None:
-    gray = np.random.default_rng(4).integers(0, 256, (37, 53), dtype=np.uint8)
-    g = gray.astype(np.int64)
-    laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
-    vertical = g[:-2] + 2 * g[1:-1] + g[2:]
-    gx = vertical[:, 2:] - vertical[:, :-2]
-    across = g[2:] - g[:-2]
-    gy = across[:, :-2] + 2 * across[:, 1:-1] + across[:, 2:]
-    expected = (laplacian.size, laplacian.sum(), (laplacian**2).sum(),
-                (gx**2 + gy**2 > 10_000).sum())
-    assert kernels.detail_sums(gray, 10_000) == expected
+    rng = np.random.default_rng(4)
+    checker = np.indices((64, 96)).sum(axis=0) % 2 * 255  # the largest Laplacian, ±1020
+    stripes = np.tile(np.repeat([0, 255], 2), (64, 24))  # the largest gradients, gx² = 1020²
+    for gray in (rng.integers(0, 256, (37, 53), dtype=np.uint8),
+                 np.where(rng.random((300, 512)) < 0.5, 0, 255).astype(np.uint8),
+                 checker.astype(np.uint8), stripes.astype(np.uint8)):
+        g = gray.astype(np.int64)
+        laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
+        vertical = g[:-2] + 2 * g[1:-1] + g[2:]
+        gx = vertical[:, 2:] - vertical[:, :-2]
+        across = g[2:] - g[:-2]
+        gy = across[:, :-2] + 2 * across[:, 1:-1] + across[:, 2:]
+        magnitude = gx**2 + gy**2
+        for threshold in (0, 10_000, int(magnitude.max()) - 1, int(magnitude.max()), 10**9):
+            expected = (laplacian.size, laplacian.sum(), (laplacian**2).sum(),
+                        (magnitude > threshold).sum())
+            assert kernels.detail_sums(gray, threshold) == expected
 
 
 WARM = """
