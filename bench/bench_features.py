@@ -86,7 +86,7 @@ def features_at(revision: str, folder: Path) -> types.ModuleType:
 
     # This revision's kernels first: they set how numba compiles (the vector width), once per
     # process, so both revisions' kernels are compiled alike.
-    current.kernels.HSP_WEIGHTS  # noqa: B018
+    current.warm_kernels()
     replaced = {}
     try:
         for name in BEFORE_MODULES:

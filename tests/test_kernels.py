@@ -294,10 +294,11 @@ def test_full_vector_width_on_cpus_with_avx512() -> None:
 COMPILED_FOR = """
 import json
 import llvmlite.binding as llvm
+import numpy as np
 from numba.core import codegen
 from numba.core.registry import cpu_target
 from thumbfeat import kernels
-kernels.split_channels(kernels.np.zeros(4, kernels.np.uint32))
+kernels.split_channels(np.zeros(4, np.uint32))
 print(json.dumps({"used": cpu_target.target_context.codegen().magic_tuple()[2],
                   "host": codegen.get_host_cpu_features(),
                   "name": llvm.get_host_cpu_name()}))

@@ -12,7 +12,7 @@ only gather sums, counts and small tables; :mod:`thumbfeat.features` turns them 
 Exactness: every accumulator that the column definitions require to be exact is an integer
 (counts, sums and sums of squares of integer pixel values), so it does not depend on the order in
 which pixels are visited. The floating-point sums (square roots for ``brightness_mean``,
-saturation, the hue direction's cosines and sines from tables) may be added in any order the
+saturation, the hue direction's cosines and sines from a table) may be added in any order the
 compiler likes (``fastmath={"reassoc"}``, which lets it add several pixels per instruction);
 they stay within the tolerances of ``docs/feature-table.md`` whatever the order.
 
@@ -515,11 +515,10 @@ def _sorted_pair(members: NDArray[np.int32], index: int) -> tuple[int, int]:
 
 
 @njit(cache=True, nogil=True)
-def _pair_in_bucket(values: NDArray[np.int32], buckets: NDArray[np.int64],
-                    members: NDArray[np.int32], bucket: int, seen: int, rank: int
-                    ) -> tuple[int, int]:
+def _pair_in_bucket(values: NDArray[np.int32], members: NDArray[np.int32], bucket: int,
+                    seen: int, rank: int) -> tuple[int, int]:
     """Ranks ``rank`` and ``rank + 1`` from the ``members`` of the rank's bucket (and the
-    smallest value of the next non-empty bucket, when ``rank`` is its bucket's last)."""
+    smallest value above that bucket, when ``rank`` is its bucket's last)."""
     at, after = _sorted_pair(members, rank - seen)
     if rank + 1 >= values.size:
         return at, at
@@ -586,9 +585,9 @@ def ranked_pairs(values: NDArray[np.int32], buckets: NDArray[np.int64], first_ra
             first_members, second_members, first_found, second_found)
     if shared:
         second_members = first_members
-    first_at, first_after = _pair_in_bucket(values, buckets, first_members, first_bucket,
+    first_at, first_after = _pair_in_bucket(values, first_members, first_bucket,
                                             first_seen, first_rank)
-    second_at, second_after = _pair_in_bucket(values, buckets, second_members, second_bucket,
+    second_at, second_after = _pair_in_bucket(values, second_members, second_bucket,
                                               second_seen, second_rank)
     return first_at, first_after, second_at, second_after
 
