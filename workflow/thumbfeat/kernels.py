@@ -48,10 +48,10 @@ def vector_features(cpu_name: str, host_features: str) -> str | None:
     On CPUs with AVX-512, LLVM prefers 256-bit vectors (the ``prefer-256-bit`` tuning), a
     default set when the first such CPUs slowed their clock for wider instructions. The kernels
     are dense loops over a few hundred KB, the measuring process's main work, so they are
-    compiled for the full width there, except on :data:`NARROW_VECTOR_CPUS`. Measured on an
-    Intel Xeon of the Emerald Rapids generation, side by side: the Lanczos reductions 20%
-    faster, the bicubic ones 13%, the light and colour pass 17% (BENCHMARKS.md, "Per-image
-    features"). Integer results do not change; float sums only in their order of addition, which
+    compiled for the full width there, except on :data:`NARROW_VECTOR_CPUS`. On an Intel Xeon
+    with AVX-512, processes taking turns measured the whole feature set about a tenth faster
+    (BENCHMARKS.md, the feature-set entry of "Thumbnails and one decode per image"). Integer
+    results do not change; float sums only in their order of addition, which
     ``docs/feature-table.md``'s tolerances allow.
     """
     features = [feature for feature in host_features.split(",") if feature]
@@ -652,9 +652,22 @@ _LOW_8 = np.uint64(0x00FF_00FF_00FF_00FF)
 def _exchange(upper: np.uint64, lower: np.uint64, shift: np.uint64, mask: np.uint64
               ) -> tuple[np.uint64, np.uint64]:
     """Swap the bytes of ``upper`` selected by ``mask << shift`` with those of ``lower``
-    selected by ``mask``: one step of transposing 8x8 bytes held in eight words."""
+    selected by ``mask``."""
     differ = ((upper >> shift) ^ lower) & mask
     return upper ^ (differ << shift), lower ^ differ
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _exchange_pairs(a: np.uint64, b: np.uint64, c: np.uint64, d: np.uint64, e: np.uint64,
+                    f: np.uint64, g: np.uint64, h: np.uint64, shift: np.uint64,
+                    mask: np.uint64) -> tuple[np.uint64, ...]:
+    """One round of transposing 8x8 bytes held in eight words: :func:`_exchange` within each
+    of the pairs (a, b), (c, d), (e, f) and (g, h)."""
+    a, b = _exchange(a, b, shift, mask)
+    c, d = _exchange(c, d, shift, mask)
+    e, f = _exchange(e, f, shift, mask)
+    g, h = _exchange(g, h, shift, mask)
+    return a, b, c, d, e, f, g, h
 
 
 @njit(cache=True, nogil=True)
@@ -662,8 +675,11 @@ def transposed_blocks(plane: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """The transpose of a C-contiguous 2-D uint8 ``plane`` whose sides are multiples of 8.
 
     Each 8x8 block is read as eight 64-bit words (one per row) and transposed in registers
-    by three rounds of masked byte swaps, then written as eight words: numpy's transpose
-    copies byte by byte, which took a third longer for a 320x240 plane.
+    by three rounds of masked swaps (4-byte halves of rows 4 apart, then 2-byte quarters of
+    rows 2 apart, then single bytes of neighbouring rows), then written as eight words: numpy's
+    transpose copies byte by byte, which took a third longer for a 320x240 plane. (The same
+    rounds as loops over an array of eight words took a tenth longer than these calls, whose
+    words stay in registers.)
     """
     height, width = plane.shape
     out = np.empty((width, height), np.uint8)
@@ -678,18 +694,12 @@ def transposed_blocks(plane: NDArray[np.uint8]) -> NDArray[np.uint8]:
             a2, a3 = source[at + 2 * rows_in], source[at + 3 * rows_in]
             a4, a5 = source[at + 4 * rows_in], source[at + 5 * rows_in]
             a6, a7 = source[at + 6 * rows_in], source[at + 7 * rows_in]
-            a0, a4 = _exchange(a0, a4, w32, _LOW_32)
-            a1, a5 = _exchange(a1, a5, w32, _LOW_32)
-            a2, a6 = _exchange(a2, a6, w32, _LOW_32)
-            a3, a7 = _exchange(a3, a7, w32, _LOW_32)
-            a0, a2 = _exchange(a0, a2, w16, _LOW_16)
-            a1, a3 = _exchange(a1, a3, w16, _LOW_16)
-            a4, a6 = _exchange(a4, a6, w16, _LOW_16)
-            a5, a7 = _exchange(a5, a7, w16, _LOW_16)
-            a0, a1 = _exchange(a0, a1, w8, _LOW_8)
-            a2, a3 = _exchange(a2, a3, w8, _LOW_8)
-            a4, a5 = _exchange(a4, a5, w8, _LOW_8)
-            a6, a7 = _exchange(a6, a7, w8, _LOW_8)
+            a0, a4, a1, a5, a2, a6, a3, a7 = _exchange_pairs(
+                a0, a4, a1, a5, a2, a6, a3, a7, w32, _LOW_32)
+            a0, a2, a1, a3, a4, a6, a5, a7 = _exchange_pairs(
+                a0, a2, a1, a3, a4, a6, a5, a7, w16, _LOW_16)
+            a0, a1, a2, a3, a4, a5, a6, a7 = _exchange_pairs(
+                a0, a1, a2, a3, a4, a5, a6, a7, w8, _LOW_8)
             to = 8 * block_x * rows_out + block_y
             target[to], target[to + rows_out] = a0, a1
             target[to + 2 * rows_out], target[to + 3 * rows_out] = a2, a3
